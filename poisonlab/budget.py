@@ -1,0 +1,27 @@
+"""Parse noise budgets written as fractions ("8/255") or plain numbers ("0.03", "0.5")."""
+
+from fractions import Fraction
+
+from . import PoisonlabError
+
+
+def parse_budget(text, name="budget", allow_zero=True, maximum=None) -> float:
+    """Return a budget as a float. Accepts "8/255", "0.0314", 8/255 (float) or ints."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        s = str(text).strip()
+        try:
+            value = float(Fraction(s)) if "/" in s else float(s)
+        except (ValueError, ZeroDivisionError):
+            raise PoisonlabError(f"{name}: cannot read {text!r}; write e.g. 8/255 or 0.03") from None
+    if value != value or value < 0 or (value == 0 and not allow_zero):
+        raise PoisonlabError(f"{name}: {text!r} must be {'>= 0' if allow_zero else '> 0'}")
+    if maximum is not None and value > maximum:
+        raise PoisonlabError(f"{name}: {text!r} exceeds the maximum {maximum}")
+    return value
+
+
+def budget_to_levels(eps: float) -> int:
+    """Largest whole number of 8-bit levels that stays within an L-inf budget eps (in [0,1] units)."""
+    return int(eps * 255 + 1e-6)

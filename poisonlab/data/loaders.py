@@ -1,0 +1,298 @@
+"""Load ImageFolder trees (dirs or .tar.gz), CIFAR-10/100 python pickles and MedMNIST-style .npz files.
+
+Every loader returns an ImageSet. Decoding a large tree is slow, so decoded arrays are cached
+(keyed by the source's paths, sizes and mtimes) under $POISONLAB_CACHE (default ~/.cache/poisonlab).
+"""
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .. import PoisonlabError
+from ..fileio import atomic_write
+from .imageset import ImageSet
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+BUNDLED = {"cifar10-mini": "cifar10_mini.tar.gz"}
+
+
+def bundled_path(name: str = "cifar10-mini") -> Path:
+    if name not in BUNDLED:
+        raise PoisonlabError(f"unknown bundled data set {name!r}; have {sorted(BUNDLED)}")
+    return Path(__file__).parent / "bundled" / BUNDLED[name]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("POISONLAB_CACHE", Path.home() / ".cache" / "poisonlab"))
+
+
+# ---------------------------------------------------------------- decoding single images
+def _decode(data_or_path, name: str, mode: str, resize):
+    try:
+        with Image.open(data_or_path) as im:
+            im.load()
+            if mode == "L":
+                im = im.convert("L")
+            else:
+                im = im.convert("RGB")
+            if resize is not None and im.size != (resize[1], resize[0]):
+                im = im.resize((resize[1], resize[0]), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise PoisonlabError(f"cannot decode image {name}: {e}") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _image_mode(data_or_path) -> str:
+    try:
+        with Image.open(data_or_path) as im:
+            return im.mode
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return "?"
+
+
+def _stack(arrays, names, resize):
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        first = arrays[0].shape
+        odd = next(n for a, n in zip(arrays, names) if a.shape != first)
+        raise PoisonlabError(
+            f"images differ in size: {names[0]} is {first[1]}x{first[2]} but {odd} is "
+            f"{next(a.shape for a in arrays if a.shape != first)[1]}x{next(a.shape for a in arrays if a.shape != first)[2]}; "
+            "pass --resize HxW to resize all images")
+    return np.stack(arrays)
+
+
+def _decode_many(items, mode, resize):
+    """items: list of (source, name) where source is a path or bytes. Returns uint8 (N,C,H,W)."""
+    if mode == "auto":
+        # Grayscale only if every image is single-channel; otherwise RGB (palette/RGBA become RGB).
+        modes = {_image_mode(io.BytesIO(s) if isinstance(s, bytes) else s) for s, _ in items[:64]}
+        mode = "L" if modes <= {"L", "1", "I;16", "I"} else "RGB"
+    def one(item):
+        src, name = item
+        return _decode(io.BytesIO(src) if isinstance(src, bytes) else src, name, mode, resize)
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        arrays = list(pool.map(one, items, chunksize=256))
+    return _stack(arrays, [n for _, n in items], resize)
+
+
+def _imagefolder_entries(root: Path):
+    """Sorted [(class, [file paths])] of an ImageFolder directory."""
+    if not root.is_dir():
+        raise PoisonlabError(f"data folder not found: {root}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise PoisonlabError(f"{root} has no class sub-folders (expected ImageFolder layout root/<class>/<image>)")
+    out = []
+    for c in classes:
+        files = sorted(p for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
+                       and not p.name.startswith("."))
+        if not files:
+            raise PoisonlabError(f"class folder {root / c} has no images")
+        out.append((c, files))
+    return out
+
+
+def _from_arrays(images, labels, classes, names=None):
+    return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.as_tensor(np.asarray(labels).reshape(-1), dtype=torch.int64), list(classes), names)
+
+
+def _cached(key_parts, build):
+    """Return build() through an on-disk npz cache keyed by key_parts."""
+    key = hashlib.sha256(repr(key_parts).encode()).hexdigest()[:24]
+    path = cache_dir() / f"{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                names = list(z["names"]) if "names" in z else None
+                return _from_arrays(z["images"], z["labels"], list(z["classes"]), names)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache entry is rebuilt
+    ds = build()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as f:
+            np.savez(f, images=ds.images.numpy(), labels=ds.labels.numpy(), classes=np.array(ds.classes),
+                     names=np.array(ds.names))
+    except OSError:
+        pass  # caching is an optimisation; a read-only home is fine
+    return ds
+
+
+def load_imagefolder(root, mode="auto", resize=None) -> ImageSet:
+    root = Path(root)
+    entries = _imagefolder_entries(root)
+    stats = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for _, fs in entries for p in fs]
+    def build():
+        items, labels, names = [], [], []
+        for k, (_, files) in enumerate(entries):
+            for p in files:
+                items.append((p, str(p.relative_to(root))))
+                labels.append(k)
+                names.append(str(p.relative_to(root)))
+        return _from_arrays(_decode_many(items, mode, resize), labels, [c for c, _ in entries], names)
+    if len(stats) < 2000:
+        return build()
+    return _cached(("folder", str(root.resolve()), stats, mode, resize), build)
+
+
+def load_tar(path, split, mode="auto", resize=None) -> ImageSet:
+    """An ImageFolder tree inside a tar archive, e.g. train/<class>/<img> (optionally under one top folder)."""
+    path = Path(path)
+    st = path.stat()
+    def build():
+        members = {}
+        try:
+            with tarfile.open(path) as tar:
+                for m in tar:
+                    if not m.isfile() or Path(m.name).suffix.lower() not in IMAGE_EXTS:
+                        continue
+                    parts = Path(m.name).parts
+                    if split not in parts:
+                        continue
+                    i = parts.index(split)
+                    if len(parts) - i < 3:
+                        continue
+                    members[str(Path(*parts[i + 1:]))] = tar.extractfile(m).read()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise PoisonlabError(f"cannot read archive {path}: {e}") from None
+        if not members:
+            raise PoisonlabError(f"archive {path} has no '{split}/<class>/<image>' entries")
+        names = sorted(members)
+        classes = sorted({n.split("/")[0] for n in names})
+        items = [(members[n], f"{path}:{split}/{n}") for n in names]
+        labels = [classes.index(n.split("/")[0]) for n in names]
+        return _from_arrays(_decode_many(items, mode, resize), labels, classes, names)
+    return _cached(("tar", str(path.resolve()), st.st_size, st.st_mtime_ns, split, mode, resize), build)
+
+
+def load_npz(path, split, mode="auto") -> ImageSet:
+    path = Path(path)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise PoisonlabError(f"cannot read {path}: {e}") from None
+    with z:
+        key = f"{split}_images"
+        if key not in z:
+            raise PoisonlabError(f"{path} has no '{key}' array (has {sorted(z.files)})")
+        x = z[key]
+        y = z[f"{split}_labels"]
+        classes = list(z["classes"]) if "classes" in z else None
+    if x.dtype != np.uint8:
+        if x.dtype.kind == "f" and x.max() <= 1.0:
+            x = np.round(x * 255)
+        x = np.clip(x, 0, 255).astype(np.uint8)
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    if mode == "RGB" and x.shape[1] == 1:
+        x = np.repeat(x, 3, axis=1)
+    elif mode == "L" and x.shape[1] == 3:
+        x = np.round(0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None].astype(np.uint8)
+    y = np.asarray(y).reshape(-1)
+    if classes is None:
+        classes = [str(i) for i in range(int(y.max()) + 1)]
+    names = [f"{classes[int(l)]}/{i:06d}.png" for i, l in enumerate(y)]
+    return _from_arrays(x, y, classes, names)
+
+
+def load_cifar_pickles(root, split) -> ImageSet:
+    root = Path(root)
+    if (root / "data_batch_1").exists():  # CIFAR-10
+        files = [root / f"data_batch_{i}" for i in range(1, 6)] if split == "train" else [root / "test_batch"]
+        meta, label_key, name_key = root / "batches.meta", b"labels", b"label_names"
+    else:  # CIFAR-100
+        files = [root / split]
+        meta, label_key, name_key = root / "meta", b"fine_labels", b"fine_label_names"
+    xs, ys = [], []
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                d = pickle.load(fh, encoding="bytes")
+        except (OSError, pickle.UnpicklingError, EOFError) as e:
+            raise PoisonlabError(f"cannot read CIFAR batch {f}: {e}") from None
+        xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(d[label_key]))
+    classes = None
+    if meta.exists():
+        with open(meta, "rb") as fh:
+            classes = [c.decode() for c in pickle.load(fh, encoding="bytes")[name_key]]
+    y = np.concatenate(ys)
+    classes = classes or [str(i) for i in range(int(y.max()) + 1)]
+    names = [f"{classes[int(l)]}/{i:06d}.png" for i, l in enumerate(y)]
+    return _from_arrays(np.concatenate(xs), y, classes, names)
+
+
+def _is_cifar_pickles(p: Path) -> bool:
+    return (p / "data_batch_1").exists() or ((p / "train").is_file() and (p / "test").is_file())
+
+
+def load_dataset(source, split="train", mode="auto", resize=None) -> ImageSet:
+    """Load one split of a data set from a folder, archive, .npz, CIFAR pickle folder or 'bundled[:name]'."""
+    if isinstance(resize, str):
+        resize = parse_size(resize)
+    src = str(source)
+    if src == "bundled" or src.startswith("bundled:"):
+        name = src.split(":", 1)[1] if ":" in src else "cifar10-mini"
+        return load_tar(bundled_path(name), split, mode, resize)
+    p = Path(src).expanduser()
+    if not p.exists():
+        raise PoisonlabError(f"data not found: {p}")
+    if p.is_file():
+        if p.suffix == ".npz":
+            return load_npz(p, split, mode)
+        if tarfile.is_tarfile(p):
+            return load_tar(p, split, mode, resize)
+        raise PoisonlabError(f"{p}: unsupported file; give a folder, .npz or .tar(.gz)")
+    if _is_cifar_pickles(p):
+        return load_cifar_pickles(p, split)
+    if (p / split).is_dir():
+        return load_imagefolder(p / split, mode, resize)
+    if split == "train" and not (p / "test").is_dir():
+        return load_imagefolder(p, mode, resize)  # a bare ImageFolder tree is a training set
+    raise PoisonlabError(f"{p} has no '{split}' split")
+
+
+def load_splits(source, test_source=None, mode="auto", resize=None):
+    """(train, test) for a source; test is None when neither the source nor test_source has one."""
+    train = load_dataset(source, "train", mode, resize)
+    if test_source is not None:
+        test = load_dataset(test_source, "test" if _has_split(test_source, "test") else "train", mode, resize)
+    else:
+        test = load_dataset(source, "test", mode, resize) if _has_split(source, "test") else None
+    if test is not None and test.shape != train.shape:
+        raise PoisonlabError(f"test images {test.shape} do not match training images {train.shape}")
+    return train, test
+
+
+def _has_split(source, split) -> bool:
+    src = str(source)
+    if src.startswith("bundled"):
+        return True
+    p = Path(src)
+    if p.is_file() and p.suffix == ".npz":
+        with np.load(p) as z:
+            return f"{split}_images" in z
+    if p.is_file():
+        return True  # archives carry their splits; load_tar errors clearly if one is missing
+    return (p / split).is_dir() or _is_cifar_pickles(p)
+
+
+def parse_size(text):
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+        assert h > 0 and w > 0
+    except (ValueError, AssertionError):
+        raise PoisonlabError(f"--resize: write HxW, e.g. 32x32 (got {text!r})") from None
+    return (h, w)

@@ -1,0 +1,36 @@
+"""Resumable progress for long generation runs: atomic, throttled torch.save of a method's state."""
+
+import time
+from pathlib import Path
+
+import torch
+
+from .. import PoisonlabError
+from ..fileio import atomic_write
+
+
+class Checkpoint:
+    """state = ckpt.load() at start (None if fresh); ckpt.save(state) as work proceeds.
+
+    key identifies the run's configuration; a checkpoint of another configuration is refused rather than
+    silently mixed in. path=None disables checkpointing (tests, in-memory use).
+    """
+
+    def __init__(self, path: Path | None, key: str, every_seconds: float = 30.0):
+        self.path, self.key, self.every = (Path(path) if path else None), key, every_seconds
+        self._last = time.monotonic()
+
+    def load(self):
+        if self.path is None or not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("__key__") != self.key:
+            raise PoisonlabError(f"checkpoint {self.path} was made with other settings; remove it or drop --resume")
+        return state
+
+    def save(self, state: dict, force: bool = False):
+        if self.path is None or (not force and time.monotonic() - self._last < self.every):
+            return
+        with atomic_write(self.path) as f:
+            torch.save({**state, "__key__": self.key}, f)
+        self._last = time.monotonic()
