@@ -45,33 +45,36 @@ class PGD:
         raise NotImplementedError
 
     # --- the shared loop -------------------------------------------------------------------------
-    def loss(self, model, x_pert, y, gen):
+    def loss(self, model, x_pert, y, gen, inner=None):
         if self.eot > 1:  # one batched forward over eot augmented copies
             x_pert, y = x_pert.repeat(self.eot, 1, 1, 1), y.repeat(self.eot, *([1] * (y.ndim - 1)))
         if self.augment is not None:
             x_pert = self.augment(x_pert, gen)
+        if inner is not None:  # e.g. REM: an adversary acts on the augmented protected image
+            x_pert = x_pert + inner(x_pert.detach(), y)
         return self.loss_fn(model(x_pert), y)
 
-    def __call__(self, model, x, y, delta=None, gen=None, inner=None):
-        """Return the perturbation (detached). delta: warm start; inner: optional callable(x_pert) -> an
-        extra (detached) perturbation added before the loss, e.g. REM's adversarial noise."""
+    def __call__(self, model, x, y, delta=None, gen=None, inner=None, mask=None):
+        """Return the perturbation (detached). delta: warm start; inner: optional callable(x_aug, y) -> an
+        extra (detached) perturbation added after augmentation, e.g. REM's adversarial noise; mask: optional
+        0/1 tensor broadcastable to x restricting where delta may be non-zero (e.g. SALM's sparse mask)."""
         if self.eps == 0 or self.steps == 0:
             return torch.zeros_like(x) if delta is None else delta
         x = x.detach()
         if delta is None:
             delta = self.init_delta(x, gen) if self.random_start else torch.zeros_like(x)
-        delta = (x + self.project(delta.detach())).clamp_(0, 1) - x
+        delta = self._constrain(x, delta.detach(), mask)
         sign = -1.0 if self.minimize else 1.0
         for _ in range(self.steps):
             delta.requires_grad_(True)
-            x_pert = x + delta
-            if inner is not None:
-                x_pert = x_pert + inner(x_pert.detach())
-            grad, = torch.autograd.grad(self.loss(model, x_pert, y, gen), delta)
+            grad, = torch.autograd.grad(self.loss(model, x + delta, y, gen, inner), delta)
             with torch.no_grad():
-                delta = self.project(delta + sign * self.alpha * self.direction(grad))
-                delta = (x + delta).clamp_(0, 1) - x
+                delta = self._constrain(x, delta + sign * self.alpha * self.direction(grad), mask)
         return delta.detach()
+
+    def _constrain(self, x, delta, mask):
+        delta = self.project(delta if mask is None else delta * mask)
+        return (x + delta).clamp_(0, 1) - x
 
 
 class LinfPGD(PGD):

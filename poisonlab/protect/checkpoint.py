@@ -28,9 +28,11 @@ class Checkpoint:
             raise PoisonlabError(f"checkpoint {self.path} was made with other settings; remove it or drop --resume")
         return state
 
-    def save(self, state: dict, force: bool = False):
+    def save(self, state, force: bool = False):
+        """state: a dict, or a callable returning one (built only when a save is due)."""
         if self.path is None or (not force and time.monotonic() - self._last < self.every):
             return
+        state = state() if callable(state) else state
         with atomic_write(self.path) as f:
             torch.save({**state, "__key__": self.key}, f)
         self._last = time.monotonic()

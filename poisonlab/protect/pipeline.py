@@ -61,6 +61,7 @@ def protect(method: str, data, out_dir, *, subset=None, overwrite=False, resume=
         ds = ds.stratified(int(subset), seed=method_kw.get("seed", 0))
     m = create_method(method, **method_kw)
     m.progress = progress
+    m.out_dir = out_dir  # lets a method keep private files (e.g. the CUDA key) out of OUT
     images_hash = hashlib.sha256(ds.images.numpy().tobytes()).hexdigest()
     key = hashlib.sha256(json.dumps([method, m.params(), images_hash], sort_keys=True, default=str).encode()).hexdigest()[:16]
     work = work_dir_for(out_dir)

@@ -1,0 +1,103 @@
+"""The interleaved surrogate loop shared by REM and min-max-min (the official codes' structure).
+
+Every training step on a minibatch: (1) recompute the batch's protective noise delta_u with the current
+surrogate (method-specific: `noise_update`); (2) adversarial training of the surrogate on
+aug(x + delta_u) + delta_a with ||delta_a|| <= adv_eps; (3) optionally an extra loss term
+(`extra_loss`, e.g. the average randomness constraint). After the last step the noise of the whole
+data set is regenerated with the final surrogate.
+"""
+
+import torch
+
+from .. import PoisonlabError
+from ..budget import parse_budget
+from .surrogate import Batches, SurrogateMethod, cross_entropy, quantize
+
+
+class InterleavedMethod(SurrogateMethod):
+    """Shared parameters: train_steps surrogate updates (step-decayed lr: x lr_decay every
+    lr_decay_every steps); noise PGD (noise_steps, noise_step_size, random start, eot augmented copies);
+    adversarial PGD (adv_eps, adv_steps, adv_step_size)."""
+
+    def __init__(self, eps=None, seed=0, device="auto", surrogate="resnet18", width=1.0, batch_size=128,
+                 lr=0.1, momentum=0.9, weight_decay=5e-4, augment=True, eot=5, train_steps=5000,
+                 lr_decay_every=2000, lr_decay=0.1, noise_steps=10, noise_step_size=1.6 / 255,
+                 adv_eps=4 / 255, adv_steps=10, adv_step_size=0.8 / 255):
+        super().__init__(eps, seed, device, surrogate, width, batch_size, lr, momentum, weight_decay, augment, eot)
+        self.train_steps, self.lr_decay_every, self.lr_decay = int(train_steps), int(lr_decay_every), float(lr_decay)
+        self.noise_steps, self.noise_step_size = int(noise_steps), parse_budget(noise_step_size, "noise_step_size")
+        self.adv_eps, self.adv_steps = parse_budget(adv_eps, "adv_eps"), int(adv_steps)
+        self.adv_step_size = parse_budget(adv_step_size, "adv_step_size")
+        if self.adv_eps >= self.eps:
+            # REM's analysis (and seed 001, Sec. 3.2): with rho_a >= rho_u the noise cannot suppress learning.
+            raise PoisonlabError(f"adv_eps ({self.adv_eps * 255:.1f}/255) must be smaller than eps ({self.eps * 255:.1f}/255)")
+
+    @property
+    def surrogate_info(self):
+        return {"model": self.surrogate, "width": self.width, "train_steps": self.train_steps,
+                "adversarial_training_eps": self.adv_eps}
+
+    # ----- method-specific parts ------------------------------------------------------------------
+    def noise_update(self, model, x, y, gen):
+        raise NotImplementedError
+
+    def extra_loss(self, model, x, y, gen):
+        return None
+
+    # ----- the shared loop -----------------------------------------------------------------------------
+    def perturb(self, data, ckpt):
+        model, opt, gen, images, labels = self.setup(data)
+        self.noise_pgd = self.linf(self.eps, self.noise_step_size, self.noise_steps, True, self.eot, self.aug)
+        self.adv_pgd = self.linf(self.adv_eps, self.adv_step_size, self.adv_steps, False)
+        noise = torch.zeros(images.shape, device=self.device_)
+        batches = Batches(len(images), self.batch_size, gen)
+        state = ckpt.load() or {}
+        start = 0
+        if state:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            gen.set_state(state["gen"])
+            noise.copy_(state["noise"])
+            batches.load(state["batches"])
+            start = state["step"]
+        self.history = state.get("history", [])
+        with self.bar(self.train_steps, start, f"{self.name} surrogate") as bar:
+            for step in range(start, self.train_steps):
+                for g in opt.param_groups:
+                    g["lr"] = self.lr * self.lr_decay ** (step // max(self.lr_decay_every, 1))
+                idx = batches.next()
+                x, y = self.batch(images, idx), labels[idx]
+                model.eval()  # noise and adversary are computed with frozen BN statistics
+                noise[idx] = quantize(self.noise_update(model, x, y, gen))
+                x_def = x + noise[idx]
+                if self.aug is not None:
+                    x_def = self.aug(x_def, gen)
+                x_adv = x_def + self.adv_pgd(model, x_def, y, gen=gen)
+                model.train()
+                logits = model(x_adv)
+                loss = cross_entropy(logits, y)
+                extra = self.extra_loss(model, x, y, gen)
+                total = loss if extra is None else loss + extra
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                if step % 20 == 0 or step == self.train_steps - 1:
+                    rec = {"step": step + 1, "loss": round(loss.item(), 4),
+                           "adv_acc": round((logits.argmax(1) == y).float().mean().item() * 100, 2)}
+                    if extra is not None:
+                        rec["extra"] = round(extra.item(), 5)
+                    self.history.append(rec)
+                    bar.set_postfix(loss=rec["loss"], acc=rec["adv_acc"])
+                bar.update(1)
+                ckpt.save(lambda: self._state(model, opt, gen, noise, step + 1, "train", batches))
+        model.eval()
+        if state.get("stage") != "final":
+            state = self._state(model, opt, gen, noise, self.train_steps, "train", batches)
+            ckpt.save(state, force=True)
+        return self.noise_pass(images, labels, noise, lambda x, y, idx: self.noise_update(model, x, y, gen),
+                               ckpt, state, "final", f"{self.name} final noise").cpu()
+
+    def _state(self, model, opt, gen, noise, step, stage, batches):
+        return {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                "noise": noise.cpu(), "step": step, "stage": stage, "history": list(self.history),
+                "batches": batches.state()}

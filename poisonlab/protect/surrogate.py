@@ -1,0 +1,105 @@
+"""What model-based protections share: a surrogate model, its optimiser, seeded minibatches, a
+whole-data noise pass, and progress/checkpoint plumbing. Methods (EM, REM, min-max-min, TAP) only add
+their own objective on top."""
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..augment import Augment
+from ..budget import parse_budget
+from ..models import create_model
+from ..runtime import pick_device, prepare_model, seed_everything
+from .base import Protection
+
+
+class Batches:
+    """Endless reshuffled minibatches of indices, drawn from a seeded generator on the device."""
+
+    def __init__(self, n, batch_size, gen):
+        self.n, self.bs, self.gen, self.perm, self.pos = n, min(batch_size, n), gen, None, n
+
+    def next(self):
+        if self.pos + self.bs > self.n:
+            self.perm, self.pos = torch.randperm(self.n, device=self.gen.device, generator=self.gen), 0
+        idx = self.perm[self.pos:self.pos + self.bs]
+        self.pos += self.bs
+        return idx
+
+    def state(self):
+        return {"perm": None if self.perm is None else self.perm.cpu(), "pos": self.pos}
+
+    def load(self, state):
+        self.perm = None if state["perm"] is None else state["perm"].to(self.gen.device)
+        self.pos = state["pos"]
+
+
+class SurrogateMethod(Protection):
+    """Base of the model-based methods: surrogate settings and shared helpers.
+
+    surrogate/width: model name and width multiplier (ResNet-18 at width 1 in the papers);
+    batch_size/lr/momentum/weight_decay: SGD settings of the surrogate; augment: train the surrogate and
+    average noise gradients over random crops+flips (expectation over augmentations); eot: number of
+    augmented copies each noise gradient is averaged over.
+    """
+
+    model_based = True
+
+    def __init__(self, eps=None, seed=0, device="auto", surrogate="resnet18", width=1.0, batch_size=128,
+                 lr=0.1, momentum=0.9, weight_decay=5e-4, augment=True, eot=1):
+        super().__init__(eps, seed, device)
+        self.surrogate, self.width, self.batch_size = surrogate, float(width), int(batch_size)
+        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+        self.augment, self.eot = bool(augment), int(eot)
+        self.progress = False
+
+    @property
+    def surrogate_info(self):
+        return {"model": self.surrogate, "width": self.width}
+
+    def setup(self, data):
+        """Device, surrogate, optimiser, generator and the data as device tensors."""
+        self.device_ = pick_device(self.device)
+        seed_everything(self.seed)
+        model = prepare_model(create_model(self.surrogate, data.num_classes, data.shape[0], self.width), self.device_)
+        opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        gen = torch.Generator(device=self.device_).manual_seed(self.seed)
+        self.aug = Augment().geometric if self.augment else None
+        return model, opt, gen, data.images.to(self.device_), data.labels.to(self.device_)
+
+    def batch(self, images, idx):
+        x = images[idx].float().div_(255)
+        return x.contiguous(memory_format=torch.channels_last) if self.device_.type != "mps" else x
+
+    def linf(self, eps, step_size, steps, minimize, eot=1, augment=None, random_start=True):
+        from ..attacks import LinfPGD
+        return LinfPGD(parse_budget(eps), alpha=parse_budget(step_size), steps=int(steps), minimize=minimize,
+                       eot=eot, augment=augment, random_start=random_start)
+
+    def bar(self, total, initial, desc):
+        return tqdm(total=total, initial=initial, desc=desc, disable=not self.progress, leave=False, dynamic_ncols=True)
+
+    def noise_pass(self, images, labels, noise, update, ckpt, state, stage, desc):
+        """Recompute noise for every image in fixed batches with update(x, y, idx) -> delta.
+
+        Resumable: the index of the next batch is checkpointed with the noise under `stage`.
+        """
+        n = len(images)
+        starts = list(range(0, n, self.batch_size))
+        first = state.get("batch", 0) if state.get("stage") == stage else 0
+        with self.bar(len(starts), first, desc) as bar:
+            for b in range(first, len(starts)):
+                idx = torch.arange(starts[b], min(starts[b] + self.batch_size, n), device=images.device)
+                noise[idx] = quantize(update(self.batch(images, idx), labels[idx], idx))
+                bar.update(1)
+                ckpt.save(lambda: {**state, "stage": stage, "batch": b + 1, "noise": noise.cpu()})
+        return noise
+
+
+def quantize(delta):
+    """Keep noise on the 8-bit grid it will be published on."""
+    return (delta * 255).round_().div_(255)
+
+
+def cross_entropy(logits, y):
+    return F.cross_entropy(logits.float(), y)
