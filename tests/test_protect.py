@@ -210,3 +210,45 @@ def test_all_model_based_methods_registered():
 def test_unknown_option_is_a_clear_error():
     with pytest.raises(PoisonlabError, match="unknown option"):
         create_method("em", bogus=1)
+
+
+def _write_folder(root, n_per_class=6, classes=3, size=12):
+    from PIL import Image
+    g = np.random.default_rng(0)
+    for k in range(classes):
+        (root / f"class{k}").mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            Image.fromarray(g.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"class{k}" / f"{i}.png")
+
+
+def test_cli_protect_end_to_end(tmp_path, capsys):
+    from poisonlab.cli import main
+    src = tmp_path / "src"
+    _write_folder(src)
+    before = {p: p.read_bytes() for p in src.rglob("*.png")}
+    rc = main(["protect", "--method", "minmaxmin", "--data", str(src), "--out", str(tmp_path / "out"),
+               "--eps", "4/255", "--no-progress", "--opt", "surrogate=smallcnn", "--opt", "width=0.25",
+               "--opt", "train_steps=3", "--opt", "noise_steps=2", "--opt", "eot=1", "--opt", "adv_steps=1",
+               "--opt", "adv_eps=2/255", "--opt", "batch_size=8"])
+    assert rc == 0
+    assert "RESULT protected 18 images with minmaxmin (4/255)" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in src.rglob("*.png")} == before
+    saved = load_dataset(tmp_path / "out", "train")
+    orig = load_dataset(src, "train")
+    assert saved.names == orig.names
+    assert (saved.images.to(torch.int16) - orig.images.to(torch.int16)).abs().max() <= 4
+
+
+def test_cli_protect_bad_input_is_one_line_error(tmp_path, capsys):
+    from poisonlab.cli import main
+    src = tmp_path / "src"
+    _write_folder(src)
+    (src / "class1" / "broken.png").write_bytes(b"not an image")
+    rc = main(["protect", "--method", "random", "--data", str(src), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "broken.png" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    rc = main(["protect", "--method", "random", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")])
+    assert rc == 2 and "not found" in capsys.readouterr().err
+    rc = main(["protect", "--method", "nope", "--data", str(src), "--out", str(tmp_path / "o3")])
+    assert rc == 2 and "unknown method" in capsys.readouterr().err

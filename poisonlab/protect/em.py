@@ -10,6 +10,7 @@ import torch
 
 from .. import PoisonlabError
 from ..budget import parse_budget
+from ..runtime import autocast
 from .base import register_method
 from .surrogate import Batches, SurrogateMethod, cross_entropy, quantize
 
@@ -82,16 +83,18 @@ class ErrorMinimizing(SurrogateMethod):
                     idx = batches.next()
                     x = self.batch(images, idx) + per_sample(idx)
                     x = self.aug(x, gen) if self.aug is not None else x
-                    loss = cross_entropy(model(x.clamp(0, 1)), labels[idx])
+                    with autocast(self.device_):
+                        loss = cross_entropy(model(x.clamp(0, 1)), labels[idx])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                 model.eval()
-                if self.mode == "samplewise":
-                    self._samplewise_pass(model, images, labels, noise, pgd, gen, mask)
-                else:
-                    self._classwise_pass(model, images, labels, noise, gen)
-                acc = self._accuracy(model, images, labels, per_sample)
+                with autocast(self.device_):
+                    if self.mode == "samplewise":
+                        self._samplewise_pass(model, images, labels, noise, pgd, gen, mask)
+                    else:
+                        self._classwise_pass(model, images, labels, noise, gen)
+                    acc = self._accuracy(model, images, labels, per_sample)
                 self.history.append({"round": rnd + 1, "train_acc_protected": round(acc * 100, 2)})
                 bar.set_postfix(acc=f"{acc:.3f}")
                 bar.update(1)

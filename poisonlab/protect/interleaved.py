@@ -11,6 +11,7 @@ import torch
 
 from .. import PoisonlabError
 from ..budget import parse_budget
+from ..runtime import autocast
 from .surrogate import Batches, SurrogateMethod, cross_entropy, quantize
 
 
@@ -67,17 +68,18 @@ class InterleavedMethod(SurrogateMethod):
                     g["lr"] = self.lr * self.lr_decay ** (step // max(self.lr_decay_every, 1))
                 idx = batches.next()
                 x, y = self.batch(images, idx), labels[idx]
-                model.eval()  # noise and adversary are computed with frozen BN statistics
-                noise[idx] = quantize(self.noise_update(model, x, y, gen))
-                x_def = x + noise[idx]
-                if self.aug is not None:
-                    x_def = self.aug(x_def, gen)
-                x_adv = x_def + self.adv_pgd(model, x_def, y, gen=gen)
-                model.train()
-                logits = model(x_adv)
-                loss = cross_entropy(logits, y)
-                extra = self.extra_loss(model, x, y, gen)
-                total = loss if extra is None else loss + extra
+                with autocast(self.device_):
+                    model.eval()  # noise and adversary are computed with frozen BN statistics
+                    noise[idx] = quantize(self.noise_update(model, x, y, gen))
+                    x_def = x + noise[idx]
+                    if self.aug is not None:
+                        x_def = self.aug(x_def, gen)
+                    x_adv = x_def + self.adv_pgd(model, x_def, y, gen=gen)
+                    model.train()
+                    logits = model(x_adv)
+                    loss = cross_entropy(logits, y)
+                    extra = self.extra_loss(model, x, y, gen)
+                    total = loss if extra is None else loss + extra
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 opt.step()

@@ -50,6 +50,8 @@ def protect(method: str, data, out_dir, *, subset=None, overwrite=False, resume=
             progress=True, **method_kw) -> dict:
     """Protect a data set and write it to out_dir. data: an ImageSet or a source path. Returns the manifest."""
     out_dir = Path(out_dir)
+    m = create_method(method, **method_kw)  # bad method names/options fail before any slow loading
+    m.progress = progress
     if isinstance(data, ImageSet):
         ds = data
     else:
@@ -58,9 +60,7 @@ def protect(method: str, data, out_dir, *, subset=None, overwrite=False, resume=
     inputs = [source] if source is not None else []
     check_output_dir(out_dir, overwrite, inputs)
     if subset:
-        ds = ds.stratified(int(subset), seed=method_kw.get("seed", 0))
-    m = create_method(method, **method_kw)
-    m.progress = progress
+        ds = ds.stratified(int(subset), seed=m.seed)
     m.out_dir = out_dir  # lets a method keep private files (e.g. the CUDA key) out of OUT
     images_hash = hashlib.sha256(ds.images.numpy().tobytes()).hexdigest()
     key = hashlib.sha256(json.dumps([method, m.params(), images_hash], sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from ..augment import Augment
 from ..budget import parse_budget
 from ..models import create_model
-from ..runtime import pick_device, prepare_model, seed_everything
+from ..runtime import autocast, pick_device, prepare_model, seed_everything
 from .base import Protection
 
 
@@ -90,7 +90,8 @@ class SurrogateMethod(Protection):
         with self.bar(len(starts), first, desc) as bar:
             for b in range(first, len(starts)):
                 idx = torch.arange(starts[b], min(starts[b] + self.batch_size, n), device=images.device)
-                noise[idx] = quantize(update(self.batch(images, idx), labels[idx], idx))
+                with autocast(self.device_):
+                    noise[idx] = quantize(update(self.batch(images, idx), labels[idx], idx))
                 bar.update(1)
                 ckpt.save(lambda: {**state, "stage": stage, "batch": b + 1, "noise": noise.cpu()})
         return noise

@@ -1,0 +1,91 @@
+"""CPU-scale benchmark of the model-based protections (issue: min-max-min, EM, TAP, REM).
+
+Protects a class-balanced 10k subset of the shared CIFAR-10 training set with each method (small CNN
+surrogate), trains a victim small CNN on each protected set with standard training and with PGD
+adversarial training at 4/255, and writes docs/results/modelbased.json and docs/modelbased.md.
+Every stage is cached under --work, so an interrupted run resumes where it stopped.
+
+    POISONLAB_THREADS=2 .venv/bin/python bench/modelbased.py
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from poisonlab.data import load_dataset
+from poisonlab.fileio import read_json, write_json
+from poisonlab.protect import protect
+from poisonlab.runtime import set_threads
+from poisonlab.train import TrainConfig, train_victim
+
+CIFAR = "../shared/datasets/cifar10-jpg.tar.gz"
+SURROGATE = dict(surrogate="smallcnn", width=0.5)
+# Scaled-down settings (papers: ResNet-18, 5,000 steps, 10-step PGD, 5 augmentations); same budget 8/255.
+ROBUST = dict(SURROGATE, train_steps=300, lr_decay_every=200, noise_steps=4, noise_step_size=2.5 / 255, eot=1,
+              adv_eps=4 / 255, adv_steps=2, adv_step_size=2.5 / 255)
+METHODS = {
+    "random": {},
+    "em": dict(SURROGATE, train_steps=20, pgd_steps=5, step_size=1.6 / 255, stop_acc=0.99, max_rounds=10),
+    "em-classwise": dict(SURROGATE, mode="classwise", train_steps=20, pgd_steps=1, step_size=0.8 / 255,
+                         stop_acc=0.99, max_rounds=10),
+    "tap": dict(SURROGATE, surrogate_epochs=5, steps=20, step_size=1 / 255),
+    "rem": ROBUST,
+    "minmaxmin": dict(ROBUST, randomness_form="paper", randomness_weight=1.0),
+}
+VICTIM = dict(model="smallcnn", width=0.5, epochs=10)
+AT = dict(adv_eps=4 / 255, adv_steps=3)
+AT_METHODS = ("clean", "em", "rem", "minmaxmin")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=CIFAR)
+    ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--work", default="runs/modelbased")
+    ap.add_argument("--out", default="docs/results/modelbased.json")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--skip-clean", action="store_true", help="no clean baseline (when run beside another job)")
+    args = ap.parse_args()
+    set_threads()
+    work = Path(args.work)
+    train = load_dataset(args.data, "train").stratified(args.n, seed=0)
+    test = load_dataset(args.data, "test")
+    methods = args.methods.split(",")
+    gen_seconds, data = {}, {"clean": train}
+    for m in methods:
+        target = work / "protected" / m
+        if not (target / "manifest.json").exists():
+            print(f"== protecting with {m}", flush=True)
+            opts = METHODS[m]
+            protect(m.split("-")[0], train, target, overwrite=True, resume=True, seed=0, source=args.data, **opts)
+        manifest = read_json(target / "manifest.json")
+        gen_seconds[m] = manifest["generation_seconds"]
+        data[m] = load_dataset(target, "train")
+    runs = {}
+    for name in ([] if args.skip_clean else ["clean"]) + methods:
+        for adv in (False, True):
+            if adv and name not in AT_METHODS:
+                continue
+            key = f"{name}{'-at4' if adv else ''}"
+            path = work / "victims" / f"{key}.json"
+            if not path.exists():
+                print(f"== victim on {key}", flush=True)
+                cfg = TrainConfig(**VICTIM, **(AT if adv else {}), seed=0)
+                t0 = time.time()
+                r = train_victim(data[name], test, cfg, progress=False, checkpoint=work / "victims" / f"{key}.pt")
+                r["wall_seconds"] = time.time() - t0
+                write_json(path, r)
+                (work / "victims" / f"{key}.pt").unlink(missing_ok=True)
+            r = read_json(path)
+            runs[key] = {"last_acc": r["last_acc"], "best_acc": r["best_acc"], "best_epoch": r["best_epoch"],
+                         "curve": [h["test_acc"] for h in r["history"]]}
+            print(f"{key:22s} last {r['last_acc']:6.2f}  best {r['best_acc']:6.2f}", flush=True)
+    write_json(args.out, {"scale": {"train_images": len(train), "test_images": len(test), "victim": VICTIM,
+                                    "adversarial_training": AT, "methods": METHODS},
+                          "generation_seconds": gen_seconds, "runs": runs})
+    print(json.dumps(gen_seconds))
+
+
+if __name__ == "__main__":
+    main()
