@@ -93,10 +93,15 @@ class Augment:
                 aug.crop, aug.flip = 4, True
             elif k == "flip":
                 aug.flip = True
-            elif k in ("crop", "cutout"):
-                setattr(aug, k, int(v or (4 if k == "crop" else 16)))
-            elif k in ("mixup", "cutmix"):
-                setattr(aug, k, float(v or 1.0))
+            elif k in ("crop", "cutout", "mixup", "cutmix"):
+                conv, default = (int, 4 if k == "crop" else 16) if k in ("crop", "cutout") else (float, 1.0)
+                try:
+                    value = conv(v) if v else default
+                except ValueError:
+                    raise PoisonlabError(f"augmentation {k}: cannot read {v!r} in {spec!r}") from None
+                if value < 0:
+                    raise PoisonlabError(f"augmentation {k} must be >= 0 in {spec!r}")
+                setattr(aug, k, value)
             else:
                 raise PoisonlabError(f"unknown augmentation {k!r} in {spec!r} (crop, flip, cutout, mixup, cutmix)")
         return aug

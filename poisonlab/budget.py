@@ -1,5 +1,6 @@
 """Parse noise budgets written as fractions ("8/255") or plain numbers ("0.03", "0.5")."""
 
+import math
 from fractions import Fraction
 
 from . import PoisonlabError
@@ -15,7 +16,7 @@ def parse_budget(text, name="budget", allow_zero=True, maximum=None) -> float:
             value = float(Fraction(s)) if "/" in s else float(s)
         except (ValueError, ZeroDivisionError):
             raise PoisonlabError(f"{name}: cannot read {text!r}; write e.g. 8/255 or 0.03") from None
-    if value != value or value < 0 or (value == 0 and not allow_zero):
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise PoisonlabError(f"{name}: {text!r} must be {'>= 0' if allow_zero else '> 0'}")
     if maximum is not None and value > maximum:
         raise PoisonlabError(f"{name}: {text!r} exceeds the maximum {maximum}")

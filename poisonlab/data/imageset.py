@@ -56,10 +56,14 @@ class ImageSet:
         g = torch.Generator().manual_seed(seed)
         per = [torch.nonzero(self.labels == k).flatten() for k in range(self.num_classes)]
         per = [p[torch.randperm(len(p), generator=g)] for p in per]
-        quota, rest = divmod(n, self.num_classes)
-        take = [p[: quota + (1 if k < rest else 0)] for k, p in enumerate(per)]
-        index = torch.cat(take).sort().values
-        return self.subset(index)
+        # Deal round-robin: rank 0 of every class, then rank 1, ... and take the first n. That is n // K
+        # per class (+1 for the first n % K classes), and a class with too few images is topped up from
+        # the others instead of returning fewer than n.
+        index = torch.cat(per)
+        rank = torch.cat([torch.arange(len(p)) for p in per])
+        label = torch.cat([torch.full((len(p),), k) for k, p in enumerate(per)])
+        order = torch.argsort(rank * self.num_classes + label)
+        return self.subset(index[order[:n]].sort().values)
 
     def float(self, device=None) -> torch.Tensor:
         return self.images.to(device).float().div_(255)

@@ -9,6 +9,7 @@ import io
 import os
 import pickle
 import tarfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,29 +35,30 @@ def cache_dir() -> Path:
     return Path(os.environ.get("POISONLAB_CACHE", Path.home() / ".cache" / "poisonlab"))
 
 
+GRAY_MODES = {"L", "LA", "1", "I;16", "I"}
+
+
+def _class_order(names):
+    """Folder names in label order: numerically when all are integers ("0".."10", as save_imagefolder
+    writes for unnamed classes), so a written tree reads back with the same labels; else alphabetically."""
+    names = sorted(set(names))
+    return sorted(names, key=int) if all(n.isdecimal() for n in names) else names
+
+
 # ---------------------------------------------------------------- decoding single images
 def _decode(data_or_path, name: str, mode: str, resize):
+    """mode "auto" keeps a grayscale image single-channel and makes anything else RGB."""
     try:
         with Image.open(data_or_path) as im:
             im.load()
-            if mode == "L":
-                im = im.convert("L")
-            else:
-                im = im.convert("RGB")
+            gray = im.mode in GRAY_MODES if mode == "auto" else mode == "L"
+            im = im.convert("L" if gray else "RGB")
             if resize is not None and im.size != (resize[1], resize[0]):
                 im = im.resize((resize[1], resize[0]), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise PoisonlabError(f"cannot decode image {name}: {e}") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def _image_mode(data_or_path) -> str:
-    try:
-        with Image.open(data_or_path) as im:
-            return im.mode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return "?"
 
 
 def _stack(arrays, names, resize):
@@ -72,16 +74,18 @@ def _stack(arrays, names, resize):
 
 
 def _decode_many(items, mode, resize):
-    """items: list of (source, name) where source is a path or bytes. Returns uint8 (N,C,H,W)."""
-    if mode == "auto":
-        # Grayscale only if every image is single-channel; otherwise RGB (palette/RGBA become RGB).
-        modes = {_image_mode(io.BytesIO(s) if isinstance(s, bytes) else s) for s, _ in items[:64]}
-        mode = "L" if modes <= {"L", "1", "I;16", "I"} else "RGB"
+    """items: list of (source, name) where source is a path or bytes. Returns uint8 (N,C,H,W).
+
+    mode "auto": grayscale only if every image is single-channel; otherwise all RGB (palette/RGBA become
+    RGB, and gray images are replicated to 3 channels, exactly as PIL's L->RGB conversion does).
+    """
     def one(item):
         src, name = item
         return _decode(io.BytesIO(src) if isinstance(src, bytes) else src, name, mode, resize)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         arrays = list(pool.map(one, items, chunksize=256))
+    if any(a.shape[0] == 3 for a in arrays):
+        arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
     return _stack(arrays, [n for _, n in items], resize)
 
 
@@ -89,13 +93,13 @@ def _imagefolder_entries(root: Path):
     """Sorted [(class, [file paths])] of an ImageFolder directory."""
     if not root.is_dir():
         raise PoisonlabError(f"data folder not found: {root}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = _class_order(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise PoisonlabError(f"{root} has no class sub-folders (expected ImageFolder layout root/<class>/<image>)")
     out = []
     for c in classes:
         files = sorted(p for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
-                       and not p.name.startswith("."))
+                       and not any(part.startswith(".") for part in p.relative_to(root / c).parts))
         if not files:
             raise PoisonlabError(f"class folder {root / c} has no images")
         out.append((c, files))
@@ -113,16 +117,19 @@ def _cached(key_parts, build):
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as z:
-                names = list(z["names"]) if "names" in z else None
-                return _from_arrays(z["images"], z["labels"], list(z["classes"]), names)
-        except (OSError, ValueError, KeyError):
+                # str(): numpy hands back np.str_, which would differ in repr from a fresh build's str
+                names = [str(n) for n in z["names"]] if "names" in z else None
+                return _from_arrays(z["images"], z["labels"], [str(c) for c in z["classes"]], names)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # a damaged cache entry is rebuilt
     ds = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as f:
-            np.savez(f, images=ds.images.numpy(), labels=ds.labels.numpy(), classes=np.array(ds.classes),
-                     names=np.array(ds.names))
+            # names=None would be saved as a pickled object array that the allow_pickle=False load rejects
+            extra = {} if ds.names is None else {"names": np.array(ds.names, dtype=str)}
+            np.savez(f, images=ds.images.numpy(), labels=ds.labels.numpy(),
+                     classes=np.array(ds.classes, dtype=str), **extra)
     except OSError:
         pass  # caching is an optimisation; a read-only home is fine
     return ds
@@ -157,7 +164,8 @@ def load_tar(path, split, mode="auto", resize=None) -> ImageSet:
                     if not m.isfile() or Path(m.name).suffix.lower() not in IMAGE_EXTS:
                         continue
                     parts = Path(m.name).parts
-                    if split not in parts:
+                    # hidden entries (e.g. macOS "._x.jpg" resource forks) are not images, as in folders
+                    if split not in parts or any(p.startswith(".") and p not in (".", "..") for p in parts):
                         continue
                     i = parts.index(split)
                     if len(parts) - i < 3:
@@ -168,7 +176,7 @@ def load_tar(path, split, mode="auto", resize=None) -> ImageSet:
         if not members:
             raise PoisonlabError(f"archive {path} has no '{split}/<class>/<image>' entries")
         names = sorted(members)
-        classes = sorted({n.split("/")[0] for n in names})
+        classes = _class_order(n.split("/")[0] for n in names)
         items = [(members[n], f"{path}:{split}/{n}") for n in names]
         labels = [classes.index(n.split("/")[0]) for n in names]
         return _from_arrays(_decode_many(items, mode, resize), labels, classes, names)
@@ -185,9 +193,11 @@ def load_npz(path, split, mode="auto") -> ImageSet:
         key = f"{split}_images"
         if key not in z:
             raise PoisonlabError(f"{path} has no '{key}' array (has {sorted(z.files)})")
+        if f"{split}_labels" not in z:
+            raise PoisonlabError(f"{path} has '{key}' but no '{split}_labels' array")
         x = z[key]
         y = z[f"{split}_labels"]
-        classes = list(z["classes"]) if "classes" in z else None
+        classes = [str(c) for c in z["classes"]] if "classes" in z else None
     if x.dtype != np.uint8:
         if x.dtype.kind == "f" and x.max() <= 1.0:
             x = np.round(x * 255)
@@ -273,6 +283,10 @@ def load_splits(source, test_source=None, mode="auto", resize=None):
         test = load_dataset(source, "test", mode, resize) if _has_split(source, "test") else None
     if test is not None and test.shape != train.shape:
         raise PoisonlabError(f"test images {test.shape} do not match training images {train.shape}")
+    # Labels are indices into the class lists: differing lists would score every prediction against
+    # the wrong class. A test set may lack trailing classes, nothing else.
+    if test is not None and test.classes != train.classes[:len(test.classes)]:
+        raise PoisonlabError(f"test classes {test.classes} do not match training classes {train.classes}")
     return train, test
 
 

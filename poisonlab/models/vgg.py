@@ -12,7 +12,9 @@ def vgg16(num_classes=10, in_channels=3, width=1.0):
     layers, cin = [], in_channels
     for v in _CFG16:
         if v == "M":
-            layers.append(nn.MaxPool2d(2))
+            # ceil_mode: 28x28 inputs shrink 28-14-7-4-2-1 instead of reaching 0x0 at the fifth pool;
+            # 32x32 ones (even sizes throughout) are unchanged.
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
         else:
             c = scaled(v, width)
             layers += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]

@@ -1,0 +1,122 @@
+"""Batch-wise augmentation: shapes, exactness of crop/flip/cutout, soft labels, gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from poisonlab import PoisonlabError
+from poisonlab.augment import Augment, cutmix, cutout, mixup, random_crop, random_flip
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def batch(n=32, c=3, h=12, w=12):
+    return torch.rand(n, c, h, w, generator=gen(99))
+
+
+def _find_shift(out, img, pad):
+    """The (dy, dx) such that out is img shifted by it with zero fill, or None."""
+    h, w = img.shape[-2:]
+    padded = F.pad(img, (pad, pad, pad, pad))
+    for i in range(2 * pad + 1):
+        for j in range(2 * pad + 1):
+            if torch.equal(out, padded[:, i:i + h, j:j + w]):
+                return i - pad, j - pad
+    return None
+
+
+def test_crop_is_an_exact_shift_chosen_per_image():
+    x = batch() + 0.01  # no exact zeros in the content, so the zero fill is unambiguous
+    out = random_crop(x, 3, gen())
+    assert out.shape == x.shape
+    shifts = [_find_shift(o, i, 3) for o, i in zip(out, x)]
+    assert None not in shifts  # every output is the input moved, pixels unchanged (no interpolation)
+    assert len(set(shifts)) > 5  # offsets are drawn per image, not once per batch
+    assert torch.equal(random_crop(x, 0, gen()), x)
+    assert torch.equal(random_crop(x, 3, gen(5)), random_crop(x, 3, gen(5)))  # reproducible under a seed
+
+
+def test_flip_mirrors_some_images_and_keeps_the_rest():
+    x = batch(64)
+    out = random_flip(x, gen())
+    flipped = torch.tensor([torch.equal(o, i.flip(2)) for o, i in zip(out, x)])
+    kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, x)])
+    assert (flipped | kept).all() and 10 < flipped.sum() < 54
+
+
+def test_cutout_zeroes_one_box():
+    x = torch.ones(16, 3, 20, 20)
+    out = cutout(x, 6, gen())
+    assert out.shape == x.shape
+    for o in out:
+        zero = o[0] == 0
+        assert torch.equal(zero, o[1] == 0) and torch.equal(zero, o[2] == 0)  # all channels alike
+        rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
+        assert 1 <= len(rows) <= 6 and 1 <= len(cols) <= 6  # clipped at the border, never bigger
+        box = torch.zeros_like(zero)
+        box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+        assert torch.equal(zero, box)  # one solid axis-aligned rectangle; everything else untouched
+    inner = [int((o[0] == 0).sum()) for o in out]
+    assert 36 in inner  # a box away from the border is the full 6x6
+
+
+@pytest.mark.parametrize("op", [mixup, cutmix])
+def test_mixing_soft_labels_sum_to_one_and_match_the_pixels(op):
+    torch.manual_seed(0)  # the Beta draw uses the global generator
+    n = 24
+    # image i is flat with value i and has its own class i, so labels and pixels can be checked together
+    ids = torch.arange(n, dtype=torch.float32)
+    x = ids.view(n, 1, 1, 1).expand(n, 3, 16, 16).contiguous()
+    y = F.one_hot(torch.arange(n), n).float()
+    xo, yo = op(x, y, 1.0, gen())
+    assert xo.shape == x.shape and yo.shape == y.shape
+    assert torch.allclose(yo.sum(1), torch.ones(n)) and (yo >= 0).all()
+    assert (yo > 0).sum(1).max() <= 2  # each image mixes with one partner
+    # the label weights are exactly the pixel shares: mean pixel value = sum_k weight_k * k
+    assert torch.allclose(xo.mean(dim=(1, 2, 3)), yo @ ids, atol=1e-4)
+    assert not torch.equal(xo, x)
+    if op is cutmix:  # pasted, not blended: every pixel is the image's own or its partner's
+        assert all(len(o.unique()) <= 2 for o in xo)
+    else:  # one weight per batch, applied to whole images
+        assert torch.allclose(xo.amax(dim=(1, 2, 3)), xo.amin(dim=(1, 2, 3)))
+
+
+def test_full_pipeline_keeps_shape_and_is_differentiable():
+    x = batch(8).requires_grad_(True)
+    y = torch.arange(8) % 4
+    aug = Augment.parse("crop=2,flip,cutout=4,mixup=1.0")
+    out, y_soft = aug(x, y, 4, gen())
+    assert out.shape == x.shape and y_soft.shape == (8, 4)
+    (out * torch.randn_like(out)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_crop_gradient_routes_to_the_kept_pixels():
+    x = batch(4).requires_grad_(True)
+    out = random_crop(x, 2, gen(1))
+    out.sum().backward()
+    # every input pixel is kept at most once: gradient 1 where it stayed in frame, 0 where it fell off
+    assert set(x.grad.unique().tolist()) <= {0.0, 1.0}
+    assert torch.allclose(x.grad.sum(dim=(1, 2, 3)), (out != 0).float().sum(dim=(1, 2, 3)))
+
+
+def test_geometric_and_no_label_mixing_gives_hard_labels():
+    x = batch(8)
+    out, y_soft = Augment()(x, torch.zeros(8, dtype=torch.long), 2, gen())
+    assert y_soft is None and out.shape == x.shape
+    assert torch.equal(Augment.parse("none").geometric(x, gen()), x)
+
+
+def test_parse_specs():
+    assert Augment.parse("standard") == Augment(crop=4, flip=True)
+    assert Augment.parse("none") == Augment(crop=0, flip=False)
+    assert Augment.parse("crop,cutout") == Augment(crop=4, flip=False, cutout=16)
+    assert Augment.parse("standard,cutmix=0.5") == Augment(crop=4, flip=True, cutmix=0.5)
+    with pytest.raises(PoisonlabError, match="unknown augmentation 'blur'"):
+        Augment.parse("crop=4,blur")
+    with pytest.raises(PoisonlabError, match="crop.*'x'"):
+        Augment.parse("crop=x")
+    with pytest.raises(PoisonlabError, match=">= 0"):
+        Augment.parse("mixup=-1")
