@@ -10,6 +10,7 @@ Every stage is cached under --work, so an interrupted run resumes where it stopp
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def main():
                 continue
             key = f"{name}{'-at4' if adv else ''}"
             path = work / "victims" / f"{key}.json"
+            if not path.exists() and not claim(work / "victims" / f"{key}.lock"):
+                print(f"== {key}: another process is training it; skipped here", flush=True)
+                continue
             if not path.exists():
                 print(f"== victim on {key}", flush=True)
                 cfg = TrainConfig(**VICTIM, **(AT if adv else {}), seed=0)
@@ -77,14 +81,53 @@ def main():
                 r["wall_seconds"] = time.time() - t0
                 write_json(path, r)
                 (work / "victims" / f"{key}.pt").unlink(missing_ok=True)
+                (work / "victims" / f"{key}.lock").unlink(missing_ok=True)
             r = read_json(path)
             runs[key] = {"last_acc": r["last_acc"], "best_acc": r["best_acc"], "best_epoch": r["best_epoch"],
                          "curve": [h["test_acc"] for h in r["history"]]}
             print(f"{key:22s} last {r['last_acc']:6.2f}  best {r['best_acc']:6.2f}", flush=True)
-    write_json(args.out, {"scale": {"train_images": len(train), "test_images": len(test), "victim": VICTIM,
-                                    "adversarial_training": AT, "methods": METHODS},
-                          "generation_seconds": gen_seconds, "runs": runs})
-    print(json.dumps(gen_seconds))
+    result = {"scale": {"train_images": len(train), "test_images": len(test), "victim": VICTIM,
+                        "adversarial_training": AT, "methods": {m: METHODS[m] for m in methods}},
+              "generation_seconds": gen_seconds, "runs": runs}
+    write_json(args.out, result)
+    Path(args.out).with_suffix(".md").write_text(table(result))
+    print(table(result))
+
+
+def claim(lock: Path) -> bool:
+    """Let parallel invocations share the victim runs: one process per run (stale locks are taken over)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    if lock.exists():
+        try:
+            os.kill(int(lock.read_text()), 0)
+            return False
+        except (ProcessLookupError, ValueError):
+            lock.unlink(missing_ok=True)
+    try:
+        with open(lock, "x") as f:
+            f.write(str(os.getpid()))
+        return True
+    except FileExistsError:
+        return False
+
+
+def table(result):
+    """Markdown: clean test accuracy per method under standard training and AT, with the drop."""
+    runs, gen = result["runs"], result["generation_seconds"]
+    base = {"": runs.get("clean", {}).get("last_acc"), "-at4": runs.get("clean-at4", {}).get("last_acc")}
+    lines = ["| data | gen. time (s) | standard: last (best) | drop | AT 4/255: last (best) | drop |",
+             "|---|---|---|---|---|---|"]
+    for name in ["clean", *gen]:
+        cells = [name, f"{gen[name]:.0f}" if name in gen else "-"]
+        for suffix in ("", "-at4"):
+            r = runs.get(name + suffix)
+            if r is None:
+                cells += ["-", "-"]
+                continue
+            drop = base[suffix] - r["last_acc"] if base[suffix] is not None and name != "clean" else None
+            cells += [f"{r['last_acc']:.2f} ({r['best_acc']:.2f})", f"{drop:.2f}" if drop is not None else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from .protect import protect
 from .train import TrainConfig, train_victim
 
 # Scaled-down min-max-min settings (the paper's are ResNet-18 and 5,000 steps; see MinMaxMin).
-DEMO_MINMAXMIN = dict(surrogate="smallcnn", width=0.5, train_steps=300, lr_decay_every=200, noise_steps=5,
-                      noise_step_size=2 / 255, eot=2, adv_steps=3, adv_step_size=1.6 / 255)
+DEMO_MINMAXMIN = dict(surrogate="smallcnn", width=0.5, train_steps=200, lr_decay_every=150, noise_steps=4,
+                      noise_step_size=2.5 / 255, eot=1, adv_steps=2, adv_step_size=2.5 / 255)
 QUICK_MINMAXMIN = dict(DEMO_MINMAXMIN, train_steps=20, lr_decay_every=15, noise_steps=2, adv_steps=1)
 
 
