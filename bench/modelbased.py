@@ -47,6 +47,7 @@ def main():
     ap.add_argument("--out", default="docs/results/modelbased.json")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--skip-clean", action="store_true", help="no clean baseline (when run beside another job)")
+    ap.add_argument("--report-only", action="store_true", help="tabulate the cached results; train nothing")
     args = ap.parse_args()
     set_threads()
     work = Path(args.work)
@@ -57,6 +58,8 @@ def main():
     for m in methods:
         target = work / "protected" / m
         if not (target / "manifest.json").exists():
+            if args.report_only:
+                continue
             print(f"== protecting with {m}", flush=True)
             opts = METHODS[m]
             protect(m.split("-")[0], train, target, overwrite=True, resume=True, seed=0, source=args.data, **opts)
@@ -64,12 +67,15 @@ def main():
         gen_seconds[m] = manifest["generation_seconds"]
         data[m] = load_dataset(target, "train")
     runs = {}
+    methods = [m for m in methods if m in data]
     for name in ([] if args.skip_clean else ["clean"]) + methods:
         for adv in (False, True):
             if adv and name not in AT_METHODS:
                 continue
             key = f"{name}{'-at4' if adv else ''}"
             path = work / "victims" / f"{key}.json"
+            if args.report_only and not path.exists():
+                continue
             if not path.exists() and not claim(work / "victims" / f"{key}.lock"):
                 print(f"== {key}: another process is training it; skipped here", flush=True)
                 continue

@@ -252,3 +252,14 @@ def test_cli_protect_bad_input_is_one_line_error(tmp_path, capsys):
     assert rc == 2 and "not found" in capsys.readouterr().err
     rc = main(["protect", "--method", "nope", "--data", str(src), "--out", str(tmp_path / "o3")])
     assert rc == 2 and "unknown method" in capsys.readouterr().err
+
+
+def test_checkpoint_carries_generation_time_across_resumes(tmp_path):
+    first = Checkpoint(tmp_path / "s.pt", "k", every_seconds=0)
+    first._start -= 100  # pretend the first run worked for 100 s before it was killed
+    first.save({"x": 1})
+    second = Checkpoint(tmp_path / "s.pt", "k")
+    assert second.load()["x"] == 1
+    assert 100 <= second.elapsed() < 160
+    with pytest.raises(PoisonlabError, match="other settings"):
+        Checkpoint(tmp_path / "s.pt", "other").load()

@@ -18,7 +18,12 @@ class Checkpoint:
 
     def __init__(self, path: Path | None, key: str, every_seconds: float = 30.0):
         self.path, self.key, self.every = (Path(path) if path else None), key, every_seconds
-        self._last = time.monotonic()
+        self._last = self._start = time.monotonic()
+        self._before = 0.0  # seconds spent by earlier (interrupted) runs, restored by load()
+
+    def elapsed(self) -> float:
+        """Generation time across resumes (up to the last save of each interrupted run)."""
+        return self._before + time.monotonic() - self._start
 
     def load(self):
         if self.path is None or not self.path.exists():
@@ -26,6 +31,7 @@ class Checkpoint:
         state = torch.load(self.path, map_location="cpu", weights_only=False)
         if state.get("__key__") != self.key:
             raise PoisonlabError(f"checkpoint {self.path} was made with other settings; remove it or drop --resume")
+        self._before = float(state.get("__elapsed__", 0.0))
         return state
 
     def save(self, state, force: bool = False):
@@ -34,5 +40,5 @@ class Checkpoint:
             return
         state = state() if callable(state) else state
         with atomic_write(self.path) as f:
-            torch.save({**state, "__key__": self.key}, f)
+            torch.save({**state, "__key__": self.key, "__elapsed__": self.elapsed()}, f)
         self._last = time.monotonic()

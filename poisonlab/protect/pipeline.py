@@ -70,9 +70,8 @@ def protect(method: str, data, out_dir, *, subset=None, overwrite=False, resume=
             raise PoisonlabError(f"{work} holds progress of an earlier run: pass --resume to continue it, or remove it")
     work.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpoint(work / "state.pt", key)
-    t0 = time.perf_counter()
     protected = m.generate(ds, ckpt)
-    seconds = time.perf_counter() - t0
+    seconds = ckpt.elapsed()
     m.verify(ds.images, protected)
     delta = protected.to(torch.int16) - ds.images.to(torch.int16)
     noise = delta.numpy().astype(np.int8 if int(delta.abs().max()) <= 127 else np.int16)
