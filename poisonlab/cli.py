@@ -102,8 +102,13 @@ def cmd_train(args):
 def _align_subset(clean, protected, n, seed):
     """Pick the clean images that correspond to protected.stratified(n, seed)."""
     sub = protected.stratified(n, seed)
+    if clean.names is None or sub.names is None:
+        raise PoisonlabError("--clean-data with --subset needs file names on both sets to pair images")
     stems = {str(Path(x).with_suffix("")): i for i, x in enumerate(clean.names)}
-    return clean.subset([stems[str(Path(x).with_suffix(""))] for x in sub.names])
+    try:
+        return clean.subset([stems[str(Path(x).with_suffix(""))] for x in sub.names])
+    except KeyError as e:
+        raise PoisonlabError(f"protected image {e} has no counterpart in --clean-data") from None
 
 
 def cmd_protect(args):
@@ -187,6 +192,9 @@ def build_parser():
     b.add_argument("--device", default="auto")
     b.add_argument("--only", default=None, help="run only cells whose id contains this text")
     b.add_argument("--report-only", action="store_true", help="rebuild tables/plots from cached cells")
+    b.add_argument("--list", action="store_true", help="list the cells (cached or not) and exit")
+    b.add_argument("--cache", default=None, help="cache folder (default: the config's, else OUT/cache)")
+    b.add_argument("--no-progress", action="store_true")
     b.set_defaults(fn=cmd_bench)
 
     for name in ("methods", "models"):
@@ -201,6 +209,9 @@ def main(argv=None):
     try:
         args.fn(args)
     except PoisonlabError as e:
+        print(f"poisonlab: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # unwritable --out, full disk, ...: the user's to fix, so no traceback
         print(f"poisonlab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

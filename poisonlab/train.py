@@ -44,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    defense: str = ""  # training-time countermeasure hook, e.g. "ueraser" (poisonlab.defenses), applied after augment
     extra: dict = field(default_factory=dict)  # free-form labels carried into results (e.g. countermeasure)
 
     def __post_init__(self):
@@ -55,9 +56,22 @@ class TrainConfig:
         if self.schedule not in ("cosine", "multistep", "constant"):
             raise PoisonlabError(f"unknown schedule {self.schedule!r} (cosine, multistep, constant)")
         Augment.parse(self.augment)  # validate early
+        if self.defense:
+            from .defenses import train_time_defense
+            train_time_defense(self.defense)
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        d = asdict(self)
+        if not d["defense"]:
+            d.pop("defense")  # keep the keys of runs made before the field existed
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _resume_key(cfg: TrainConfig) -> str:
+    """Checkpoint identity: the configuration less the epoch count, so a constant-schedule run can be extended."""
+    d = asdict(cfg)
+    d.pop("epochs")
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -101,6 +115,10 @@ def train_victim(train: ImageSet, test: ImageSet | None, cfg: TrainConfig, progr
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=cfg.momentum > 0)
     aug = Augment.parse(cfg.augment)
+    tdef = None
+    if cfg.defense:
+        from .defenses import train_time_defense
+        tdef = train_time_defense(cfg.defense)
     attack = None
     if cfg.adv_eps > 0:
         attack = make_pgd(cfg.adv_norm, cfg.adv_eps, steps=cfg.adv_steps, alpha=cfg.adv_alpha)
@@ -113,12 +131,23 @@ def train_victim(train: ImageSet, test: ImageSet | None, cfg: TrainConfig, progr
 
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        if state.get("key") != cfg.key() or state.get("n") != n:
+        # RNG states must stay CPU tensors (set_state refuses CUDA ones); load_state_dict moves the rest.
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated or foreign file: a user error, not a crash
+            raise PoisonlabError(f"cannot read checkpoint {ckpt}: {e}") from None
+        if not isinstance(state, dict) or state.get("key") != _resume_key(cfg) or state.get("n") != n:
             raise PoisonlabError(f"checkpoint {ckpt} belongs to another configuration; remove it or pick another path")
+        if state["epochs"] != cfg.epochs and cfg.schedule != "constant":
+            # The cosine/multistep learning rate depends on the total length, so continuing with another
+            # epoch count would give a run that matches no uninterrupted one.
+            raise PoisonlabError(f"checkpoint {ckpt} is of a {state['epochs']}-epoch {cfg.schedule} schedule; "
+                                 f"only a constant schedule can be extended to {cfg.epochs} epochs")
+        if state["epoch"] > cfg.epochs:
+            raise PoisonlabError(f"checkpoint {ckpt} already holds {state['epoch']} epochs > {cfg.epochs}")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"].to(gen.get_state().device) if device.type == "cpu" else state["gen"])
+        gen.set_state(state["gen"])
         torch.set_rng_state(state["cpu_rng"])
         history, start_epoch, train_time = state["history"], state["epoch"], state["train_time"]
 
@@ -147,8 +176,11 @@ def train_victim(train: ImageSet, test: ImageSet | None, cfg: TrainConfig, progr
                     x = x + attack(model, x, target, gen=gen)
                 model.train()
             with autocast(device, cfg.amp):
-                logits = model(x)
-                loss = soft_cross_entropy(logits, y_soft) if y_soft is not None else F.cross_entropy(logits.float(), y)
+                if tdef is not None:  # training-time countermeasure (e.g. UEraser): its own forward + loss
+                    loss, logits = tdef.loss(model, x, y, y_soft, gen)
+                else:
+                    logits = model(x)
+                    loss = soft_cross_entropy(logits, y_soft) if y_soft is not None else F.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -166,9 +198,9 @@ def train_victim(train: ImageSet, test: ImageSet | None, cfg: TrainConfig, progr
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", test_acc=f"{acc:.2f}")
         if ckpt is not None:
             with atomic_write(ckpt) as f:
-                torch.save({"key": cfg.key(), "n": n, "model": model.state_dict(), "opt": opt.state_dict(),
-                            "gen": gen.get_state(), "cpu_rng": torch.get_rng_state(), "history": history,
-                            "epoch": epoch + 1, "train_time": train_time}, f)
+                torch.save({"key": _resume_key(cfg), "epochs": cfg.epochs, "n": n, "model": model.state_dict(),
+                            "opt": opt.state_dict(), "gen": gen.get_state(), "cpu_rng": torch.get_rng_state(),
+                            "history": history, "epoch": epoch + 1, "train_time": train_time}, f)
     bar.close()
     accs = [h["test_acc"] for h in history]
     best = max(range(len(accs)), key=lambda i: accs[i]) if test is not None else len(accs) - 1

@@ -1,0 +1,261 @@
+"""`poisonlab bench`: run a grid of protections x countermeasures x victims x budgets x fractions.
+
+Each cell is one victim training run. Its result is cached as one JSON file named by a hash of everything
+that determines the run (the data's images, the protection method and all its options, the protected
+fraction and its mode, the data-level countermeasures, the full TrainConfig), written atomically; a
+running cell also checkpoints every epoch. An interrupted grid therefore resumes where it stopped, and a
+rerun trains nothing that is cached. Protected training sets are cached per (method, options, data) as
+`poisonlab protect` output folders. Reports: OUT/results.csv, results.json, tables.md, plots/*.png.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .. import PoisonlabError
+from ..data import ImageSet, load_dataset
+from ..defenses import parse_defense
+from ..fileio import read_json, write_json
+from ..train import TrainConfig, mix_partial, train_victim
+from .config import CLEAN, Cell, GridConfig, available_methods, load_config
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def images_hash(ds: ImageSet) -> str:
+    h = hashlib.sha256(ds.images.numpy().tobytes())
+    h.update(ds.labels.numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def method_code_hash(method) -> str:
+    """Hash of the source files a protection method is built from (its class hierarchy). Recorded beside each
+    cached protected set (not part of its key, so a comment edit does not force hours of regeneration); a
+    mismatch is reported as a warning."""
+    import inspect
+    from ..protect import method_class
+    try:
+        cls = method_class(method)
+    except PoisonlabError:
+        return "unavailable"
+    h = hashlib.sha256()
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("poisonlab."):
+            try:
+                h.update(Path(inspect.getsourcefile(klass)).read_bytes())
+            except (OSError, TypeError):
+                pass
+    return h.hexdigest()[:16]
+
+
+class Grid:
+    """Holds the loaded data, the caches and the cells of one config."""
+
+    def __init__(self, cfg: GridConfig, out=None, cache=None, device="auto", progress=None, log=print):
+        self.cfg = cfg
+        base = cfg.path.parent if cfg.path else Path.cwd()
+        self.out = Path(out or cfg.out or Path("runs") / "bench" / cfg.name)
+        self.cache = Path(cache or cfg.cache or self.out / "cache")
+        self.source = self._resolve(cfg.data["source"], base)
+        self.device = device
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.log = log
+        self._train = self._test = None
+        self._protected = {}
+        self._warned = set()
+
+    @staticmethod
+    def _resolve(source, base):
+        s = str(source)
+        if s.startswith("bundled") or Path(s).is_absolute() or Path(s).exists():
+            return s
+        alt = base / s
+        return str(alt) if alt.exists() else s
+
+    # ----- data ----------------------------------------------------------------------------------
+    def data(self):
+        if self._train is None:
+            d = self.cfg.data
+            seed = int(d.get("seed", 0))
+            train = load_dataset(self.source, "train")
+            test = load_dataset(self.source, "test")
+            if d.get("train_subset"):
+                train = train.stratified(int(d["train_subset"]), seed)
+            if d.get("test_subset"):
+                test = test.stratified(int(d["test_subset"]), seed)
+            self._train, self._test = train, test
+            self.data_id = _sha([images_hash(train), images_hash(test)])
+        return self._train, self._test
+
+    # ----- protection ------------------------------------------------------------------------------
+    def protection_id(self, method, budget):
+        opts = self.cfg.method_options(method, budget)
+        opts.pop("device", None)
+        return method, opts, _sha([method, opts, self.data_id])
+
+    def protected(self, method, budget):
+        """The protected training set (generated once into the cache, then loaded from its PNGs)."""
+        train, _ = self.data()
+        m, opts, pid = self.protection_id(method, budget)
+        if pid in self._protected:
+            return self._protected[pid]
+        folder = self.cache / "protected" / f"{m}-{pid}"
+        if not (folder / "manifest.json").exists():
+            from ..protect import protect
+            self.log(f"protect: {m} {opts} on {len(train)} images -> {folder}")
+            dev = self.cfg.protect.get("device", self.device)
+            protect(m, train, folder, resume=True, progress=self.progress, device=dev, **opts)
+            (folder.parent / f"{folder.name}.code").write_text(method_code_hash(m) + "\n")
+        code = folder.parent / f"{folder.name}.code"
+        if code.exists() and code.read_text().strip() != method_code_hash(m) and pid not in self._warned:
+            self._warned.add(pid)
+            self.log(f"warning: the code of {m} changed since {folder} was made; delete that folder (and the "
+                     f"cells made from it) to regenerate")
+        manifest = read_json(folder / "manifest.json")
+        ds = load_dataset(folder, "train")
+        self._protected[pid] = (ds, manifest)
+        return ds, manifest
+
+    # ----- cells -----------------------------------------------------------------------------------
+    def train_config(self, cell: Cell, defense=None) -> TrainConfig:
+        defense = defense or parse_defense(cell.defense)
+        kw = dict(self.cfg.train, model=cell.model, width=cell.width, seed=cell.seed, device=self.device)
+        return TrainConfig(**defense.configure(kw))
+
+    def key(self, cell: Cell) -> str:
+        self.data()
+        d = parse_defense(cell.defense)
+        parts = getattr(d, "parts", [d])
+        tc = asdict(self.train_config(cell, d))
+        for k in ("device", "extra"):
+            tc.pop(k)
+        prot = None
+        if cell.protected:
+            m, opts, _ = self.protection_id(cell.method, cell.budget)
+            prot = {"method": m, "options": opts}
+        ident = {
+            "data": self.data_id, "protection": prot, "fraction": cell.fraction, "mode": cell.mode,
+            "data_defenses": [p.spec() for p in parts if p.kind == "data"],
+            "test_defenses": [p.spec() for p in parts if p.kind == "data" and p.test_too],
+            "train": tc, "split_seed": cell.seed,
+        }
+        return _sha(ident)
+
+    def cell_path(self, key):
+        return self.cache / "cells" / f"{key}.json"
+
+    def cached(self, cell):
+        p = self.cell_path(self.key(cell))
+        if p.exists():
+            try:
+                return read_json(p)
+            except (OSError, json.JSONDecodeError):
+                return None
+        return None
+
+    def training_set(self, cell: Cell):
+        train, _ = self.data()
+        if cell.mode == "clean-only":
+            return mix_partial(train, train, cell.fraction, cell.seed, clean_only=True), None
+        if not cell.protected:
+            return train, None
+        prot, manifest = self.protected(cell.method, cell.budget)
+        if cell.fraction >= 1.0:
+            return prot, manifest
+        return mix_partial(prot, train, cell.fraction, cell.seed), manifest
+
+    def run_cell(self, cell: Cell) -> dict:
+        key = self.key(cell)
+        path = self.cell_path(key)
+        d = parse_defense(cell.defense)
+        train_set, manifest = self.training_set(cell)
+        _, test = self.data()
+        t0 = time.perf_counter()
+        train_set = d.apply(train_set)
+        test_set = d.apply_test(test)
+        defense_seconds = time.perf_counter() - t0
+        cfg = self.train_config(cell, d)
+        ckpt = self.cache / "running" / f"{key}.pt"
+        result = train_victim(train_set, test_set, cfg, progress=self.progress, checkpoint=ckpt)
+        record = {
+            "key": key, "cell": asdict(cell), "defense_spec": d.spec(), "data_id": self.data_id,
+            "train_config": result["config"], "device": result["device"],
+            "train_size": result["train_size"], "test_size": result["test_size"],
+            "history": result["history"], "last_acc": result["last_acc"], "best_acc": result["best_acc"],
+            "best_epoch": result["best_epoch"], "train_seconds": round(result["train_seconds"], 2),
+            "defense_seconds": round(defense_seconds, 2),
+            "protection": None if manifest is None else {
+                "method": manifest["method"], "params": manifest["params"], "bound": manifest["bound"],
+                "generation_seconds": manifest.get("generation_seconds"), "surrogate": manifest.get("surrogate")},
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        write_json(path, record)
+        ckpt.unlink(missing_ok=True)
+        return record
+
+
+def select(cells, only):
+    if not only:
+        return cells
+    return [c for c in cells if only in c.label()]
+
+
+def run_grid(cfg: GridConfig | str | Path, out=None, cache=None, device="auto", only=None, report_only=False,
+             progress=None, log=print, list_only=False) -> dict:
+    """Run (or, with report_only, just report) a grid. Returns {"rows": [...], "trained": n, "cached": n}."""
+    if not isinstance(cfg, GridConfig):
+        cfg = load_config(cfg)
+    grid = Grid(cfg, out, cache, device, progress, log)
+    grid.data()
+    cells = select(cfg.cells(), only)
+    if only and not cells:
+        raise PoisonlabError(f"no cell matches --only {only!r}")
+    if list_only:
+        for c in cells:
+            state = "cached" if grid.cached(c) is not None else "to train"
+            log(f"{grid.key(c)}  {state:8s}  {c.label()}")
+        return {"rows": [], "trained": 0, "cached": 0, "missing": 0, "out": str(grid.out)}
+    trained = cached = missing = 0
+    if not report_only:
+        have = set(available_methods())
+        absent = sorted({c.method for c in cells if c.protected and c.method not in have})
+        if absent:
+            log(f"skipping the cells of {', '.join(absent)}: not in poisonlab.protect yet (rerun when they are)")
+        cells = [c for c in cells if not c.protected or c.method in have]
+        todo, keys = [], set()
+        for c in cells:  # one run per key: e.g. 'early' trains exactly like 'none'
+            k = grid.key(c)
+            if k not in keys and grid.cached(c) is None:
+                todo.append(c)
+            keys.add(k)
+        cached = len(keys) - len(todo)
+        log(f"bench {cfg.name}: {len(cells)} cells = {len(keys)} distinct runs, {cached} cached, {len(todo)} to train "
+            f"-> {grid.out}")
+        # In config order (the first experiments first); each protected set is generated when first needed.
+        for i, c in enumerate(todo, 1):
+            t0 = time.perf_counter()
+            log(f"[{i}/{len(todo)}] {c.label()}")
+            rec = grid.run_cell(c)
+            trained += 1
+            log(f"    last {rec['last_acc']:.2f}%  best {rec['best_acc']:.2f}% (epoch {rec['best_epoch']})  "
+                f"{time.perf_counter() - t0:.0f}s")
+    from .report import write_reports
+    rows = write_reports(grid, cells)
+    missing = len({r["key"] for r in rows if r["last_acc"] is None})
+    log(f"bench {cfg.name}: {trained} trained, {cached} cached, {missing} missing -> "
+        f"{grid.out / 'tables.md'}")
+    return {"rows": rows, "trained": trained, "cached": cached, "missing": missing, "out": str(grid.out)}
+
+
+def main(args):
+    run_grid(args.config, out=args.out, cache=getattr(args, "cache", None), device=args.device, only=args.only,
+             report_only=args.report_only, progress=False if getattr(args, "no_progress", False) else None,
+             list_only=getattr(args, "list", False))

@@ -1,0 +1,324 @@
+"""Reports of a grid: results.csv / results.json (one row per experiment x cell), tables.md laid out like
+seed 001 Tables 3, 4 and 6 plus ISS-style method x countermeasure tables, and the plots."""
+
+import csv
+import io
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ..defenses import parse_defense
+from ..fileio import atomic_write, write_json
+from .config import CLEAN, Cell, canonical
+
+METHOD_LABELS = {"clean": "Clean", "random": "Random", "em": "EM", "tap": "TAP", "rem": "REM", "ntga": "NTGA",
+                 "minmaxmin": "min-max-min", "cuda": "CUDA", "lsp": "LSP", "ar": "AR", "ops": "OPS",
+                 "salm": "SALM", "entf": "EntF"}
+
+
+def method_label(m):
+    return METHOD_LABELS.get(m, m.upper())
+
+
+def budget_note(methods):
+    """Methods whose budget is not the grid's L-inf budget (their own default or configured eps)."""
+    from .config import method_norm
+    other = [m for m in methods if m != CLEAN and method_norm(m) != "linf"]
+    return f" ({', '.join(method_label(m) for m in other)}: own budget, see the protection manifests)" if other else ""
+
+
+def budget_text(eps):
+    if eps is None:
+        return ""
+    v = eps * 255
+    return f"{v:g}/255" if abs(v - round(v, 2)) < 1e-6 else f"{eps:.4g}"
+
+
+def _num(v):
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def defense_label(spec: str) -> str:
+    d = parse_defense(spec)
+    parts = getattr(d, "parts", [d])
+    out = []
+    for p in parts:
+        n = p.name
+        if n == "none":
+            out.append("none")
+        elif n == "jpeg":
+            out.append(f"JPEG-{p.quality}" + (" (kornia)" if p.codec == "kornia" else ""))
+        elif n == "gray":
+            out.append("grayscale")
+        elif n == "bits":
+            out.append(f"{p.bits}-bit")
+        elif n == "gauss":
+            out.append(f"Gauss σ={p.sigma:g}")
+        elif n == "median":
+            out.append(f"median {p.kernel}x{p.kernel}")
+        elif n == "ortho":
+            out.append("ortho proj.")
+        elif n == "at":
+            out.append(f"AT {budget_text(p.eps)}")
+        elif n == "at-l2":
+            out.append(f"AT-L2 {p.eps:g}")
+        elif n in ("cutout", "mixup", "cutmix"):
+            out.append(n)
+        elif n == "early":
+            out.append("early stop")
+        elif n == "ueraser":
+            out.append("UEraser" + (f"-Max K={p.repeats}" if p.repeats > 1 else "-Lite"))
+        else:
+            out.append(p.spec())
+    return " + ".join(out)
+
+
+def at_radius_label(spec: str) -> str:
+    d = parse_defense(spec)
+    if d.name == "none":
+        return "0"
+    if d.name == "at":
+        return budget_text(d.eps)
+    return defense_label(spec)
+
+
+def metric_for(exp, spec):
+    return exp.metric or parse_defense(spec).report
+
+
+# ---------------------------------------------------------------- rows
+def collect_rows(grid):
+    cfg = grid.cfg
+    records = {}
+    rows = []
+    for e in cfg.experiments:
+        for c in e.cells:
+            key = grid.key(c)
+            if key not in records:
+                p = grid.cell_path(key)
+                rec = None
+                if p.exists():
+                    from ..fileio import read_json
+                    rec = read_json(p)
+                records[key] = rec
+            rec = records[key]
+            metric = metric_for(e, c.defense)
+            row = {
+                "experiment": e.name, "layout": e.layout, "method": c.method, "budget": budget_text(c.budget),
+                "defense": c.defense, "defense_label": defense_label(c.defense), "model": c.model, "width": c.width,
+                "fraction": c.fraction, "mode": c.mode, "seed": c.seed,
+                "last_acc": rec["last_acc"] if rec else None, "best_acc": rec["best_acc"] if rec else None,
+                "best_epoch": rec["best_epoch"] if rec else None, "metric": metric,
+                "reported_acc": (rec["best_acc"] if metric == "best" else rec["last_acc"]) if rec else None,
+                "epochs": len(rec["history"]) if rec else None,
+                "train_size": rec["train_size"] if rec else None, "test_size": rec["test_size"] if rec else None,
+                "train_seconds": rec["train_seconds"] if rec else None,
+                "defense_seconds": rec.get("defense_seconds") if rec else None,
+                "generation_seconds": (rec.get("protection") or {}).get("generation_seconds") if rec else None,
+                "device": rec["device"] if rec else None, "key": key,
+            }
+            rows.append((e, c, row, rec))
+    return rows
+
+
+CSV_FIELDS = ["experiment", "layout", "method", "budget", "defense", "defense_label", "model", "width", "fraction",
+              "mode", "seed", "reported_acc", "metric", "last_acc", "best_acc", "best_epoch", "epochs", "train_size",
+              "test_size", "train_seconds", "defense_seconds", "generation_seconds", "device", "key"]
+
+
+def write_reports(grid, cells=None):
+    out = Path(grid.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect_rows(grid)
+    flat = [r for _, _, r, _ in rows]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in flat:
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    with atomic_write(out / "results.csv", "w") as f:
+        f.write(buf.getvalue())
+    write_json(out / "results.json", {
+        "name": grid.cfg.name, "scale": grid.cfg.scale, "config": grid.cfg.raw,
+        "data": {**grid.cfg.data, "source": grid.source, "train_size": len(grid.data()[0]),
+                 "test_size": len(grid.data()[1]), "data_id": grid.data_id},
+        "rows": [{**r, "history": rec["history"] if rec else None} for _, _, r, rec in rows]})
+    with atomic_write(out / "tables.md", "w") as f:
+        f.write(tables_markdown(grid, rows))
+    from .plots import write_plots
+    write_plots(grid, rows, out / "plots")
+    return flat
+
+
+# ---------------------------------------------------------------- tables
+def _value(lookup, cell, metric):
+    recs = lookup.get(canonical(cell))
+    if not recs:
+        return None
+    vals = [r["best_acc"] if metric == "best" else r["last_acc"] for r in recs]
+    return vals
+
+
+def _fmt(vals):
+    if vals is None:
+        return "—"
+    if len(vals) == 1:
+        return f"{vals[0]:.2f}"
+    return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def tables_markdown(grid, rows):
+    cfg = grid.cfg
+    train, test = grid.data()
+    lookup = {}
+    for e, c, r, rec in rows:
+        if rec is not None:
+            lookup.setdefault(canonical(Cell(**{**asdict(c), "seed": 0})), {})[c.seed] = rec
+    lookup = {k: list(v.values()) for k, v in lookup.items()}
+    done = [rec for _, _, _, rec in rows if rec]
+    devices = sorted({rec["device"] for rec in done})
+    secs = sum({rec["key"]: rec["train_seconds"] for rec in done}.values())
+    gen = {}
+    for rec in done:
+        p = rec.get("protection")
+        if p and p.get("generation_seconds") is not None:
+            gen[(p["method"], repr(sorted(p["params"].items())))] = p["generation_seconds"]
+    tc = cfg.train
+    n_cells = len({r["key"] for _, _, r, _ in rows})
+    n_done = len({rec["key"] for rec in done})
+    out = [f"# Benchmark grid: {cfg.name}\n"]
+    if cfg.scale:
+        out.append(f"**Scale.** {cfg.scale}\n")
+    out.append(f"Data: `{cfg.data['source']}`, {len(train)} training images ({train.num_classes} classes), "
+               f"{len(test)} test images. Victim training: {', '.join(f'{k}={v}' for k, v in tc.items())}.\n")
+    out.append(f"Cells finished: {n_done}/{n_cells}; victim training time {secs / 60:.1f} min"
+               f"{', protection generation ' + format(sum(gen.values()) / 60, '.1f') + ' min' if gen else ''}"
+               f" on {', '.join(devices) or '—'}. Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n")
+    out.append("Entries: clean test accuracy (%) of the victim after the last epoch (lower = stronger protection); "
+               "'early stop' reports the best epoch instead. '—' = not run yet.\n")
+    for e in cfg.experiments:
+        out.append(f"\n## {e.name}" + (f": {e.title}" if e.title else "") + "\n")
+        out.append(_experiment_tables(e, lookup))
+        if e.reference:
+            out.append(_reference_table(e.reference))
+    return "\n".join(out)
+
+
+def _methods_cols(e):
+    ms = list(e.methods)
+    if CLEAN in ms:
+        ms.remove(CLEAN)
+        ms.insert(0, CLEAN)
+    return ms
+
+
+def _groups(e, *axes):
+    """Sub-tables over the axes that are neither rows nor columns."""
+    vals = {"model": e.models, "budget": e.budgets, "fraction": e.fractions, "defense": e.defenses}
+    import itertools
+    combos = list(itertools.product(*(vals[a] for a in axes)))
+    for combo in combos:
+        d = dict(zip(axes, combo))
+        caption = []
+        if len(e.models) > 1 and "model" in d:
+            caption.append(f"victim {d['model'][0]} (width {d['model'][1]:g})")
+        if len(e.budgets) > 1 and "budget" in d:
+            caption.append(f"budget {budget_text(d['budget'])}")
+        if len(e.fractions) > 1 and "fraction" in d:
+            caption.append(f"{d['fraction'] * 100:g}% protected")
+        if len(e.defenses) > 1 and "defense" in d:
+            caption.append(defense_label(d["defense"]))
+        yield d, ", ".join(caption)
+
+
+def _experiment_tables(e, lookup):
+    parts = []
+    if e.layout == "at-radius":
+        for d, cap in _groups(e, "model", "budget", "fraction"):
+            (model, width), b, f = d["model"], d["budget"], d["fraction"]
+            header = ["ρa (AT radius)"] + [method_label(m) for m in _methods_cols(e)]
+            body = []
+            for spec in e.defenses:
+                row = [at_radius_label(spec)]
+                for m in _methods_cols(e):
+                    c = Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0)
+                    row.append(_fmt(_value(lookup, c, metric_for(e, spec))))
+                body.append(row)
+            parts.append(_caption(cap, f"victim {model} (width {width:g}), noise budget {budget_text(b)}{budget_note(e.methods)}")
+                         + _table(header, body))
+    elif e.layout == "victims":
+        for d, cap in _groups(e, "defense", "budget", "fraction"):
+            spec, b, f = d["defense"], d["budget"], d["fraction"]
+            header = ["victim"] + [method_label(m) for m in _methods_cols(e)]
+            body = []
+            for model, width in e.models:
+                row = [f"{model} (w {width:g})"]
+                for m in _methods_cols(e):
+                    c = Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0)
+                    row.append(_fmt(_value(lookup, c, metric_for(e, spec))))
+                body.append(row)
+            parts.append(_caption(cap, f"countermeasure {defense_label(spec)}, noise budget {budget_text(b)}{budget_note(e.methods)}")
+                         + _table(header, body))
+    elif e.layout == "fractions":
+        fr = sorted(set(e.fractions))
+        for d, cap in _groups(e, "defense", "model", "budget"):
+            spec, (model, width), b = d["defense"], d["model"], d["budget"]
+            metric = metric_for(e, spec)
+            header = ["protected"] + [f"{f * 100:g}%" for f in fr]
+            body = []
+            if e.clean_only:
+                row = ["clean only"]
+                for f in fr:
+                    row.append("-" if f >= 1 else _fmt(_value(lookup, Cell(CLEAN, None, spec, model, width, f,
+                                                                           "clean-only", 0), metric)))
+                body.append(row)
+            for m in e.methods:
+                if m == CLEAN:
+                    continue
+                row = [f"{method_label(m)} (mixed)"]
+                for f in fr:
+                    row.append(_fmt(_value(lookup, Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0), metric)))
+                body.append(row)
+            parts.append(_caption(cap, f"countermeasure {defense_label(spec)}, victim {model} (width {width:g}), "
+                                       f"noise budget {budget_text(b)}{budget_note(e.methods)}") + _table(header, body))
+    else:  # defenses: methods x countermeasures (ISS-style)
+        for d, cap in _groups(e, "model", "budget", "fraction"):
+            (model, width), b, f = d["model"], d["budget"], d["fraction"]
+            header = ["method"] + [defense_label(s) for s in e.defenses]
+            body = []
+            for m in _methods_cols(e):
+                row = [method_label(m)]
+                for spec in e.defenses:
+                    c = Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0)
+                    row.append(_fmt(_value(lookup, c, metric_for(e, spec))))
+                body.append(row)
+            parts.append(_caption(cap, f"victim {model} (width {width:g}), noise budget {budget_text(b)}{budget_note(e.methods)}")
+                         + _table(header, body))
+    return "\n".join(parts)
+
+
+def _budget(method, b):
+    from .config import method_norm
+    return None if method == CLEAN or method_norm(method) != "linf" else b
+
+
+def _reference_table(ref):
+    """Published figures (copied into the config from the paper), laid out like the measured table."""
+    rows = ref.get("rows", {})
+    cols = []
+    for r in rows.values():
+        cols += [c for c in r if c not in cols]
+    body = [[k] + [("·" if r.get(c) is None else f"{r[c]:.2f}") for c in cols] for k, r in rows.items()]
+    return (f"\n*Published: {ref.get('source', 'reference')} (not measured here; full scale)*\n\n"
+            + _table([ref.get("corner", "")] + cols, body))
+
+
+def _caption(cap, default):
+    return f"\n*{cap or default}*\n\n"

@@ -1,0 +1,179 @@
+"""Training-side countermeasures: PGD adversarial training, label-mixing/occlusion augmentation,
+early stopping, and UEraser's heavy augmentation (a per-batch hook in train_victim)."""
+
+import torch
+import torch.nn.functional as F
+
+from .. import PoisonlabError
+from ..budget import parse_budget
+from .base import Defense, register_defense
+
+
+# ---------------------------------------------------------------- adversarial training
+@register_defense
+class AdversarialTraining(Defense):
+    """PGD adversarial training of the victim (Madry et al. 2018) with radius eps (L-inf by default).
+
+    steps/alpha: PGD iterations and step size (default: the grid's train.adv_steps, alpha = 2.5*eps/steps).
+    """
+
+    name = "at"
+    aliases = ("at-linf", "adv")
+    kind = "config"
+    norm = "linf"
+
+    def __init__(self, eps=4 / 255, steps=None, alpha=None):
+        self.eps = parse_budget(eps, "at eps", allow_zero=True, maximum=1.0 if self.norm == "linf" else None)
+        self.steps = int(steps) if steps is not None else None
+        self.alpha = parse_budget(alpha, "at alpha") if alpha is not None else None
+
+    def params(self):
+        p = {"eps": self.eps}
+        if self.steps is not None:
+            p["steps"] = self.steps
+        if self.alpha is not None:
+            p["alpha"] = self.alpha
+        return p
+
+    def configure(self, train_kw):
+        kw = dict(train_kw, adv_eps=self.eps, adv_norm=self.norm)
+        if self.steps is not None:
+            kw["adv_steps"] = self.steps
+        if self.alpha is not None:
+            kw["adv_alpha"] = self.alpha
+        return kw
+
+
+@register_defense
+class AdversarialTrainingL2(AdversarialTraining):
+    """PGD adversarial training with an L2 ball of radius eps (in [0,1] pixel units, e.g. 0.5)."""
+
+    name = "at-l2"
+    aliases = ("adv-l2",)
+    norm = "l2"
+
+    def __init__(self, eps=0.5, steps=None, alpha=None):
+        super().__init__(eps, steps, alpha)
+
+
+# ---------------------------------------------------------------- augmentation in the Augment pipeline
+def _with_aug(augment: str, extra: str) -> str:
+    """Append an Augment.parse item to a pipeline spec ("standard" spelled out as crop=4,flip)."""
+    if augment in (None, "", "standard"):
+        return f"crop=4,flip,{extra}"
+    if augment == "none":
+        return extra
+    return f"{augment},{extra}"
+
+
+class _AugmentDefense(Defense):
+    kind = "config"
+    field = ""
+
+    def configure(self, train_kw):
+        value = getattr(self, self.param)
+        return dict(train_kw, augment=_with_aug(train_kw.get("augment", "standard"), f"{self.field}={value}"))
+
+
+@register_defense
+class Cutout(_AugmentDefense):
+    """Cutout (DeVries & Taylor 2017): zero a size x size square in every training image."""
+
+    name, field, param = "cutout", "cutout", "size"
+
+    def __init__(self, size=16):
+        self.size = int(size)
+        if self.size < 1:
+            raise PoisonlabError("cutout size must be >= 1")
+
+
+@register_defense
+class Mixup(_AugmentDefense):
+    """Mixup (Zhang et al. 2018) with a Beta(alpha, alpha) weight."""
+
+    name, field, param = "mixup", "mixup", "alpha"
+
+    def __init__(self, alpha=1.0):
+        self.alpha = float(alpha)
+        if self.alpha <= 0:
+            raise PoisonlabError("mixup alpha must be > 0")
+
+
+@register_defense
+class CutMix(_AugmentDefense):
+    """CutMix (Yun et al. 2019) with a Beta(alpha, alpha) area."""
+
+    name, field, param = "cutmix", "cutmix", "alpha"
+
+    def __init__(self, alpha=1.0):
+        self.alpha = float(alpha)
+        if self.alpha <= 0:
+            raise PoisonlabError("cutmix alpha must be > 0")
+
+
+# ---------------------------------------------------------------- early stopping
+@register_defense
+class EarlyStopping(Defense):
+    """Early stopping: the exploiter keeps the epoch with the best clean test accuracy (an oracle
+    upper bound on validation-based stopping). Training is the standard run; only the report differs."""
+
+    name = "early"
+    aliases = ("es", "early-stop")
+    kind = "none"
+    report = "best"
+
+
+# ---------------------------------------------------------------- UEraser
+@register_defense
+class UEraser(Defense):
+    """UEraser (Qin et al. 2023, "Learning the Unlearnable"): heavy photometric/geometric augmentation
+    from kornia (PlasmaBrightness, PlasmaContrast, ChannelShuffle, then TrivialAugment), applied after
+    the standard crop/flip. repeats=K > 1 is UEraser-Max: K augmented copies of each image, training on
+    the copy with the largest loss (adversarial augmentation); repeats=1 is UEraser-Lite.
+    """
+
+    name = "ueraser"
+    kind = "train"
+
+    def __init__(self, repeats=1, trivial=True, p=0.5):
+        self.repeats, self.trivial, self.p = int(repeats), bool(trivial), float(p)
+        if self.repeats < 1:
+            raise PoisonlabError("ueraser repeats must be >= 1")
+        self._aug = None
+
+    def configure(self, train_kw):
+        return dict(train_kw, defense=self.spec())
+
+    def augmenter(self):
+        if self._aug is None:
+            import kornia.augmentation as K
+            ops = [K.RandomPlasmaBrightness(roughness=(0.3, 0.7), intensity=(0.5, 1.0), p=self.p),
+                   K.RandomPlasmaContrast(roughness=(0.3, 0.7), p=self.p),
+                   K.RandomChannelShuffle(p=self.p)]
+            if self.trivial:
+                ops.append(K.auto.TrivialAugment())
+            self._aug = K.AugmentationSequential(*ops)
+        return self._aug
+
+    def transform(self, x):
+        return self.augmenter()(x.contiguous()).clamp(0, 1)
+
+    def loss(self, model, x, y, y_soft, gen):
+        b, k = x.shape[0], self.repeats
+        xs = self.transform(x.repeat(k, 1, 1, 1) if k > 1 else x)
+        xs = xs.contiguous(memory_format=torch.channels_last) if xs.device.type != "mps" else xs
+        logits = model(xs)
+        if y_soft is not None:
+            per = -(y_soft.repeat(k, 1) * F.log_softmax(logits.float(), dim=1)).sum(1)
+        else:
+            per = F.cross_entropy(logits.float(), y.repeat(k), reduction="none")
+        return per.view(k, b).max(0).values.mean(), logits[:b]
+
+
+def train_time_defense(spec: str):
+    """The training-time hook named by TrainConfig.defense (validated: must be kind 'train')."""
+    from .base import parse_defense
+    d = parse_defense(spec)
+    if d.kind != "train":
+        raise PoisonlabError(f"TrainConfig.defense takes a training-time defense (e.g. ueraser), not {spec!r}")
+    return d

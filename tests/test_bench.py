@@ -1,0 +1,160 @@
+"""The benchmark grid end to end on tiny data: reports, the per-cell cache, resuming an interrupted grid."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import poisonlab.bench.grid as grid_mod
+from poisonlab import PoisonlabError
+from poisonlab.bench import load_config, parse_config, run_grid
+from poisonlab.bench.config import Cell, canonical
+from poisonlab.bench.grid import Grid
+from poisonlab.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic_npz(path, n_train=60, n_test=30, classes=3, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    def part(n):
+        y = np.arange(n) % classes
+        x = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        for k in range(classes):
+            x[y == k, k * 8:(k + 1) * 8, :, k % 3] = 255  # a learnable class cue
+        return x, y
+    xtr, ytr = part(n_train)
+    xte, yte = part(n_test)
+    np.savez(path, train_images=xtr, train_labels=ytr, test_images=xte, test_labels=yte,
+             classes=np.array([f"c{k}" for k in range(classes)]))
+    return path
+
+
+def tiny_config(tmp_path, **over):
+    raw = {
+        "name": "tiny", "scale": "unit test",
+        "data": {"source": str(synthetic_npz(tmp_path / "tiny.npz"))},
+        "protect": {"defaults": {"eps": "8/255"}},
+        "train": {"model": "smallcnn", "width": 0.25, "epochs": 1, "batch_size": 32, "adv_steps": 1},
+        "experiments": [{"name": "t3", "layout": "at-radius", "methods": ["clean", "random"],
+                         "defenses": ["none", "at:4/255"],
+                         "reference": {"source": "a paper", "rows": {"0": {"Clean": 94.66, "EM": 13.2}}}},
+                        # shares its cells with t3; after the interruption only its 0% (clean) cell exists
+                        {"name": "t6", "layout": "fractions", "methods": ["random"], "fractions": [0, 1]}],
+    }
+    raw.update(over)
+    return parse_config(raw, tmp_path / "tiny.json")
+
+
+def test_smoke_config_reports_and_cache(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    res = run_grid(ROOT / "configs" / "smoke.json", out=out, progress=False, log=lambda *a: None)
+    assert res["missing"] == 0 and res["trained"] == 6 and res["cached"] == 0
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(res["rows"]) >= 6
+    assert all(0 <= float(r["reported_acc"]) <= 100 for r in rows)
+    assert {r["defense"] for r in rows} == {"none", "jpeg:10"}
+    js = json.loads((out / "results.json").read_text())
+    assert js["data"]["train_size"] == 200 and js["rows"][0]["history"]
+    md = (out / "tables.md").read_text()
+    assert "| method | none | JPEG-10 |" in md and "| protected | 0% | 50% | 100% |" in md
+    assert "| clean only |" in md and "| Random (mixed) |" in md and "| — |" not in md and "— |" not in md
+    for name in ("bars_iss", "bars_partial", "curves_iss", "curves_partial", "noise_grid", "defenses_grid"):
+        p = out / "plots" / f"{name}.png"
+        assert p.exists() and p.read_bytes()[:4] == b"\x89PNG", name
+    # The rerun trains nothing and generates no protection: everything comes from the cache.
+    def boom(*a, **k):
+        raise AssertionError("retrained a cached cell")
+    monkeypatch.setattr(grid_mod, "train_victim", boom)
+    monkeypatch.setattr("poisonlab.protect.protect", boom)
+    again = run_grid(ROOT / "configs" / "smoke.json", out=out, progress=False, log=lambda *a: None)
+    assert again["trained"] == 0 and again["cached"] == 6
+    assert [r["reported_acc"] for r in again["rows"]] == [r["reported_acc"] for r in res["rows"]]
+
+
+def test_interrupted_grid_resumes(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path)
+    assert len(cfg.cells()) == 4
+    real = grid_mod.train_victim
+    calls = []
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the grid is stopped during its second cell
+        return real(*a, **k)
+    monkeypatch.setattr(grid_mod, "train_victim", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(cfg, out=tmp_path / "o", progress=False, log=lambda *a: None)
+    assert len(list((tmp_path / "o" / "cache" / "cells").glob("*.json"))) == 1
+    monkeypatch.setattr(grid_mod, "train_victim", real)
+    partial = run_grid(cfg, out=tmp_path / "o", report_only=True, progress=False, log=lambda *a: None)
+    assert partial["missing"] == 3 and "—" in (tmp_path / "o" / "tables.md").read_text()
+    res = run_grid(cfg, out=tmp_path / "o", progress=False, log=lambda *a: None)
+    assert res["cached"] == 1 and res["trained"] == 3 and res["missing"] == 0
+    md = (tmp_path / "o" / "tables.md").read_text()
+    assert "| ρa (AT radius) | Clean | Random |" in md and "| 4/255 |" in md
+    assert "*Published: a paper" in md and "| 0 | 94.66 | 13.20 |" in md
+
+
+def test_cell_keys_and_canonical_cells(tmp_path):
+    cfg = tiny_config(tmp_path, experiments=[
+        {"name": "a", "methods": ["clean", "random"], "defenses": ["none", "early", "jpeg:10"],
+         "fractions": [0, 0.5, 1], "clean_only": True}])
+    g = Grid(cfg, out=tmp_path / "o")
+    c = Cell("random", 8 / 255, "none", "smallcnn", 0.25, 1.0, "mixed", 0)
+    # 'early' trains exactly like 'none' (only the report differs): one cell, one key
+    assert g.key(c) == g.key(Cell(**{**c.__dict__, "defense": "early"}))
+    assert g.key(c) != g.key(Cell(**{**c.__dict__, "defense": "jpeg:10"}))
+    assert g.key(c) != g.key(Cell(**{**c.__dict__, "fraction": 0.5}))
+    assert g.key(c) != g.key(Cell(**{**c.__dict__, "budget": 4 / 255}))
+    assert canonical(Cell(**{**c.__dict__, "fraction": 0.0})).method == "clean"
+    cells = cfg.cells()
+    assert len(cells) == len(set(cells))
+    assert all(not (x.mode == "clean-only" and x.fraction >= 1) for x in cells)
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(PoisonlabError):
+        tiny_config(tmp_path, experiments=[{"methods": ["nosuchmethod"]}])
+    with pytest.raises(PoisonlabError):
+        tiny_config(tmp_path, experiments=[{"defenses": ["jpeg:0"]}])
+    with pytest.raises(PoisonlabError):
+        tiny_config(tmp_path, train={"nosuchfield": 1})
+    with pytest.raises(PoisonlabError):
+        load_config(tmp_path / "missing.json")
+
+
+def test_shipped_configs_parse():
+    for name in ("smoke", "cpu", "gpu"):
+        cfg = load_config(ROOT / "configs" / f"{name}.json")
+        assert cfg.scale and cfg.cells()
+        for c in cfg.cells():
+            assert c.mode in ("mixed", "clean-only") and 0 <= c.fraction <= 1
+    gpu = load_config(ROOT / "configs" / "gpu.json")
+    assert gpu.train["model"] == "resnet18" and not gpu.data.get("train_subset")
+
+
+def test_budget_axis_applies_to_linf_methods_only(tmp_path):
+    from poisonlab.protect import Protection, register_method
+
+    @register_method
+    class L2Only(Protection):  # a method whose budget is not an L-inf radius (like AR)
+        name, norm = "test-l2-only", "l2"
+
+    cfg = tiny_config(tmp_path, experiments=[{"methods": ["random", "test-l2-only"], "budgets": ["4/255", "8/255"]}])
+    budgets = {(c.method, c.budget) for c in cfg.cells()}
+    assert budgets == {("random", 4 / 255), ("random", 8 / 255), ("test-l2-only", None)}
+    assert "eps" not in cfg.method_options("test-l2-only", None)
+    assert cfg.method_options("random", 4 / 255)["eps"] == 4 / 255
+
+
+def test_cli_bench_report_only(tmp_path, capsys):
+    cfg_path = tmp_path / "c.json"
+    cfg = tiny_config(tmp_path).raw
+    cfg_path.write_text(json.dumps(cfg))
+    assert cli_main(["bench", "--config", str(cfg_path), "--out", str(tmp_path / "r"), "--report-only"]) == 0
+    assert (tmp_path / "r" / "tables.md").exists()
+    assert cli_main(["bench", "--config", str(cfg_path), "--out", str(tmp_path / "r"), "--only", "zzz"]) == 2
