@@ -120,16 +120,18 @@ class AR(Protection):
 
     def _stable_channels(self, count, size, gen):
         """`count` single-channel processes whose signals stay bounded in every trial: (count, 3, 3)."""
-        pool, sampled = [], 0
-        while sum(len(p) for p in pool) < count:
+        pool, sampled, found = [], 0, 0
+        while found < count:
             cand = sample_coefficients(256, 1, gen)
             sampled += 256
             sig = ar_generate(cand.repeat_interleave(self.trials, 0), size, self.crop, gen)
             rms = sig.flatten(1).pow(2).mean(1).sqrt().view(256, self.trials)
             stable = (torch.isfinite(rms) & (rms <= self.gen_rms_bound)).all(1)
             pool.append(cand[stable, 0])
-            if sampled > 100_000 and not pool:
-                raise PoisonlabError("ar: no stable AR processes found; raise gen_rms_bound")
+            found += int(stable.sum())
+            if sampled >= 50_000 and found < sampled / 1000:
+                raise PoisonlabError(f"ar: only {found} of {sampled} sampled AR processes are stable; "
+                                     "raise gen_rms_bound")
         self._sampled += sampled
         return torch.cat(pool)[:count]
 
@@ -171,6 +173,12 @@ class AR(Protection):
                 raise PoisonlabError("ar: an AR signal diverged; lower gen_rms_bound")
             out[i:i + self.batch] = _l2_scale(sig, self.eps)
         return out
+
+    def bound(self) -> dict:
+        b = {**super().bound(), "eps_text": f"L2 {self.eps:g} per image"}
+        if getattr(self, "search_info", None) is not None:
+            b["coefficient_search"] = self.search_info
+        return b
 
     def generate(self, data, ckpt):
         return quantise_l2(data.images, self.perturb(data, ckpt), self.eps)

@@ -119,6 +119,7 @@ class CUDA(Protection):
 
     def bound(self) -> dict:
         return {"norm": "none", "eps": None,
+                "eps_text": f"class-wise blur, kernel {self.kernel_size}, blur {self.blur:g}",
                 "transform": "class-wise depthwise convolution with key-generated filters",
                 "kernel_size": self.kernel_size, "blur": self.blur,
                 "filters": "per class and channel: taps U(0, blur), one tap 1, normalised to sum 1 (non-negative)",

@@ -61,6 +61,12 @@ class LSP(Protection):
             raise PoisonlabError(f"lsp: {num_classes} classes cannot get distinct patterns on {c}x{h}x{w} images")
         return ps, gh, gw
 
+    def bound(self) -> dict:
+        b = super().bound()
+        if getattr(self, "used_patch_size", None) is not None:
+            b["patch_size_used"] = self.used_patch_size
+        return b
+
     def perturb(self, data, ckpt):
         n, (c, h, w), k = len(data), data.shape, data.num_classes
         ps, gh, gw = self.grid(c, h, w, k)

@@ -101,6 +101,9 @@ class OPS(Protection):
         self.class_counts = counts
         return pos, col
 
+    def bound(self) -> dict:
+        return {**super().bound(), "eps_text": f"L0 {self.eps} pixel{'s' if self.eps > 1 else ''} per image"}
+
     def generate(self, data, ckpt):
         pos, col = self.search(data)
         n, (c, h, w) = len(data), data.shape
