@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from poisonlab.protect.pipeline import noise_path
+
 from conftest import make_set
 from poisonlab import PoisonlabError
 from poisonlab.budget import budget_to_levels
@@ -62,14 +64,14 @@ def run(tmp_path_factory, method, config, **over):
 def test_pipeline_writes_out_and_keeps_the_promise(tmp_path_factory, method, config):
     ds, out, manifest, (img0, lab0) = run(tmp_path_factory, method, config)
     assert torch.equal(ds.images, img0) and torch.equal(ds.labels, lab0), "the input was modified"
-    assert (out / "manifest.json").is_file() and (out / "noise.npy").is_file()
+    assert (out / "manifest.json").is_file() and (noise_path(out)).is_file()
     assert len(list(out.rglob("*.png"))) == len(ds) == manifest["files"]
     saved, loaded = saved_images(out, ds)
     index = {n: i for i, n in enumerate(ds.names)}
     assert all(loaded.classes[int(y)] == ds.classes[int(ds.labels[index[n]])]  # folders sort as text: c10 < c2
                for n, y in zip(loaded.names, loaded.labels))
     d = saved.to(torch.int16) - ds.images.to(torch.int16)
-    assert np.array_equal(np.load(out / "noise.npy"), d.numpy()), "noise.npy is not saved - original"
+    assert np.array_equal(np.load(noise_path(out)), d.numpy()), "noise.npy is not saved - original"
     per_image_changed = (d != 0).flatten(1).any(1)
     assert per_image_changed.float().mean() >= 0.9, "the method left most images unchanged"
     b = manifest["bound"]
@@ -95,12 +97,12 @@ def test_pipeline_writes_out_and_keeps_the_promise(tmp_path_factory, method, con
 def test_deterministic_under_seed_or_key(tmp_path_factory, method):
     _, out_a, man_a, _ = run(tmp_path_factory, method, "rgb-3cls")
     _, out_b, man_b, _ = run(tmp_path_factory, method, "rgb-3cls", seed=0)  # same setting, written again
-    assert np.array_equal(np.load(out_a / "noise.npy"), np.load(out_b / "noise.npy"))
+    assert np.array_equal(np.load(noise_path(out_a)), np.load(noise_path(out_b)))
     if method == "ops":  # OPS has no randomness: position and colour come from the data alone
         return
     other = {"key": KEY[::-1]} if method == "cuda" else {"seed": 1}
     _, out_c, _, _ = run(tmp_path_factory, method, "rgb-3cls", **other)
-    assert not np.array_equal(np.load(out_a / "noise.npy"), np.load(out_c / "noise.npy"))
+    assert not np.array_equal(np.load(noise_path(out_a)), np.load(noise_path(out_c)))
 
 
 # ------------------------------------------------------------------ CUDA key handling
@@ -121,7 +123,7 @@ def test_cuda_generated_key_lives_beside_out_never_inside(tmp_path):
     assert "private" in manifest["params"]["key"] and key not in json.dumps(manifest)
     # the written key reproduces the output exactly
     again = protect("cuda", ds, tmp_path / "again", progress=False, key=key)
-    assert np.array_equal(np.load(out / "noise.npy"), np.load(tmp_path / "again" / "noise.npy"))
+    assert np.array_equal(np.load(noise_path(out)), np.load(noise_path(tmp_path / "again")))
 
 
 def test_cuda_refuses_key_file_inside_out(tmp_path):
@@ -141,7 +143,7 @@ def test_cuda_key_file_is_read_back_and_cli_works(tmp_path):
     assert first["bound"]["key_source"] == "generated" and key_file.is_file()
     second = protect("cuda", ds, tmp_path / "b", progress=False, key_file=str(key_file))
     assert second["bound"]["key_source"] == "file"
-    assert np.array_equal(np.load(tmp_path / "a" / "noise.npy"), np.load(tmp_path / "b" / "noise.npy"))
+    assert np.array_equal(np.load(noise_path(tmp_path / "a")), np.load(noise_path(tmp_path / "b")))
     # the command line: an ImageFolder input, key file given as an option
     save_imagefolder(ds, tmp_path / "data")
     rc = cli_main(["protect", "--method", "cuda", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "c"),
@@ -187,13 +189,13 @@ def test_ops_more_than_ten_classes_one_pixel_per_class(tmp_path_factory):
     big = make_set(52, classes=13, channels=3, size=20, seed=3)
     out2 = tmp_path_factory.mktemp("ops-big") / "out"
     protect("ops", big, out2, progress=False)
-    d = np.load(out2 / "noise.npy")
+    d = np.load(noise_path(out2))
     assert int((d != 0).any(axis=1).reshape(len(big), -1).sum(1).max()) == 1
 
 
 def test_lsp_noise_is_linearly_separable_by_class(tmp_path_factory):
     ds, out, _, _ = run(tmp_path_factory, "lsp", "gray-13cls")
-    noise = torch.from_numpy(np.load(out / "noise.npy")).float().flatten(1)
+    noise = torch.from_numpy(np.load(noise_path(out))).float().flatten(1)
     centres = torch.stack([noise[ds.labels == k].mean(0) for k in range(ds.num_classes)])
     pred = torch.cdist(noise, centres).argmin(1)
     assert torch.equal(pred, ds.labels)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from poisonlab.protect.pipeline import noise_path
+
 from poisonlab import PoisonlabError
 from poisonlab.data import ImageSet, load_dataset
 from poisonlab.protect import create_method, list_methods, protect
@@ -48,7 +50,8 @@ def test_pipeline_keeps_budget_on_saved_pngs(method, tmp_path):
     diff = saved.images.to(torch.int16) - orig.to(torch.int16)
     assert diff.abs().max() <= 8
     assert diff.abs().max() >= 1, "protection changed nothing"
-    noise = np.load(out / "noise.npy")
+    noise = np.load(noise_path(out))
+    assert not any(p.suffix == ".npy" for p in out.rglob("*")), "the noise must not be published inside OUT"
     assert noise.dtype == np.int8 and noise.shape == tuple(data.images.shape)
     m = json.loads((out / "manifest.json").read_text())
     assert m["method"] == method and m["bound"]["levels"] == 8 and m["num_images"] == len(data)
@@ -61,7 +64,7 @@ def test_noise_file_is_saved_minus_original(tmp_path):
     data = tiny_set()
     protect("random", data, tmp_path / "o", progress=False)
     saved = load_dataset(tmp_path / "o", "train")
-    noise = torch.from_numpy(np.load(tmp_path / "o" / "noise.npy")).to(torch.int16)
+    noise = torch.from_numpy(np.load(noise_path(tmp_path / "o"))).to(torch.int16)
     order = {n: i for i, n in enumerate(data.names)}
     idx = [order[n.replace(".png", ".jpg")] for n in saved.names]
     assert torch.equal(saved.images.to(torch.int16), data.images[idx].to(torch.int16) + noise[idx])
@@ -197,8 +200,8 @@ def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path, monkeypatch)
     monkeypatch.undo()
     assert interleaved.InterleavedMethod.perturb is original
     protect("minmaxmin", data, tmp_path / "resumed", progress=False, resume=True, **opts)
-    a = np.load(tmp_path / "full" / "noise.npy")
-    b = np.load(tmp_path / "resumed" / "noise.npy")
+    a = np.load(noise_path(tmp_path / "full"))
+    b = np.load(noise_path(tmp_path / "resumed"))
     assert np.array_equal(a, b)
     assert not (tmp_path / ".resumed.work").exists()
 

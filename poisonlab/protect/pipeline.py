@@ -2,8 +2,9 @@
 
 Layout of OUT:
     OUT/<class>/<name>.png     protected images, lossless, names mirror the input
-    OUT/noise.npy              saved - original, int8 (int16 where a method moves pixels further)
     OUT/manifest.json          method, settings, bound, seed, surrogate, versions, hashes
+    OUT.noise.npy              saved - original, int8 (int16 where a method moves pixels further), written
+                               BESIDE OUT, never inside it: with it anyone could subtract the protection
 Progress lives in a work folder beside OUT (.OUT.work) until the run completes, so a killed run
 resumes with --resume; inputs are never written to.
 """
@@ -21,7 +22,7 @@ import torch
 from .. import PoisonlabError, __version__
 from ..data import ImageSet, load_dataset
 from ..data.writer import check_output_dir, staged_dir, write_pngs
-from ..fileio import sha256_file, write_json
+from ..fileio import atomic_write, sha256_file, write_json
 from .base import create_method
 from .checkpoint import Checkpoint
 
@@ -39,6 +40,12 @@ def source_hash(source) -> str:
         h.update(str(f.relative_to(p)).encode())
         h.update(sha256_file(f).encode())
     return h.hexdigest()
+
+
+def noise_path(out_dir) -> Path:
+    """The noise (saved - original) lives beside OUT: inside, it would let anyone undo the protection."""
+    out = Path(out_dir)
+    return out.with_name(f"{out.name}.noise.npy")
 
 
 def work_dir_for(out_dir) -> Path:
@@ -82,7 +89,7 @@ def protect(method: str, data, out_dir, *, subset=None, overwrite=False, resume=
         "source": {"path": str(source) if source is not None else None,
                    "sha256": source_hash(source) if source is not None else None,
                    "images_sha256": images_hash, "subset": subset},
-        "noise_file": "noise.npy", "noise_dtype": str(noise.dtype),
+        "noise_file": "kept private beside the output (not published)", "noise_dtype": str(noise.dtype),
         "generation_seconds": round(seconds, 2),
         "torch": torch.__version__, "python": platform.python_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -91,9 +98,10 @@ def protect(method: str, data, out_dir, *, subset=None, overwrite=False, resume=
     out_ds = ds.with_images(protected)
     with staged_dir(out_dir, overwrite) as tmp:
         names = write_pngs(out_ds, tmp)
-        np.save(tmp / "noise.npy", noise)
         manifest["files"] = len(names)
         write_json(tmp / "manifest.json", manifest)
+    with atomic_write(noise_path(out_dir)) as f:
+        np.save(f, noise)
     shutil.rmtree(work, ignore_errors=True)
     # Verify on what was actually saved: decode the PNGs again and compare to the originals.
     saved = load_dataset(out_dir, "train")
