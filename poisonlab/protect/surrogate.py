@@ -57,12 +57,15 @@ class SurrogateMethod(Protection):
     def surrogate_info(self):
         return {"model": self.surrogate, "width": self.width}
 
-    def setup(self, data):
-        """Device, surrogate, optimiser, generator and the data as device tensors."""
+    def setup(self, data, build_model=True):
+        """Device, surrogate, optimiser, generator and the data as device tensors
+        (model and optimiser are None when build_model is False, e.g. TAP trains its own)."""
         self.device_ = pick_device(self.device)
         seed_everything(self.seed)
-        model = prepare_model(create_model(self.surrogate, data.num_classes, data.shape[0], self.width), self.device_)
-        opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        model = opt = None
+        if build_model:
+            model = prepare_model(create_model(self.surrogate, data.num_classes, data.shape[0], self.width), self.device_)
+            opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         gen = torch.Generator(device=self.device_).manual_seed(self.seed)
         self.aug = Augment().geometric if self.augment else None
         return model, opt, gen, data.images.to(self.device_), data.labels.to(self.device_)

@@ -47,7 +47,7 @@ class TAP(SurrogateMethod):
         surrogate_ckpt = ckpt.path.with_name("surrogate.pt") if ckpt.path is not None else None
         res = train_victim(data, None, cfg, progress=self.progress, checkpoint=surrogate_ckpt, return_model=True)
         self.surrogate_acc_ = round(res["history"][-1]["train_acc"], 2)
-        _, _, gen, images, labels = self.setup(data)
+        _, _, gen, images, labels = self.setup(data, build_model=False)
         model = res["model"].eval()
         pgd = self.linf(self.eps, self.step_size, self.steps, True, self.eot, self.aug)
         noise = torch.zeros(images.shape, device=self.device_)
