@@ -64,14 +64,18 @@ class TrainConfig:
         d = asdict(self)
         if not d["defense"]:
             d.pop("defense")  # keep the keys of runs made before the field existed
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return _digest(d)
+
+
+def _digest(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _resume_key(cfg: TrainConfig) -> str:
     """Checkpoint identity: the configuration less the epoch count, so a constant-schedule run can be extended."""
     d = asdict(cfg)
     d.pop("epochs")
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return _digest(d)
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
