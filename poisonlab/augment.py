@@ -8,6 +8,7 @@ which keeps small noise patterns intact; heavy photometric augmentation uses kor
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,9 +51,16 @@ def cutout(x, size: int, gen):
     return x * (1 - _boxes(n, h, w, s, s, x.device, gen).to(x.dtype))
 
 
+def _beta(alpha: float, gen) -> float:
+    """One Beta(alpha, alpha) draw taken from `gen` (torch's Beta sampler has no generator argument), so
+    mixup/cutmix runs are reproducible under the training seed like every other augmentation."""
+    seed = int(torch.randint(0, 2**62, (), generator=gen, device=gen.device))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
 def mixup(x, y_soft, alpha: float, gen):
     """Zhang et al. 2018: one Beta(alpha, alpha) weight per batch, mixed with a shuffled copy."""
-    lam = torch.distributions.Beta(alpha, alpha).sample().item() if alpha > 0 else 1.0
+    lam = _beta(alpha, gen) if alpha > 0 else 1.0
     perm = torch.randperm(x.shape[0], device=x.device, generator=gen)
     return lam * x + (1 - lam) * x[perm], lam * y_soft + (1 - lam) * y_soft[perm]
 
@@ -60,7 +68,7 @@ def mixup(x, y_soft, alpha: float, gen):
 def cutmix(x, y_soft, alpha: float, gen):
     """Yun et al. 2019: paste a box from a shuffled copy; labels mixed by the pasted area."""
     n, _, h, w = x.shape
-    lam = torch.distributions.Beta(alpha, alpha).sample().item() if alpha > 0 else 0.5
+    lam = _beta(alpha, gen) if alpha > 0 else 0.5
     cut = (1 - lam) ** 0.5
     sh = torch.full((n,), int(h * cut), device=x.device)
     sw = torch.full((n,), int(w * cut), device=x.device)

@@ -166,6 +166,11 @@ def test_npz_medmnist_layout(tmp_path):
     train, test = load_splits(tmp_path / "m.npz")
     assert len(test) == 4
     assert load_dataset(tmp_path / "m.npz", "train", mode="RGB").shape == (3, 28, 28)
+    # --resize applies to array formats too; a flat image stays flat
+    flat = np.full((2, 28, 28), 77, np.uint8)
+    np.savez(tmp_path / "flat.npz", train_images=flat, train_labels=np.array([0, 1]))
+    small = load_dataset(tmp_path / "flat.npz", "train", resize="16x20")
+    assert small.images.shape == (2, 1, 16, 20) and (small.images == 77).all()
 
 
 def test_npz_nhwc_rgb_float_and_errors(tmp_path):

@@ -183,7 +183,16 @@ def load_tar(path, split, mode="auto", resize=None) -> ImageSet:
     return _cached(("tar", str(path.resolve()), st.st_size, st.st_mtime_ns, split, mode, resize), build)
 
 
-def load_npz(path, split, mode="auto") -> ImageSet:
+def _resize_array(x: np.ndarray, resize) -> np.ndarray:
+    """Resize a uint8 NCHW array batch-wise (bilinear, antialiased) for the array-based formats."""
+    if resize is None or tuple(x.shape[2:]) == tuple(resize):
+        return x
+    t = torch.nn.functional.interpolate(torch.from_numpy(x).float(), size=tuple(resize), mode="bilinear",
+                                        antialias=True, align_corners=False)
+    return t.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def load_npz(path, split, mode="auto", resize=None) -> ImageSet:
     path = Path(path)
     try:
         z = np.load(path, allow_pickle=False)
@@ -210,6 +219,7 @@ def load_npz(path, split, mode="auto") -> ImageSet:
         x = np.repeat(x, 3, axis=1)
     elif mode == "L" and x.shape[1] == 3:
         x = np.round(0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None].astype(np.uint8)
+    x = _resize_array(x, resize)
     y = np.asarray(y).reshape(-1)
     if classes is None:
         classes = [str(i) for i in range(int(y.max()) + 1)]
@@ -217,7 +227,7 @@ def load_npz(path, split, mode="auto") -> ImageSet:
     return _from_arrays(x, y, classes, names)
 
 
-def load_cifar_pickles(root, split) -> ImageSet:
+def load_cifar_pickles(root, split, resize=None) -> ImageSet:
     root = Path(root)
     if (root / "data_batch_1").exists():  # CIFAR-10
         files = [root / f"data_batch_{i}" for i in range(1, 6)] if split == "train" else [root / "test_batch"]
@@ -241,7 +251,7 @@ def load_cifar_pickles(root, split) -> ImageSet:
     y = np.concatenate(ys)
     classes = classes or [str(i) for i in range(int(y.max()) + 1)]
     names = [f"{classes[int(l)]}/{i:06d}.png" for i, l in enumerate(y)]
-    return _from_arrays(np.concatenate(xs), y, classes, names)
+    return _from_arrays(_resize_array(np.concatenate(xs), resize), y, classes, names)
 
 
 def _is_cifar_pickles(p: Path) -> bool:
@@ -261,12 +271,12 @@ def load_dataset(source, split="train", mode="auto", resize=None) -> ImageSet:
         raise PoisonlabError(f"data not found: {p}")
     if p.is_file():
         if p.suffix == ".npz":
-            return load_npz(p, split, mode)
+            return load_npz(p, split, mode, resize)
         if tarfile.is_tarfile(p):
             return load_tar(p, split, mode, resize)
         raise PoisonlabError(f"{p}: unsupported file; give a folder, .npz or .tar(.gz)")
     if _is_cifar_pickles(p):
-        return load_cifar_pickles(p, split)
+        return load_cifar_pickles(p, split, resize)
     if (p / split).is_dir():
         return load_imagefolder(p / split, mode, resize)
     if split == "train" and not (p / "test").is_dir():
