@@ -22,41 +22,60 @@ from poisonlab.train import TrainConfig, train_victim
 
 CIFAR = "../shared/datasets/cifar10-jpg.tar.gz"
 SURROGATE = dict(surrogate="smallcnn", width=0.5)
-# Scaled-down settings (papers: ResNet-18, 5,000 steps, 10-step PGD, 5 augmentations); same budget 8/255.
-ROBUST = dict(SURROGATE, train_steps=300, lr_decay_every=200, noise_steps=4, noise_step_size=2.5 / 255, eot=1,
-              adv_eps=4 / 255, adv_steps=2, adv_step_size=2.5 / 255)
-METHODS = {
-    "random": {},
-    "em": dict(SURROGATE, train_steps=20, pgd_steps=5, step_size=1.6 / 255, stop_acc=0.99, max_rounds=10),
-    "em-classwise": dict(SURROGATE, mode="classwise", train_steps=20, pgd_steps=1, step_size=0.8 / 255,
-                         stop_acc=0.99, max_rounds=10),
-    "tap": dict(SURROGATE, surrogate_epochs=5, steps=20, step_size=1 / 255),
-    "rem": ROBUST,
-    "minmaxmin": dict(ROBUST, randomness_form="paper", randomness_weight=1.0),
+# Scaled-down schedules for REM and min-max-min (papers: ResNet-18, 5,000 steps, 10-step PGD, 5 augmentations);
+# same budgets, 8/255 noise and 4/255 adversary. "long" is the default; "short" is the first, cheaper run.
+ROBUST = {
+    "long": dict(SURROGATE, train_steps=1000, lr_decay_every=400, noise_steps=5, noise_step_size=2 / 255, eot=1,
+                 adv_eps=4 / 255, adv_steps=3, adv_step_size=1.6 / 255),
+    "short": dict(SURROGATE, train_steps=300, lr_decay_every=200, noise_steps=4, noise_step_size=2.5 / 255, eot=1,
+                  adv_eps=4 / 255, adv_steps=2, adv_step_size=2.5 / 255),
 }
+
+
+def methods_for(preset):
+    robust = ROBUST[preset]
+    return {
+        "random": {},
+        "em": dict(SURROGATE, train_steps=20, pgd_steps=5, step_size=1.6 / 255, stop_acc=0.99, max_rounds=10),
+        "em-classwise": dict(SURROGATE, mode="classwise", train_steps=20, pgd_steps=1, step_size=0.8 / 255,
+                             stop_acc=0.99, max_rounds=10),
+        "tap": dict(SURROGATE, surrogate_epochs=5, steps=20, step_size=1 / 255),
+        "rem": robust,
+        "minmaxmin": dict(robust, randomness_form="paper", randomness_weight=1.0),  # Eq. 7, the default
+        "minmaxmin-l2": dict(robust, randomness_form="l2", randomness_weight=1.0),  # the official code's CIFAR form
+    }
+
+
 VICTIM = dict(model="smallcnn", width=0.5, epochs=10)
 AT = dict(adv_eps=4 / 255, adv_steps=3)
-AT_METHODS = ("clean", "em", "rem", "minmaxmin")
+AT_METHODS = ("clean", "em", "rem", "minmaxmin", "minmaxmin-l2")
+# Methods whose protection does not depend on the preset share one cache.
+SHARED = ("random", "em", "em-classwise", "tap")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=CIFAR)
     ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--preset", choices=sorted(ROBUST), default="long", help="REM/min-max-min schedule")
     ap.add_argument("--work", default="runs/modelbased")
-    ap.add_argument("--out", default="docs/results/modelbased.json")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--out", default=None, help="default docs/results/modelbased[-PRESET].json")
+    ap.add_argument("--methods", default=None, help="comma-separated (default: all)")
     ap.add_argument("--skip-clean", action="store_true", help="no clean baseline (when run beside another job)")
     ap.add_argument("--report-only", action="store_true", help="tabulate the cached results; train nothing")
     args = ap.parse_args()
     set_threads()
+    METHODS = methods_for(args.preset)
+    args.methods = args.methods or ",".join(METHODS)
+    suffix = "" if args.preset == "long" else f"-{args.preset}"
+    args.out = args.out or f"docs/results/modelbased{suffix}.json"
     work = Path(args.work)
     train = load_dataset(args.data, "train").stratified(args.n, seed=0)
     test = load_dataset(args.data, "test")
     methods = args.methods.split(",")
     gen_seconds, data = {}, {"clean": train}
     for m in methods:
-        target = work / "protected" / m
+        target = work / "protected" / (m if m in SHARED else f"{m}{suffix}")
         if not (target / "manifest.json").exists():
             if args.report_only:
                 continue
@@ -72,7 +91,7 @@ def main():
         for adv in (False, True):
             if adv and name not in AT_METHODS:
                 continue
-            key = f"{name}{'-at4' if adv else ''}"
+            key = f"{name}{'' if name in SHARED or name == 'clean' else suffix}{'-at4' if adv else ''}"
             path = work / "victims" / f"{key}.json"
             if args.report_only and not path.exists():
                 continue
@@ -89,10 +108,11 @@ def main():
                 (work / "victims" / f"{key}.pt").unlink(missing_ok=True)
                 (work / "victims" / f"{key}.lock").unlink(missing_ok=True)
             r = read_json(path)
-            runs[key] = {"last_acc": r["last_acc"], "best_acc": r["best_acc"], "best_epoch": r["best_epoch"],
+            runs[f"{name}{'-at4' if adv else ''}"] = {"last_acc": r["last_acc"], "best_acc": r["best_acc"], "best_epoch": r["best_epoch"],
                          "curve": [h["test_acc"] for h in r["history"]]}
             print(f"{key:22s} last {r['last_acc']:6.2f}  best {r['best_acc']:6.2f}", flush=True)
-    result = {"scale": {"train_images": len(train), "test_images": len(test), "victim": VICTIM,
+    result = {"preset": args.preset,
+              "scale": {"train_images": len(train), "test_images": len(test), "victim": VICTIM,
                         "adversarial_training": AT, "methods": {m: METHODS[m] for m in methods}},
               "generation_seconds": gen_seconds, "runs": runs}
     write_json(args.out, result)

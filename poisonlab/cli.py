@@ -190,7 +190,7 @@ def build_parser():
     b.add_argument("--config", required=True, help="grid config (JSON); see configs/")
     b.add_argument("--out", default=None)
     b.add_argument("--device", default="auto")
-    b.add_argument("--only", default=None, help="run only cells whose id contains this text")
+    b.add_argument("--only", default=None, help="run only the cells whose label (as --list prints it) contains this text")
     b.add_argument("--report-only", action="store_true", help="rebuild tables/plots from cached cells")
     b.add_argument("--list", action="store_true", help="list the cells (cached or not) and exit")
     b.add_argument("--cache", default=None, help="cache folder (default: the config's, else OUT/cache)")
