@@ -2,14 +2,14 @@
 
 Protects a class-balanced 10k subset of the shared CIFAR-10 training set with each method (small CNN
 surrogate), trains a victim small CNN on each protected set with standard training and with PGD
-adversarial training at 4/255, and writes docs/results/modelbased.json and docs/modelbased.md.
-Every stage is cached under --work, so an interrupted run resumes where it stopped.
+adversarial training at 4/255, and writes docs/results/modelbased[-PRESET].{json,md} (the reading is in
+docs/modelbased.md). Every stage is cached under --work, so an interrupted run resumes where it stopped.
 
-    POISONLAB_THREADS=2 .venv/bin/python bench/modelbased.py
+    POISONLAB_THREADS=1 .venv/bin/python bench/modelbased.py                  # long schedule (default)
+    POISONLAB_THREADS=1 .venv/bin/python bench/modelbased.py --preset short
 """
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
