@@ -65,22 +65,26 @@ def main():
     ap.add_argument("--report-only", action="store_true", help="tabulate the cached results; train nothing")
     args = ap.parse_args()
     set_threads()
-    METHODS = methods_for(args.preset)
-    args.methods = args.methods or ",".join(METHODS)
+    recipes = methods_for(args.preset)
+    args.methods = args.methods or ",".join(recipes)
     suffix = "" if args.preset == "long" else f"-{args.preset}"
     args.out = args.out or f"docs/results/modelbased{suffix}.json"
     work = Path(args.work)
+
+    def cached_as(name):  # schedule-dependent runs carry the preset in their cache name
+        return name if name in SHARED or name == "clean" else f"{name}{suffix}"
+
     train = load_dataset(args.data, "train").stratified(args.n, seed=0)
     test = load_dataset(args.data, "test")
     methods = args.methods.split(",")
     gen_seconds, data = {}, {"clean": train}
     for m in methods:
-        target = work / "protected" / (m if m in SHARED else f"{m}{suffix}")
+        target = work / "protected" / cached_as(m)
         if not (target / "manifest.json").exists():
             if args.report_only:
                 continue
             print(f"== protecting with {m}", flush=True)
-            opts = METHODS[m]
+            opts = recipes[m]
             protect(m.split("-")[0], train, target, overwrite=True, resume=True, seed=0, source=args.data, **opts)
         manifest = read_json(target / "manifest.json")
         gen_seconds[m] = manifest["generation_seconds"]
@@ -91,7 +95,7 @@ def main():
         for adv in (False, True):
             if adv and name not in AT_METHODS:
                 continue
-            key = f"{name}{'' if name in SHARED or name == 'clean' else suffix}{'-at4' if adv else ''}"
+            key = f"{cached_as(name)}{'-at4' if adv else ''}"
             path = work / "victims" / f"{key}.json"
             if args.report_only and not path.exists():
                 continue
@@ -113,7 +117,7 @@ def main():
             print(f"{key:22s} last {r['last_acc']:6.2f}  best {r['best_acc']:6.2f}", flush=True)
     result = {"preset": args.preset,
               "scale": {"train_images": len(train), "test_images": len(test), "victim": VICTIM,
-                        "adversarial_training": AT, "methods": {m: METHODS[m] for m in methods}},
+                        "adversarial_training": AT, "methods": {m: recipes[m] for m in methods}},
               "generation_seconds": gen_seconds, "runs": runs}
     write_json(args.out, result)
     Path(args.out).with_suffix(".md").write_text(table(result))

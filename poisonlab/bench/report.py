@@ -238,32 +238,28 @@ def _groups(e, *axes):
         yield d, ", ".join(caption)
 
 
+def _method_rows(e, lookup, rows, b, f):
+    """Table body with one column per method: rows = [(label, defense spec, model, width)]."""
+    return [[label] + [_fmt(_value(lookup, Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0),
+                                   metric_for(e, spec))) for m in _methods_cols(e)]
+            for label, spec, model, width in rows]
+
+
 def _experiment_tables(e, lookup):
     parts = []
     if e.layout == "at-radius":
         for d, cap in _groups(e, "model", "budget", "fraction"):
             (model, width), b, f = d["model"], d["budget"], d["fraction"]
             header = ["ρa (AT radius)"] + [method_label(m) for m in _methods_cols(e)]
-            body = []
-            for spec in e.defenses:
-                row = [at_radius_label(spec)]
-                for m in _methods_cols(e):
-                    c = Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0)
-                    row.append(_fmt(_value(lookup, c, metric_for(e, spec))))
-                body.append(row)
+            body = _method_rows(e, lookup, [(at_radius_label(spec), spec, model, width) for spec in e.defenses], b, f)
             parts.append(_caption(cap, f"victim {model} (width {width:g}), noise budget {budget_text(b)}{budget_note(e.methods)}")
                          + _table(header, body))
     elif e.layout == "victims":
         for d, cap in _groups(e, "defense", "budget", "fraction"):
             spec, b, f = d["defense"], d["budget"], d["fraction"]
             header = ["victim"] + [method_label(m) for m in _methods_cols(e)]
-            body = []
-            for model, width in e.models:
-                row = [f"{model} (w {width:g})"]
-                for m in _methods_cols(e):
-                    c = Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0)
-                    row.append(_fmt(_value(lookup, c, metric_for(e, spec))))
-                body.append(row)
+            body = _method_rows(e, lookup, [(f"{model} (w {width:g})", spec, model, width) for model, width in e.models],
+                                b, f)
             parts.append(_caption(cap, f"countermeasure {defense_label(spec)}, noise budget {budget_text(b)}{budget_note(e.methods)}")
                          + _table(header, body))
     elif e.layout == "fractions":

@@ -87,28 +87,29 @@ class Cutout(_AugmentDefense):
             raise PoisonlabError("cutout size must be >= 1")
 
 
+class _MixingDefense(_AugmentDefense):
+    """Label-mixing augmentation parameterised by a Beta(alpha, alpha) draw."""
+
+    param = "alpha"
+
+    def __init__(self, alpha=1.0):
+        self.alpha = float(alpha)
+        if self.alpha <= 0:
+            raise PoisonlabError(f"{self.name} alpha must be > 0")
+
+
 @register_defense
-class Mixup(_AugmentDefense):
+class Mixup(_MixingDefense):
     """Mixup (Zhang et al. 2018) with a Beta(alpha, alpha) weight."""
 
-    name, field, param = "mixup", "mixup", "alpha"
-
-    def __init__(self, alpha=1.0):
-        self.alpha = float(alpha)
-        if self.alpha <= 0:
-            raise PoisonlabError("mixup alpha must be > 0")
+    name, field = "mixup", "mixup"
 
 
 @register_defense
-class CutMix(_AugmentDefense):
+class CutMix(_MixingDefense):
     """CutMix (Yun et al. 2019) with a Beta(alpha, alpha) area."""
 
-    name, field, param = "cutmix", "cutmix", "alpha"
-
-    def __init__(self, alpha=1.0):
-        self.alpha = float(alpha)
-        if self.alpha <= 0:
-            raise PoisonlabError("cutmix alpha must be > 0")
+    name, field = "cutmix", "cutmix"
 
 
 # ---------------------------------------------------------------- early stopping
