@@ -1,0 +1,76 @@
+"""Targeted clean-label attacks: gradient matching core, Witches' Brew, the random control, base selection."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from poisonlab import PoisonlabError
+from poisonlab.attacks import create_attack
+from poisonlab.attacks.gradient_matching import GradientMatcher
+from poisonlab.attacks.selection import select_indices
+from poisonlab.models import create_model
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny CNN fitted to 4 brightness-coded classes (16x16), and its data as uint8."""
+    torch.manual_seed(0)
+    m = create_model("smallcnn", 4, 3, 0.25)
+    y = torch.arange(64) % 4
+    x = (torch.rand(64, 3, 16, 16) * 0.5 + y.view(-1, 1, 1, 1) / 8)
+    x = (x * 255).round().to(torch.uint8)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(40):
+        loss = F.cross_entropy(m(x.float() / 255), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval(), x, y
+
+
+def test_gradient_matcher_aligns_better_than_its_start(trained):
+    m, x, y = trained
+    xp, yp = x[y == 0][:6].float() / 255, torch.zeros(6, dtype=torch.long)
+    xt, yt = x[y == 2][:1].float() / 255, torch.tensor([0])
+    target = lambda model: F.cross_entropy(model(xt), yt)  # noqa: E731  (any objective of the model)
+    start = GradientMatcher(eps=16 / 255, steps=1, restarts=1, augment=False)
+    start([m], xp, yp, target)
+    gm = GradientMatcher(eps=16 / 255, steps=25, restarts=2, augment=False)
+    delta = gm([m], xp, yp, target)
+    assert gm.last_loss < start.last_loss - 0.02
+    assert delta.abs().max() <= 16 / 255 + 1e-6 and ((xp + delta) >= 0).all() and ((xp + delta) <= 1).all()
+
+
+def test_witches_brew_keeps_labels_budget_and_records_targets(trained):
+    m, x, y = trained
+    atk = create_attack("witches-brew", model=m, target_images=x[y == 1][:2], adversarial_labels=[3, 0],
+                        target_ids=[7, 9], budget=0.05, steps=3, restarts=1)
+    r = atk(x, y)
+    assert torch.equal(r.labels, y)
+    t = r.meta["targets"]
+    assert [d["id"] for d in t] == [7, 9] and len(t[0]["poisons"]) == 3
+    assert (y[t[0]["poisons"]] == 3).all() and (y[t[1]["poisons"]] == 0).all()
+    assert int(r.noise.abs().max()) <= 16 and r.meta["bound"]["eps_text"] == "16/255"
+    moved = torch.nonzero(r.noise.flatten(1).any(1)).flatten()
+    assert set(moved.tolist()) <= set(r.poisoned.tolist())
+    with pytest.raises(PoisonlabError, match="needs target_images"):
+        create_attack("witches-brew", model=m)(x, y)
+
+
+def test_random_control_uses_same_budget_without_a_model(trained):
+    _, x, y = trained
+    r = create_attack("random-poison", target_images=x[:1], adversarial_labels=[2], budget=0.1)(x, y)
+    assert len(r.poisoned) == 6 and (y[r.poisoned] == 2).all()
+    assert int(r.noise.abs().max()) == 16
+
+
+def test_selection_by_gradient_norm_and_influence(trained):
+    m, x, y = trained
+    cand = torch.nonzero(y == 1).flatten()
+    a = select_indices(cand, 4, how="gradient-norm", model=m, images=x, labels=y)
+    xt = x[:1].float() / 255
+    b = select_indices(cand, 4, how="influence", model=m, images=x, labels=y,
+                       target_loss=lambda model: F.cross_entropy(model(xt), torch.tensor([1])))
+    assert len(a) == len(b) == 4 and set(a.tolist()) <= set(cand.tolist()) and set(b.tolist()) <= set(cand.tolist())
+    with pytest.raises(PoisonlabError):
+        select_indices(cand, 4, how="influence", model=m, images=x, labels=y)
