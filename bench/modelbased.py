@@ -1,39 +1,64 @@
-"""CPU-scale benchmark of the model-based protections (issue: min-max-min, EM, TAP, REM).
+"""CPU-scale benchmark of the model-based protections under standard and adversarial training (issue 9).
 
 Protects a class-balanced 10k subset of the shared CIFAR-10 training set with each method (small CNN
-surrogate), trains a victim small CNN on each protected set with standard training and with PGD
-adversarial training at 4/255, and writes docs/results/modelbased[-PRESET].{json,md} (the reading is in
-docs/modelbased.md). Every stage is cached under --work, so an interrupted run resumes where it stopped.
+surrogate), trains a victim small CNN on each protected set under standard training (ST) and under PGD
+adversarial training at 2/255 and 4/255 (3 steps of 2.5 x eps / 3 each), and writes
+docs/results/modelbased[-PRESET].{json,md} (the reading is in docs/modelbased.md). Controls in every
+comparison: clean data and uniform random noise at the same budget.
 
-    POISONLAB_THREADS=1 .venv/bin/python bench/modelbased.py                  # long schedule (default)
-    POISONLAB_THREADS=1 .venv/bin/python bench/modelbased.py --preset short
+The default preset "rule" is built by poisonlab.protect.scaledown.robust_recipe and keeps the scale-down
+rule (noise travel >= 2 x eps, eot 2, generation adversary = the strongest victim's AT, surrogate length in
+passes); "long" and "short" are the earlier presets, kept to reproduce the old tables, and warn why they
+break it. Settings are judged on a validation split carved from the training images that are not in the
+subset (accuracy recorded as val_acc), never on the test set. Every stage is cached under --work, so an
+interrupted run resumes where it stopped.
+
+    POISONLAB_THREADS=1 .venv/bin/python bench/modelbased.py                      # the table, preset "rule"
+    POISONLAB_THREADS=1 .venv/bin/python bench/modelbased.py --methods minmaxmin-l2 --regimes at4,at2,st
+    POISONLAB_THREADS=1 .venv/bin/python bench/modelbased.py --report-only        # tabulate what is cached
 """
 
 import argparse
 import os
 import time
+import warnings
 from pathlib import Path
 
 from poisonlab.data import load_dataset
 from poisonlab.fileio import read_json, write_json
-from poisonlab.protect import protect
-from poisonlab.runtime import set_threads
-from poisonlab.train import TrainConfig, train_victim
+from poisonlab.protect import create_method, protect
+from poisonlab.protect.scaledown import ScaleDownWarning, VictimAT, describe, enforce, robust_recipe
+from poisonlab.runtime import pick_device, set_threads
+from poisonlab.train import TrainConfig, evaluate, train_victim
 
 CIFAR = "../shared/datasets/cifar10-jpg.tar.gz"
 SURROGATE = dict(surrogate="smallcnn", width=0.5)
-# Scaled-down schedules for REM and min-max-min (papers: ResNet-18, 5,000 steps, 10-step PGD, 5 augmentations);
-# same budgets, 8/255 noise and 4/255 adversary. "long" is the default; "short" is the first, cheaper run.
-ROBUST = {
-    "long": dict(SURROGATE, train_steps=1000, lr_decay_every=400, noise_steps=5, noise_step_size=2 / 255, eot=1,
-                 adv_eps=4 / 255, adv_steps=3, adv_step_size=1.6 / 255),
-    "short": dict(SURROGATE, train_steps=300, lr_decay_every=200, noise_steps=4, noise_step_size=2.5 / 255, eot=1,
-                  adv_eps=4 / 255, adv_steps=2, adv_step_size=2.5 / 255),
-}
+VICTIM = dict(model="smallcnn", width=0.5, epochs=10)
+AT_STEPS = 3
+# Training regimes of the victims: name suffix -> adversarial training radius (0 = standard training).
+REGIMES = {"st": 0.0, "at2": 2 / 255, "at4": 4 / 255}
+VICTIMS_AT = tuple(VictimAT(eps, AT_STEPS) for eps in REGIMES.values() if eps > 0)
+STRONGEST = max(VICTIMS_AT, key=lambda v: v.eps)
+AT_METHODS = ("clean", "random", "em", "rem", "minmaxmin", "minmaxmin-l2")
+# Methods whose protection does not depend on the preset share one cache.
+SHARED = ("random", "em", "em-classwise", "tap")
+VAL_SIZE = 1000
 
 
-def methods_for(preset):
-    robust = ROBUST[preset]
+def robust_presets(n):
+    """REM / min-max-min schedules. "rule" keeps the scale-down rule for n images and the strongest victim;
+    "long"/"short" are the earlier fixed-step presets (papers: ResNet-18, 5,000 steps, 10-step PGD, eot 5)."""
+    return {
+        "rule": robust_recipe(n, STRONGEST, **SURROGATE),
+        "long": dict(SURROGATE, train_steps=1000, lr_decay_every=400, noise_steps=5, noise_step_size=2 / 255, eot=1,
+                     adv_eps=4 / 255, adv_steps=3, adv_step_size=1.6 / 255),
+        "short": dict(SURROGATE, train_steps=300, lr_decay_every=200, noise_steps=4, noise_step_size=2.5 / 255, eot=1,
+                      adv_eps=4 / 255, adv_steps=2, adv_step_size=2.5 / 255),
+    }
+
+
+def methods_for(preset, n):
+    robust = robust_presets(n)[preset]
     return {
         "random": {},
         "em": dict(SURROGATE, train_steps=20, pgd_steps=5, step_size=1.6 / 255, stop_acc=0.99, max_rounds=10),
@@ -41,87 +66,130 @@ def methods_for(preset):
                              stop_acc=0.99, max_rounds=10),
         "tap": dict(SURROGATE, surrogate_epochs=5, steps=20, step_size=1 / 255),
         "rem": robust,
-        "minmaxmin": dict(robust, randomness_form="paper", randomness_weight=1.0),  # Eq. 7, the default
+        "minmaxmin": dict(robust, randomness_form="paper", randomness_weight=1.0),  # Eq. 7
         "minmaxmin-l2": dict(robust, randomness_form="l2", randomness_weight=1.0),  # the official code's CIFAR form
     }
 
 
-VICTIM = dict(model="smallcnn", width=0.5, epochs=10)
-AT = dict(adv_eps=4 / 255, adv_steps=3)
-AT_METHODS = ("clean", "em", "rem", "minmaxmin", "minmaxmin-l2")
-# Methods whose protection does not depend on the preset share one cache.
-SHARED = ("random", "em", "em-classwise", "tap")
+def cache_name(name, suffix):
+    """Schedule-dependent protections carry the preset in their cache name (none for the default)."""
+    return name if name in SHARED or name == "clean" else f"{name}{suffix}"
+
+
+def run_name(name, regime):
+    return name if regime == "st" else f"{name}-{regime}"
+
+
+def validation_split(full, train, n=VAL_SIZE):
+    """Class-balanced images of the training set that are not in the subset: for choosing settings."""
+    taken = set(train.names)
+    rest = full.subset([i for i, name in enumerate(full.names) if name not in taken])
+    return rest.stratified(n, seed=1)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=CIFAR)
     ap.add_argument("--n", type=int, default=10000)
-    ap.add_argument("--preset", choices=sorted(ROBUST), default="long", help="REM/min-max-min schedule")
+    ap.add_argument("--preset", choices=("rule", "long", "short"), default="rule", help="REM/min-max-min schedule")
     ap.add_argument("--work", default="runs/modelbased")
     ap.add_argument("--out", default=None, help="default docs/results/modelbased[-PRESET].json")
-    ap.add_argument("--methods", default=None, help="comma-separated (default: all)")
+    ap.add_argument("--methods", default=None, help="comma-separated, in the order to run (default: all)")
+    ap.add_argument("--regimes", default="st,at2,at4", help="victim regimes, in the order to run")
     ap.add_argument("--skip-clean", action="store_true", help="no clean baseline (when run beside another job)")
     ap.add_argument("--report-only", action="store_true", help="tabulate the cached results; train nothing")
     args = ap.parse_args()
     set_threads()
-    recipes = methods_for(args.preset)
-    args.methods = args.methods or ",".join(recipes)
-    suffix = "" if args.preset == "long" else f"-{args.preset}"
+    full = load_dataset(args.data, "train")
+    train = full.stratified(args.n, seed=0)
+    val = validation_split(full, train)
+    test = load_dataset(args.data, "test")
+    recipes = methods_for(args.preset, len(train))
+    for m, opts in recipes.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ScaleDownWarning)
+            enforce(m.split("-")[0], opts, n=len(train), victims=VICTIMS_AT, where=f"preset {args.preset!r}")
+        for w in caught:
+            print(f"warning: {w.message}", flush=True)
+    suffix = "" if args.preset == "rule" else f"-{args.preset}"
     args.out = args.out or f"docs/results/modelbased{suffix}.json"
     work = Path(args.work)
-
-    def cached_as(name):  # schedule-dependent runs carry the preset in their cache name
-        return name if name in SHARED or name == "clean" else f"{name}{suffix}"
-
-    train = load_dataset(args.data, "train").stratified(args.n, seed=0)
-    test = load_dataset(args.data, "test")
-    methods = args.methods.split(",")
-    gen_seconds, data = {}, {"clean": train}
-    for m in methods:
-        target = work / "protected" / cached_as(m)
-        if not (target / "manifest.json").exists():
-            if args.report_only:
-                continue
-            print(f"== protecting with {m}", flush=True)
-            opts = recipes[m]
-            protect(m.split("-")[0], train, target, overwrite=True, resume=True, seed=0, source=args.data, **opts)
-        manifest = read_json(target / "manifest.json")
-        gen_seconds[m] = manifest["generation_seconds"]
-        data[m] = load_dataset(target, "train")
-    runs = {}
-    methods = [m for m in methods if m in data]
+    methods = (args.methods or ",".join(recipes)).split(",")
+    regimes = args.regimes.split(",")
+    if any(m not in recipes for m in methods) or any(r not in REGIMES for r in regimes):
+        ap.error(f"methods from {sorted(recipes)}, regimes from {sorted(REGIMES)}")
+    data = {"clean": train}
     for name in ([] if args.skip_clean else ["clean"]) + methods:
-        for adv in (False, True):
-            if adv and name not in AT_METHODS:
+        if name != "clean":
+            target = work / "protected" / cache_name(name, suffix)
+            if not (target / "manifest.json").exists():
+                if args.report_only:
+                    continue
+                print(f"== protecting with {name}: {recipes[name]}", flush=True)
+                method = create_method(name.split("-")[0], seed=0, **recipes[name])
+                method.holdout = val  # held-out diagnostics on the validation split, never on the test set
+                protect(method, train, target, overwrite=True, resume=True, source=args.data)
+            data[name] = load_dataset(target, "train")
+        for regime in regimes:
+            if regime != "st" and name not in AT_METHODS:
                 continue
-            key = f"{cached_as(name)}{'-at4' if adv else ''}"
-            path = work / "victims" / f"{key}.json"
-            if args.report_only and not path.exists():
-                continue
-            if not path.exists() and not claim(work / "victims" / f"{key}.lock"):
-                print(f"== {key}: another process is training it; skipped here", flush=True)
-                continue
-            if not path.exists():
-                print(f"== victim on {key}", flush=True)
-                cfg = TrainConfig(**VICTIM, **(AT if adv else {}), seed=0)
-                t0 = time.time()
-                r = train_victim(data[name], test, cfg, progress=False, checkpoint=work / "victims" / f"{key}.pt")
-                r["wall_seconds"] = time.time() - t0
-                write_json(path, r)
-                (work / "victims" / f"{key}.pt").unlink(missing_ok=True)
-                (work / "victims" / f"{key}.lock").unlink(missing_ok=True)
-            r = read_json(path)
-            runs[f"{name}{'-at4' if adv else ''}"] = {"last_acc": r["last_acc"], "best_acc": r["best_acc"], "best_epoch": r["best_epoch"],
-                         "curve": [h["test_acc"] for h in r["history"]]}
-            print(f"{key:22s} last {r['last_acc']:6.2f}  best {r['best_acc']:6.2f}", flush=True)
-    result = {"preset": args.preset,
-              "scale": {"train_images": len(train), "test_images": len(test), "victim": VICTIM,
-                        "adversarial_training": AT, "methods": {m: recipes[m] for m in methods}},
-              "generation_seconds": gen_seconds, "runs": runs}
+            if not args.report_only:
+                victim(work, cache_name(name, suffix), regime, data[name], test, val)
+    result = collect(work, suffix, recipes, len(train), len(test), len(val))
     write_json(args.out, result)
     Path(args.out).with_suffix(".md").write_text(table(result))
     print(table(result))
+
+
+def victim(work, cached, regime, data, test, val):
+    """Train (or reuse) the victim of one protected set under one regime; cached as victims/<run>.json."""
+    key = run_name(cached, regime)
+    path = work / "victims" / f"{key}.json"
+    if path.exists():
+        return
+    if not claim(work / "victims" / f"{key}.lock"):
+        print(f"== {key}: another process is training it; skipped here", flush=True)
+        return
+    print(f"== victim on {key}", flush=True)
+    eps = REGIMES[regime]
+    cfg = TrainConfig(**VICTIM, **(dict(adv_eps=eps, adv_steps=AT_STEPS) if eps else {}), seed=0)
+    t0 = time.time()
+    r = train_victim(data, test, cfg, progress=False, checkpoint=work / "victims" / f"{key}.pt", return_model=True)
+    r["val_acc"] = evaluate(r.pop("model"), val, pick_device(cfg.device))
+    r["wall_seconds"] = time.time() - t0
+    write_json(path, r)
+    (work / "victims" / f"{key}.pt").unlink(missing_ok=True)
+    (work / "victims" / f"{key}.lock").unlink(missing_ok=True)
+    print(f"{key:24s} last {r['last_acc']:6.2f}  best {r['best_acc']:6.2f}  val {r['val_acc']:6.2f}", flush=True)
+
+
+def collect(work, suffix, recipes, n_train, n_test, n_val):
+    """Everything cached for this preset, in the layout of docs/results/modelbased.json."""
+    runs, gen_seconds, diagnostics = {}, {}, {}
+    for name in ["clean", *recipes]:
+        cached = cache_name(name, suffix)
+        manifest = work / "protected" / cached / "manifest.json"
+        if name != "clean":
+            if not manifest.exists():
+                continue
+            m = read_json(manifest)
+            gen_seconds[name] = m["generation_seconds"]
+            if m.get("diagnostics"):
+                diagnostics[name] = m["diagnostics"]
+        for regime in REGIMES:
+            path = work / "victims" / f"{run_name(cached, regime)}.json"
+            if path.exists():
+                r = read_json(path)
+                runs[run_name(name, regime)] = {
+                    "last_acc": r["last_acc"], "best_acc": r["best_acc"], "best_epoch": r["best_epoch"],
+                    "val_acc": r.get("val_acc"), "curve": [h["test_acc"] for h in r["history"]]}
+    methods = {m: recipes[m] for m in gen_seconds}
+    return {"preset": suffix.lstrip("-") or "rule",
+            "scale": {"train_images": n_train, "test_images": n_test, "val_images": n_val, "victim": VICTIM,
+                      "adversarial_training": {r: {"adv_eps": e, "adv_steps": AT_STEPS} for r, e in REGIMES.items() if e},
+                      "methods": methods,
+                      "rule": {m: describe(o, n_train) for m, o in methods.items() if "noise_steps" in o}},
+            "generation_seconds": gen_seconds, "diagnostics": diagnostics, "runs": runs}
 
 
 def claim(lock: Path) -> bool:
@@ -142,20 +210,25 @@ def claim(lock: Path) -> bool:
 
 
 def table(result):
-    """Markdown: clean test accuracy per method under standard training and AT, with the drop."""
-    runs, gen = result["runs"], result["generation_seconds"]
-    base = {"": runs.get("clean", {}).get("last_acc"), "-at4": runs.get("clean-at4", {}).get("last_acc")}
-    lines = ["| data | gen. time (s) | standard: last (best) | drop | AT 4/255: last (best) | drop |",
-             "|---|---|---|---|---|---|"]
+    """Markdown: clean test accuracy per method under ST and AT at each radius, with the drop from clean,
+    and the final noise's fraction of pixels at +-eps."""
+    runs, gen, diag = result["runs"], result["generation_seconds"], result.get("diagnostics", {})
+    regimes = [r for r in REGIMES if any(k == run_name("clean", r) or k.endswith(f"-{r}") for k in runs)] or list(REGIMES)
+    head = ["data", "gen. time (s)", "noise at +-eps"]
+    for r in regimes:
+        label = "ST" if r == "st" else f"AT {round(REGIMES[r] * 255)}/255"
+        head += [f"{label}: last (best)", "drop"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in ["clean", *gen]:
-        cells = [name, f"{gen[name]:.0f}" if name in gen else "-"]
-        for suffix in ("", "-at4"):
-            r = runs.get(name + suffix)
-            if r is None:
+        edge = diag.get(name, {}).get("edge_fraction")
+        cells = [name, f"{gen[name]:.0f}" if name in gen else "-", f"{edge * 100:.0f}%" if edge is not None else "-"]
+        for r in regimes:
+            run, base = runs.get(run_name(name, r)), runs.get(run_name("clean", r))
+            if run is None:
                 cells += ["-", "-"]
                 continue
-            drop = base[suffix] - r["last_acc"] if base[suffix] is not None and name != "clean" else None
-            cells += [f"{r['last_acc']:.2f} ({r['best_acc']:.2f})", f"{drop:.2f}" if drop is not None else "-"]
+            drop = f"{base['last_acc'] - run['last_acc']:.2f}" if base is not None and name != "clean" else "-"
+            cells += [f"{run['last_acc']:.2f} ({run['best_acc']:.2f})", drop]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -95,7 +95,8 @@ class ErrorMinimizing(SurrogateMethod):
                     else:
                         self._classwise_pass(model, images, labels, noise, gen)
                     acc = self._accuracy(model, images, labels, per_sample)
-                self.history.append({"round": rnd + 1, "train_acc_protected": round(acc * 100, 2)})
+                rec = {"round": rnd + 1, "train_acc_protected": round(acc * 100, 2)}
+                self.history.append({**rec, **(self.heldout_accuracy(model) or {})})
                 bar.set_postfix(acc=f"{acc:.3f}")
                 bar.update(1)
                 ckpt.save(lambda: {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
@@ -103,6 +104,7 @@ class ErrorMinimizing(SurrogateMethod):
                                    "batches": batches.state()})
         self.rounds_, self.final_acc_ = len(self.history), round(acc, 4)
         out = noise if self.mode == "samplewise" else noise[labels]
+        self.record_diagnostics(model, images, labels, out, self.history)
         return out.cpu()
 
     def _samplewise_pass(self, model, images, labels, noise, pgd, gen, mask):

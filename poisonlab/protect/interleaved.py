@@ -90,14 +90,18 @@ class InterleavedMethod(SurrogateMethod):
                         rec["extra"] = round(extra.item(), 5)
                     self.history.append(rec)
                     bar.set_postfix(loss=rec["loss"], acc=rec["adv_acc"])
+                if self.holdout is not None and self.diagnostic_due(step + 1, self.train_steps):
+                    self.history.append({"step": step + 1, **self.heldout_accuracy(model)})
                 bar.update(1)
                 ckpt.save(lambda: self._state(model, opt, gen, noise, step + 1, "train", batches))
         model.eval()
         if state.get("stage") != "final":
             state = self._state(model, opt, gen, noise, self.train_steps, "train", batches)
             ckpt.save(state, force=True)
-        return self.noise_pass(images, labels, noise, lambda x, y, idx: self.noise_update(model, x, y, gen),
-                               ckpt, state, "final", f"{self.name} final noise").cpu()
+        noise = self.noise_pass(images, labels, noise, lambda x, y, idx: self.noise_update(model, x, y, gen),
+                                ckpt, state, "final", f"{self.name} final noise")
+        self.record_diagnostics(model, images, labels, noise, self.history)
+        return noise.cpu()
 
     def _state(self, model, opt, gen, noise, step, stage, batches):
         return {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
