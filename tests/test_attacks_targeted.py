@@ -74,3 +74,29 @@ def test_selection_by_gradient_norm_and_influence(trained):
     assert len(a) == len(b) == 4 and set(a.tolist()) <= set(cand.tolist()) and set(b.tolist()) <= set(cand.tolist())
     with pytest.raises(PoisonlabError):
         select_indices(cand, 4, how="influence", model=m, images=x, labels=y)
+
+
+def test_poison_frogs_moves_features_toward_the_target(trained):
+    m, x, y = trained
+    from poisonlab.attacks.evaluate import features, penultimate
+    xt = x[y == 2][:1]
+    atk = create_attack("poison-frogs", model=m, target_images=xt, adversarial_labels=[0], num_poisons=2,
+                        iterations=30, eps=32 / 255)
+    r = atk(x, y)
+    idx = torch.tensor(r.meta["targets"][0]["poisons"])
+    f = penultimate(m)
+    ft = features(f, xt)
+    before = (features(f, x[idx]) - ft).norm(dim=1)
+    after = (features(f, r.images[idx]) - ft).norm(dim=1)
+    assert (after < before).all() and int(r.noise.abs().max()) <= 32 and torch.equal(r.labels, y)
+
+
+def test_convex_polytope_on_an_ensemble_and_simplex_projection(trained):
+    m, x, y = trained
+    from poisonlab.attacks.feature_collision import project_simplex
+    c = project_simplex(torch.tensor([[0.5, 2.0, -1.0], [0.2, 0.2, 0.2]]))
+    assert torch.allclose(c.sum(1), torch.ones(2)) and (c >= 0).all() and torch.allclose(c[1], torch.full((3,), 1 / 3))
+    r = create_attack("convex-polytope", model=[m, m], target_images=x[y == 1][:1], adversarial_labels=[3],
+                      iterations=20)(x, y)
+    assert len(r.poisoned) == 5 and (y[r.poisoned] == 3).all()
+    assert int(r.noise.abs().max()) <= 25 and r.meta["targets"][0]["polytope_loss"] >= 0

@@ -16,14 +16,14 @@ class TargetedAttack(PerturbationAttack):
     """target_images: (T,C,H,W) uint8 or float in [0,1] (typically test images); adversarial_labels: (T,)
     the class each target should be misclassified as; target_ids: how the manifest names the targets (e.g.
     test-set indices; default 0..T-1); budget: fraction of the training set perturbed per target (poisons
-    of different targets are disjoint); select: how base images are picked (random, gradient-norm,
+    of different targets are disjoint), or num_poisons: that many per target; select: how base images are picked (random, gradient-norm,
     influence); model: a surrogate (or a list: an ensemble); otherwise `ensemble` surrogates
     (surrogate at surrogate_width, surrogate_epochs) are trained on the clean data first."""
 
     default_budget = 0.01
     ensemble_default = 1
 
-    def __init__(self, *, target_images=None, adversarial_labels=None, target_ids=None, budget=None,
+    def __init__(self, *, target_images=None, adversarial_labels=None, target_ids=None, budget=None, num_poisons=None,
                  select="random", model=None, ensemble=None, surrogate="smallcnn", surrogate_width=0.5,
                  surrogate_epochs=10, **kw):
         super().__init__(**kw)
@@ -31,6 +31,9 @@ class TargetedAttack(PerturbationAttack):
         self.budget = float(self.default_budget if budget is None else budget)
         if not 0 < self.budget <= 1:
             raise PoisonlabError(f"budget must lie in (0, 1], got {self.budget}")
+        self.num_poisons = None if num_poisons is None else int(num_poisons)
+        if self.num_poisons is not None and self.num_poisons < 1:
+            raise PoisonlabError("num_poisons must be >= 1")
         if select not in SELECTIONS:
             raise PoisonlabError(f"unknown selection {select!r}; use {', '.join(SELECTIONS)}")
         self.select, self.model = select, model
@@ -56,7 +59,7 @@ class TargetedAttack(PerturbationAttack):
         models = self.models(images, labels)
         device = model_device(models[0]) if models else torch.device("cpu")
         gen = self.generator()
-        per = max(1, round(self.budget * len(labels)))
+        per = self.num_poisons or max(1, round(self.budget * len(labels)))
         used = torch.zeros(len(labels), dtype=torch.bool)
         index, deltas, info = [], [], []
         for t in range(len(xt)):
