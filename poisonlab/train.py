@@ -1,12 +1,24 @@
-"""Victim training: standard and PGD adversarial training, SGD schedules, clean test accuracy per epoch.
+"""Victim training with hooks: standard and PGD adversarial training, SGD schedules, clean test accuracy
+per epoch, on tensors or ImageSets, with poisonlab's models or the user's own nn.Module.
+
+    result = train_victim((x_uint8, y), (x_test, y_test), TrainConfig(epochs=5), hooks=[MyHook()], model=net)
 
 The whole uint8 data set sits on the device as one tensor; batches are sliced, converted and augmented
 there. Runs are deterministic under a seed (on CPU; cuDNN may add tiny nondeterminism on GPU) and can
 checkpoint every epoch and resume.
+
+A hook is any object implementing some of (every randomness drawn from state.generator):
+    select(epoch, state) -> None | LongTensor of indices to train on this epoch | FloatTensor (N,) of
+                            per-sample loss weights (the loss is mean(weight * per-sample loss))
+    transform_batch(x, y, y_soft, state) -> (x, y_soft)     after augmentation, in hook order
+    loss(model, x, y, y_soft, state) -> (per-sample loss (B,), logits (B, K))   at most one hook
+    after_step(state)                                         state.loss / state.logits / state.index set
+    after_epoch(epoch, record, state)                         record: the epoch's history dict (may add
+                                                              keys); set state.stop = True to stop early
+    spec() -> str                                             identity for checkpoint keys (optional)
+Adversarial training is such a hook (AdversarialTraining), built from TrainConfig.adv_* fields.
 """
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,16 +26,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from torch import nn
 
 from . import PoisonlabError
-from .attacks import make_pgd
 from .augment import Augment
 from .budget import parse_budget
 from .data import ImageSet
-from .fileio import atomic_write
+from .checks import check_model_input
+from .fileio import atomic_write, load_state
+from .progress import progress as progress_bar
+from .hashing import digest
 from .models import create_model
-from .runtime import autocast, pick_device, prepare_model, seed_everything, to_device_images
+from .pgd import make_pgd
+from .result import to_imageset
+from .runtime import autocast, pick_device, prepare_model, seed_everything, to_float_batch
+
+HOOK_METHODS = ("select", "transform_batch", "loss", "after_step", "after_epoch")
 
 
 @dataclass
@@ -44,38 +62,47 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
-    defense: str = ""  # training-time countermeasure hook, e.g. "ueraser" (poisonlab.defenses), applied after augment
     extra: dict = field(default_factory=dict)  # free-form labels carried into results (e.g. countermeasure)
 
     def __post_init__(self):
         self.adv_eps = parse_budget(self.adv_eps, "adv_eps", maximum=1.0 if self.adv_norm == "linf" else None)
         if self.adv_alpha is not None:
             self.adv_alpha = parse_budget(self.adv_alpha, "adv_alpha")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise PoisonlabError("epochs and batch_size must be >= 1 and lr > 0")
+        for k in ("width", "lr", "momentum", "weight_decay"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise PoisonlabError(f"{k} must be a finite number, got {v!r}")
+        for k in ("epochs", "batch_size", "adv_steps", "seed"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise PoisonlabError(f"{k} must be an integer, got {v!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.width <= 0:
+            raise PoisonlabError("epochs and batch_size must be >= 1, lr and width > 0")
+        if self.momentum < 0 or self.weight_decay < 0 or self.adv_steps < 0:
+            raise PoisonlabError("momentum, weight_decay and adv_steps must be >= 0")
         if self.schedule not in ("cosine", "multistep", "constant"):
             raise PoisonlabError(f"unknown schedule {self.schedule!r} (cosine, multistep, constant)")
+        if self.adv_norm not in ("linf", "l2"):
+            raise PoisonlabError(f"unknown adv_norm {self.adv_norm!r} (linf, l2)")
         Augment.parse(self.augment)  # validate early
-        if self.defense:
-            from .defenses import train_time_defense
-            train_time_defense(self.defense)
 
     def key(self) -> str:
-        d = asdict(self)
-        if not d["defense"]:
-            d.pop("defense")  # keep the keys of runs made before the field existed
-        return _digest(d)
+        return digest(asdict(self))
 
 
-def _digest(d: dict) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _resume_key(cfg: TrainConfig) -> str:
-    """Checkpoint identity: the configuration less the epoch count, so a constant-schedule run can be extended."""
+def _resume_key(cfg: TrainConfig, hooks=()) -> str:
+    """Checkpoint identity: the configuration less the epoch count (so a constant-schedule run can be
+    extended), plus the identity of the hooks given."""
     d = asdict(cfg)
     d.pop("epochs")
-    return _digest(d)
+    specs = [hook_spec(h) for h in hooks]
+    if specs:
+        d["hooks"] = specs
+    return digest(d)
+
+
+def hook_spec(hook) -> str:
+    return hook.spec() if hasattr(hook, "spec") else type(hook).__qualname__
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -91,103 +118,171 @@ def evaluate(model, data: ImageSet, device, batch_size=512, amp=True) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(data), batch_size):
-        x = to_device_images(data.images[i:i + batch_size], device).float().div_(255)
         with autocast(device, amp):
-            pred = model(x).argmax(1)
+            pred = model(to_float_batch(data.images[i:i + batch_size], device)).argmax(1)
         correct += (pred.cpu() == data.labels[i:i + batch_size]).sum().item()
     return 100.0 * correct / max(len(data), 1)
 
 
-def soft_cross_entropy(logits, y_soft):
-    return -(y_soft * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+def soft_cross_entropy(logits, y_soft, reduction="mean"):
+    per = -(y_soft * F.log_softmax(logits.float(), dim=1)).sum(1)
+    return per.mean() if reduction == "mean" else per
 
 
-def train_victim(train: ImageSet, test: ImageSet | None, cfg: TrainConfig, progress=True,
-                 checkpoint: str | Path | None = None, return_model=False):
-    """Train cfg.model on train, report clean accuracy on test after every epoch.
+def per_sample_loss(logits, y, y_soft):
+    """Cross-entropy per sample, against soft targets when augmentation mixed labels."""
+    if y_soft is not None:
+        return soft_cross_entropy(logits, y_soft, reduction="none")
+    return F.cross_entropy(logits.float(), y, reduction="none")
 
-    Returns a dict with history, last/best accuracy and throughput (and the model if asked).
-    With checkpoint set, state is saved atomically after every epoch and a rerun resumes from it.
+
+@dataclass
+class TrainState:
+    """What hooks see: the model and optimiser, the training generator, progress, and the last batch."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    config: TrainConfig
+    device: torch.device
+    num_classes: int
+    num_samples: int
+    epoch: int = 0
+    step: int = 0
+    total_steps: int = 0
+    index: torch.Tensor | None = None  # sample indices of the current batch
+    loss: torch.Tensor | None = None  # the batch's scalar loss (after weighting)
+    losses: torch.Tensor | None = None  # the batch's per-sample losses
+    logits: torch.Tensor | None = None
+    stop: bool = False
+
+    def autocast(self):
+        return autocast(self.device, self.config.amp)
+
+
+class AdversarialTraining:
+    """PGD adversarial training (Madry et al. 2018) as a hook: every batch is replaced by its PGD
+    adversarial example within eps (attacked with frozen BN statistics), then trained on."""
+
+    def __init__(self, eps, norm="linf", steps=10, alpha=None):
+        self.attack = make_pgd(norm, eps, steps=steps, alpha=alpha)
+
+    def spec(self):
+        a = self.attack
+        return f"at:{a.norm},eps={a.eps:.6g},steps={a.steps},alpha={a.alpha:.6g}"
+
+    def transform_batch(self, x, y, y_soft, state):
+        model = state.model
+        model.eval()
+        with state.autocast():
+            target = y_soft if y_soft is not None else y
+            self.attack.loss_fn = soft_cross_entropy if y_soft is not None else F.cross_entropy
+            x = x + self.attack(model, x, target, gen=state.generator)
+        model.train()
+        return x, y_soft
+
+
+def _one(hooks, method):
+    found = [h for h in hooks if hasattr(h, method)]
+    if len(found) > 1:
+        raise PoisonlabError(f"at most one hook may implement {method}; got {[hook_spec(h) for h in found]}")
+    return found[0] if found else None
+
+
+def _as_set(data, what):
+    if data is None or isinstance(data, ImageSet):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return to_imageset(*data)[0]
+    raise PoisonlabError(f"{what} must be an ImageSet or an (images, labels) pair")
+
+
+def train_victim(train, test=None, cfg: TrainConfig | None = None, progress=True,
+                 checkpoint: str | Path | None = None, return_model=False, *, hooks=(), model: nn.Module | None = None):
+    """Train a model on train, report clean accuracy on test after every epoch.
+
+    train/test: ImageSets or (images, labels) pairs (uint8, or float in [0,1]); test may be None.
+    model: the user's own nn.Module (trained in place; it takes inputs in [0,1]) instead of cfg.model.
+    hooks: objects implementing the hook methods above. Returns a dict with history, last/best accuracy
+    and throughput (and the model if asked). With checkpoint set, state is saved atomically after every
+    epoch and a rerun resumes from it.
     """
+    cfg = cfg or TrainConfig()
+    train, test = _as_set(train, "train"), _as_set(test, "test")
     if len(train) == 0:
         raise PoisonlabError("the training set is empty")
     if test is not None and test.shape != train.shape:
         raise PoisonlabError(f"test images {test.shape} do not match training images {train.shape}")
+    hooks = list(hooks)
+    for h in hooks:
+        if not any(hasattr(h, m) for m in HOOK_METHODS):
+            raise PoisonlabError(f"{h!r} is not a training hook: it implements none of {HOOK_METHODS}")
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    model = prepare_model(create_model(cfg.model, train.num_classes, train.shape[0], cfg.width), device)
+    user_model = model
+    model = prepare_model(user_model if user_model is not None else
+                          create_model(cfg.model, train.num_classes, train.shape[0], cfg.width), device)
+    check_model_input(model, train.shape, cfg.model if user_model is None else type(user_model).__name__)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=cfg.momentum > 0)
     aug = Augment.parse(cfg.augment)
-    tdef = None
-    if cfg.defense:
-        from .defenses import train_time_defense
-        tdef = train_time_defense(cfg.defense)
-    attack = None
-    if cfg.adv_eps > 0:
-        attack = make_pgd(cfg.adv_norm, cfg.adv_eps, steps=cfg.adv_steps, alpha=cfg.adv_alpha)
+    all_hooks = ([AdversarialTraining(cfg.adv_eps, cfg.adv_norm, cfg.adv_steps, cfg.adv_alpha)]
+                 if cfg.adv_eps > 0 else []) + hooks
+    selector, loss_hook = _one(all_hooks, "select"), _one(all_hooks, "loss")
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     images, labels = train.images.to(device), train.labels.to(device)
     n = len(train)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
+    state = TrainState(model, opt, gen, cfg, device, train.num_classes, n, total_steps=total)
     history, start_epoch, train_time = [], 0, 0.0
 
     ckpt = Path(checkpoint) if checkpoint else None
+    key = _resume_key(cfg, hooks)
     if ckpt is not None and ckpt.exists():
-        # RNG states must stay CPU tensors (set_state refuses CUDA ones); load_state_dict moves the rest.
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        except Exception as e:  # truncated or foreign file: a user error, not a crash
-            raise PoisonlabError(f"cannot read checkpoint {ckpt}: {e}") from None
-        if not isinstance(state, dict) or state.get("key") != _resume_key(cfg) or state.get("n") != n:
-            raise PoisonlabError(f"checkpoint {ckpt} belongs to another configuration; remove it or pick another path")
-        if state["epochs"] != cfg.epochs and cfg.schedule != "constant":
-            # The cosine/multistep learning rate depends on the total length, so continuing with another
-            # epoch count would give a run that matches no uninterrupted one.
-            raise PoisonlabError(f"checkpoint {ckpt} is of a {state['epochs']}-epoch {cfg.schedule} schedule; "
-                                 f"only a constant schedule can be extended to {cfg.epochs} epochs")
-        if state["epoch"] > cfg.epochs:
-            raise PoisonlabError(f"checkpoint {ckpt} already holds {state['epoch']} epochs > {cfg.epochs}")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["cpu_rng"])
-        history, start_epoch, train_time = state["history"], state["epoch"], state["train_time"]
+        history, start_epoch, train_time = _restore(ckpt, key, cfg, n, model, opt, gen, hooks)
 
-    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, disable=not progress, unit="batch",
-               desc=f"{cfg.model}{' AT ' + str(round(cfg.adv_eps * 255, 2)) + '/255' if attack else ''}",
-               dynamic_ncols=True, leave=False)
+    desc = cfg.model if user_model is None else type(user_model).__name__
+    bar = progress_bar(total, f"{desc}{' AT ' + str(round(cfg.adv_eps * 255, 2)) + '/255' if cfg.adv_eps else ''}",
+                       initial=start_epoch * steps_per_epoch, enabled=progress, unit="batch")
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
+        state.epoch = epoch
         t0 = time.perf_counter()
-        perm = torch.randperm(n, device=device, generator=gen)
+        chosen = selector.select(epoch, state) if selector is not None else None
+        weights = None
+        if chosen is not None and chosen.is_floating_point():
+            weights, chosen = chosen.to(device), None
+        pool = chosen.to(device) if chosen is not None else None
+        m = len(pool) if pool is not None else n
+        perm = torch.randperm(m, device=device, generator=gen)
+        if pool is not None:
+            perm = pool[perm]
         loss_sum, correct, seen = 0.0, 0, 0
-        for b in range(steps_per_epoch):
+        for b in range(math.ceil(m / cfg.batch_size)):
             step = epoch * steps_per_epoch + b
+            state.step = step
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step, total)
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = images[idx].float().div_(255)
-            x = x.contiguous(memory_format=torch.channels_last) if device.type != "mps" else x
-            y = labels[idx]
+            x, y = to_float_batch(images[idx], device), labels[idx]
             x, y_soft = aug(x, y, train.num_classes, gen)
-            if attack is not None:
-                model.eval()  # attack with frozen BN statistics; train on the result
-                with autocast(device, cfg.amp):
-                    target = y_soft if y_soft is not None else y
-                    attack.loss_fn = soft_cross_entropy if y_soft is not None else F.cross_entropy
-                    x = x + attack(model, x, target, gen=gen)
-                model.train()
+            for h in all_hooks:
+                if hasattr(h, "transform_batch"):
+                    x, y_soft = h.transform_batch(x, y, y_soft, state)
             with autocast(device, cfg.amp):
-                if tdef is not None:  # training-time countermeasure (e.g. UEraser): its own forward + loss
-                    loss, logits = tdef.loss(model, x, y, y_soft, gen)
+                if loss_hook is not None:
+                    per, logits = loss_hook.loss(model, x, y, y_soft, state)
                 else:
                     logits = model(x)
-                    loss = soft_cross_entropy(logits, y_soft) if y_soft is not None else F.cross_entropy(logits.float(), y)
+                    per = per_sample_loss(logits, y, y_soft)
+                loss = (per * weights[idx]).mean() if weights is not None else per.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            state.index, state.loss, state.losses, state.logits = idx, loss.detach(), per.detach(), logits.detach()
+            for h in all_hooks:
+                if hasattr(h, "after_step"):
+                    h.after_step(state)
             loss_sum += loss.item() * len(idx)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(idx)
@@ -197,27 +292,62 @@ def train_victim(train: ImageSet, test: ImageSet | None, cfg: TrainConfig, progr
         dt = time.perf_counter() - t0
         train_time += dt
         acc = evaluate(model, test, device, amp=cfg.amp) if test is not None else float("nan")
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
-                        "test_acc": acc, "epoch_seconds": dt})
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", test_acc=f"{acc:.2f}")
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1),
+                  "test_acc": acc, "epoch_seconds": dt}
+        for h in all_hooks:
+            if hasattr(h, "after_epoch"):
+                h.after_epoch(epoch, record, state)
+        history.append(record)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", test_acc=f"{acc:.2f}")
         if ckpt is not None:
             with atomic_write(ckpt) as f:
-                torch.save({"key": _resume_key(cfg), "epochs": cfg.epochs, "n": n, "model": model.state_dict(),
+                torch.save({"key": key, "epochs": cfg.epochs, "n": n, "model": model.state_dict(),
                             "opt": opt.state_dict(), "gen": gen.get_state(), "cpu_rng": torch.get_rng_state(),
-                            "history": history, "epoch": epoch + 1, "train_time": train_time}, f)
+                            "history": history, "epoch": epoch + 1, "train_time": train_time,
+                            "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in hooks]}, f)
+        if state.stop:
+            break
     bar.close()
     accs = [h["test_acc"] for h in history]
     best = max(range(len(accs)), key=lambda i: accs[i]) if test is not None else len(accs) - 1
+    config = asdict(cfg)
+    if user_model is not None:
+        config["model"] = f"custom:{type(user_model).__name__}"
     result = {
-        "config": asdict(cfg), "device": str(device), "train_size": n,
+        "config": config, "device": str(device), "train_size": n,
         "test_size": len(test) if test is not None else 0, "history": history,
         "last_acc": accs[-1], "best_acc": accs[best], "best_epoch": best + 1,
         "train_seconds": train_time,
         "images_per_second": n * len(history) / max(train_time, 1e-9),
     }
+    if hooks:
+        result["hooks"] = [hook_spec(h) for h in hooks]
     if return_model:
         result["model"] = model
     return result
+
+
+def _restore(ckpt, key, cfg, n, model, opt, gen, hooks):
+    """Load a training checkpoint into model/opt/gen/hooks; returns (history, start_epoch, train_time)."""
+    # RNG states must stay CPU tensors (set_state refuses CUDA ones); load_state_dict moves the rest.
+    state = load_state(ckpt)  # weights_only: a planted file cannot run code; errors are one line
+    if not isinstance(state, dict) or state.get("key") != key or state.get("n") != n:
+        raise PoisonlabError(f"checkpoint {ckpt} belongs to another configuration; remove it or pick another path")
+    if state["epochs"] != cfg.epochs and cfg.schedule != "constant":
+        # The cosine/multistep learning rate depends on the total length, so continuing with another
+        # epoch count would give a run that matches no uninterrupted one.
+        raise PoisonlabError(f"checkpoint {ckpt} is of a {state['epochs']}-epoch {cfg.schedule} schedule; "
+                             f"only a constant schedule can be extended to {cfg.epochs} epochs")
+    if state["epoch"] > cfg.epochs:
+        raise PoisonlabError(f"checkpoint {ckpt} already holds {state['epoch']} epochs > {cfg.epochs}")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["cpu_rng"])
+    for h, hs in zip(hooks, state.get("hooks") or []):
+        if hs is not None and hasattr(h, "load_state_dict"):
+            h.load_state_dict(hs)
+    return state["history"], state["epoch"], state["train_time"]
 
 
 def mix_partial(protected: ImageSet, clean: ImageSet, fraction: float, seed: int = 0, clean_only=False) -> ImageSet:

@@ -1,5 +1,7 @@
 """Countermeasures on tiny synthetic data: shapes and dtypes kept, each transform does what it claims."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -133,20 +135,25 @@ def test_ueraser_hook_in_training():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 4))
     x = torch.rand(6, 3, 32, 32)
     y = torch.arange(6) % 4
-    torch.manual_seed(0)
-    loss, logits = d.loss(model, x, y, None, None)
-    assert loss.ndim == 0 and logits.shape == (6, 4)
-    aug = d.transform(x)
+    state = SimpleNamespace(generator=torch.Generator().manual_seed(0))
+    per, logits = d.loss(model, x, y, None, state)
+    assert per.shape == (6,) and logits.shape == (6, 4)
+    aug = d.transform(x, torch.Generator().manual_seed(1))
     assert aug.shape == x.shape and 0 <= aug.min() and aug.max() <= 1 and not torch.equal(aug, x)
-    # The max over K copies is at least the loss of a single copy on average.
-    torch.manual_seed(0)
-    lite, _ = parse_defense("ueraser").loss(model, x, y, None, None)
-    assert loss.item() >= lite.item() - 0.5
-    cfg = TrainConfig(model="smallcnn", width=0.25, epochs=1, batch_size=16,
-                      **{k: v for k, v in d.configure({}).items()})
-    assert cfg.defense.startswith("ueraser")
+    # The draws come from the generator given: the same seed gives the same augmentation, another seed not.
+    assert torch.equal(aug, d.transform(x, torch.Generator().manual_seed(1)))
+    assert not torch.equal(aug, d.transform(x, torch.Generator().manual_seed(2)))
+    # UEraser-Max trains on the worst of K copies: per sample, at least the loss of the first copy.
+    state = SimpleNamespace(generator=torch.Generator().manual_seed(0))
+    xs = d.transform(x.repeat(3, 1, 1, 1), torch.Generator().manual_seed(0))
+    first = torch.nn.functional.cross_entropy(model(xs[:6]), y, reduction="none")
+    per, _ = d.loss(model, x, y, None, state)
+    assert (per >= first - 1e-5).all()
+    assert d.hooks() == [d] and parse_defense("jpeg:10").hooks() == []
     data = synthetic(n=16)
-    result = train_victim(data, data, cfg, progress=False)
-    assert len(result["history"]) == 1
-    with pytest.raises(PoisonlabError):
-        TrainConfig(defense="jpeg:10")  # not a training-time hook
+    cfg = TrainConfig(model="smallcnn", width=0.25, epochs=1, batch_size=16)
+    runs = [train_victim(data, data, cfg, progress=False, hooks=parse_defense("ueraser").hooks()) for _ in range(2)]
+    assert runs[0]["history"][0]["train_loss"] == runs[1]["history"][0]["train_loss"]  # a seed reproduces it
+    plain = train_victim(data, data, cfg, progress=False)
+    assert plain["history"][0]["train_loss"] != runs[0]["history"][0]["train_loss"]
+    assert runs[0]["hooks"] == [parse_defense("ueraser").spec()]

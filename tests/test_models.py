@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from poisonlab import PoisonlabError
-from poisonlab import models
+from poisonlab.registry import MODELS
 from poisonlab.models import CIFAR_MEAN, CIFAR_STD, Normalize, create_model, list_models, register_model
 
 
@@ -59,12 +59,14 @@ def test_bad_names_and_widths():
         create_model("smallcnn", width=0)
 
 
-def test_register_model_adds_to_the_registry(monkeypatch):
-    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))  # leave the real registry untouched
-
+def test_register_model_adds_to_the_registry():
     @register_model
     def tiny_linear(num_classes=10, in_channels=3, width=1.0):
         return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
 
-    assert "tiny_linear" in list_models()
-    assert create_model("tiny_linear", 5, 1)(torch.rand(2, 1, 8, 8)).shape == (2, 5)
+    try:
+        assert "tiny_linear" in list_models()
+        assert create_model("tiny_linear", 5, 1)(torch.rand(2, 1, 8, 8)).shape == (2, 5)
+    finally:
+        MODELS.unregister("tiny_linear")  # leave the real registry as it was
+    assert "tiny_linear" not in list_models()

@@ -137,6 +137,8 @@ class Grid:
         tc = asdict(self.train_config(cell, d))
         for k in ("device", "extra"):
             tc.pop(k)
+        # Training-time defenses (hooks) were a TrainConfig field once; spelled the same way, cached cells keep their keys.
+        tc["defense"] = "+".join(p.spec() for p in parts if p.kind == "train")
         prot = None
         if cell.protected:
             m, opts, _ = self.protection_id(cell.method, cell.budget)
@@ -184,7 +186,7 @@ class Grid:
         defense_seconds = time.perf_counter() - t0
         cfg = self.train_config(cell, d)
         ckpt = self.cache / "running" / f"{key}.pt"
-        result = train_victim(train_set, test_set, cfg, progress=self.progress, checkpoint=ckpt)
+        result = train_victim(train_set, test_set, cfg, progress=self.progress, checkpoint=ckpt, hooks=d.hooks())
         record = {
             "key": key, "cell": asdict(cell), "defense_spec": d.spec(), "data_id": self.data_id,
             "train_config": result["config"], "device": result["device"],

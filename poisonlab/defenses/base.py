@@ -7,7 +7,7 @@ A countermeasure is what an exploiter does to defeat a protection. Three kinds, 
   the test images (only for input transforms that change the input space, i.e. grayscale).
 * training-config: changes the victim's TrainConfig (`configure`), e.g. PGD adversarial training
   (at:4/255, at-l2:0.5) or cutout/mixup/cutmix in the Augment pipeline.
-* training-time: a per-batch hook in train_victim (`loss`), selected through TrainConfig.defense,
+* training-time: hook objects for train_victim (`hooks()`, passed as train_victim(..., hooks=...)),
   e.g. UEraser's heavy augmentation with the max loss over K repeats.
 
 Spec strings: "name", "name:value" (the class's main parameter, e.g. jpeg:10, at:4/255),
@@ -20,44 +20,26 @@ import torch
 
 from .. import PoisonlabError
 from ..data import ImageSet
+from ..options import parse_value as _value
+from ..registry import DEFENSES
 
-_DEFENSES = {}
-
-
-def register_defense(cls):
-    for n in (cls.name, *cls.aliases):
-        _DEFENSES[n] = cls
-    return cls
-
-
-def list_defenses():
-    return sorted({c.name for c in _DEFENSES.values()})
-
-
-def defense_class(name):
-    if name not in _DEFENSES:
-        raise PoisonlabError(f"unknown countermeasure {name!r}; choose from {', '.join(list_defenses())}")
-    return _DEFENSES[name]
-
-
-def _value(text):
-    from ..cli import _value as cli_value  # one parser for 8/255, 0.5, true, ...
-    return cli_value(text)
+# Transitional names (the registry is poisonlab.registry.DEFENSES).
+register_defense = DEFENSES.register
+list_defenses = DEFENSES.names
+defense_class = DEFENSES.get
 
 
 def create_defense(name, *args, **kw) -> "Defense":
     """create_defense("jpeg", quality=10) or create_defense("jpeg:10") (a full spec string)."""
     if not args and not kw and (":" in str(name) or "+" in str(name)):
         return parse_defense(name)
-    cls = defense_class(name)
-    allowed = cls.param_names()
-    unknown = sorted(set(kw) - allowed)
-    if unknown:
-        raise PoisonlabError(f"{name}: unknown option(s) {unknown}; it takes {sorted(allowed)}")
-    try:
-        return cls(*args, **kw)
-    except (TypeError, ValueError) as e:
-        raise PoisonlabError(f"{name}: {e}") from None
+    if args:  # the class's main parameter, given positionally ("jpeg:10")
+        cls = DEFENSES.get(name)
+        main = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        if len(args) > len(main):
+            raise PoisonlabError(f"{name}: takes at most {len(main)} value(s), got {len(args)}")
+        kw = {**dict(zip(main, args)), **kw}
+    return DEFENSES.create(name, **kw)
 
 
 def parse_defense(spec) -> "Defense":
@@ -122,9 +104,9 @@ class Defense:
         """Return TrainConfig keyword arguments changed for this defense (training-config defenses)."""
         return dict(train_kw)
 
-    def loss(self, model, x, y, y_soft, gen):
-        """Training-time hook (TrainConfig.defense): return (loss, logits) for one batch."""
-        raise NotImplementedError(f"{self.name} is not a training-time defense")
+    def hooks(self) -> list:
+        """Training hooks for train_victim (training-time defenses return themselves or helpers)."""
+        return []
 
 
 def _fmt(v):
@@ -163,6 +145,9 @@ class Chain(Defense):
         for p in self.parts:
             train_kw = p.configure(train_kw)
         return train_kw
+
+    def hooks(self):
+        return [h for p in self.parts for h in p.hooks()]
 
 
 def batched(images: torch.Tensor, fn, batch_size: int = 2048) -> torch.Tensor:

@@ -1,11 +1,13 @@
 """Training-side countermeasures: PGD adversarial training, label-mixing/occlusion augmentation,
-early stopping, and UEraser's heavy augmentation (a per-batch hook in train_victim)."""
+early stopping, and UEraser's heavy augmentation (a training hook: train_victim(..., hooks=d.hooks()))."""
 
+import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 
 from .. import PoisonlabError
 from ..budget import parse_budget
+from ..runtime import to_device_images
 from .base import Defense, register_defense
 
 
@@ -131,6 +133,9 @@ class UEraser(Defense):
     from kornia (PlasmaBrightness, PlasmaContrast, ChannelShuffle, then TrivialAugment), applied after
     the standard crop/flip. repeats=K > 1 is UEraser-Max: K augmented copies of each image, training on
     the copy with the largest loss (adversarial augmentation); repeats=1 is UEraser-Lite.
+
+    A training hook (its `loss`); kornia draws from torch's global generator, so every batch reseeds a
+    forked copy of it from the training generator: a training seed reproduces the run exactly.
     """
 
     name = "ueraser"
@@ -140,14 +145,15 @@ class UEraser(Defense):
         self.repeats, self.trivial, self.p = int(repeats), bool(trivial), float(p)
         if self.repeats < 1:
             raise PoisonlabError("ueraser repeats must be >= 1")
+        if not 0 <= self.p <= 1:
+            raise PoisonlabError("ueraser p must lie in [0, 1]")
         self._aug = None
 
-    def configure(self, train_kw):
-        return dict(train_kw, defense=self.spec())
+    def hooks(self):
+        return [self]
 
     def augmenter(self):
         if self._aug is None:
-            import kornia.augmentation as K
             ops = [K.RandomPlasmaBrightness(roughness=(0.3, 0.7), intensity=(0.5, 1.0), p=self.p),
                    K.RandomPlasmaContrast(roughness=(0.3, 0.7), p=self.p),
                    K.RandomChannelShuffle(p=self.p)]
@@ -156,25 +162,24 @@ class UEraser(Defense):
             self._aug = K.AugmentationSequential(*ops)
         return self._aug
 
-    def transform(self, x):
-        return self.augmenter()(x.contiguous()).clamp(0, 1)
+    def transform(self, x, gen=None):
+        """Augmented copy of x in [0, 1]; with gen, the draws come from it (reproducible under its seed)."""
+        if gen is None:
+            return self.augmenter()(x.contiguous()).clamp(0, 1)
+        seed = int(torch.randint(0, 2**62, (), generator=gen, device=gen.device))
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return self.augmenter()(x.contiguous()).clamp(0, 1)
 
-    def loss(self, model, x, y, y_soft, gen):
+    def loss(self, model, x, y, y_soft, state):
+        """Per-sample loss: the largest over `repeats` augmented copies; logits of the first copy."""
         b, k = x.shape[0], self.repeats
-        xs = self.transform(x.repeat(k, 1, 1, 1) if k > 1 else x)
-        xs = xs.contiguous(memory_format=torch.channels_last) if xs.device.type != "mps" else xs
+        xs = self.transform(x.repeat(k, 1, 1, 1) if k > 1 else x, getattr(state, "generator", None))
+        xs = to_device_images(xs, xs.device)
         logits = model(xs)
         if y_soft is not None:
             per = -(y_soft.repeat(k, 1) * F.log_softmax(logits.float(), dim=1)).sum(1)
         else:
             per = F.cross_entropy(logits.float(), y.repeat(k), reduction="none")
-        return per.view(k, b).max(0).values.mean(), logits[:b]
-
-
-def train_time_defense(spec: str):
-    """The training-time hook named by TrainConfig.defense (validated: must be kind 'train')."""
-    from .base import parse_defense
-    d = parse_defense(spec)
-    if d.kind != "train":
-        raise PoisonlabError(f"TrainConfig.defense takes a training-time defense (e.g. ueraser), not {spec!r}")
-    return d
+        return per.view(k, b).max(0).values, logits[:b]

@@ -1,4 +1,4 @@
-"""Model registry (timm style): @register_model and create_model(name, **kw).
+"""Models (timm style): registered in poisonlab.registry.MODELS by @register_model; create_model(name, **kw).
 
 Every model takes inputs in [0, 1]; normalisation happens inside (see Normalize), so attacks,
 noise budgets and augmentations all work in pixel space.
@@ -8,21 +8,15 @@ import torch
 from torch import nn
 
 from .. import PoisonlabError
-
-_REGISTRY = {}
+from ..registry import MODELS
 
 # Per-channel statistics used for the in-model normalisation when none are given.
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 GRAY_MEAN, GRAY_STD = (0.5,), (0.25,)
 
 
-def register_model(fn):
-    _REGISTRY[fn.__name__] = fn
-    return fn
-
-
-def list_models():
-    return sorted(_REGISTRY)
+register_model = MODELS.register
+list_models = MODELS.names
 
 
 class Normalize(nn.Module):
@@ -42,13 +36,12 @@ def scaled(channels: int, width: float) -> int:
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
                  mean=None, std=None) -> nn.Module:
     """Build a registered model wrapped with input normalisation. width scales every layer's channels."""
-    if name not in _REGISTRY:
-        raise PoisonlabError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
+    build = MODELS.get(name)
     if width <= 0:
         raise PoisonlabError(f"width must be > 0, got {width}")
     if mean is None:
         mean, std = (CIFAR_MEAN, CIFAR_STD) if in_channels == 3 else (GRAY_MEAN * in_channels, GRAY_STD * in_channels)
-    net = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, width=width)
+    net = build(num_classes=num_classes, in_channels=in_channels, width=width)
     return nn.Sequential(Normalize(mean, std), net)
 
 

@@ -1,21 +1,15 @@
-"""Protection methods (availability attacks / unlearnable examples) behind one registry.
+"""Protection methods (availability attacks / unlearnable examples), registered in poisonlab.registry.METHODS.
 
-    @register_method
-    class MyMethod(Protection): ...
-    create_method("mymethod", eps=8/255, seed=0)
+    @METHODS.register
+    class MyMethod(Protection): name = "mymethod"; ...
+    METHODS.create("mymethod", eps=8/255, seed=0)(images, labels)  -> PoisonResult
 
-Each method is a small module; all share the PGD core, the budget enforcement and the output writer.
+Each method is a small module; all share the PGD core, the budget enforcement and the result type.
+A new built-in method adds its module to the import line below.
 """
 
-from .base import Protection, register_method, create_method, list_methods, method_class
+from .base import Protection, create_method, list_methods, method_class, register_method
 from .pipeline import protect
-
-from . import random_noise  # noqa: F401  (registration side effects)
-for _mod in ("minmaxmin", "em", "tap", "rem", "cuda", "lsp", "ar", "ops", "salm"):
-    try:
-        __import__(f"{__name__}.{_mod}")
-    except ModuleNotFoundError as _e:  # a method module not written yet
-        if _e.name != f"{__name__}.{_mod}":
-            raise
+from . import random_noise, minmaxmin, em, tap, rem, cuda, lsp, ar, ops, salm  # noqa: F401,E402  (registration)
 
 __all__ = ["Protection", "register_method", "create_method", "list_methods", "method_class", "protect"]

@@ -1,38 +1,29 @@
-"""The Protection base class: parameters, the noise budget promise, and its enforcement on 8-bit images."""
+"""The Protection base class: a callable on images and labels that returns a PoisonResult, the noise budget
+promise, and its enforcement on 8-bit images.
+
+    m = METHODS.create("random", eps=8/255)       # or poisonlab.create_method(...)
+    result = m(images_uint8_or_float, labels)      # PoisonResult: .images .labels .noise .meta .secrets .poisoned
+    x_p, y_p = m.poison(x, y)                      # ART style: same dtype as x
+"""
 
 import inspect
+import time
 
 import torch
+from torch import nn
 
 from .. import PoisonlabError
 from ..budget import budget_to_levels, parse_budget
 from ..data import ImageSet
+from ..registry import METHODS
+from ..result import PoisonResult, to_imageset
+from .checkpoint import Checkpoint
 
-_METHODS = {}
-
-
-def register_method(cls):
-    _METHODS[cls.name] = cls
-    return cls
-
-
-def list_methods():
-    return sorted(_METHODS)
-
-
-def method_class(name):
-    if name not in _METHODS:
-        raise PoisonlabError(f"unknown method {name!r}; choose from {', '.join(list_methods())}")
-    return _METHODS[name]
-
-
-def create_method(name, **kw):
-    cls = method_class(name)
-    allowed = cls.param_names()
-    unknown = sorted(set(kw) - allowed)
-    if unknown:
-        raise PoisonlabError(f"{name}: unknown option(s) {unknown}; it takes {sorted(allowed)}")
-    return cls(**kw)
+# Transitional names (the registry is poisonlab.registry.METHODS); callers move to it, then these go.
+register_method = METHODS.register
+list_methods = METHODS.names
+method_class = METHODS.get
+create_method = METHODS.create
 
 
 class Protection:
@@ -59,15 +50,52 @@ class Protection:
 
     @classmethod
     def param_names(cls):
+        """Options of every __init__ in the hierarchy (a subclass passing **kw up takes its bases' too)."""
         names = set()
         for klass in cls.__mro__:
-            if "__init__" in vars(klass):
-                names |= {p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "kw", "kwargs")}
+            if "__init__" in vars(klass) and klass is not object:
+                names |= {p.name for p in inspect.signature(vars(klass)["__init__"]).parameters.values()
+                          if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
         return names
 
     def params(self) -> dict:
-        """The method's settings as recorded in the manifest (public attributes named like parameters)."""
-        return {k: getattr(self, k) for k in sorted(self.param_names()) if hasattr(self, k)}
+        """The method's settings as recorded in the manifest (public attributes named like parameters);
+        a user's nn.Module is recorded by its class name, never by its repr or weights."""
+        return {k: describe_value(getattr(self, k)) for k in sorted(self.param_names()) if hasattr(self, k)}
+
+    def diagnostics(self) -> dict:
+        """Measurements a method makes while it runs (e.g. the surrogate's accuracy), carried in the result's
+        meta and the manifest. Methods fill `self.diagnostics_` (a dict) or override this."""
+        return dict(getattr(self, "diagnostics_", None) or {})
+
+    # ----- the tensor-first API ------------------------------------------------------------------
+    def __call__(self, images, labels=None, *, classes=None, names=None, checkpoint=None) -> PoisonResult:
+        """Protect images (uint8 or float in [0,1], (N,C,H,W), or an ImageSet) with their labels.
+        checkpoint: a protect.checkpoint.Checkpoint for resumable runs (default: none)."""
+        data, _ = to_imageset(images, labels, classes, names)
+        return self.run(data, checkpoint)
+
+    def run(self, data: ImageSet, checkpoint=None) -> PoisonResult:
+        ckpt = checkpoint if checkpoint is not None else Checkpoint(None, "")
+        t0 = time.perf_counter()
+        out = self.generate(data, ckpt)
+        protected, labels = out if isinstance(out, tuple) else (out, data.labels)  # attacks may relabel
+        seconds = ckpt.elapsed() if checkpoint is not None else time.perf_counter() - t0
+        self.verify(data.images, protected)
+        meta = {"method": self.name, "params": self.params(), "bound": self.bound(), "seed": self.seed,
+                "model_based": self.model_based, "surrogate": _describe_all(getattr(self, "surrogate_info", None)),
+                "diagnostics": self.diagnostics(), "generation_seconds": round(seconds, 2)}
+        return PoisonResult(images=protected, labels=labels.to(torch.int64), meta=meta, secrets=self.secrets(),
+                            noise=protected.to(torch.int16) - data.images.to(torch.int16),
+                            classes=list(data.classes), names=data.names, original=data.images,
+                            original_labels=data.labels)
+
+    def poison(self, x, y):
+        """ART-style: (x, y) -> (x_p, y_p); x_p has x's kind (uint8, or float in [0,1]) and device."""
+        data, was_float = to_imageset(x, y)
+        r = self.run(data)
+        device = x.images.device if isinstance(x, ImageSet) else x.device
+        return (r.float() if was_float else r.images).to(device), r.labels.to(device)
 
     # ----- to implement ------------------------------------------------------------------------
     def perturb(self, data: ImageSet, ckpt) -> torch.Tensor:
@@ -92,6 +120,17 @@ class Protection:
 
     def verify(self, original: torch.Tensor, protected: torch.Tensor):
         verify_bound(original, protected, self.norm, self.eps)
+
+
+def describe_value(v):
+    """A parameter as it may appear in a manifest: a user's model becomes 'custom:<ClassName>'."""
+    if isinstance(v, nn.Module):
+        return f"custom:{type(v).__name__}"
+    return v
+
+
+def _describe_all(d):
+    return {k: describe_value(v) for k, v in d.items()} if isinstance(d, dict) else d
 
 
 def apply_noise(images: torch.Tensor, delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:

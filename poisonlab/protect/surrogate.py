@@ -6,11 +6,11 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..augment import Augment
 from ..budget import budget_to_levels, parse_budget
 from ..models import create_model
+from ..progress import progress as progress_bar
 from ..runtime import autocast, pick_device, prepare_model, seed_everything
 from .base import Protection
 
@@ -51,6 +51,7 @@ class SurrogateMethod(Protection):
     holdout = None
     holdout_limit = 1000
     diagnostic_points = 10  # held-out evaluations over a run
+    compile_model = False  # torch.compile the surrogate's forward (CUDA; results do not depend on it)
 
     def __init__(self, eps=None, seed=0, device="auto", surrogate="resnet18", width=1.0, batch_size=128,
                  lr=0.1, momentum=0.9, weight_decay=5e-4, augment=True, eot=1):
@@ -84,6 +85,13 @@ class SurrogateMethod(Protection):
         self.aug = Augment().geometric if self.augment else None
         return model, opt, gen, data.images.to(self.device_), data.labels.to(self.device_)
 
+    def forward_model(self, model):
+        """What the loops call: the model itself, or a compiled view sharing its parameters (whose
+        state_dict stays the plain model's, so checkpoints do not depend on compiling)."""
+        if self.compile_model and self.device_.type == "cuda":
+            return torch.compile(model)
+        return model
+
     def batch(self, images, idx):
         x = images[idx].float().div_(255)
         return x.contiguous(memory_format=torch.channels_last) if self.device_.type != "mps" else x
@@ -94,7 +102,7 @@ class SurrogateMethod(Protection):
                        eot=eot, augment=augment, random_start=random_start)
 
     def bar(self, total, initial, desc):
-        return tqdm(total=total, initial=initial, desc=desc, disable=not self.progress, leave=False, dynamic_ncols=True)
+        return progress_bar(total, desc, initial=initial, enabled=self.progress)
 
     # ----- diagnostics (self.diagnostics_, carried into the result meta and the manifest) ---------------
     def diagnostic_attack(self):

@@ -9,7 +9,7 @@ import torch
 
 from ..budget import parse_budget
 from ..train import TrainConfig, train_victim
-from .base import register_method
+from .base import describe_value, register_method
 from .surrogate import SurrogateMethod
 
 
@@ -40,12 +40,13 @@ class TAP(SurrogateMethod):
                 "clean_train_acc": getattr(self, "surrogate_acc_", None)}
 
     def perturb(self, data, ckpt):
-        cfg = TrainConfig(model=self.surrogate, width=self.width, epochs=self.surrogate_epochs,
+        cfg = TrainConfig(model=describe_value(self.surrogate), width=self.width, epochs=self.surrogate_epochs,
                           batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
                           weight_decay=self.weight_decay, augment="standard" if self.augment else "none",
                           seed=self.seed, device=self.device)
         surrogate_ckpt = ckpt.path.with_name("surrogate.pt") if ckpt.path is not None else None
-        res = train_victim(data, None, cfg, progress=self.progress, checkpoint=surrogate_ckpt, return_model=True)
+        res = train_victim(data, None, cfg, progress=self.progress, checkpoint=surrogate_ckpt, return_model=True,
+                           model=self.new_surrogate(data) if isinstance(self.surrogate, torch.nn.Module) else None)
         self.surrogate_acc_ = round(res["history"][-1]["train_acc"], 2)
         _, _, gen, images, labels = self.setup(data, build_model=False)
         model = res["model"].eval()

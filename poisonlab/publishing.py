@@ -1,0 +1,104 @@
+"""publish(result, out_dir): write a PoisonResult as today's output of `poisonlab protect`, atomically.
+
+Layout of OUT:
+    OUT/<class>/<name>.png     protected images, lossless, names mirror the input
+    OUT/manifest.json          method, settings, bound, seed, surrogate, diagnostics, versions, hashes
+    OUT.noise.npy              saved - original, int8 (int16 where a method moves pixels further), written
+                               BESIDE OUT, never inside it: with it anyone could subtract the protection
+Secrets of the result (e.g. a CUDA key) are never written; a manifest that would contain one is refused.
+After writing, the PNGs are decoded again and must equal the result's images exactly.
+"""
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data import load_dataset
+from .data.writer import check_output_dir, staged_dir, write_pngs
+from .errors import PoisonlabError
+from .fileio import atomic_write, write_json
+from .hashing import source_hash, tensor_hash
+from .result import PoisonResult
+
+
+def noise_path(out_dir) -> Path:
+    """The noise (saved - original) lives beside OUT: inside, it would let anyone undo the protection."""
+    out = Path(out_dir)
+    return out.with_name(f"{out.name}.noise.npy")
+
+
+def manifest_for(result: PoisonResult, source=None, subset=None) -> dict:
+    """The manifest a published result carries (no secrets, no noise)."""
+    meta = dict(result.meta)
+    seconds = meta.pop("generation_seconds", None)
+    return {
+        "poisonlab_version": __version__, **meta,
+        "num_images": len(result), "image_shape": list(result.images.shape[1:]), "classes": list(result.classes),
+        "labels_changed": int((result.labels != result.original_labels).sum())
+        if result.original_labels is not None else 0,
+        "poisoned": len(result.poisoned),
+        "source": {"path": str(source) if source is not None else None,
+                   "sha256": source_hash(source) if source is not None else None,
+                   "images_sha256": tensor_hash(result.original) if result.original is not None else None,
+                   "subset": subset},
+        "noise_file": "kept private beside the output (not published)",
+        "noise_dtype": str(_noise_array(result).dtype),
+        "generation_seconds": seconds,
+        "torch": torch.__version__, "python": platform.python_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def publish(result: PoisonResult, out_dir, *, overwrite=False, source=None, subset=None, noise=True) -> dict:
+    """Write result to out_dir (PNG tree + manifest.json) and its noise beside it (OUT.noise.npy, private;
+    noise=False skips it). source: the input's path, recorded with its hash and refused as an output.
+    Returns the manifest."""
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, overwrite, [source] if source is not None else [])
+    manifest = manifest_for(result, source, subset)
+    check_no_secrets(manifest, result.secrets)
+    data = result.as_imageset()
+    if data.names is not None and result.original_labels is not None:
+        data.names = _relabelled_names(data.names, result.labels, result.original_labels, data.classes)
+    with staged_dir(out_dir, overwrite) as tmp:
+        names = write_pngs(data, tmp)
+        manifest["files"] = len(names)
+        write_json(tmp / "manifest.json", manifest)
+    if noise:
+        path = noise_path(out_dir)
+        with atomic_write(path, private=True, replace=overwrite) as f:  # 0600 from creation
+            np.save(f, _noise_array(result))
+    # Verify what was actually saved: decode the PNGs again and compare to what was published.
+    saved = load_dataset(out_dir, "train")
+    pos = {n: i for i, n in enumerate(names)}
+    if sorted(pos) != sorted(saved.names):
+        raise PoisonlabError(f"{out_dir} does not hold exactly the images just written")
+    order = torch.tensor([pos[n] for n in saved.names], dtype=torch.long)
+    if not torch.equal(saved.images, data.images[order]):
+        raise PoisonlabError(f"{out_dir}: the saved PNGs differ from the protected images")
+    return manifest
+
+
+def _noise_array(result: PoisonResult) -> np.ndarray:
+    d = result.noise
+    return d.numpy().astype(np.int8 if (not d.numel() or int(d.abs().max()) <= 127) else np.int16)
+
+
+def _relabelled_names(names, labels, original, classes):
+    """A sample whose label an attack changed moves to its new class's folder (the tree encodes labels)."""
+    out = list(names)
+    for i in torch.nonzero(labels != original).flatten().tolist():
+        out[i] = f"{classes[int(labels[i])]}/{Path(names[i]).name}"
+    return out
+
+
+def check_no_secrets(manifest, secrets):
+    text = json.dumps(manifest, default=str)
+    for k, v in (secrets or {}).items():
+        if v is not None and str(v) and str(v) in text:
+            raise PoisonlabError(f"refusing to write the secret {k!r} into the published output")

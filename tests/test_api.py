@@ -1,0 +1,238 @@
+"""The library API: registries (aliases, labels, overwrite warning, options, plugins), protections called on
+tensors, publish, and train_victim on tensors with a user's model and hooks."""
+
+import json
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import poisonlab as pl
+from conftest import make_set
+from poisonlab import PoisonlabError
+from poisonlab.data import load_dataset
+from poisonlab.registry import Registry, load_plugins
+
+FAST = dict(model="smallcnn", width=0.25, batch_size=16)
+
+
+# ------------------------------------------------------------------ registry
+def test_registry_names_aliases_labels_and_options():
+    r = Registry("widget")
+
+    @r.register(aliases=("w1",), label="Widget One")
+    class One:
+        name = "one"
+
+        def __init__(self, size=3, *, colour="red"):
+            self.size, self.colour = size, colour
+
+    @r.register
+    def two(depth=1):
+        return ("two", depth)
+
+    assert r.names() == ["one", "two"] and r.get("w1") is One and r.resolve("w1") == "one"
+    assert r.label("w1") == "Widget One" and r.label("two") == "two" and r.aliases("one") == ["w1"]
+    assert r.create("w1", colour="blue").colour == "blue" and r.create("two", depth=4) == ("two", 4)
+    with pytest.raises(PoisonlabError, match=r"unknown option\(s\) \['colur'\]; it takes \['colour', 'size'\]"):
+        r.create("one", colur="blue")
+    with pytest.raises(PoisonlabError, match="unknown widget 'three'; choose from one, two"):
+        r.get("three")
+    assert "one" in r and "w1" in r and "three" not in r
+
+    class Other:
+        name = "one"
+
+    with pytest.warns(UserWarning, match="overwriting widget 'one'"):
+        r.register(Other)
+    assert r.get("one") is Other and r.get("w1") is Other  # an alias names the name, whoever holds it
+    r.unregister("two")
+    assert "two" not in r
+
+
+def test_builtin_registries_are_complete_and_refuse_bad_options():
+    assert {"random", "em", "minmaxmin", "rem", "tap", "cuda", "lsp", "ar", "ops", "salm"} <= set(pl.METHODS.names())
+    assert {"smallcnn", "resnet18"} <= set(pl.MODELS.names())
+    assert {"none", "jpeg", "ueraser", "at"} <= set(pl.DEFENSES.names()) and pl.DEFENSES.get("grayscale").name == "gray"
+    with pytest.raises(PoisonlabError, match="unknown option"):
+        pl.create_method("random", epz=0.1)
+    with pytest.raises(PoisonlabError, match="jpeg"):
+        pl.create_defense("jpeg", quality=0)
+
+
+def _fake_distribution(root, body):
+    """A package `plugdemo` with a `poisonlab.plugins` entry point, as pip would install it."""
+    (root / "plugdemo").mkdir()
+    (root / "plugdemo" / "__init__.py").write_text(textwrap.dedent(body))
+    info = root / "plugdemo-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugdemo\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[poisonlab.plugins]\nplugdemo = plugdemo\n")
+
+
+PLUGIN = '''
+    import torch
+    from poisonlab.protect import Protection
+    from poisonlab.registry import METHODS
+
+    @METHODS.register(label="Plug")
+    class PlugNoise(Protection):
+        """A plugin method: a constant +eps shift."""
+        name = "plugnoise"
+
+        def perturb(self, data, ckpt):
+            return torch.full((len(data), *data.shape), self.eps)
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    _fake_distribution(tmp_path, PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    load_plugins(force=True)
+    yield tmp_path
+    pl.METHODS.unregister("plugnoise")
+    sys.modules.pop("plugdemo", None)
+
+
+def test_a_plugin_method_is_found_through_its_entry_point(plugin):
+    assert "plugnoise" in pl.METHODS.names() and pl.METHODS.label("plugnoise") == "Plug"
+    data = make_set(8)
+    r = pl.create_method("plugnoise", eps="2/255")(data)
+    assert int(r.noise.max()) == 2 and len(r.poisoned) == 8
+
+
+def test_a_broken_plugin_warns_and_the_rest_still_works(tmp_path, monkeypatch):
+    _fake_distribution(tmp_path, "raise ImportError('missing dependency')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(UserWarning, match="plugdemo.*missing dependency"):
+        load_plugins(force=True)
+    sys.modules.pop("plugdemo", None)
+    assert "random" in pl.METHODS.names()
+
+
+# ------------------------------------------------------------------ tensor-first protection
+def test_method_on_uint8_and_float_tensors():
+    data = make_set(12)
+    m = pl.create_method("random", eps="4/255", seed=3)
+    r = m(data.images, data.labels)
+    assert isinstance(r, pl.PoisonResult) and r.images.dtype == torch.uint8 and r.images.shape == data.images.shape
+    assert torch.equal(r.labels, data.labels) and int(r.noise.abs().max()) <= 4
+    assert torch.equal(r.images.to(torch.int16) - data.images.to(torch.int16), r.noise)
+    assert r.meta["method"] == "random" and r.meta["bound"]["levels"] == 4 and "diagnostics" in r.meta
+    assert r.poisoned.tolist() == list(range(12))
+    # floats in [0,1] are put on the 8-bit grid first: the same images give the same result
+    r2 = m(data.images.float() / 255, data.labels)
+    assert torch.equal(r2.images, r.images)
+    x_p, y_p = m.poison(data.images.float() / 255, data.labels)
+    assert x_p.dtype == torch.float32 and torch.equal((x_p * 255).round().to(torch.uint8), r.images)
+    assert torch.equal(y_p, data.labels) and m.poison(data.images, data.labels)[0].dtype == torch.uint8
+    for bad in (data.images.float(), data.images[0], "x"):
+        with pytest.raises(PoisonlabError):
+            m(bad, data.labels)
+    with pytest.raises(PoisonlabError, match="labels"):
+        m(data.images)
+
+
+def test_a_users_module_as_surrogate_is_not_trained_in_place():
+    torch.manual_seed(0)
+    mine = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    before = {k: v.clone() for k, v in mine.state_dict().items()}
+    data = make_set(16)
+    m = pl.create_method("em", eps="8/255", surrogate=mine, batch_size=8, train_steps=2, pgd_steps=2, max_rounds=1)
+    r = m(data)
+    assert int(r.noise.abs().max()) <= 8 and r.noise.abs().sum() > 0
+    assert all(torch.equal(before[k], v) for k, v in mine.state_dict().items())
+    assert r.meta["params"]["surrogate"] == "custom:Sequential" and r.meta["surrogate"]["model"] == "custom:Sequential"
+    json.dumps(r.meta)  # the manifest can hold it
+
+
+def test_publish_writes_the_tree_and_keeps_secrets_and_noise_out(tmp_path):
+    data = make_set(12)
+    r = pl.create_method("random", eps="8/255")(data)
+    manifest = pl.publish(r, tmp_path / "out")
+    saved = load_dataset(tmp_path / "out", "train")
+    assert sorted(saved.names) == sorted(data.names) and manifest["files"] == 12
+    order = [data.names.index(n) for n in saved.names]
+    assert torch.equal(saved.images, r.images[order])
+    assert (tmp_path / "out.noise.npy").exists() and not any(p.suffix == ".npy" for p in (tmp_path / "out").rglob("*"))
+    assert (tmp_path / "out.noise.npy").stat().st_mode & 0o077 == 0
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["method"] == "random"
+    r.secrets = {"key": "cuda-0123456789abcdef"}
+    r.meta["params"] = {"key": "cuda-0123456789abcdef"}
+    with pytest.raises(PoisonlabError, match="secret"):
+        pl.publish(r, tmp_path / "leak")
+    assert not (tmp_path / "leak").exists()
+
+
+def test_published_relabelled_samples_move_to_their_new_class_folder(tmp_path):
+    data = make_set(8)
+    r = pl.create_method("random", eps="8/255")(data)
+    r.original_labels = data.labels.clone()
+    r.labels = data.labels.clone()
+    r.labels[0] = 3
+    manifest = pl.publish(r, tmp_path / "out", noise=False)
+    saved = load_dataset(tmp_path / "out", "train")
+    assert manifest["labels_changed"] == 1 and "c3/0000.png" in saved.names
+    assert int(saved.labels[saved.names.index("c3/0000.png")]) == 3
+
+
+# ------------------------------------------------------------------ training on tensors, hooks
+def test_train_victim_on_tensors_with_a_users_model():
+    train, test = make_set(32, learnable=True, seed=1), make_set(16, learnable=True, seed=2)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
+    w0 = net[1].weight.detach().clone()
+    r = pl.train_victim((train.images.float() / 255, train.labels), (test.images, test.labels),
+                        pl.TrainConfig(epochs=2, **FAST), progress=False, model=net)
+    assert not torch.equal(net[1].weight.detach().cpu(), w0)  # the user's model was trained
+    assert r["config"]["model"] == "custom:Sequential" and len(r["history"]) == 2
+
+
+class Recorder:
+    """Counts steps, stops after the first epoch, and trains on the first half of the data only."""
+
+    def __init__(self):
+        self.steps, self.seen = 0, set()
+
+    def select(self, epoch, state):
+        return torch.arange(state.num_samples // 2)
+
+    def after_step(self, state):
+        self.steps += 1
+        self.seen |= set(state.index.tolist())
+        assert state.losses.shape == state.index.shape
+
+    def after_epoch(self, epoch, record, state):
+        record["recorder_steps"] = self.steps
+        state.stop = True
+
+
+def test_hooks_select_samples_see_every_step_and_stop_early(tiny_set):
+    h = Recorder()
+    r = pl.train_victim(tiny_set, None, pl.TrainConfig(epochs=3, **FAST), progress=False, hooks=[h])
+    assert len(r["history"]) == 1 and r["history"][0]["recorder_steps"] == h.steps == 2  # 20 samples, batch 16
+    assert h.seen == set(range(20))
+
+
+class ZeroWeights:
+    def select(self, epoch, state):
+        return torch.zeros(state.num_samples)
+
+
+def test_hook_weights_scale_the_loss(tiny_set):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
+    w0 = net[1].weight.detach().clone()
+    cfg = pl.TrainConfig(epochs=1, weight_decay=0.0, **FAST)
+    pl.train_victim(tiny_set, None, cfg, progress=False, hooks=[ZeroWeights()], model=net)
+    assert torch.equal(net[1].weight.detach().cpu(), w0)  # zero weight on every sample: nothing learned
+
+
+def test_hook_errors(tiny_set):
+    with pytest.raises(PoisonlabError, match="not a training hook"):
+        pl.train_victim(tiny_set, None, pl.TrainConfig(epochs=1, **FAST), progress=False, hooks=[object()])
+    with pytest.raises(PoisonlabError, match="at most one hook"):
+        pl.train_victim(tiny_set, None, pl.TrainConfig(epochs=1, **FAST), progress=False,
+                        hooks=[ZeroWeights(), ZeroWeights()])
