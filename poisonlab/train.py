@@ -33,7 +33,7 @@ from .augment import Augment
 from .budget import parse_budget
 from .data import ImageSet
 from .checks import check_model_input
-from .fileio import atomic_write, load_state
+from .fileio import atomic_write
 from .progress import progress as progress_bar
 from .hashing import digest
 from .models import create_model
@@ -330,7 +330,10 @@ def train_victim(train, test=None, cfg: TrainConfig | None = None, progress=True
 def _restore(ckpt, key, cfg, n, model, opt, gen, hooks):
     """Load a training checkpoint into model/opt/gen/hooks; returns (history, start_epoch, train_time)."""
     # RNG states must stay CPU tensors (set_state refuses CUDA ones); load_state_dict moves the rest.
-    state = load_state(ckpt)  # weights_only: a planted file cannot run code; errors are one line
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # a planted file cannot run code
+    except Exception as e:  # truncated or foreign file: a user error, not a crash
+        raise PoisonlabError(f"cannot read checkpoint {ckpt}: {e}") from None
     if not isinstance(state, dict) or state.get("key") != key or state.get("n") != n:
         raise PoisonlabError(f"checkpoint {ckpt} belongs to another configuration; remove it or pick another path")
     if state["epochs"] != cfg.epochs and cfg.schedule != "constant":
