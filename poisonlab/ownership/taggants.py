@@ -1,0 +1,68 @@
+"""Data Taggants (Bouaziz, El-Mhamdi & Usunier, "Data Taggants: Dataset Ownership Verification via Harmless
+Targeted Data Poisoning", 2024).
+
+The owner draws K secret keys: out-of-distribution images (random noise) with uniformly random labels. For
+each key, a small set of training images OF the key's class gets a clean-label perturbation (L-inf 16/255)
+whose training gradient matches the gradient of the key's loss CE(f(key image), key label), so a model
+trained on the marked set tends to answer the key image with the key label. This is Witches' Brew gradient
+matching with the keys as targets (poisonlab.attacks.gradient_matching, signed Adam); only the targets and
+the test differ. Verification: the binomial top-k test in poisonlab.ownership.stats.
+
+Paper defaults (reference code): 10 keys, 16/255, 250 signed-Adam steps with tau 0.1, one restart, a
+per-key budget of 0.01% of the data set (ImageNet: 128 images per key, 0.1% in all) and top-10 on 1000
+classes. On small data sets 0.01% is less than one image per key; `budget` is per key and at least one
+image per key is used. With 10 classes, top-1 is the natural test (chance 10%).
+"""
+
+from .. import PoisonlabError
+from ..data import ImageSet
+from .keys import KEY_KINDS, OwnershipKey, fresh_seed, make_keys
+
+
+class Taggants:
+    """Mark a data set with data taggants. Callable: `Taggants(...)(data)` -> (AttackResult, OwnershipKey).
+
+    n_keys: K secret keys; budget: fraction of the data perturbed per key (>= 1 image); eps, steps,
+    restarts, tau, augment: the gradient matching (paper: 16/255, 250, 1, 0.1, on); key_kind: uniform noise
+    (paper) or smooth random patterns; top_k: the k of the verification test (default 1 for <= 100
+    classes, else 10); model: surrogate(s) trained on the clean data, else one is trained (surrogate at
+    surrogate_width for surrogate_epochs); key_seed: None draws the keys from the OS (a real owner's keys
+    must be unpredictable); seed: the choice of marked images and the matching's randomness."""
+
+    def __init__(self, *, n_keys=10, budget=1e-4, eps=16 / 255, steps=250, restarts=1, tau=0.1, augment=True,
+                 key_kind="uniform", top_k=None, model=None, surrogate="smallcnn", surrogate_width=0.5,
+                 surrogate_epochs=10, key_seed=None, seed=0, device="auto"):
+        if int(n_keys) < 1:
+            raise PoisonlabError(f"n_keys must be >= 1, got {n_keys}")
+        if key_kind not in KEY_KINDS:
+            raise PoisonlabError(f"key_kind must be one of {', '.join(KEY_KINDS)}, got {key_kind!r}")
+        self.n_keys, self.budget, self.key_kind, self.top_k = int(n_keys), float(budget), key_kind, top_k
+        self.key_seed = fresh_seed() if key_seed is None else int(key_seed)
+        self.attack_kw = dict(eps=eps, steps=int(steps), restarts=int(restarts), tau=float(tau),
+                              augment=bool(augment), model=model, surrogate=surrogate,
+                              surrogate_width=float(surrogate_width), surrogate_epochs=int(surrogate_epochs),
+                              seed=int(seed), device=device)
+
+    def params(self) -> dict:
+        p = {k: v for k, v in self.attack_kw.items() if k != "model"}
+        return {"n_keys": self.n_keys, "budget": self.budget, "key_kind": self.key_kind, **p}
+
+    def __call__(self, data: ImageSet):
+        from ..attacks.gradient_matching import WitchesBrew
+        c = data.num_classes
+        top_k = int(self.top_k or (1 if c <= 100 else 10))
+        images, labels = make_keys(self.n_keys, data.shape, c, kind=self.key_kind, seed=self.key_seed)
+        per_key = max(1, round(self.budget * len(data)))
+        short = [int(y) for y in labels.unique() if int((data.labels == y).sum()) < per_key * int((labels == y).sum())]
+        if short:
+            raise PoisonlabError(f"classes {short} have too few images for {per_key} marked images per key")
+        attack = WitchesBrew(target_images=images, adversarial_labels=labels, budget=per_key / len(data),
+                             num_classes=c, **self.attack_kw)
+        result = attack(data.images, data.labels)
+        key = OwnershipKey("taggants", c, data.shape, classes=list(data.classes), images=images, labels=labels,
+                           top_k=top_k, params=self.params())
+        # The manifest must not list which images carry which key: keep only counts public.
+        result.meta = {"method": "taggants", "params": self.params(), "bound": attack.bound(),
+                       "marked_images": int(len(result.poisoned)), "marked_per_key": per_key,
+                       "alignment_loss": [t.get("alignment_loss") for t in result.meta.get("targets", [])]}
+        return result, key

@@ -1,0 +1,278 @@
+"""Verify a suspect model against a private key: a saved model, or a black-box command.
+
+Suspects:
+  * a poisonlab model file (`save_model`: architecture name, width, classes and a state dict), or a plain
+    state dict / `poisonlab train --checkpoint` file together with the architecture name; all read with
+    torch.load(weights_only=True), so a file cannot run code when loaded;
+  * a TorchScript archive (torch.jit.save), run as the model;
+  * a black-box command (BLACK-BOX PROTOCOL below), for models behind an API.
+
+BLACK-BOX PROTOCOL. poisonlab writes the query images to a temporary .npz with one array `images`, uint8,
+shape (N, C, H, W), RGB (or gray) 0..255, and runs the command (no shell) with `{}` replaced by that path
+(or the path appended as the last argument). The command prints one JSON object on stdout:
+    {"topk": [[label, label, ...], ...]}       N rows, labels best first (at least top_k of them), or
+    {"probs": [[p_0, ..., p_{C-1}], ...]}      N rows of class probabilities (needed for the backdoor test;
+                                               with topk only, the backdoor test uses 0/1 target hits).
+and exits with status 0. `answer_queries` implements the command side for a Python predict function.
+
+Exit codes of `poisonlab verify`: 0 marked (p < alpha), 1 not marked, 2 error.
+"""
+
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import PoisonlabError
+from ..fileio import atomic_write
+from .keys import OwnershipKey, load_key
+from .stats import binomial_test, paired_t_test
+
+MODEL_FORMAT = "poisonlab-model/1"
+EXIT_MARKED, EXIT_NOT_MARKED, EXIT_ERROR = 0, 1, 2
+
+
+# ---------------------------------------------------------------------------------------- model files
+def save_model(model: torch.nn.Module, path, *, arch: str, num_classes: int, in_channels: int = 3,
+               width: float = 1.0):
+    """Write a model as a plain dict of tensors and metadata (loadable with weights_only=True)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_write(path) as f:
+        torch.save({"format": MODEL_FORMAT, "arch": arch, "width": float(width), "num_classes": int(num_classes),
+                    "in_channels": int(in_channels), "state_dict": state}, f)
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
+
+
+def load_model(path, *, arch=None, width=None, num_classes=None, in_channels=None, device="cpu") -> torch.nn.Module:
+    """Build the suspect model from a file (see the module docstring); eval mode, on `device`."""
+    from ..models import create_model
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PoisonlabError(f"model file {path} not found")
+    if _is_torchscript(path):
+        try:
+            return torch.jit.load(str(path), map_location=device).eval()
+        except Exception as e:
+            raise PoisonlabError(f"cannot load TorchScript model {path}: {e}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise PoisonlabError(f"cannot read model file {path} (state dicts are read with weights_only=True): "
+                             f"{str(e).splitlines()[0]}") from None
+    if isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT:
+        arch = arch or obj["arch"]
+        width = width if width is not None else obj.get("width", 1.0)
+        num_classes = num_classes or obj["num_classes"]
+        in_channels = in_channels or obj.get("in_channels", 3)
+        state = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # a `poisonlab train --checkpoint` file
+        state = obj["model"]
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = obj
+    else:
+        raise PoisonlabError(f"{path} holds no state dict poisonlab knows")
+    if not arch:
+        raise PoisonlabError(f"{path} is a bare state dict: give the architecture (--arch, and --width if scaled)")
+    if num_classes is None:  # the classifier is the last matrix of the state dict
+        mats = [v for v in state.values() if isinstance(v, torch.Tensor) and v.ndim == 2]
+        if not mats:
+            raise PoisonlabError(f"{path}: cannot tell the number of classes; give it")
+        num_classes = mats[-1].shape[0]
+    in_channels = in_channels or 3
+    model = create_model(arch, int(num_classes), int(in_channels), float(width if width is not None else 1.0))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise PoisonlabError(f"{path} does not fit {arch} (width {width}, {num_classes} classes): "
+                             f"{str(e).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------- suspects
+@dataclass
+class Answers:
+    topk: torch.Tensor  # int64 (N, k), best first
+    probs: torch.Tensor | None = None  # float (N, C) or None (label-only black box)
+
+
+class ModelSuspect:
+    """A model in this process: images in [0, 1], logits out."""
+
+    def __init__(self, model, device="cpu", batch_size=256):
+        self.model, self.device, self.batch_size = model, torch.device(device), batch_size
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, k: int) -> Answers:
+        probs = []
+        for i in range(0, len(images), self.batch_size):
+            x = images[i:i + self.batch_size].to(self.device).float().div_(255)
+            probs.append(torch.softmax(self.model(x).float(), 1).cpu())
+        p = torch.cat(probs)
+        return Answers(p.topk(min(k, p.shape[1]), 1).indices, p)
+
+
+class CommandSuspect:
+    """A black-box model behind a command (see BLACK-BOX PROTOCOL in the module docstring)."""
+
+    def __init__(self, command, timeout=600):
+        self.argv = shlex.split(command) if isinstance(command, str) else list(command)
+        if not self.argv:
+            raise PoisonlabError("empty black-box command")
+        self.timeout = timeout
+
+    def __call__(self, images: torch.Tensor, k: int) -> Answers:
+        with tempfile.TemporaryDirectory(prefix="poisonlab-query-") as tmp:
+            q = Path(tmp) / "queries.npz"
+            np.savez(q, images=images.numpy())
+            argv = [a.replace("{}", str(q)) for a in self.argv]
+            if not any("{}" in a for a in self.argv):
+                argv.append(str(q))
+            try:
+                run = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout)
+            except FileNotFoundError:
+                raise PoisonlabError(f"black-box command not found: {argv[0]}") from None
+            except subprocess.TimeoutExpired:
+                raise PoisonlabError(f"black-box command timed out after {self.timeout}s") from None
+        if run.returncode != 0:
+            tail = (run.stderr or "").strip().splitlines()[-1:] or [""]
+            raise PoisonlabError(f"black-box command exited with {run.returncode}: {tail[0][:200]}")
+        return parse_answers(run.stdout, len(images), k)
+
+
+def parse_answers(text: str, n: int, k: int) -> Answers:
+    """Check and convert a black-box reply (JSON with `topk` and/or `probs`, n rows)."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        raise PoisonlabError("black-box reply is not JSON") from None
+    if not isinstance(obj, dict) or not ({"topk", "probs"} & set(obj)):
+        raise PoisonlabError("black-box reply must be a JSON object with 'topk' or 'probs'")
+    probs = None
+    if obj.get("probs") is not None:
+        try:
+            probs = torch.tensor(obj["probs"], dtype=torch.float64)
+        except (TypeError, ValueError):
+            raise PoisonlabError("black-box 'probs' must be N rows of numbers") from None
+        if probs.ndim != 2 or len(probs) != n or not bool(torch.isfinite(probs).all()):
+            raise PoisonlabError(f"black-box 'probs' must be {n} rows of finite numbers")
+    if obj.get("topk") is not None:
+        try:
+            topk = torch.tensor(obj["topk"], dtype=torch.int64)
+        except (TypeError, ValueError, OverflowError):
+            raise PoisonlabError("black-box 'topk' must be N rows of integer labels") from None
+        if topk.ndim != 2 or len(topk) != n or topk.shape[1] < k:
+            raise PoisonlabError(f"black-box 'topk' must be {n} rows of at least {k} labels")
+    else:
+        topk = probs.topk(min(k, probs.shape[1]), 1).indices
+    return Answers(topk[:, :k], probs)
+
+
+def answer_queries(path, predict, top_k: int = 10, file=None):
+    """The command side of the protocol: load the queries at `path`, run predict(float images in [0,1],
+    NCHW) -> logits or probabilities (N, C), print {"topk": ..., "probs": ...} as JSON."""
+    with np.load(path, allow_pickle=False) as z:
+        x = torch.from_numpy(z["images"]).float().div_(255)
+    with torch.no_grad():
+        out = torch.as_tensor(predict(x)).float()
+    p = out if bool(((out >= 0) & (out <= 1)).all()) and torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-3) \
+        else torch.softmax(out, 1)
+    json.dump({"topk": p.topk(min(top_k, p.shape[1]), 1).indices.tolist(), "probs": p.tolist()},
+              file or sys.stdout)
+
+
+def open_suspect(model=None, command=None, *, arch=None, width=None, device="cpu", key: OwnershipKey | None = None,
+                 timeout=600):
+    """A suspect from a model object, a model file, or a black-box command (exactly one)."""
+    if (model is None) == (command is None):
+        raise PoisonlabError("give exactly one suspect: a model (file) or a black-box command")
+    if command is not None:
+        return CommandSuspect(command, timeout)
+    if isinstance(model, (str, Path)):
+        model = load_model(model, arch=arch, width=width, device=device,
+                           num_classes=key.num_classes if key else None,
+                           in_channels=key.image_shape[0] if key else None)
+    if not callable(model):
+        raise PoisonlabError(f"not a model: {type(model).__name__}")
+    return ModelSuspect(model.eval() if hasattr(model, "eval") else model, device)
+
+
+# ---------------------------------------------------------------------------------------- verdict
+@dataclass
+class Verdict:
+    method: str
+    marked: bool
+    p_value: float
+    alpha: float
+    statistic: float
+    test: str
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_MARKED if self.marked else EXIT_NOT_MARKED
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "marked": self.marked, "p_value": self.p_value, "alpha": self.alpha,
+                "statistic": self.statistic, "test": self.test, **self.detail}
+
+    def summary(self) -> str:
+        d = self.detail
+        if self.method == "taggants":
+            stat = (f"{d['hits']}/{d['trials']} keys answered with their label in the top-{d['top_k']} "
+                    f"(expected {d['expected_hits']:.1f} by chance)")
+        else:
+            stat = (f"t = {self.statistic:.3f} over {d['m']} images; target-class probability "
+                    f"{d['mean_p_benign']:.3f} -> {d['mean_p_watermarked']:.3f} with the trigger (margin {d['margin']})")
+        word = "MARKED: the model was trained on the marked data" if self.marked else \
+            "NOT MARKED: no evidence that the model was trained on the marked data"
+        return f"{self.test}: {stat}\np-value {self.p_value:.3g} (alpha {self.alpha:g})\n{word}"
+
+
+def verify(key, suspect=None, *, command=None, alpha: float = 0.01, top_k: int | None = None, arch=None,
+           width=None, device="cpu") -> Verdict:
+    """Test whether `suspect` (a model, a model file, or with command= a black-box command) learned the key.
+
+    key: an OwnershipKey or a key file path. Returns a Verdict (marked = p < alpha)."""
+    if not 0 < alpha < 1:
+        raise PoisonlabError(f"alpha must be in (0, 1), got {alpha}")
+    key = key if isinstance(key, OwnershipKey) else load_key(key)
+    s = open_suspect(suspect, command, arch=arch, width=width, device=device, key=key)
+    if key.method == "taggants":
+        k = int(top_k or key.top_k)
+        res = taggant_test(key, s(key.images, k).topk, k)
+    else:
+        res = backdoor_test(key, s)
+    return Verdict(key.method, bool(res.p_value < alpha), res.p_value, float(alpha), res.statistic, res.name,
+                   res.detail)
+
+
+def taggant_test(key: OwnershipKey, topk: torch.Tensor, k: int):
+    hits = int((topk[:, :k] == key.labels[:, None]).any(1).sum())
+    return binomial_test(hits, len(key.labels), k, key.num_classes)
+
+
+def backdoor_test(key: OwnershipKey, suspect):
+    from ..attacks.backdoor import Trigger, apply_trigger
+    benign = suspect(key.verify_images, 1)
+    marked = suspect(apply_trigger(key.verify_images, Trigger(key.trigger, key.alpha, key.trigger_kind)), 1)
+
+    def target_score(a: Answers):
+        if a.probs is not None:
+            return a.probs[:, key.target].numpy()
+        return (a.topk[:, 0] == key.target).double().numpy()  # label-only black box: 0/1 target hits
+    res = paired_t_test(target_score(marked), target_score(benign), key.margin)
+    res.detail["label_only"] = marked.probs is None
+    return res

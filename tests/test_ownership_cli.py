@@ -1,0 +1,112 @@
+"""`poisonlab mark` / `poisonlab verify` end to end on a tiny tree: published tree, private key, budget on the
+saved PNGs, verdict exit codes (0 marked, 1 not marked, 2 error), and the library API behind them."""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_set
+from poisonlab.cli import main
+from poisonlab.data import load_dataset, save_imagefolder
+from poisonlab.models import create_model
+from poisonlab.ownership import load_key, mark, save_model, verify
+
+FAST_TAGGANTS = ["--opt", "n_keys=3", "--opt", "budget=0.05", "--opt", "steps=2", "--opt", "surrogate_epochs=1",
+                 "--opt", "surrogate_width=0.25", "--device", "cpu"]
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "data"
+    save_imagefolder(make_set(48, classes=4, size=16, learnable=True, seed=1), root)
+    return root
+
+
+def run(capsys, *args):
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_mark_taggants_publishes_the_tree_and_keeps_the_key_private(tree, tmp_path, capsys):
+    out, key = tmp_path / "out", tmp_path / "owner.key"
+    rc, stdout, err = run(capsys, "mark", "--method", "taggants", "--data", str(tree), "--out", str(out),
+                          "--key-file", str(key), *FAST_TAGGANTS)
+    assert rc == 0, err
+    assert "RESULT marked 6 of 48 images" in stdout
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out", "owner.key"]  # nothing else beside OUT
+    manifest = json.loads((out / "manifest.json").read_text())
+    k = load_key(key)
+    assert manifest["method"] == "taggants" and manifest["bound"]["eps_text"] == "16/255"
+    text = json.dumps(manifest)
+    assert "labels" not in manifest and "poisons" not in text and str(k.labels.tolist()) not in text
+    orig, saved = load_dataset(tree, "train"), load_dataset(out, "train")
+    assert saved.names == orig.names and torch.equal(saved.labels, orig.labels)  # clean labels, same tree
+    diff = (saved.images.to(torch.int16) - orig.images.to(torch.int16)).abs()
+    assert int(diff.max()) <= 16 and int((diff.flatten(1).amax(1) > 0).sum()) == 6  # budget, on the saved PNGs
+
+
+def test_mark_refuses_a_key_inside_out_and_an_existing_key(tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, _, err = run(capsys, "mark", "--method", "backdoor", "--data", str(tree), "--out", str(out),
+                     "--key-file", str(out / "k.key"))
+    assert rc == 2 and "must not be inside the published folder" in err and not out.exists()
+    (tmp_path / "k.key").write_text("mine")
+    rc, _, err = run(capsys, "mark", "--method", "backdoor", "--data", str(tree), "--out", str(out),
+                     "--key-file", str(tmp_path / "k.key"))
+    assert rc == 2 and "exists" in err and (tmp_path / "k.key").read_text() == "mine"
+    rc, _, err = run(capsys, "mark", "--method", "backdoor", "--data", str(tree), "--out", str(out),
+                     "--key-file", str(tmp_path / "k2.key"), "--opt", "nonsense=1")
+    assert rc == 2 and "unknown option" in err
+
+
+def test_backdoor_mark_moves_relabelled_images_and_verify_exit_codes(tree, tmp_path, capsys):
+    out, key = tmp_path / "out", tmp_path / "bd.key"
+    rc, stdout, err = run(capsys, "mark", "--method", "backdoor", "--data", str(tree), "--out", str(out),
+                          "--key-file", str(key), "--opt", "rate=0.25", "--opt", "n_verify=8")
+    assert rc == 0, err
+    k = load_key(key)
+    saved = load_dataset(out, "train")
+    assert int((saved.labels == k.target).sum()) == 12 + 12  # its own 12 plus 25% of 48 moved in
+    assert "target" not in json.loads((out / "manifest.json").read_text())
+    torch.manual_seed(0)
+    model = create_model("smallcnn", 4, 3, 0.25).eval()
+    save_model(model, tmp_path / "m.pt", arch="smallcnn", num_classes=4, width=0.25)
+    rc, stdout, err = run(capsys, "verify", "--key-file", str(key), "--model", str(tmp_path / "m.pt"),
+                          "--json", str(tmp_path / "v.json"))
+    assert rc == 1, err
+    assert "paired t-test" in stdout and "NOT MARKED" in stdout
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["marked"] is False and 0 <= v["p_value"] <= 1 and v["m"] == 8
+    rc, _, err = run(capsys, "verify", "--key-file", str(tmp_path / "missing.key"), "--model", str(tmp_path / "m.pt"))
+    assert rc == 2 and "not found" in err
+    rc, _, err = run(capsys, "verify", "--key-file", str(key))
+    assert rc == 2 and "--model" in err
+
+
+def test_verify_black_box_command_marked_exit_zero(tmp_path, capsys):
+    """A suspect behind a command that learned the keys: exit code 0 and MARKED."""
+    from test_ownership import lookup_command, taggant_key
+    key = taggant_key(n=10)
+    key.save(tmp_path / "k.key")
+    rc, stdout, err = run(capsys, "verify", "--key-file", str(tmp_path / "k.key"), "--model-cmd",
+                          lookup_command(tmp_path, key), "--print-json")
+    assert rc == 0, err
+    assert "MARKED: the model was trained" in stdout and '"hits": 10' in stdout
+
+
+def test_library_mark_returns_images_labels_and_key_without_publishing(tree):
+    ds = load_dataset(tree, "train")
+    m = mark("backdoor", ds, rate=0.25, n_verify=5, key_seed=3)
+    assert m.images.shape == ds.images.shape and len(m.poisoned) == 12 and m.manifest is None
+    assert bool((m.labels[m.poisoned] == m.key.target).all())
+    assert len(m.key.verify_images) == 5 and bool((m.key.verify_labels != m.key.target).all())
+    same = mark("backdoor", ds, rate=0.25, n_verify=5, key_seed=3)
+    assert torch.equal(same.images, m.images) and same.key.target == m.key.target  # seeded = reproducible
+    v = verify(m.key, create_model("smallcnn", 4, 3, 0.25))
+    assert v.test == "paired t-test" and v.exit_code in (0, 1)
