@@ -4,12 +4,16 @@
     d.apply(train_set) / d.apply_test(test_set) / d.configure(train_kwargs) / train_victim(..., hooks=d.hooks())
 
 Data-level: none, jpeg, gray, bits, gauss, median, ortho. Training: at, at-l2, cutout, mixup, cutmix,
-early, ueraser. Chains: "jpeg:10+at:4/255".
+early, ueraser, itlm. Chains: "jpeg:10+at:4/255".
+
+Defenses against poisoning (issue 13) that are more than one training run live beside them as objects:
+abl.ABL, dpa.DPA, detect.SpectralSignatures / ActivationClustering, unlearn.RetrainWithout / GradientAscent /
+SSD (see docs/defenses.md).
 """
 
 from .base import (Chain, Defense, create_defense, defense_class, list_defenses, parse_defense,
                    register_defense)
-from . import data, ortho, training  # noqa: F401  (registration side effects)
+from . import data, itlm, ortho, training  # noqa: F401  (registration side effects)
 
 __all__ = ["Defense", "Chain", "create_defense", "parse_defense", "defense_class", "list_defenses",
            "register_defense"]

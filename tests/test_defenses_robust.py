@@ -1,0 +1,101 @@
+"""ITLM and ABL as train_victim hooks, on tiny learnable sets with flipped labels / a patch backdoor."""
+
+import pytest
+import torch
+
+from poisonlab import PoisonlabError
+from poisonlab.data import ImageSet
+from poisonlab.defenses.abl import ABL, lga
+from poisonlab.defenses.itlm import ITLM, lowest_loss
+from poisonlab.defenses.probe import per_sample_loss
+from poisonlab.train import TrainConfig, train_victim
+
+from conftest import make_set
+
+CFG = dict(model="smallcnn", width=0.125, batch_size=16, augment="none", device="cpu", lr=0.05)
+
+
+def _flipped(n=120, flip=24):
+    data = make_set(n, classes=4, learnable=True, seed=5)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:flip]
+    y = data.labels.clone()
+    y[idx] = (y[idx] + 1) % 4
+    return data, ImageSet(data.images, y, data.classes), set(idx.tolist())
+
+
+def test_lowest_loss_keeps_the_smallest_with_stable_ties():
+    loss = torch.tensor([0.5, 0.1, 0.5, 0.9, 0.1])
+    assert lowest_loss(loss, 0.6).tolist() == [0, 1, 4]
+    assert lowest_loss(loss, 0.01).tolist() == [1]
+    with pytest.raises(PoisonlabError):
+        ITLM(alpha=0)
+
+
+def test_itlm_hook_trims_mostly_flipped_labels():
+    clean, bad, flipped = _flipped()
+    hook = ITLM(alpha=0.8, rounds=2, warmup=2).hook(bad)
+    train_victim(bad, clean, TrainConfig(epochs=6, **CFG), progress=False, hooks=[hook])
+    assert [e for e, _ in hook.selections] == [2, 4] and all(k == 96 for _, k in hook.selections)
+    trimmed = set(range(len(bad))) - set(hook.kept.tolist())
+    assert len(trimmed & flipped) >= 12  # chance level would be ~5 of the 24 trimmed
+
+
+def test_itlm_schedule_spreads_rounds_after_warmup():
+    hook = ITLM(alpha=0.5, rounds=3).hook(make_set(8))
+    assert hook._epochs(12) == [3, 6, 9]
+    assert ITLM(rounds=2, warmup=9).hook(make_set(8))._epochs(10) == [9]
+
+
+def test_itlm_fit_retrains_on_the_kept_set(tmp_path):
+    clean, bad, _ = _flipped(60, 12)
+    out = ITLM(alpha=0.75, rounds=1).fit(bad, clean, TrainConfig(epochs=2, **CFG), checkpoints=tmp_path)
+    assert [r["train_size"] for r in out["rounds"]] == [60, 45] and len(out["kept"]) == 45
+    again = ITLM(alpha=0.75, rounds=1).fit(bad, clean, TrainConfig(epochs=2, **CFG), checkpoints=tmp_path)
+    assert torch.equal(again["kept"], out["kept"])  # loaded from the checkpoints, same selection
+
+
+def test_lga_ascends_below_gamma():
+    per = torch.tensor([0.2, 0.4], requires_grad=True)
+    lga(per, 0.5).sum().backward()
+    assert per.grad.tolist() == [-1.0, -1.0]
+    assert lga(torch.tensor([1.0, 2.0]), 0.5).tolist() == [1.0, 2.0]
+
+
+def _backdoored(n=120, poisons=12):
+    """Noise images (nothing to learn but the trigger): the patch is the fastest-learned feature."""
+    data = make_set(n, classes=4, seed=7)
+    idx = torch.nonzero(data.labels != 0).flatten()[:poisons]
+    x, y = data.images.clone(), data.labels.clone()
+    x[idx, :, -4:, -4:] = 255  # a white corner patch, relabelled to class 0
+    y[idx] = 0
+    return ImageSet(x, y, data.classes), set(idx.tolist())
+
+
+def test_abl_isolates_at_the_turning_epoch_and_unlearns(tmp_path):
+    train, poisons = _backdoored()
+    abl = ABL(ratio=0.05, turning_epoch=3, unlearn_epochs=3, unlearn_lr=0.01)
+    out = abl.run(train, None, TrainConfig(epochs=5, **CFG), folder=tmp_path)
+    isolated = out["isolated"]
+    assert len(isolated) == 6  # ceil(0.05 * 120)
+    assert out["trained"]["history"][2]["abl_isolated"] == 6
+    assert len(set(isolated.tolist()) & poisons) >= 4  # the patch is learned first
+    before = per_sample_loss(out["trained"]["model"], train.subset(isolated)).mean()
+    after = per_sample_loss(out["model"], train.subset(isolated)).mean()
+    assert after > before  # gradient ascent on the isolated samples
+    # A rerun loads the finished checkpoint, hook state (the isolated set) included.
+    again = abl.run(train, None, TrainConfig(epochs=5, **CFG), folder=tmp_path)
+    assert torch.equal(again["isolated"], isolated)
+    with pytest.raises(PoisonlabError, match="turning epoch"):
+        abl.run(train, None, TrainConfig(epochs=2, **CFG))
+
+
+def test_itlm_is_a_registered_training_defense():
+    from poisonlab.defenses import parse_defense
+    clean, bad, _ = _flipped(48, 8)
+    d = parse_defense("itlm:alpha=0.75,rounds=1,warmup=1")
+    assert d.kind == "train" and d.spec() == "itlm:alpha=0.75,rounds=1,warmup=1"
+    with pytest.raises(PoisonlabError, match="apply"):
+        d.hooks()
+    hooks = d.hooks() if d.apply(bad) is bad else None
+    r = train_victim(bad, clean, TrainConfig(epochs=2, **CFG), progress=False, hooks=hooks)
+    assert r["hooks"] == [d.spec()] and len(hooks[0].kept) == 36
