@@ -10,6 +10,6 @@ __all__ = ["PGD", "LinfPGD", "L2PGD", "make_pgd"]
 
 # Poisoning attacks (issue 12): each module registers its classes on import.
 from .attack import Attack, AttackResult, attack_class, create_attack, list_attacks, register_attack  # noqa: E402
-from . import labels, backdoor, targeted, gradient_matching, feature_collision  # noqa: E402,F401
+from . import labels, backdoor, targeted, gradient_matching, feature_collision, metapoison, generative  # noqa: E402,F401
 
 __all__ += ["Attack", "AttackResult", "attack_class", "create_attack", "list_attacks", "register_attack"]

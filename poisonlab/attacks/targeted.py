@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import PoisonlabError
+from ..runtime import pick_device
 from .attack import AttackResult, PerturbationAttack, as_uint8, register_attack
 from .selection import SELECTIONS, select_indices
 from .surrogates import model_device, surrogate_models
@@ -57,7 +58,7 @@ class TargetedAttack(PerturbationAttack):
         if ((yt < 0) | (yt >= k)).any():
             raise PoisonlabError(f"adversarial labels must lie in [0, {k})")
         models = self.models(images, labels)
-        device = model_device(models[0]) if models else torch.device("cpu")
+        device = model_device(models[0]) if models else pick_device(self.device)
         gen = self.generator()
         per = self.num_poisons or max(1, round(self.budget * len(labels)))
         used = torch.zeros(len(labels), dtype=torch.bool)
