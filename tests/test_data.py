@@ -354,5 +354,10 @@ def test_save_imagefolder_refuses_non_empty_target(tmp_path):
     with pytest.raises(PoisonlabError, match="not empty"):
         save_imagefolder(make_set(4), tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
-    save_imagefolder(make_set(4), tmp_path / "out", overwrite=True)
-    assert not (tmp_path / "out" / "keep.txt").exists() and len(load_dataset(tmp_path / "out")) == 4
+    # --overwrite removes only a tree poisonlab wrote: not this one
+    with pytest.raises(PoisonlabError, match="did not write"):
+        save_imagefolder(make_set(4), tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
+    save_imagefolder(make_set(4), tmp_path / "ours")
+    save_imagefolder(make_set(6), tmp_path / "ours", overwrite=True)
+    assert len(load_dataset(tmp_path / "ours")) == 6

@@ -7,8 +7,8 @@ Every loader returns an ImageSet. Decoding a large tree is slow, so decoded arra
 import hashlib
 import io
 import os
-import pickle
 import tarfile
+import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +20,8 @@ from PIL import Image, UnidentifiedImageError
 from .. import PoisonlabError
 from ..fileio import atomic_write
 from .imageset import ImageSet
+from .names import check_component, check_relpath
+from .safepickle import load_cifar_batch
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 BUNDLED = {"cifar10-mini": "cifar10_mini.tar.gz"}
@@ -35,7 +37,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("POISONLAB_CACHE", Path.home() / ".cache" / "poisonlab"))
 
 
-GRAY_MODES = {"L", "LA", "1", "I;16", "I"}
+# Image modes. 8-bit gray/colour convert as Pillow does (alpha is dropped; palette, CMYK and YCbCr become
+# RGB). 16-bit gray is scaled to 8 bits (round(v * 255 / 65535)), never clipped; 32-bit integer ("I", as
+# Pillow opens 16-bit PGM) is taken as 16-bit when it lies in [0, 65535]; float ("F") must lie in [0, 1].
+# Everything else is refused. The budget is checked against this converted original.
+GRAY8_MODES = {"1", "L", "LA", "La"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+COLOR_MODES = {"P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr"}
+GRAY_MODES = GRAY8_MODES | SIXTEEN_BIT_MODES | {"I", "F"}
+# Formats whose decoders are plain image parsers (by content, not extension: Pillow would otherwise also
+# hand an "x.png" holding PostScript to Ghostscript).
+FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF", "PPM")
+MAX_PIXELS = int(os.environ.get("POISONLAB_MAX_PIXELS", 50_000_000))  # decompression-bomb guard, per image
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # MAX_PIXELS is stricter
 
 
 def _class_order(names):
@@ -46,18 +60,48 @@ def _class_order(names):
 
 
 # ---------------------------------------------------------------- decoding single images
+def _to_8bit(im, name) -> np.ndarray:
+    """uint8 (H,W) or (H,W,3) from any supported mode."""
+    mode = im.mode
+    if mode in SIXTEEN_BIT_MODES or mode == "I":
+        a = np.asarray(im)
+        if mode == "I" and a.size and (a.min() < 0 or a.max() > 65535):
+            raise PoisonlabError(f"image {name}: 32-bit values outside [0, 65535] have no defined 8-bit scale; "
+                                 "convert it to 8 or 16 bits first")
+        return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if mode == "F":
+        a = np.asarray(im)
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise PoisonlabError(f"image {name}: float pixels must lie in [0, 1] (no NaN); convert it to 8 bits first")
+        return np.round(a * 255).astype(np.uint8)
+    if mode in GRAY8_MODES:
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+    if mode in COLOR_MODES:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    raise PoisonlabError(f"image {name}: unsupported image mode {mode!r}; convert it to RGB or grayscale first")
+
+
 def _decode(data_or_path, name: str, mode: str, resize):
     """mode "auto" keeps a grayscale image single-channel and makes anything else RGB."""
     try:
-        with Image.open(data_or_path) as im:
+        with Image.open(data_or_path, formats=FORMATS) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise PoisonlabError(f"image {name} is {w}x{h} = {w * h} pixels, above the limit of {MAX_PIXELS} pixels "
+                                     "(decompression-bomb guard; set POISONLAB_MAX_PIXELS to raise it)")
             im.load()
-            gray = im.mode in GRAY_MODES if mode == "auto" else mode == "L"
-            im = im.convert("L" if gray else "RGB")
-            if resize is not None and im.size != (resize[1], resize[0]):
-                im = im.resize((resize[1], resize[0]), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+            arr = _to_8bit(im, name)
+    except Image.DecompressionBombError as e:  # Pillow's own guard fires first for the very largest
+        raise PoisonlabError(f"image {name} is above the limit of {MAX_PIXELS} pixels (decompression-bomb guard; "
+                             f"set POISONLAB_MAX_PIXELS to raise it): {e}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise PoisonlabError(f"cannot decode image {name}: {e}") from None
+    gray = arr.ndim == 2 if mode == "auto" else mode == "L"
+    if gray != (arr.ndim == 2) or (resize is not None and arr.shape[:2] != tuple(resize)):
+        im = Image.fromarray(arr).convert("L" if gray else "RGB")
+        if resize is not None and im.size != (resize[1], resize[0]):
+            im = im.resize((resize[1], resize[0]), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -94,6 +138,8 @@ def _imagefolder_entries(root: Path):
     if not root.is_dir():
         raise PoisonlabError(f"data folder not found: {root}")
     classes = _class_order(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    for c in classes:
+        check_component(c, f"class folder in {root}")
     if not classes:
         raise PoisonlabError(f"{root} has no class sub-folders (expected ImageFolder layout root/<class>/<image>)")
     out = []
@@ -102,6 +148,8 @@ def _imagefolder_entries(root: Path):
                        and not any(part.startswith(".") for part in p.relative_to(root / c).parts))
         if not files:
             raise PoisonlabError(f"class folder {root / c} has no images")
+        for p in files:
+            check_relpath(p.relative_to(root).as_posix(), f"image file in {root}")
         out.append((c, files))
     return out
 
@@ -143,9 +191,9 @@ def load_imagefolder(root, mode="auto", resize=None) -> ImageSet:
         items, labels, names = [], [], []
         for k, (_, files) in enumerate(entries):
             for p in files:
-                items.append((p, str(p.relative_to(root))))
+                items.append((p, p.relative_to(root).as_posix()))
                 labels.append(k)
-                names.append(str(p.relative_to(root)))
+                names.append(p.relative_to(root).as_posix())
         return _from_arrays(_decode_many(items, mode, resize), labels, [c for c, _ in entries], names)
     if len(stats) < 2000:
         return build()
@@ -161,16 +209,26 @@ def load_tar(path, split, mode="auto", resize=None) -> ImageSet:
         try:
             with tarfile.open(path) as tar:
                 for m in tar:
-                    if not m.isfile() or Path(m.name).suffix.lower() not in IMAGE_EXTS:
+                    parts = m.name.replace("\\", "/").split("/")
+                    if split not in parts or Path(m.name).suffix.lower() not in IMAGE_EXTS:
                         continue
-                    parts = Path(m.name).parts
+                    # Member names are untrusted: an absolute name, "..", or a link (which points at
+                    # anything) is refused outright rather than skipped, so a hostile archive is noticed.
+                    if m.name.startswith(("/", "\\")) or ".." in parts:
+                        raise PoisonlabError(f"archive {path}: member {m.name!r} points outside the archive "
+                                             "(absolute path or '..'); refusing it")
+                    if m.issym() or m.islnk():
+                        raise PoisonlabError(f"archive {path}: member {m.name!r} is a link to {m.linkname!r}; "
+                                             "only regular files are read")
+                    parts = [p for p in parts if p not in ("", ".")]
                     # hidden entries (e.g. macOS "._x.jpg" resource forks) are not images, as in folders
-                    if split not in parts or any(p.startswith(".") and p not in (".", "..") for p in parts):
+                    if not m.isfile() or any(p.startswith(".") for p in parts):
                         continue
                     i = parts.index(split)
                     if len(parts) - i < 3:
                         continue
-                    members[str(Path(*parts[i + 1:]))] = tar.extractfile(m).read()
+                    name = check_relpath("/".join(parts[i + 1:]), f"archive {path} member")
+                    members[name] = tar.extractfile(m).read()
         except (tarfile.TarError, OSError, EOFError) as e:
             raise PoisonlabError(f"cannot read archive {path}: {e}") from None
         if not members:
@@ -196,7 +254,7 @@ def load_npz(path, split, mode="auto", resize=None) -> ImageSet:
     path = Path(path)
     try:
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise PoisonlabError(f"cannot read {path}: {e}") from None
     with z:
         key = f"{split}_images"
@@ -204,27 +262,68 @@ def load_npz(path, split, mode="auto", resize=None) -> ImageSet:
             raise PoisonlabError(f"{path} has no '{key}' array (has {sorted(z.files)})")
         if f"{split}_labels" not in z:
             raise PoisonlabError(f"{path} has '{key}' but no '{split}_labels' array")
-        x = z[key]
-        y = z[f"{split}_labels"]
-        classes = [str(c) for c in z["classes"]] if "classes" in z else None
-    if x.dtype != np.uint8:
-        if x.dtype.kind == "f" and x.max() <= 1.0:
-            x = np.round(x * 255)
-        x = np.clip(x, 0, 255).astype(np.uint8)
+        try:  # arrays load lazily: an object (pickled) array fails here, under allow_pickle=False
+            x = z[key]
+            y = z[f"{split}_labels"]
+            classes = z["classes"] if "classes" in z else None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise PoisonlabError(f"cannot read {path}: {e}") from None
+    x = _checked_pixels(x, f"{path}:{key}")
+    if classes is not None:
+        if classes.dtype.kind not in "US" or classes.ndim != 1:
+            raise PoisonlabError(f"{path}: 'classes' must be a 1-D array of names, got {classes.dtype} {classes.shape}")
+        classes = [check_component(c.decode() if isinstance(c, bytes) else str(c), f"{path}: class name")
+                   for c in classes.tolist()]
+    y = _checked_labels(y, len(x), classes, f"{path}:{split}_labels")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.transpose(0, 3, 1, 2)
+    elif x.ndim != 4:
+        raise PoisonlabError(f"{path}:{key} must be (N,H,W), (N,C,H,W) or (N,H,W,C), got shape {x.shape}")
     if mode == "RGB" and x.shape[1] == 1:
         x = np.repeat(x, 3, axis=1)
     elif mode == "L" and x.shape[1] == 3:
         x = np.round(0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None].astype(np.uint8)
     x = _resize_array(x, resize)
-    y = np.asarray(y).reshape(-1)
-    if classes is None:
-        classes = [str(i) for i in range(int(y.max()) + 1)]
+    classes = classes or [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)]
     names = [f"{classes[int(l)]}/{i:06d}.png" for i, l in enumerate(y)]
     return _from_arrays(x, y, classes, names)
+
+
+MAX_CLASSES = 100_000  # without class names, labels up to this many classes are accepted
+
+
+def _checked_pixels(x: np.ndarray, what: str) -> np.ndarray:
+    """uint8 pixels from an array: integers must lie in [0, 255], floats in [0, 1] without NaN/inf.
+    Nothing is clipped: an out-of-range array is refused, not silently changed."""
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind in "iu":
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise PoisonlabError(f"{what}: integer pixels must lie in [0, 255], got [{x.min()}, {x.max()}]")
+        return x.astype(np.uint8)
+    if x.dtype.kind == "f":
+        if x.size and not np.isfinite(x).all():
+            raise PoisonlabError(f"{what}: float pixels contain NaN or infinity")
+        if x.size and (x.min() < 0 or x.max() > 1):
+            raise PoisonlabError(f"{what}: float pixels must lie in [0, 1], got [{x.min():g}, {x.max():g}]")
+        return np.round(x * 255).astype(np.uint8)
+    raise PoisonlabError(f"{what}: pixels must be integers or floats, got dtype {x.dtype}")
+
+
+def _checked_labels(y, n: int, classes, what: str) -> np.ndarray:
+    """int64 labels (N,) or (N,1), each in [0, len(classes)) (or [0, MAX_CLASSES) without names)."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "iub" and not (y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise PoisonlabError(f"{what}: labels must be whole numbers, got dtype {y.dtype}")
+    if y.size != n or (y.ndim > 1 and y.shape[1:] != (1,) * (y.ndim - 1)):
+        raise PoisonlabError(f"{what}: need one label per image ({n}), got shape {y.shape}")
+    y = y.reshape(-1).astype(np.int64)
+    k = len(classes) if classes is not None else MAX_CLASSES
+    if len(y) and (y.min() < 0 or y.max() >= k):
+        raise PoisonlabError(f"{what}: labels must lie in [0, {k}), got [{y.min()}, {y.max()}]")
+    return y
 
 
 def load_cifar_pickles(root, split, resize=None) -> ImageSet:
@@ -235,21 +334,26 @@ def load_cifar_pickles(root, split, resize=None) -> ImageSet:
     else:  # CIFAR-100
         files = [root / split]
         meta, label_key, name_key = root / "meta", b"fine_labels", b"fine_label_names"
-    xs, ys = [], []
-    for f in files:
-        try:
-            with open(f, "rb") as fh:
-                d = pickle.load(fh, encoding="bytes")
-        except (OSError, pickle.UnpicklingError, EOFError) as e:
-            raise PoisonlabError(f"cannot read CIFAR batch {f}: {e}") from None
-        xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[label_key]))
     classes = None
     if meta.exists():
-        with open(meta, "rb") as fh:
-            classes = [c.decode() for c in pickle.load(fh, encoding="bytes")[name_key]]
+        names = load_cifar_batch(meta).get(name_key)
+        if not isinstance(names, list) or not all(isinstance(c, (bytes, str)) for c in names):
+            raise PoisonlabError(f"CIFAR meta {meta}: {name_key.decode()} must be a list of names")
+        classes = [check_component(c.decode("utf-8", "replace") if isinstance(c, bytes) else c,
+                                   f"CIFAR meta {meta}: class name") for c in names]
+    xs, ys = [], []
+    for f in files:
+        d = load_cifar_batch(f)
+        data = d.get(b"data")
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise PoisonlabError(f"CIFAR batch {f}: 'data' must be a uint8 array of shape (N, 3072)")
+        xs.append(data.reshape(-1, 3, 32, 32))
+        labels = d.get(label_key)
+        if not isinstance(labels, (list, np.ndarray)):
+            raise PoisonlabError(f"CIFAR batch {f}: no {label_key.decode()!r} list")
+        ys.append(_checked_labels(labels, len(data), classes, f"CIFAR batch {f}"))
     y = np.concatenate(ys)
-    classes = classes or [str(i) for i in range(int(y.max()) + 1)]
+    classes = classes or [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)]
     names = [f"{classes[int(l)]}/{i:06d}.png" for i, l in enumerate(y)]
     return _from_arrays(_resize_array(np.concatenate(xs), resize), y, classes, names)
 

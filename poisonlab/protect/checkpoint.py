@@ -1,12 +1,15 @@
-"""Resumable progress for long generation runs: atomic, throttled torch.save of a method's state."""
+"""Resumable progress for long generation runs: atomic, throttled torch.save of a method's state.
+
+A checkpoint holds the noise made so far, so it is a private file (0600 from creation). It is read with
+torch.load(weights_only=True): tensors, dicts, lists, numbers and strings only, so a checkpoint planted in
+the work folder cannot run code. States must be built from those types (RNG states are uint8 tensors).
+"""
 
 import time
 from pathlib import Path
 
-import torch
-
 from .. import PoisonlabError
-from ..fileio import atomic_write
+from ..fileio import load_state, save_state
 
 
 class Checkpoint:
@@ -28,7 +31,7 @@ class Checkpoint:
     def load(self):
         if self.path is None or not self.path.exists():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        state = load_state(self.path)
         if state.get("__key__") != self.key:
             raise PoisonlabError(f"checkpoint {self.path} was made with other settings; remove it or drop --resume")
         self._before = float(state.get("__elapsed__", 0.0))
@@ -39,6 +42,5 @@ class Checkpoint:
         if self.path is None or (not force and time.monotonic() - self._last < self.every):
             return
         state = state() if callable(state) else state
-        with atomic_write(self.path) as f:
-            torch.save({**state, "__key__": self.key, "__elapsed__": self.elapsed()}, f)
+        save_state(self.path, {**state, "__key__": self.key, "__elapsed__": self.elapsed()})
         self._last = time.monotonic()
