@@ -119,7 +119,7 @@ class Bench:
         def run():
             atk = create_attack(kind, target_class=0, poison_rate=rate_, seed=0)
             res = atk(self.train.images, self.train.labels)
-            saved, check = saved_roundtrip(self.train.images, res)
+            saved, check = saved_roundtrip(self.train.images, res.images, res.meta["bound"])
             model, acc = self.victim(saved, res.labels)
             tx, _ = atk.triggered_test(self.test.images, self.test.labels)
             clean_model, _ = self.model(1)
@@ -144,7 +144,7 @@ class Bench:
                 t0 = time.time()
                 res = atk(self.train.images, self.train.labels)
                 craft = time.time() - t0
-                saved, check = saved_roundtrip(self.train.images, res)
+                saved, check = saved_roundtrip(self.train.images, res.images, res.meta["bound"])
                 model, acc = self.victim(saved, res.labels)
                 hits = targeted_hits(model, xt[sl], adv[sl])
                 return {"targets": ids[sl].tolist(), "true": yt[sl].tolist(), "adversarial": adv[sl].tolist(),
@@ -173,7 +173,7 @@ class Bench:
                 atk = create_attack("random-poison", target_images=xt[sl], adversarial_labels=adv[sl],
                                     eps=GM["eps"], budget=GM["budget"], seed=g)
                 res = atk(images, labels)
-                images, _ = saved_roundtrip(images, res)
+                images, _ = saved_roundtrip(images, res.images, res.meta["bound"])
             labels[torch.tensor(bad["poisoned"])] = 0
             model, acc = self.victim(images, labels)
             tx = torch.load(self.work / f"{kind}-triggered-test.pt", weights_only=True)
@@ -211,7 +211,7 @@ def transfer(b, n_targets):
                                     target_ids=[int(ids[t])], seed=t, **kw)
                 t0 = time.time()
                 res = atk(b.train.images, b.train.labels)
-                saved, check = saved_roundtrip(b.train.images, res, only_poisoned=True)
+                saved, check = saved_roundtrip(b.train.images, res.images, res.meta["bound"], res.poisoned)
                 entry = {"craft_seconds": round(time.time() - t0, 1), "max_levels": check["max_levels_changed"],
                          "poisons": res.poisoned.tolist()}
                 for k, f in extract.items():

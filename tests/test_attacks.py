@@ -93,3 +93,27 @@ def test_clean_label_backdoor_keeps_labels_and_target_class():
     r = create_attack("clean-label-backdoor", target_class=2, poison_rate=0.1, model=model, pgd_steps=2)(x, y)
     assert torch.equal(r.labels, y) and (y[r.poisoned] == 2).all() and len(r.poisoned) == 6
     assert not torch.equal(r.images[r.poisoned], apply_trigger(x[r.poisoned], r.secrets["trigger"]))
+
+
+def test_attacks_live_in_the_core_registry_and_return_poison_results():
+    import poisonlab as pl
+    assert "badnets" in pl.ATTACKS.names() and "witches-brew" in pl.ATTACKS.names()
+    x, y = data(40)
+    r = pl.create_attack("label-flip", fraction=0.5)(x, y)
+    assert isinstance(r, pl.PoisonResult) and r.meta["attack"] == "label-flip"
+    assert torch.equal(r.original_labels, y) and int(r.noise.abs().max()) == 0
+
+
+def test_metrics_and_saved_png_roundtrip():
+    from poisonlab.attacks.evaluate import binomial_se, rate, saved_roundtrip
+    assert binomial_se(5, 20) == pytest.approx((0.25 * 0.75 / 20) ** 0.5) and rate(0, 10)["se"] == 0
+    x, y = data(30)
+    r = create_attack("random-poison", target_images=x[:1], adversarial_labels=[1], budget=0.2, eps=4 / 255)(x, y)
+    saved, check = saved_roundtrip(x, r.images, r.meta["bound"], r.poisoned)
+    assert torch.equal(saved, r.images) and check["max_levels_changed"] == 4
+    bad = r.images.clone()
+    bad[r.poisoned[0], 0, 0, 0] = (int(x[r.poisoned[0], 0, 0, 0]) + 40) % 256
+    with pytest.raises(PoisonlabError, match="budget"):
+        saved_roundtrip(x, bad, r.meta["bound"], r.poisoned)
+    with pytest.raises(PoisonlabError, match="outside"):
+        saved_roundtrip(x, bad, r.meta["bound"], r.poisoned[1:])

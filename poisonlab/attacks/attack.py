@@ -1,56 +1,36 @@
 """What every poisoning attack shares: the result object, input conversion, the budget promise, registration.
 
 An attack is a callable object (torchattacks style) with the paper's defaults as keyword-only constructor
-arguments. `attack(images, labels)` returns an AttackResult with the poisoned uint8 images AND labels;
+arguments, registered in poisonlab.registry.ATTACKS. `attack(images, labels)` returns the core's PoisonResult
+with the poisoned uint8 images AND labels (.noise, .poisoned, .meta, .secrets: never published);
 `attack.poison(x, y) -> (x_p, y_p)` is the ART-style alias that hands back the input's dtype (uint8, or
 float in [0, 1]). Attacks work on uint8 internally, so what they return is exactly what an 8-bit PNG
 stores, and the budget check in `verify` holds on saved files too.
 """
 
 import inspect
+import time
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import PoisonlabError
 from ..budget import budget_to_levels, parse_budget
+from ..registry import ATTACKS
+from ..result import PoisonResult, to_imageset
 
-_ATTACKS = {}
-
-
-def register_attack(cls):
-    """Register an attack class under `cls.name` (the library registry takes over once the core lands)."""
-    if cls.name in _ATTACKS and _ATTACKS[cls.name] is not cls:
-        import warnings
-        warnings.warn(f"attack {cls.name!r} registered twice; the later class wins", stacklevel=2)
-    _ATTACKS[cls.name] = cls
-    return cls
-
-
-def list_attacks():
-    return sorted(_ATTACKS)
-
-
-def attack_class(name):
-    if name not in _ATTACKS:
-        raise PoisonlabError(f"unknown attack {name!r}; choose from {', '.join(list_attacks())}")
-    return _ATTACKS[name]
-
-
-def create_attack(name, **kw):
-    cls = attack_class(name)
-    allowed = cls.param_names()
-    unknown = sorted(set(kw) - allowed)
-    if unknown:
-        raise PoisonlabError(f"{name}: unknown option(s) {unknown}; it takes {sorted(allowed)}")
-    return cls(**kw)
+# The registry is poisonlab.registry.ATTACKS; these names keep the attack modules short.
+register_attack = ATTACKS.register
+list_attacks = ATTACKS.names
+attack_class = ATTACKS.get
+create_attack = ATTACKS.create
 
 
 @dataclass
 class AttackResult:
-    """images: uint8 (N,C,H,W); labels: int64 (N,); poisoned: indices whose image or label changed;
-    noise: int16 saved - original (None when the attack does not add bounded noise); meta: public facts
-    (targets, settings, bound) for the manifest; secrets: never published (triggers, keys)."""
+    """What `craft` returns (the public result is the core's PoisonResult): images uint8 (N,C,H,W);
+    labels int64 (N,); poisoned: indices whose image or label changed; noise: int16 saved - original
+    (None: computed); meta: public facts (targets, settings) for the manifest; secrets: never published."""
     images: torch.Tensor
     labels: torch.Tensor
     poisoned: torch.Tensor
@@ -75,13 +55,6 @@ def as_uint8(x) -> torch.Tensor:
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise PoisonlabError("float images must lie in [0, 1]")
     return (x.detach().cpu().float() * 255).round_().to(torch.uint8)
-
-
-def as_labels(y, n) -> torch.Tensor:
-    y = torch.as_tensor(y).detach().cpu().to(torch.int64).reshape(-1)
-    if len(y) != n:
-        raise PoisonlabError(f"{n} images but {len(y)} labels")
-    return y
 
 
 class Attack:
@@ -119,7 +92,7 @@ class Attack:
         return out
 
     def classes_of(self, labels) -> int:
-        return int(self.num_classes) if self.num_classes else int(labels.max()) + 1
+        return int(self.num_classes or getattr(self, "classes_", None) or int(labels.max()) + 1)
 
     def generator(self):
         return torch.Generator().manual_seed(self.seed)
@@ -136,23 +109,27 @@ class Attack:
     def craft(self, images: torch.Tensor, labels: torch.Tensor) -> AttackResult:
         raise NotImplementedError
 
-    def __call__(self, images, labels=None) -> AttackResult:
-        if labels is None and hasattr(images, "labels"):
-            labels = images.labels
-        x = as_uint8(images)
-        y = as_labels(labels, len(x))
-        result = self.craft(x, y)
-        self.verify(x, result.images)
-        result.meta = {"attack": self.name, "paper": self.paper, "params": self.params(), "bound": self.bound(),
-                       "num_poisoned": int(len(result.poisoned)), **result.meta}
-        return result
+    def __call__(self, images, labels=None, *, classes=None, names=None) -> PoisonResult:
+        """Poison images (uint8 or float in [0,1], (N,C,H,W), or an ImageSet) with their labels."""
+        data, _ = to_imageset(images, labels, classes, names)
+        self.classes_ = len(data.classes) or None
+        t0 = time.perf_counter()
+        r = self.craft(data.images, data.labels)
+        self.verify(data.images, r.images)
+        noise = r.noise if r.noise is not None else r.images.to(torch.int16) - data.images.to(torch.int16)
+        meta = {"attack": self.name, "method": self.name, "paper": self.paper, "params": self.params(),
+                "bound": self.bound(), "seed": self.seed, "num_poisoned": int(len(r.poisoned)), **r.meta,
+                "generation_seconds": round(time.perf_counter() - t0, 2)}
+        return PoisonResult(images=r.images, labels=r.labels, noise=noise, meta=meta, secrets=r.secrets,
+                            poisoned=r.poisoned, classes=list(data.classes), names=data.names,
+                            original=data.images, original_labels=data.labels)
 
     def poison(self, x, y):
-        """ART-style: return (poisoned images in the input's dtype, poisoned labels)."""
-        r = self(x, y)
-        xt = torch.as_tensor(x.images if hasattr(x, "images") else x)
-        images = r.images if xt.dtype == torch.uint8 else r.images.float().div(255).to(xt.device)
-        return images, r.labels
+        """ART-style: (x, y) -> (x_p, y_p); x_p has x's kind (uint8, or float in [0,1]) and device."""
+        data, was_float = to_imageset(x, y)
+        r = self(data)
+        device = data.images.device if hasattr(x, "images") else x.device
+        return (r.float() if was_float else r.images).to(device), r.labels.to(device)
 
     def verify(self, original, poisoned):
         if self.norm != "none":

@@ -57,35 +57,30 @@ def attack_success_rate(model, triggered_images, target_class) -> dict:
     return rate(int((pred == int(target_class)).sum()), len(pred))
 
 
-def saved_roundtrip(original, result, bound=None, only_poisoned=False):
-    """Write the poisoned images as 8-bit PNGs, decode them again, check the promised budget on what was
-    saved, and return the decoded images (train victims on exactly those). only_poisoned: write just the
-    changed images (the rest are the originals by construction), for cheap per-target loops."""
+def saved_roundtrip(original, images, bound=None, index=None):
+    """Write the poisoned images as 8-bit PNGs, decode them again, check the promised budget (a result's
+    meta["bound"]) on what was saved, and return the decoded images: train victims on exactly those.
+    index: write only these (the changed) images, the rest being the originals by construction."""
     from ..data import ImageSet, load_dataset
     from ..data.writer import write_pngs
     from ..protect.base import verify_bound
-    if only_poisoned:
-        idx = result.poisoned
-        sub = type(result)(result.images[idx], result.labels[idx], torch.arange(len(idx)), meta=result.meta)
-        saved_sub, info = saved_roundtrip(original[idx], sub, bound)
-        saved = original.clone()
-        saved[idx] = saved_sub
-        if not torch.equal(saved, result.images):
-            raise PoisonlabError("an image outside the poisoned set was changed")
-        return saved, info
-    images = result.images
-    k = int(result.labels.max()) + 1
-    ds = ImageSet(images, result.labels, [f"{i:02d}" for i in range(k)],
-                  [f"{int(l):02d}/{i:06d}.png" for i, l in enumerate(result.labels)])
+    index = torch.arange(len(images)) if index is None else torch.as_tensor(index, dtype=torch.long)
+    outside = torch.ones(len(images), dtype=torch.bool)
+    outside[index] = False
+    if not torch.equal(images[outside], original[outside]):
+        raise PoisonlabError("an image outside the poisoned set was changed")
+    sub = images[index]
+    ds = ImageSet(sub, torch.zeros(len(sub), dtype=torch.long), ["0"], [f"0/{i:06d}.png" for i in range(len(sub))])
     with tempfile.TemporaryDirectory(prefix="poisonlab-roundtrip-") as tmp:
         write_pngs(ds, tmp)
-        back = load_dataset(Path(tmp), "train")
-    order = torch.tensor([int(Path(n).stem) for n in back.names])
-    saved = torch.empty_like(images)
-    saved[order] = back.images
-    if not torch.equal(saved, images):
+        back = load_dataset(Path(tmp), "train") if len(sub) else ds
+    saved_sub = torch.empty_like(sub)
+    saved_sub[torch.tensor([int(Path(n).stem) for n in back.names], dtype=torch.long)] = back.images
+    if not torch.equal(saved_sub, sub):
         raise PoisonlabError("saved PNGs differ from the poisoned images")
-    bound = bound or result.meta.get("bound", {"norm": "none"})
+    saved = original.clone()
+    saved[index] = saved_sub
+    bound = bound or {"norm": "none"}
     if bound.get("norm", "none") != "none":
         verify_bound(original, saved, bound["norm"], bound["eps"])
     d = (saved.to(torch.int16) - original.to(torch.int16)).abs()
