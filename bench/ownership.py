@@ -1,21 +1,24 @@
 #!/usr/bin/env python
 """CPU-scale measurement of ownership verification (Data Taggants and the DVBW backdoor watermark).
 
-Scale (one shared CPU core): CIFAR-10 (JPEG re-encoding in shared/datasets), a class-balanced 4,000-image
-training subset (stratified(4000, seed=0)) and a 1,000-image test subset; victims are smallcnn width 0.5,
+Scale (one shared CPU core): CIFAR-10 (JPEG re-encoding in shared/datasets), a class-balanced 2,000-image
+training subset (stratified(2000, seed=0)) and a 1,000-image test subset; victims are smallcnn width 0.5,
 8 epochs, SGD lr 0.1 cosine, batch 128, crop+flip augmentation.
 
-Stages (each model and each verification cached under --cache, so a killed run resumes):
-  clean     20 clean models (seeds 0..19): the null distribution, the harmlessness baseline (seeds 0..9) and
-            the taggant surrogates (seed 10+s marks seed s).
-  taggants  for s in 0..9: keys (seed s), gradient-matched marks from surrogate clean-(10+s), a victim
-            trained from scratch (seed s) on the marked set; verified with the binomial top-k test.
-  backdoor  for s in 0..9: DVBW (BadNets patch, 10% poison-label), victim seed s; paired t-test.
-  robust    seed 0 taggants and backdoor under fine-tuning, JPEG, blur, adversarial training, another
+Stages (every model, marked copy and verification cached under --cache, so a killed run resumes):
+  taggants  one marked copy (keys and marked images from seed 0; surrogate clean-s10): 10 pattern keys with
+            random labels, 20 images (1%) per key gradient-matched at 16/255 (50 signed-Adam steps, tau 0.1,
+            1 restart); victims trained from scratch on it with seeds 0..9; binomial top-1 test.
+  backdoor  one DVBW copy (BadNets 3x3 patch, 10% poison-label, 100 held-out test images for the t-test,
+            tau 0.2); victims seeds 0..9; paired t-test.
+  clean     20 clean models (seeds 0..19): harmlessness baseline (seed s vs marked victim seed s), null.
+  null      clean models against fresh key sets and against the real keys: FPR, KS, hits vs Binomial.
+  robust    victim seed 0 of each method under fine-tuning, JPEG, blur, adversarial training, another
             architecture.
   report    tables -> docs/results/ownership.json and docs/results/ownership_tables.md
 
     POISONLAB_THREADS=1 nice -n 5 .venv/bin/python bench/ownership.py --stage all > runs/ownership.log 2>&1
+(OWNERSHIP_GM_STEPS sets the gradient-matching steps; a cached marked copy made with other settings is refused.)
 """
 
 import argparse
@@ -47,8 +50,9 @@ N_CLEAN, N_MARKED = 20, 10
 NULL_KEYSETS = 50  # independent key sets per clean model for the pooled null check
 # Data Taggants at CPU scale: the paper's 10 keys, 16/255, signed Adam, tau 0.1, one restart; per-key budget
 # 1% (20 images of 2,000; the paper's 0.01% of ImageNet would be a fifth of an image) and fewer steps.
-TAGGANTS = dict(n_keys=10, budget=0.01, eps=16 / 255, steps=int(os.environ.get("OWNERSHIP_GM_STEPS", 100)),
-                restarts=1, tau=0.1, augment=True)
+TAGGANTS = dict(n_keys=10, budget=0.01, eps=16 / 255, steps=int(os.environ.get("OWNERSHIP_GM_STEPS", 50)),
+                restarts=1, tau=0.1, augment=True, key_kind="pattern")
+MARK_SEED = 0  # one marked copy (keys, marked images, surrogate clean-s10); victims seeds 0..9 train on it
 BACKDOOR = dict(trigger="patch", rate=0.1, trigger_size=3, margin=0.2, n_verify=100)
 ROBUST = {  # countermeasure -> how the victim is changed
     "fine-tune (clean, 4 epochs, lr 0.01)": dict(finetune=True),
@@ -92,7 +96,7 @@ class Bench:
         return self.model(f"clean-s{seed}", self.train, seed=seed)
 
     # ----- cached marking ------------------------------------------------------------------------------
-    def marked(self, method: str, seed: int):
+    def marked(self, method: str, seed: int = MARK_SEED):
         """(marked ImageSet, key, meta) for a seed; the key is cached as a key file, the images as .npz."""
         base = self.cache / "marks" / f"{method}-s{seed}"
         kpath, ipath, mpath = base.with_suffix(".key"), base.with_suffix(".npz"), base.with_suffix(".json")
@@ -108,9 +112,14 @@ class Bench:
             m.key.save(kpath, overwrite=True)
             write_json(mpath, {**m.meta, "seconds": seconds})
             log(f"  marked {method} s{seed}: {m.meta.get('marked_images')} images in {seconds:.0f}s")
+        meta = read_json(mpath)
+        want = TAGGANTS if method == "taggants" else BACKDOOR
+        stale = {k: (meta["params"].get(k), v) for k, v in want.items() if meta["params"].get(k) != v}
+        if stale:
+            raise SystemExit(f"{base}.* was made with other settings {stale}: remove those files to re-mark")
         with np.load(ipath) as z:
             data = ImageSet(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), list(self.train.classes))
-        return data, load_key(kpath), read_json(mpath)
+        return data, load_key(kpath), meta
 
     def check(self, name: str, key_path_or_key, model) -> dict:
         """Verify (cached): the verdict as a dict."""
@@ -128,22 +137,21 @@ def stage_clean(b: Bench):
 
 
 def stage_marked(b: Bench, method: str):
+    data, key, _ = b.marked(method)
     for s in b.seeds or range(N_MARKED):
-        data, key, _ = b.marked(method, s)
         model, res = b.model(f"{method}-s{s}", data, seed=s)
         v = b.check(f"{method}-s{s}", key, model)
         clean, cres = b.clean(s)
-        v0 = b.check(f"{method}-s{s}-on-clean-s{s}", key, clean)
+        v0 = b.check(f"{method}-on-clean-s{s}", key, clean)
         log(f"  {method} s{s}: acc {res['last_acc']:.2f} (clean {cres['last_acc']:.2f}) p={v['p_value']:.3g} "
             f"stat={v['statistic']:.3g}; clean model p={v0['p_value']:.3g}")
 
 
 def stage_robust(b: Bench, method: str, seed: int = 0):
     from poisonlab.defenses import parse_defense
-    data, key, _ = b.marked(method, seed)
+    data, key, _ = b.marked(method)
     for label, how in ROBUST.items():
-        tag = label.split(" (")[0].split(" quality")[0].split(" sigma")[0].replace(" ", "-").lower()
-        name = f"{method}-s{seed}-{tag}"
+        name = f"{method}-s{seed}-{_tag(label)}"
         if how.get("finetune"):
             victim, _ = b.model(f"{method}-s{seed}", data, seed=seed)
             model, res = b.model(name, b.train, init=victim, seed=seed, epochs=4, lr=0.01)
@@ -166,7 +174,9 @@ def null_keys(seed: int, num_classes: int, shape, n_keys: int = 10):
 
 
 def stage_null(b: Bench) -> dict:
-    """Clean models verified against key sets they never saw: exact Binomial(10, 0.1) under the null."""
+    """Clean models against keys they never learned. Taggants: each clean model with NULL_KEYSETS fresh key
+    sets (hits exactly Binomial(10, 0.1) under the null; p-values randomized for the KS test), and every
+    clean model with the real marking keys; backdoor: the real watermark key on every clean model."""
     rng = np.random.default_rng(0)
     first, pooled_rand, pooled_hits = [], [], []
     for s in range(N_CLEAN):
@@ -179,10 +189,107 @@ def stage_null(b: Bench) -> dict:
                 first.append(v.p_value)
             pooled_hits.append(hits)
             pooled_rand.append(stats.randomized_pvalue(hits, v.detail["trials"], v.detail["null_rate"], rng.random()))
-    return {"per_model_first_keyset": {"pvalues": first, **stats.uniformity(first)},
-            "pooled_randomized": stats.uniformity(pooled_rand),
-            "pooled_hits_vs_binomial": stats.hits_goodness_of_fit(pooled_hits, 10, 0.1),
-            "clean_models": N_CLEAN, "keysets_per_model": NULL_KEYSETS}
+    out = {"clean_models": N_CLEAN, "keysets_per_model": NULL_KEYSETS,
+           "taggants_fresh_keys_one_per_model": {"pvalues": first, **stats.uniformity(first)},
+           "taggants_fresh_keys_pooled_randomized": stats.uniformity(pooled_rand),
+           "taggants_fresh_keys_hits_vs_binomial": stats.hits_goodness_of_fit(pooled_hits, 10, 0.1)}
+    for method in ("taggants", "backdoor"):
+        _, key, _ = b.marked(method)
+        ps = [b.check(f"{method}-on-clean-s{s}", key, b.clean(s)[0])["p_value"] for s in range(N_CLEAN)]
+        out[f"{method}_real_key_on_clean_models"] = {"pvalues": ps, **stats.uniformity(ps)}
+    return out
+
+
+def _row_stats(values):
+    a = np.asarray(values, dtype=float)
+    return f"{a.mean():.2f} ± {a.std(ddof=1) if len(a) > 1 else 0:.2f}"
+
+
+def report(b: Bench) -> dict:
+    """Collect the cached results into docs/results/ownership.json and ownership_tables.md."""
+    R = lambda name: read_json(b.cache / "models" / f"{name}.json")  # noqa: E731
+    V = lambda name: read_json(b.cache / "verify" / f"{name}.json")  # noqa: E731
+    res = {"scale": {"train": TRAIN_N, "test": TEST_N, "victim": VICTIM, "taggants": TAGGANTS, "backdoor": BACKDOOR,
+                     "clean_models": N_CLEAN, "marked_victims": N_MARKED, "mark_seed": MARK_SEED}}
+    md = [f"Scale: CIFAR-10 JPEG, stratified {TRAIN_N} training / {TEST_N} test images; victims {VICTIM['model']} "
+          f"width {VICTIM['width']}, {VICTIM['epochs']} epochs; one marked copy per method (seed {MARK_SEED}), "
+          f"victims trained from scratch with seeds 0..{N_MARKED - 1}.", ""]
+    for method in ("taggants", "backdoor"):
+        rows = []
+        for s in range(N_MARKED):
+            try:
+                rows.append({"seed": s, "acc_marked": R(f"{method}-s{s}")["last_acc"],
+                             "acc_clean": R(f"clean-s{s}")["last_acc"], **{k: V(f"{method}-s{s}")[k] for k in
+                             ("p_value", "statistic")}, "p_clean_model": V(f"{method}-on-clean-s{s}")["p_value"]})
+            except FileNotFoundError:
+                continue
+        if not rows:
+            continue
+        det = sum(r["p_value"] < 0.01 for r in rows)
+        diff = [r["acc_marked"] - r["acc_clean"] for r in rows]
+        mark_meta = read_json(b.cache / "marks" / f"{method}-s{MARK_SEED}.json")
+        res[method] = {"rows": rows, "detected_p<0.01": det, "victims": len(rows),
+                       "acc_marked_mean": float(np.mean([r["acc_marked"] for r in rows])),
+                       "acc_clean_mean": float(np.mean([r["acc_clean"] for r in rows])),
+                       "acc_diff_mean": float(np.mean(diff)), "acc_diff_std": float(np.std(diff, ddof=1)) if len(diff) > 1 else 0.0,
+                       "marking": mark_meta}
+        stat = "hits (of 10)" if method == "taggants" else "t"
+        md += [f"### {method}: detection and harmlessness", "",
+               f"| victim seed | clean acc (%) | marked-data acc (%) | {stat} | p-value (marked data) | p-value (clean model, same key) |",
+               "|---|---|---|---|---|---|"]
+        md += [f"| {r['seed']} | {r['acc_clean']:.2f} | {r['acc_marked']:.2f} | {r['statistic']:.3g} | {r['p_value']:.3g} | "
+               f"{r['p_clean_model']:.3g} |" for r in rows]
+        md += ["", f"Detected at p < 0.01: **{det}/{len(rows)}**. Accuracy: clean {_row_stats([r['acc_clean'] for r in rows])}, "
+               f"marked {_row_stats([r['acc_marked'] for r in rows])}; paired difference (marked - clean) "
+               f"{_row_stats(diff)} points. Marking: {mark_meta.get('marked_images')} images in "
+               f"{mark_meta.get('seconds', 0):.0f}s.", ""]
+    null_path = b.cache / "null.json"
+    if null_path.exists():
+        nl = read_json(null_path)
+        res["null"] = nl
+        one, pooled, gof = (nl["taggants_fresh_keys_one_per_model"], nl["taggants_fresh_keys_pooled_randomized"],
+                            nl["taggants_fresh_keys_hits_vs_binomial"])
+        md += ["### Null distribution (models trained on clean data)", "",
+               "| test | p-values | FPR at 0.05 | FPR at 0.01 | KS vs U(0,1): D (p) |", "|---|---|---|---|---|"]
+        for label, u in [("taggants, real keys, 20 clean models", nl["taggants_real_key_on_clean_models"]),
+                         ("taggants, a fresh key set per clean model", one),
+                         (f"taggants, {nl['keysets_per_model']} fresh key sets x 20 models, randomized p", pooled),
+                         ("backdoor (DVBW), real key, 20 clean models", nl["backdoor_real_key_on_clean_models"])]:
+            md.append(f"| {label} | {u['n']} | {u['fpr_0.05']:.3f} | {u['fpr_0.01']:.3f} | {u['ks_statistic']:.3f} ({u['ks_pvalue']:.3g}) |")
+        md += ["", f"Hits of {gof['n']} fresh key sets (10 keys, top-1) on clean models against Binomial(10, 0.1): "
+               f"observed {gof['observed'][:6]} (hits 0..5), expected {[round(e, 1) for e in gof['expected'][:6]]}; "
+               f"chi-square p = {gof['chi2_pvalue']:.3g} ({gof['chi2_bins']} bins); mean {gof['mean_hits']:.3f} "
+               f"(expected {gof['expected_mean']:.1f}).", ""]
+    rob = []
+    for label in ROBUST:
+        tag = _tag(label)
+        row = {"countermeasure": label}
+        for method in ("taggants", "backdoor"):
+            try:
+                row[f"{method}_acc"] = R(f"{method}-s0-{tag}")["last_acc"]
+                row[f"{method}_p"] = V(f"{method}-s0-{tag}")["p_value"]
+            except FileNotFoundError:
+                pass
+        if len(row) > 1:
+            rob.append(row)
+    if rob:
+        res["robustness"] = rob
+        fmt = lambda r, k: f"{r[k]:.3g}" if k in r else "not run"  # noqa: E731
+        md += ["### Robustness (victim seed 0; p < 0.01 = still detected)", "",
+               "| countermeasure | taggants acc (%) | taggants p | backdoor acc (%) | backdoor p |", "|---|---|---|---|---|"]
+        for r in rob:
+            md.append(f"| {r['countermeasure']} | {fmt(r, 'taggants_acc')} | {fmt(r, 'taggants_p')} | "
+                      f"{fmt(r, 'backdoor_acc')} | {fmt(r, 'backdoor_p')} |")
+        md.append("")
+    out = ROOT / "docs" / "results"
+    write_json(out / "ownership.json", res)
+    (out / "ownership_tables.md").write_text("\n".join(md) + "\n")
+    log(f"report -> {out / 'ownership.json'}, {out / 'ownership_tables.md'}")
+    return res
+
+
+def _tag(label: str) -> str:
+    return label.split(" (")[0].split(" quality")[0].split(" sigma")[0].replace(" ", "-").lower()
 
 
 def main(argv=None):
@@ -196,11 +303,17 @@ def main(argv=None):
     b.seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     names = list(STAGES) if args.stage == "all" else args.stage.split(",")
     for n in names:
+        log(f"stage {n}")
         if n in STAGES:
-            log(f"stage {n}")
             STAGES[n](b)
-    if args.stage in ("null", "all", "report"):
-        log(json.dumps(stage_null(b), indent=1)[:3000])
+        elif n == "null":
+            write_json(b.cache / "null.json", stage_null(b))
+        elif n != "report":
+            raise SystemExit(f"unknown stage {n!r}")
+    if args.stage == "all" and not (b.cache / "null.json").exists():
+        write_json(b.cache / "null.json", stage_null(b))
+    if args.stage == "all" or "report" in names:
+        report(b)
 
 
 if __name__ == "__main__":

@@ -217,6 +217,38 @@ def test_black_box_command_gives_the_same_verdict(tmp_path):
         verify(key, command="/nonexistent/poisonlab-api")
 
 
+def test_black_box_url_gives_the_same_verdict():
+    import http.server
+    import io
+    import threading
+    key = taggant_key(n=10)
+    table = {img.numpy().tobytes(): int(y) for img, y in zip(key.images, key.labels)}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with np.load(io.BytesIO(body), allow_pickle=False) as z:
+                rows = [[table.get(img.tobytes(), 0)] for img in z["images"]]
+            reply = json.dumps({"topk": rows}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        v = verify(key, command=f"http://127.0.0.1:{server.server_port}/predict")
+        assert v.marked and v.detail["hits"] == 10
+        with pytest.raises(PoisonlabError, match="failed"):
+            verify(key, command="http://127.0.0.1:9/unreachable")
+    finally:
+        server.shutdown()
+
+
 def test_answer_queries_speaks_the_protocol(tmp_path, capsys):
     from poisonlab.ownership import answer_queries
     from poisonlab.ownership.verify import parse_answers

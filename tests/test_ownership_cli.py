@@ -87,6 +87,8 @@ def test_backdoor_mark_moves_relabelled_images_and_verify_exit_codes(tree, tmp_p
     assert rc == 2 and "not found" in err
     rc, _, err = run(capsys, "verify", "--key-file", str(key))
     assert rc == 2 and "--model" in err
+    rc, _, err = run(capsys, "verify", "--key-file", str(key), "--model-url", "ftp://host/x")
+    assert rc == 2 and "http" in err
 
 
 def test_verify_black_box_command_marked_exit_zero(tmp_path, capsys):

@@ -30,11 +30,12 @@ def cmd_verify(args):
     import json
     from ..fileio import write_json
     from .verify import verify
-    if args.model is None and args.model_cmd is None:
-        raise PoisonlabError("give the suspect: --model FILE or --model-cmd COMMAND")
-    if args.model is not None and args.model_cmd is not None:
-        raise PoisonlabError("give one suspect: --model or --model-cmd, not both")
-    v = verify(args.key_file, args.model, command=args.model_cmd, alpha=args.alpha, top_k=args.top_k,
+    given = [x for x in (args.model, args.model_cmd, args.model_url) if x is not None]
+    if len(given) != 1:
+        raise PoisonlabError("give one suspect: --model FILE, --model-cmd COMMAND or --model-url URL")
+    if args.model_url is not None and not args.model_url.startswith(("http://", "https://")):
+        raise PoisonlabError(f"--model-url must start with http:// or https://, got {args.model_url!r}")
+    v = verify(args.key_file, args.model, command=args.model_cmd or args.model_url, alpha=args.alpha, top_k=args.top_k,
                arch=args.arch, width=args.width, device=args.device)
     print(v.summary())
     if args.json:
@@ -70,6 +71,8 @@ def add_parsers(sub):
                                                  "or TorchScript")
     v.add_argument("--model-cmd", default=None, help="black-box suspect: a command answering queries (see "
                                                      "docs/ownership.md: {} is replaced by the queries .npz)")
+    v.add_argument("--model-url", default=None, help="black-box suspect behind an http(s) endpoint (the queries "
+                                                     ".npz is POSTed; same JSON reply)")
     v.add_argument("--arch", default=None, help="architecture of a bare state dict (poisonlab models lists them)")
     v.add_argument("--width", type=float, default=None, help="width multiplier of a bare state dict")
     v.add_argument("--alpha", type=float, default=0.01, help="significance level of the verdict (default 0.01)")

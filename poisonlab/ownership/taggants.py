@@ -23,14 +23,14 @@ class Taggants:
     """Mark a data set with data taggants. Callable: `Taggants(...)(data)` -> (AttackResult, OwnershipKey).
 
     n_keys: K secret keys; budget: fraction of the data perturbed per key (>= 1 image); eps, steps,
-    restarts, tau, augment: the gradient matching (paper: 16/255, 250, 1, 0.1, on); key_kind: uniform noise
-    (paper) or smooth random patterns; top_k: the k of the verification test (default 1 for <= 100
+    restarts, tau, augment: the gradient matching (paper: 16/255, 250, 1, 0.1, on); key_kind: "pattern"
+    (the paper's noise drawn at low resolution and resized) or full-resolution "uniform" noise; top_k: the k of the verification test (default 1 for <= 100
     classes, else 10); model: surrogate(s) trained on the clean data, else one is trained (surrogate at
     surrogate_width for surrogate_epochs); key_seed: None draws the keys from the OS (a real owner's keys
     must be unpredictable); seed: the choice of marked images and the matching's randomness."""
 
     def __init__(self, *, n_keys=10, budget=1e-4, eps=16 / 255, steps=250, restarts=1, tau=0.1, augment=True,
-                 key_kind="uniform", top_k=None, model=None, surrogate="smallcnn", surrogate_width=0.5,
+                 key_kind="pattern", top_k=None, model=None, surrogate="smallcnn", surrogate_width=0.5,
                  surrogate_epochs=10, key_seed=None, seed=0, device="auto"):
         if int(n_keys) < 1:
             raise PoisonlabError(f"n_keys must be >= 1, got {n_keys}")

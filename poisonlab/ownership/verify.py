@@ -5,7 +5,7 @@ Suspects:
     state dict / `poisonlab train --checkpoint` file together with the architecture name; all read with
     torch.load(weights_only=True), so a file cannot run code when loaded;
   * a TorchScript archive (torch.jit.save), run as the model;
-  * a black-box command (BLACK-BOX PROTOCOL below), for models behind an API.
+  * a black-box command or an http(s) URL (BLACK-BOX PROTOCOL below), for models behind an API.
 
 BLACK-BOX PROTOCOL. poisonlab writes the query images to a temporary .npz with one array `images`, uint8,
 shape (N, C, H, W), RGB (or gray) 0..255, and runs the command (no shell) with `{}` replaced by that path
@@ -13,7 +13,8 @@ shape (N, C, H, W), RGB (or gray) 0..255, and runs the command (no shell) with `
     {"topk": [[label, label, ...], ...]}       N rows, labels best first (at least top_k of them), or
     {"probs": [[p_0, ..., p_{C-1}], ...]}      N rows of class probabilities (needed for the backdoor test;
                                                with topk only, the backdoor test uses 0/1 target hits).
-and exits with status 0. `answer_queries` implements the command side for a Python predict function.
+and exits with status 0. A URL instead receives the same .npz as the body of a POST request and replies
+with the same JSON. `answer_queries` implements the command side for a Python predict function.
 
 Exit codes of `poisonlab verify`: 0 marked (p < alpha), 1 not marked, 2 error.
 """
@@ -152,6 +153,29 @@ class CommandSuspect:
         return parse_answers(run.stdout, len(images), k)
 
 
+class URLSuspect:
+    """A black-box model behind an HTTP(S) endpoint: the queries .npz is POSTed as the request body
+    (Content-Type application/x-npz); the reply is the same JSON as a command's."""
+
+    def __init__(self, url: str, timeout=600):
+        self.url, self.timeout = url, timeout
+
+    def __call__(self, images: torch.Tensor, k: int) -> Answers:
+        import io
+        import urllib.error
+        import urllib.request
+        buf = io.BytesIO()
+        np.savez(buf, images=images.numpy())
+        req = urllib.request.Request(self.url, data=buf.getvalue(), method="POST",
+                                     headers={"Content-Type": "application/x-npz"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:  # noqa: S310 (the user's own URL)
+                text = r.read(64 << 20).decode("utf-8", "replace")
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise PoisonlabError(f"black-box URL {self.url} failed: {e}") from None
+        return parse_answers(text, len(images), k)
+
+
 def parse_answers(text: str, n: int, k: int) -> Answers:
     """Check and convert a black-box reply (JSON with `topk` and/or `probs`, n rows)."""
     try:
@@ -199,6 +223,8 @@ def open_suspect(model=None, command=None, *, arch=None, width=None, device="cpu
     if (model is None) == (command is None):
         raise PoisonlabError("give exactly one suspect: a model (file) or a black-box command")
     if command is not None:
+        if isinstance(command, str) and command.startswith(("http://", "https://")):
+            return URLSuspect(command, timeout)
         return CommandSuspect(command, timeout)
     if isinstance(model, (str, Path)):
         model = load_model(model, arch=arch, width=width, device=device,
