@@ -71,20 +71,13 @@ def apply_trigger(images, trigger: Trigger, amplitude=1.0):
 
 
 def save_trigger(path, trigger: Trigger):
-    """Write the trigger as a private (0600) .npz; created with that mode, so it is never readable by others."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the trigger as a private .npz (0600 from creation: never readable by others)."""
+    from ..fileio import atomic_write
     buf = io.BytesIO()
     np.savez(buf, pattern=trigger.pattern.numpy(), alpha=trigger.alpha.numpy(), kind=np.array(trigger.kind))
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    with atomic_write(path, private=True) as f:
         f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def load_trigger(path) -> Trigger:
