@@ -23,6 +23,14 @@ def parse_budget(text, name="budget", allow_zero=True, maximum=None) -> float:
     return value
 
 
+def budget_text(eps) -> str:
+    """An L-inf budget as people write it: 8/255 when it is a whole (or 2-decimal) number of levels."""
+    if eps is None:
+        return ""
+    v = eps * 255
+    return f"{v:g}/255" if abs(v - round(v, 2)) < 1e-6 else f"{eps:.4g}"
+
+
 def budget_to_levels(eps: float) -> int:
     """Largest whole number of 8-bit levels that stays within an L-inf budget eps (in [0,1] units)."""
     return int(eps * 255 + 1e-6)

@@ -45,8 +45,8 @@ class Registry:
     """Named constructors of one kind. `builtins` is the module whose import registers poisonlab's own
     entries; it is imported on first use, so a registry is complete however it is reached."""
 
-    def __init__(self, kind: str, builtins: str | None = None):
-        self.kind, self._builtins = kind, builtins
+    def __init__(self, kind: str, builtins: str | None = None, default_label=None):
+        self.kind, self._builtins, self._default_label = kind, builtins, default_label or (lambda n: n)
         self._entries = {}  # canonical name -> object
         self._aliases = {}  # alias -> canonical name
         self._labels = {}
@@ -68,7 +68,7 @@ class Registry:
                     self._aliases[n] = key
             self._aliases.pop(key, None)
             self._entries[key] = o
-            self._labels[key] = label or getattr(o, "label", None) or key
+            self._labels[key] = label or getattr(o, "label", None) or self._default_label(key)
             return o
         return deco if obj is None else deco(obj)
 
@@ -177,7 +177,7 @@ def _same_definition(a, b) -> bool:
 # The registries. Entries: METHODS - Protection subclasses (callable on images, labels -> PoisonResult);
 # ATTACKS - poisoning attacks (may change labels too; same result type); DEFENSES - countermeasures;
 # MODELS - functions (num_classes, in_channels, width) -> nn.Module.
-METHODS = Registry("method", "poisonlab.protect")
+METHODS = Registry("method", "poisonlab.protect", default_label=str.upper)  # acronyms: EM, TAP, REM, ...
 ATTACKS = Registry("attack", "poisonlab.attacks")
 DEFENSES = Registry("defense", "poisonlab.defenses")
 MODELS = Registry("model", "poisonlab.models")

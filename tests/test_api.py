@@ -36,6 +36,7 @@ def test_registry_names_aliases_labels_and_options():
 
     assert r.names() == ["one", "two"] and r.get("w1") is One and r.resolve("w1") == "one"
     assert r.label("w1") == "Widget One" and r.label("two") == "two" and r.aliases("one") == ["w1"]
+    assert pl.METHODS.label("minmaxmin") == "min-max-min" and pl.METHODS.label("em") == "EM"
     assert r.create("w1", colour="blue").colour == "blue" and r.create("two", depth=4) == ("two", 4)
     with pytest.raises(PoisonlabError, match=r"unknown option\(s\) \['colur'\]; it takes \['colour', 'size'\]"):
         r.create("one", colur="blue")

@@ -10,7 +10,9 @@ import pytest
 import poisonlab.bench.grid as grid_mod
 from poisonlab import PoisonlabError
 from poisonlab.bench import load_config, parse_config, run_grid
-from poisonlab.bench.config import Cell, canonical
+from poisonlab.bench.config import Cell, canonical, read_config
+from poisonlab.protect import Protection
+from poisonlab.registry import METHODS
 from poisonlab.bench.grid import Grid
 from poisonlab.cli import main as cli_main
 
@@ -69,7 +71,7 @@ def test_smoke_config_reports_and_cache(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("retrained a cached cell")
     monkeypatch.setattr(grid_mod, "train_victim", boom)
-    monkeypatch.setattr("poisonlab.protect.protect", boom)
+    monkeypatch.setattr(grid_mod, "protect", boom)
     again = run_grid(ROOT / "configs" / "smoke.json", out=out, progress=False, log=lambda *a: None)
     assert again["trained"] == 0 and again["cached"] == 6
     assert [r["reported_acc"] for r in again["rows"]] == [r["reported_acc"] for r in res["rows"]]
@@ -138,17 +140,39 @@ def test_shipped_configs_parse():
 
 
 def test_budget_axis_applies_to_linf_methods_only(tmp_path):
-    from poisonlab.protect import Protection, register_method
-
-    @register_method
+    @METHODS.register
     class L2Only(Protection):  # a method whose budget is not an L-inf radius (like AR)
         name, norm = "test-l2-only", "l2"
 
-    cfg = tiny_config(tmp_path, experiments=[{"methods": ["random", "test-l2-only"], "budgets": ["4/255", "8/255"]}])
-    budgets = {(c.method, c.budget) for c in cfg.cells()}
-    assert budgets == {("random", 4 / 255), ("random", 8 / 255), ("test-l2-only", None)}
-    assert "eps" not in cfg.method_options("test-l2-only", None)
-    assert cfg.method_options("random", 4 / 255)["eps"] == 4 / 255
+    try:
+        cfg = tiny_config(tmp_path, experiments=[{"methods": ["random", "test-l2-only"], "budgets": ["4/255", "8/255"]}])
+        budgets = {(c.method, c.budget) for c in cfg.cells()}
+        assert budgets == {("random", 4 / 255), ("random", 8 / 255), ("test-l2-only", None)}
+        assert "eps" not in cfg.method_options("test-l2-only", None)
+        assert cfg.method_options("random", 4 / 255)["eps"] == 4 / 255
+    finally:
+        METHODS.unregister("test-l2-only")
+
+
+def test_overlays_merge_replace_and_override(tmp_path):
+    base = tiny_config(tmp_path).raw
+    base["protect"] = {"defaults": {"eps": "8/255"}, "methods": {"em": {"surrogate": "smallcnn", "width": 0.5}}}
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    (tmp_path / "over.yaml").write_text("base: base.json\nreplace: [protect.methods]\nname: over\n"
+                                        "train: {epochs: 3}\nprotect: {methods: {em: {surrogate: resnet18}}}\n"
+                                        "data: {train_subset: null}\n")
+    raw = read_config(tmp_path / "over.yaml", ["train.batch_size=8"])
+    assert raw["name"] == "over" and raw["train"]["epochs"] == 3 and raw["train"]["batch_size"] == 8
+    assert raw["train"]["model"] == base["train"]["model"]  # merged key by key
+    assert raw["protect"]["methods"] == {"em": {"surrogate": "resnet18"}}  # replaced whole
+    assert raw["protect"]["defaults"] == base["protect"]["defaults"] and raw["data"]["train_subset"] is None
+    assert raw["experiments"] == base["experiments"] and "base" not in raw
+    (tmp_path / "loop.json").write_text('{"base": "loop.json"}')
+    with pytest.raises(PoisonlabError, match="loop"):
+        read_config(tmp_path / "loop.json")
+    (tmp_path / "bad.json").write_text('{"name": ')
+    with pytest.raises(PoisonlabError, match="bad.json"):
+        read_config(tmp_path / "bad.json")
 
 
 def test_cli_bench_report_only(tmp_path, capsys):

@@ -21,32 +21,30 @@ Every experiment is a product methods x budgets x defenses x models x fractions 
 the same training run appearing in two experiments is one cell (same key), trained once.
 """
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from .. import PoisonlabError
 from ..budget import parse_budget
 from ..defenses import parse_defense
+from ..registry import METHODS
 from ..train import TrainConfig
 
 LAYOUTS = ("at-radius", "victims", "fractions", "defenses")
 CLEAN = "clean"
-# Methods poisonlab.protect imports when their module exists: a config may name them before they are
-# written; their cells are then skipped (reported as missing) instead of failing the whole grid.
-PLANNED_METHODS = ("minmaxmin", "em", "tap", "rem", "cuda", "lsp", "ar", "ops", "salm")
 
 
 def method_norm(method) -> str:
     """The norm a method's budget is in; the grid's budgets (L-inf) apply to L-inf methods only. Others
     (AR's L2, CUDA's filters) keep their own default or the eps given in protect.methods."""
-    from ..protect import list_methods, method_class
-    return method_class(method).norm if method in list_methods() else "linf"
+    return METHODS.get(method).norm
 
 
 def available_methods():
-    from ..protect import list_methods
-    return list_methods()
+    """Every registered method, plugins included: the grid takes any of them by name."""
+    return METHODS.names()
 
 
 @dataclass(frozen=True)
@@ -129,15 +127,45 @@ def _model(spec):
     return (name, float(w) if w else None)
 
 
-def load_config(path) -> GridConfig:
+def read_config(path, overrides=(), _seen=()) -> dict:
+    """A config file (JSON or YAML) with its overlays resolved, as a plain dict.
+
+    "base": "cpu.json" (relative to the file) makes the file an overlay: the base is read first (itself
+    possibly an overlay) and this file's keys are merged into it (OmegaConf: mappings merge key by key,
+    lists and values replace). "replace": ["protect.methods", ...] names mappings this file replaces
+    whole instead of merging. overrides: dotted "key=value" items applied last (the CLI's --set)."""
     path = Path(path)
+    if path.resolve() in _seen:
+        raise PoisonlabError(f"{path}: overlays form a loop")
     try:
-        raw = json.loads(path.read_text())
+        node = OmegaConf.load(path)
     except FileNotFoundError:
         raise PoisonlabError(f"grid config not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise PoisonlabError(f"{path}: not valid JSON: {e}") from None
-    return parse_config(raw, path)
+    except Exception as e:  # YAML/JSON syntax: one line naming the file
+        raise PoisonlabError(f"{path}: cannot read it as a config: {str(e).splitlines()[0]}") from None
+    raw = OmegaConf.to_container(node, resolve=False)
+    if not isinstance(raw, dict):
+        raise PoisonlabError(f"{path}: a config is a mapping of keys to values")
+    base, replace = raw.pop("base", None), raw.pop("replace", [])
+    if base is not None:
+        merged = read_config(path.parent / str(base), (), (*_seen, path.resolve()))
+        for dotted in replace:
+            *parents, last = str(dotted).split(".")
+            node = merged
+            for k in parents:
+                node = node.get(k, {})
+            node.pop(last, None)
+        raw = OmegaConf.to_container(OmegaConf.merge(merged, raw), resolve=False)
+    if overrides:
+        try:
+            raw = OmegaConf.to_container(OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides))), resolve=False)
+        except Exception as e:
+            raise PoisonlabError(f"--set {list(overrides)}: {str(e).splitlines()[0]}") from None
+    return raw
+
+
+def load_config(path, overrides=()) -> GridConfig:
+    return parse_config(read_config(path, overrides), Path(path))
 
 
 def parse_config(raw: dict, path=None) -> GridConfig:
@@ -192,14 +220,15 @@ def parse_config(raw: dict, path=None) -> GridConfig:
         exps.append(exp)
     if not exps:
         raise PoisonlabError(f"{where}: no experiments")
-    known = set(available_methods()) | set(PLANNED_METHODS)
+    known = set(available_methods())
     for m in {m for e in exps for m in e.methods} - {CLEAN}:
         if m not in known:
             raise PoisonlabError(f"{where}: unknown protection method {m!r}; available: "
                                  f"{', '.join(sorted(available_methods()))} (or 'clean')")
-    return GridConfig(name=raw.get("name", Path(where).stem), scale=raw.get("scale", ""), data=data, protect=protect,
-                      train=train, experiments=exps, cache=raw.get("cache"), out=raw.get("out"),
-                      path=Path(path) if path else None, raw=raw)
+    cfg = GridConfig(name=raw.get("name", Path(where).stem), scale=raw.get("scale", ""), data=data, protect=protect,
+                     train=train, experiments=exps, cache=raw.get("cache"), out=raw.get("out"),
+                     path=Path(path) if path else None, raw=raw)
+    return cfg
 
 
 def canonical(cell: Cell) -> Cell:

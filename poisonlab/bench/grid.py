@@ -9,8 +9,8 @@ rerun trains nothing that is cached. Protected training sets are cached per (met
 """
 
 import hashlib
+import inspect
 import json
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -22,28 +22,28 @@ from .. import PoisonlabError
 from ..data import ImageSet, load_dataset
 from ..defenses import parse_defense
 from ..fileio import read_json, write_json
+from ..hashing import digest, tensor_hash
+from ..protect.pipeline import protect
+from ..registry import METHODS
 from ..train import TrainConfig, mix_partial, train_victim
 from .config import CLEAN, Cell, GridConfig, available_methods, load_config
+from .report import write_reports
 
 
 def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return digest(obj, 20)
 
 
 def images_hash(ds: ImageSet) -> str:
-    h = hashlib.sha256(ds.images.numpy().tobytes())
-    h.update(ds.labels.numpy().tobytes())
-    return h.hexdigest()[:20]
+    return tensor_hash(ds.images, ds.labels, length=20)
 
 
 def method_code_hash(method) -> str:
     """Hash of the source files a protection method is built from (its class hierarchy). Recorded beside each
     cached protected set (not part of its key, so a comment edit does not force hours of regeneration); a
     mismatch is reported as a warning."""
-    import inspect
-    from ..protect import method_class
     try:
-        cls = method_class(method)
+        cls = METHODS.get(method)
     except PoisonlabError:
         return "unavailable"
     h = hashlib.sha256()
@@ -109,7 +109,6 @@ class Grid:
             return self._protected[pid]
         folder = self.cache / "protected" / f"{m}-{pid}"
         if not (folder / "manifest.json").exists():
-            from ..protect import protect
             self.log(f"protect: {m} {opts} on {len(train)} images -> {folder}")
             dev = self.cfg.protect.get("device", self.device)
             protect(m, train, folder, resume=True, progress=self.progress, device=dev, **opts)
@@ -211,10 +210,11 @@ def select(cells, only):
 
 
 def run_grid(cfg: GridConfig | str | Path, out=None, cache=None, device="auto", only=None, report_only=False,
-             progress=None, log=print, list_only=False) -> dict:
-    """Run (or, with report_only, just report) a grid. Returns {"rows": [...], "trained": n, "cached": n}."""
+             progress=None, log=print, list_only=False, overrides=()) -> dict:
+    """Run (or, with report_only, just report) a grid. Returns {"rows": [...], "trained": n, "cached": n}.
+    overrides: dotted "key=value" settings applied over the config file (e.g. "train.epochs=1")."""
     if not isinstance(cfg, GridConfig):
-        cfg = load_config(cfg)
+        cfg = load_config(cfg, overrides)
     grid = Grid(cfg, out, cache, device, progress, log)
     grid.data()
     cells = select(cfg.cells(), only)
@@ -249,7 +249,6 @@ def run_grid(cfg: GridConfig | str | Path, out=None, cache=None, device="auto", 
             trained += 1
             log(f"    last {rec['last_acc']:.2f}%  best {rec['best_acc']:.2f}% (epoch {rec['best_epoch']})  "
                 f"{time.perf_counter() - t0:.0f}s")
-    from .report import write_reports
     rows = write_reports(grid, cells)
     missing = len({r["key"] for r in rows if r["last_acc"] is None})
     log(f"bench {cfg.name}: {trained} trained, {cached} cached, {missing} missing -> "

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 from ..defenses import parse_defense  # noqa: E402
 from .config import CLEAN  # noqa: E402
-from .report import budget_text, defense_label, method_label, metric_for  # noqa: E402
+from .labels import budget_text, defense_label, method_label, metric_for  # noqa: E402
 
 
 def _series_and_x(e, c):

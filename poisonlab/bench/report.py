@@ -3,89 +3,16 @@ seed 001 Tables 3, 4 and 6 plus ISS-style method x countermeasure tables, and th
 
 import csv
 import io
+import itertools
 import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..defenses import parse_defense
-from ..fileio import atomic_write, write_json
-from .config import CLEAN, Cell, canonical
-
-METHOD_LABELS = {"clean": "Clean", "random": "Random", "em": "EM", "tap": "TAP", "rem": "REM", "ntga": "NTGA",
-                 "minmaxmin": "min-max-min", "cuda": "CUDA", "lsp": "LSP", "ar": "AR", "ops": "OPS",
-                 "salm": "SALM", "entf": "EntF"}
-
-
-def method_label(m):
-    return METHOD_LABELS.get(m, m.upper())
-
-
-def budget_note(methods):
-    """Methods whose budget is not the grid's L-inf budget (their own default or configured eps)."""
-    from .config import method_norm
-    other = [m for m in methods if m != CLEAN and method_norm(m) != "linf"]
-    return f" ({', '.join(method_label(m) for m in other)}: own budget, see the protection manifests)" if other else ""
-
-
-def budget_text(eps):
-    if eps is None:
-        return ""
-    v = eps * 255
-    return f"{v:g}/255" if abs(v - round(v, 2)) < 1e-6 else f"{eps:.4g}"
-
-
-def _num(v):
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def defense_label(spec: str) -> str:
-    d = parse_defense(spec)
-    parts = getattr(d, "parts", [d])
-    out = []
-    for p in parts:
-        n = p.name
-        if n == "none":
-            out.append("none")
-        elif n == "jpeg":
-            out.append(f"JPEG-{p.quality}" + (" (kornia)" if p.codec == "kornia" else ""))
-        elif n == "gray":
-            out.append("grayscale")
-        elif n == "bits":
-            out.append(f"{p.bits}-bit")
-        elif n == "gauss":
-            out.append(f"Gauss σ={p.sigma:g}")
-        elif n == "median":
-            out.append(f"median {p.kernel}x{p.kernel}")
-        elif n == "ortho":
-            out.append("ortho proj.")
-        elif n == "at":
-            out.append(f"AT {budget_text(p.eps)}")
-        elif n == "at-l2":
-            out.append(f"AT-L2 {p.eps:g}")
-        elif n in ("cutout", "mixup", "cutmix"):
-            out.append(n)
-        elif n == "early":
-            out.append("early stop")
-        elif n == "ueraser":
-            out.append("UEraser" + (f"-Max K={p.repeats}" if p.repeats > 1 else "-Lite"))
-        else:
-            out.append(p.spec())
-    return " + ".join(out)
-
-
-def at_radius_label(spec: str) -> str:
-    d = parse_defense(spec)
-    if d.name == "none":
-        return "0"
-    if d.name == "at":
-        return budget_text(d.eps)
-    return defense_label(spec)
-
-
-def metric_for(exp, spec):
-    return exp.metric or parse_defense(spec).report
-
+from ..fileio import atomic_write, read_json, write_json
+from .config import CLEAN, Cell, canonical, method_norm
+from .labels import at_radius_label, budget_note, budget_text, defense_label, method_label, metric_for  # noqa: F401
+from .plots import write_plots
 
 # ---------------------------------------------------------------- rows
 def collect_rows(grid):
@@ -99,7 +26,6 @@ def collect_rows(grid):
                 p = grid.cell_path(key)
                 rec = None
                 if p.exists():
-                    from ..fileio import read_json
                     rec = read_json(p)
                 records[key] = rec
             rec = records[key]
@@ -146,7 +72,6 @@ def write_reports(grid, cells=None):
         "rows": [{**r, "history": rec["history"] if rec else None} for _, _, r, rec in rows]})
     with atomic_write(out / "tables.md", "w") as f:
         f.write(tables_markdown(grid, rows))
-    from .plots import write_plots
     write_plots(grid, rows, out / "plots")
     return flat
 
@@ -222,7 +147,6 @@ def _methods_cols(e):
 def _groups(e, *axes):
     """Sub-tables over the axes that are neither rows nor columns."""
     vals = {"model": e.models, "budget": e.budgets, "fraction": e.fractions, "defense": e.defenses}
-    import itertools
     combos = list(itertools.product(*(vals[a] for a in axes)))
     for combo in combos:
         d = dict(zip(axes, combo))
@@ -301,7 +225,6 @@ def _experiment_tables(e, lookup):
 
 
 def _budget(method, b):
-    from .config import method_norm
     return None if method == CLEAN or method_norm(method) != "linf" else b
 
 

@@ -92,6 +92,10 @@ class Defense:
     def __repr__(self):
         return f"Defense({self.spec()})"
 
+    def display(self) -> str:
+        """The label tables and plots show (e.g. JPEG-10); default: the spec."""
+        return self.spec()
+
     # ----- the three hooks --------------------------------------------------------------------------
     def apply(self, data: ImageSet) -> ImageSet:
         """Transform the (uint8) training set; data-level defenses override this."""
@@ -130,6 +134,9 @@ class Chain(Defense):
 
     def spec(self):
         return "+".join(p.spec() for p in self.parts)
+
+    def display(self):
+        return " + ".join(p.display() for p in self.parts)
 
     def apply(self, data):
         for p in self.parts:

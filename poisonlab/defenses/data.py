@@ -27,6 +27,9 @@ class NoDefense(Defense):
     aliases = ("clean", "standard")
     kind = "none"
 
+    def display(self):
+        return "none"
+
 
 @register_defense
 class JPEG(Defense):
@@ -43,6 +46,9 @@ class JPEG(Defense):
         if codec not in ("pil", "kornia"):
             raise PoisonlabError(f"jpeg codec must be pil or kornia, got {codec!r}")
         self.codec = codec
+
+    def display(self):
+        return f"JPEG-{self.quality}" + (" (kornia)" if self.codec == "kornia" else "")
 
     def apply(self, data: ImageSet) -> ImageSet:
         if self.codec == "kornia":
@@ -88,6 +94,9 @@ class Grayscale(Defense):
         self.test = bool(test)
         self.test_too = self.test
 
+    def display(self):
+        return "grayscale"
+
     def apply(self, data: ImageSet) -> ImageSet:
         if data.images.shape[1] == 1:
             return data
@@ -107,6 +116,9 @@ class BitDepth(Defense):
         self.bits = int(bits)
         if not 1 <= self.bits <= 8:
             raise PoisonlabError(f"bits must be in [1, 8], got {bits}")
+
+    def display(self):
+        return f"{self.bits}-bit"
 
     def apply(self, data: ImageSet) -> ImageSet:
         levels = 2 ** self.bits - 1
@@ -128,6 +140,9 @@ class GaussianBlur(Defense):
         if self.kernel < 3 or self.kernel % 2 == 0:
             raise PoisonlabError(f"gauss kernel must be odd and >= 3, got {self.kernel}")
 
+    def display(self):
+        return f"Gauss σ={self.sigma:g}"
+
     def apply(self, data: ImageSet) -> ImageSet:
         from kornia.filters import gaussian_blur2d
         k, s = self.kernel, self.sigma
@@ -144,6 +159,9 @@ class MedianBlur(Defense):
         self.kernel = int(kernel)
         if self.kernel < 3 or self.kernel % 2 == 0:
             raise PoisonlabError(f"median kernel must be odd and >= 3, got {kernel}")
+
+    def display(self):
+        return f"median {self.kernel}x{self.kernel}"
 
     def apply(self, data: ImageSet) -> ImageSet:
         from kornia.filters import median_blur

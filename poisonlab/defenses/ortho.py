@@ -31,6 +31,9 @@ class OrthogonalProjection(Defense):
         self.basis_ = self.mean_ = None
         self.linear_train_acc_ = None
 
+    def display(self):
+        return "ortho proj."
+
     def fit(self, data: ImageSet):
         """Fit the linear model; set basis_ (D, K) orthonormal and mean_ (D,). Returns self."""
         x = data.images.flatten(1).float().div_(255)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import PoisonlabError
-from ..budget import parse_budget
+from ..budget import budget_text, parse_budget
 from ..runtime import to_device_images
 from .base import Defense, register_defense
 
@@ -28,6 +28,9 @@ class AdversarialTraining(Defense):
         self.eps = parse_budget(eps, "at eps", allow_zero=True, maximum=1.0 if self.norm == "linf" else None)
         self.steps = int(steps) if steps is not None else None
         self.alpha = parse_budget(alpha, "at alpha") if alpha is not None else None
+
+    def display(self):
+        return f"AT {budget_text(self.eps)}" if self.norm == "linf" else f"AT-L2 {self.eps:g}"
 
     def params(self):
         p = {"eps": self.eps}
@@ -75,6 +78,9 @@ class _AugmentDefense(Defense):
     def configure(self, train_kw):
         value = getattr(self, self.param)
         return dict(train_kw, augment=_with_aug(train_kw.get("augment", "standard"), f"{self.field}={value}"))
+
+    def display(self):
+        return self.name
 
 
 @register_defense
@@ -125,6 +131,9 @@ class EarlyStopping(Defense):
     kind = "none"
     report = "best"
 
+    def display(self):
+        return "early stop"
+
 
 # ---------------------------------------------------------------- UEraser
 @register_defense
@@ -151,6 +160,9 @@ class UEraser(Defense):
 
     def hooks(self):
         return [self]
+
+    def display(self):
+        return "UEraser" + (f"-Max K={self.repeats}" if self.repeats > 1 else "-Lite")
 
     def augmenter(self):
         if self._aug is None:

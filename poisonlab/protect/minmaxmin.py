@@ -46,6 +46,7 @@ class MinMaxMin(InterleavedMethod):
     """
 
     name = "minmaxmin"
+    label = "min-max-min"
 
     def __init__(self, eps=None, seed=0, device="auto", randomness_weight=1.0, randomness_form="paper", **kw):
         super().__init__(eps, seed, device, **kw)

@@ -14,6 +14,7 @@ class RandomNoise(Protection):
     """
 
     name = "random"
+    label = "Random"
 
     def __init__(self, eps=None, seed=0, device="auto", norm="linf", classwise=False):
         self.norm = norm
