@@ -199,6 +199,10 @@ def build_parser():
 
     for name in ("methods", "models"):
         sub.add_parser(name, help=f"list {name}").set_defaults(fn=cmd_list)
+    from .report import add_parser as add_report
+    from .web import add_parser as add_serve
+    add_report(sub)  # poisonlab report RUN_OR_OUT -o report.html
+    add_serve(sub)   # poisonlab serve (local web page)
     return p
 
 
