@@ -91,6 +91,22 @@ def test_backdoor_mark_moves_relabelled_images_and_verify_exit_codes(tree, tmp_p
     assert rc == 2 and "http" in err
 
 
+def test_a_train_checkpoint_is_a_suspect(tree, tmp_path, capsys):
+    """The CLI-only path: mark, `poisonlab train --checkpoint`, verify that file (state dict + --arch)."""
+    key, ck = tmp_path / "k.key", tmp_path / "ck.pt"
+    assert run(capsys, "mark", "--method", "backdoor", "--data", str(tree), "--out", str(tmp_path / "m"),
+               "--key-file", str(key), "--opt", "n_verify=8")[0] == 0
+    rc, _, err = run(capsys, "train", "--data", str(tmp_path / "m"), "--test-data", str(tree), "--model", "smallcnn",
+                     "--width", "0.25", "--epochs", "1", "--batch-size", "16", "--no-progress", "--checkpoint", str(ck),
+                     "--out", str(tmp_path / "r.json"))
+    assert rc == 0, err
+    rc, stdout, err = run(capsys, "verify", "--key-file", str(key), "--model", str(ck), "--arch", "smallcnn",
+                          "--width", "0.25")
+    assert rc in (0, 1) and "p-value" in stdout, err
+    rc, _, err = run(capsys, "verify", "--key-file", str(key), "--model", str(ck))
+    assert rc == 2 and "architecture" in err
+
+
 def test_verify_black_box_command_marked_exit_zero(tmp_path, capsys):
     """A suspect behind a command that learned the keys: exit code 0 and MARKED."""
     from test_ownership import lookup_command, taggant_key

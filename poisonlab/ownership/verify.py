@@ -113,7 +113,9 @@ class ModelSuspect:
     """A model in this process: images in [0, 1], logits out."""
 
     def __init__(self, model, device="cpu", batch_size=256):
-        self.model, self.device, self.batch_size = model, torch.device(device), batch_size
+        params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+        self.device = params[0].device if params else torch.device(device)  # where the model already is
+        self.model, self.batch_size = model, batch_size
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, k: int) -> Answers:
