@@ -10,6 +10,6 @@ A new built-in method adds its module to the import line below.
 
 from .base import Protection, create_method, list_methods, method_class, register_method
 from .pipeline import protect
-from . import random_noise, minmaxmin, em, tap, rem, cuda, lsp, ar, ops, salm  # noqa: F401,E402  (registration)
+from . import random_noise, minmaxmin, em, tap, rem, cuda, lsp, ar, ops, salm, unlearnable_clusters  # noqa: F401,E402  (registration)
 
 __all__ = ["Protection", "register_method", "create_method", "list_methods", "method_class", "protect"]
