@@ -10,7 +10,7 @@ from poisonlab import PoisonlabError
 from poisonlab.data.unlabelled import UNLABELLED, is_flat_folder, load_for_method, load_unlabelled
 from poisonlab.kmeans import kmeans
 from poisonlab.protect.checkpoint import Checkpoint
-from poisonlab.protect.unlearnable_clusters import ClusterGenerators, Embedder, UnlearnableClusters, label_purity
+from poisonlab.protect.unlearnable_clusters import ClusterGenerators, Embedder, UnlearnableClusters, label_table
 from poisonlab.registry import METHODS
 
 TINY = dict(surrogate="smallcnn", width=0.125, surrogate_epochs=1, clusters=3, ngf=4, blocks=1, gen_epochs=2,
@@ -35,7 +35,7 @@ def test_kmeans_recovers_separated_blobs_and_is_deterministic():
     x, y = blobs()
     centers, assign, inertia = kmeans(x, 4, seed=3)
     assert centers.shape == (4, 5) and assign.shape == (120,)
-    assert label_purity(assign, y) == 1.0  # every blob is one cluster
+    assert label_table(assign, y, 4)["label_purity"] == 1.0  # every blob is one cluster
     c2, a2, i2 = kmeans(x, 4, seed=3)
     assert torch.equal(assign, a2) and inertia == i2
     assert inertia < 120 * 5 * 2  # within-cluster spread ~ unit variance per dimension
@@ -114,11 +114,13 @@ def test_uc_needs_no_labels_and_adds_one_noise_per_cluster():
     patterns = torch.unique(r.noise.flatten(1), dim=0)
     assert len(patterns) <= 3  # cluster-wise: at most one pattern per cluster
     d = r.meta["diagnostics"]
-    assert sum(d["cluster_sizes"]) == len(x) and len(d["cluster_sizes"]) == 3 and d["label_purity"] is None
+    assert sum(d["cluster_sizes"]) == len(x) and len(d["cluster_sizes"]) == 3 and "label_purity" not in d
     assert len(d["generator_loss"]) == TINY["gen_epochs"]
     # labels, whatever they are, change nothing
     r2 = UnlearnableClusters(**TINY)(x, torch.arange(len(x)) % 4)
     assert torch.equal(r.images, r2.images)
+    table = torch.tensor(r2.meta["diagnostics"]["label_table"])  # diagnostics only: clusters x labels
+    assert table.shape == (3, 4) and int(table.sum()) == len(x)
     xp, yp = UnlearnableClusters(**TINY).poison(x.float() / 255)
     assert xp.is_floating_point() and yp.shape == (len(x),)
 

@@ -317,7 +317,7 @@ class UnlearnableClusters(Protection):
             self.diagnostics_ = {
                 "embedding_dim": int(centers.shape[1]),
                 "cluster_sizes": torch.bincount(assign.cpu(), minlength=self.clusters).tolist(),
-                "label_purity": label_purity(assign.cpu(), data.labels) if data.num_classes > 1 else None}
+                **(label_table(assign.cpu(), data.labels, self.clusters) if data.num_classes > 1 else {})}
             deltas = self.train_generators(embed, images, centers, assign, gen, ckpt, state)
             self.diagnostics_["generator_loss"] = [h["loss"] for h in self.history]
         finally:  # hand a user's module back as it came
@@ -377,10 +377,10 @@ class UnlearnableClusters(Protection):
             return nets(z).float()  # train-mode batch norm, as during training
 
 
-def label_purity(assign, labels) -> float:
-    """Share of images whose label is the majority label of their cluster (1.0: clusters = classes).
-    A diagnostic for reports only: the noise never sees labels."""
-    k = int(assign.max()) + 1
-    table = torch.zeros(k, int(labels.max()) + 1, dtype=torch.long)
+def label_table(assign, labels, clusters) -> dict:
+    """How the clusters line up with the data's labels, when it has any: counts per (cluster, label) and the
+    purity (share of images whose label is their cluster's majority label; 1.0: clusters = classes). A
+    diagnostic for reports only: the noise never sees labels."""
+    table = torch.zeros(clusters, int(labels.max()) + 1, dtype=torch.long)
     table.index_put_((assign, labels), torch.ones_like(labels), accumulate=True)
-    return round(float(table.max(1).values.sum()) / len(labels), 4)
+    return {"label_purity": round(float(table.max(1).values.sum()) / len(labels), 4), "label_table": table.tolist()}

@@ -1,0 +1,281 @@
+"""Label-agnostic evaluation (issue 17): does a protection survive an exploiter who labels the data differently
+from its owner?
+
+Protects a class-balanced CIFAR-10 subset with Unlearnable Clusters (no labels), with EM and min-max-min (label
+dependent: made with the owner's labels, the original 10 classes; EM also with the owner's 2 super-classes) and
+with the random control, then measures the exploiter's clean test accuracy under three labellings of the same
+images: the original 10 classes, a 5-way grouping and the 2 super-classes animals/vehicles:
+  - victims: a small CNN trained from scratch on the protected images with the exploiter's labels;
+  - linear probe: a logistic-regression head on a frozen feature extractor trained on OTHER clean images
+    (a disjoint CIFAR-10 subset), fit on the protected images' features.
+Every stage is cached under --work (protected sets, victim JSONs, probe features), so a killed run resumes.
+Writes docs/results/labelfree.{json,md}; the reading is in docs/labelfree.md.
+
+    POISONLAB_THREADS=1 nice -n 5 .venv/bin/python bench/labelfree.py            # everything (CPU: hours)
+    POISONLAB_THREADS=1 .venv/bin/python bench/labelfree.py --report-only        # tables from the cache
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from modelbased import SURROGATE, VICTIM, claim, methods_for  # noqa: E402  (baselines' CPU-scale settings, unchanged)
+
+from poisonlab import PoisonlabError  # noqa: E402
+from poisonlab.data import ImageSet, load_dataset  # noqa: E402
+from poisonlab.fileio import read_json, write_json  # noqa: E402
+from poisonlab.protect import protect  # noqa: E402
+from poisonlab.protect.unlearnable_clusters import Embedder  # noqa: E402
+from poisonlab.runtime import set_threads  # noqa: E402
+from poisonlab.train import TrainConfig, train_victim  # noqa: E402
+
+CIFAR = "../shared/datasets/cifar10-jpg.tar.gz"
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# The exploiter's labellings: CIFAR-10 class index -> new label.
+LABELLINGS = {
+    "10-class": (list(range(10)), CLASSES),
+    "5-way": ([0, 1, 2, 3, 4, 3, 2, 4, 0, 1], ["airplane+ship", "automobile+truck", "bird+frog", "cat+dog", "deer+horse"]),
+    "2-way": ([1, 1, 0, 0, 0, 0, 0, 0, 1, 1], ["animal", "vehicle"]),
+}
+# Unlearnable Clusters at CPU scale: the paper's p = 10 clusters, KL loss and target offset 1; a narrower,
+# shallower generator (paper: ngf 64, 6 blocks) trained for 20 epochs at Adam 1e-3 (paper: 50 at 1e-4), cosine
+# decay. Two label-free surrogates: "uc" a small CNN trained on OTHER images (a disjoint CIFAR-10 subset: the
+# CPU stand-in for the paper's ImageNet/CLIP encoder), "uc-rotation" one pretrained on the protected images
+# themselves by rotation prediction (no labels anywhere).
+UC = dict(SURROGATE, clusters=10, ngf=32, blocks=3, gen_epochs=20, gen_lr=1e-3, gen_batch_size=256)
+
+
+def recipes(n, work="runs/labelfree"):
+    """name -> (method, options, owner's labelling used to generate). EM keeps bench/modelbased's settings;
+    min-max-min takes its "short" preset (the default "rule" preset costs about 3x the CPU this run had)."""
+    short = methods_for("short", n)
+    return {
+        "random": ("random", {}, None),
+        "uc": ("unlearnable_clusters", dict(UC, surrogate_weights=str(Path(work) / "other" / "uc-surrogate.pt")), None),
+        "uc-rotation": ("unlearnable_clusters", dict(UC, surrogate_pretrain="rotation", surrogate_epochs=15), None),
+        "em": ("em", short["em"], "10-class"),
+        "em-owner2": ("em", short["em"], "2-way"),
+        "minmaxmin": ("minmaxmin", short["minmaxmin"], "10-class"),
+    }
+
+
+def relabel(ds: ImageSet, labelling: str) -> ImageSet:
+    if ds.classes != CLASSES:
+        raise PoisonlabError(f"expected the CIFAR-10 classes, got {ds.classes}")
+    mapping, names = LABELLINGS[labelling]
+    return ImageSet(ds.images, torch.tensor(mapping)[ds.labels], list(names), ds.names)
+
+
+def aligned(protected: ImageSet, clean: ImageSet) -> ImageSet:
+    """The protected images in the clean set's order and with its labels (paired by file stem)."""
+    pos = {str(Path(n).with_suffix("")): i for i, n in enumerate(protected.names)}
+    try:
+        order = torch.tensor([pos[str(Path(n).with_suffix(""))] for n in clean.names])
+    except KeyError as e:
+        raise PoisonlabError(f"clean image {e} is missing from the protected set") from None
+    return clean.with_images(protected.images[order])
+
+
+def check_recipe(manifest, method, opts):
+    """A cached protected set must have been made with the current settings."""
+    params = manifest["params"]
+    stale = {k: (params.get(k), v) for k, v in opts.items() if k in params and params[k] != v
+             and not (isinstance(v, float) and abs(float(params[k]) - v) < 1e-9)}
+    if manifest["method"] != method or stale:
+        raise PoisonlabError(f"cached {manifest['method']} output was made with other settings {stale}; remove it")
+
+
+def protected_sets(args, full_train, train, names):
+    out, info = {"clean": train}, {}
+    for name in names:
+        method, opts, owner = recipes(args.n, args.work)[name]
+        target = Path(args.work) / "protected" / name
+        if not (target / "manifest.json").exists():
+            if args.report_only:
+                continue
+            print(f"== protecting with {name} ({time.strftime('%H:%M')})", flush=True)
+            data = relabel(train, owner) if owner else train
+            if "surrogate_weights" in opts:
+                other_model(args, full_train, train, "uc-surrogate")
+            protect(method, data, target, overwrite=True, resume=True, seed=0, source=args.data, progress=False, **opts)
+        manifest = read_json(target / "manifest.json")
+        check_recipe(manifest, method, opts)
+        info[name] = {"method": method, "owner_labels": owner, "generation_seconds": manifest["generation_seconds"],
+                      "diagnostics": manifest.get("diagnostics") or {}}
+        out[name] = aligned(load_dataset(target, "train"), train)
+    return out, info
+
+
+def victims(args, sets, test):
+    runs = {}
+    for name, ds in sets.items():
+        for lab in LABELLINGS:
+            key = f"{name}--{lab}"
+            path = Path(args.work) / "victims" / f"{key}.json"
+            if not path.exists():
+                if args.report_only or not claim(path.with_suffix(".lock")):
+                    continue
+                print(f"== victim {key} ({time.strftime('%H:%M')})", flush=True)
+                t0 = time.time()
+                r = train_victim(relabel(ds, lab), relabel(test, lab), TrainConfig(**VICTIM, seed=0), progress=False,
+                                 checkpoint=path.with_suffix(".pt"))
+                r["wall_seconds"] = time.time() - t0
+                write_json(path, r)
+                path.with_suffix(".pt").unlink(missing_ok=True)
+                path.with_suffix(".lock").unlink(missing_ok=True)
+            r = read_json(path)
+            runs[key] = {"last_acc": r["last_acc"], "best_acc": r["best_acc"], "curve": [round(h["test_acc"], 2) for h in r["history"]]}
+            print(f"{key:28s} last {r['last_acc']:6.2f}  best {r['best_acc']:6.2f}", flush=True)
+    return runs
+
+
+# ----------------------------------------------------------------------------------- linear probe
+OTHER = {"probe-extractor": 1, "uc-surrogate": 2}  # name -> seed; each trained on its own clean images
+
+
+def other_model(args, full_train, train, name):
+    """A small CNN trained (10 classes, clean) on images of the training split outside the protected subset and
+    outside every other such model's images: 'other data'. Cached as a state dict; returns the model."""
+    from poisonlab.fileio import atomic_write
+    from poisonlab.models import create_model
+    path = Path(args.work) / "other" / f"{name}.pt"
+    cfg = TrainConfig(**VICTIM, seed=OTHER[name])
+    if not path.exists():
+        taken = {str(Path(n).with_suffix("")) for n in train.names}
+        for other in OTHER:  # earlier models' images stay out too (same draw: same seed, same pool)
+            if other == name:
+                break
+            pool = full_train.subset([i for i, n in enumerate(full_train.names) if str(Path(n).with_suffix("")) not in taken])
+            taken |= {str(Path(n).with_suffix("")) for n in pool.stratified(args.n, seed=OTHER[other]).names}
+        pool = full_train.subset([i for i, n in enumerate(full_train.names) if str(Path(n).with_suffix("")) not in taken])
+        data = pool.stratified(args.n, seed=OTHER[name])
+        print(f"== {name}: small CNN on {len(data)} other clean images ({time.strftime('%H:%M')})", flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        r = train_victim(data, None, cfg, progress=False, return_model=True, checkpoint=path.with_suffix(".ckpt"))
+        with atomic_write(path) as f:
+            torch.save({k: v.contiguous() for k, v in r["model"].cpu().state_dict().items()}, f)
+        path.with_suffix(".ckpt").unlink(missing_ok=True)
+    model = create_model(cfg.model, 10, 3, cfg.width)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+@torch.no_grad()
+def features(model, ds):
+    embed = Embedder(model, "penultimate")
+    try:
+        return torch.cat([embed(ds.images[s:s + 500].float().div(255)) for s in range(0, len(ds), 500)])
+    finally:
+        embed.close()
+
+
+def linear_probe(xtr, ytr, xte, yte, k, steps=300):
+    """Multinomial logistic regression (standardised features, full-batch L-BFGS, small L2); test accuracy %."""
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    w = torch.zeros(xtr.shape[1], k, requires_grad=True)
+    b = torch.zeros(k, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(xtr @ w + b, ytr) + 1e-3 * (w * w).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return 100.0 * float(((xte @ w + b).argmax(1) == yte).float().mean())
+
+
+def probes(args, sets, full_train, test):
+    path = Path(args.work) / "probe" / "results.json"
+    done = read_json(path) if path.exists() else {}
+    todo = [n for n in sets if any(f"{n}--{lab}" not in done for lab in LABELLINGS)]
+    if todo and not args.report_only:
+        model = other_model(args, full_train, sets["clean"], "probe-extractor")
+        fte = features(model, test)
+        for name in todo:
+            ftr = features(model, sets[name])
+            for lab in LABELLINGS:
+                ytr, yte = relabel(sets[name], lab).labels, relabel(test, lab).labels
+                done[f"{name}--{lab}"] = round(linear_probe(ftr, ytr, fte, yte, len(LABELLINGS[lab][1])), 2)
+            write_json(path, done)
+    return done
+
+
+# ----------------------------------------------------------------------------------- report
+def table(result):
+    runs, probe, labs = result["victims"], result["probe"], list(LABELLINGS)
+    head = ["data", "owner's labels"] + [f"victim {lab}" for lab in labs] + [f"probe {lab}" for lab in labs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in ["clean", *result["protected"]]:
+        owner = result["protected"].get(name, {}).get("owner_labels") or ("none" if name != "clean" else "-")
+        cells = [name, owner]
+        for lab in labs:
+            r, c = runs.get(f"{name}--{lab}"), runs.get(f"clean--{lab}")
+            cells.append("-" if r is None else f"{r['last_acc']:.2f}" + (f" ({r['last_acc'] - c['last_acc']:+.2f})" if c and name != "clean" else ""))
+        for lab in labs:
+            p, c = probe.get(f"{name}--{lab}"), probe.get(f"clean--{lab}")
+            cells.append("-" if p is None else f"{p:.2f}" + (f" ({p - c:+.2f})" if c is not None and name != "clean" else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += cluster_lines(result["protected"], labs)
+    chance = ", ".join(f"{lab} {100 / len(LABELLINGS[lab][1]):.0f}%" for lab in labs)
+    return "\n".join(lines) + f"\n\nClean test accuracy (%), last epoch; in brackets the change from clean data. Chance: {chance}.\n"
+
+
+def cluster_purity(table, labelling):
+    """Purity of UC's clusters under a labelling, from the method's (cluster x CIFAR class) count table."""
+    mapping, names = LABELLINGS[labelling]
+    t = torch.tensor(table)
+    merged = torch.zeros(len(t), len(names), dtype=torch.long).index_add_(1, torch.tensor(mapping), t)
+    return float(merged.max(1).values.sum()) / float(t.sum())
+
+
+def cluster_lines(protected, labs):
+    rows = [(n, p["diagnostics"]["label_table"]) for n, p in protected.items() if "label_table" in p["diagnostics"]]
+    if not rows:
+        return []
+    out = ["", "| UC clusters: purity under | " + " | ".join(labs) + " |", "|---|" + "---|" * len(labs)]
+    for name, table in rows:
+        out.append(f"| {name} | " + " | ".join(f"{cluster_purity(table, lab):.2f}" for lab in labs) + " |")
+    one = [torch.tensor(rows[0][1]).sum(0).tolist()]  # one cluster for everything: the largest class's share
+    out.append("| (one cluster: no information) | " + " | ".join(f"{cluster_purity(one, lab):.2f}" for lab in labs) + " |")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=CIFAR)
+    ap.add_argument("--n", type=int, default=5000, help="protected training images (class-balanced subset)")
+    ap.add_argument("--work", default="runs/labelfree")
+    ap.add_argument("--out", default="docs/results/labelfree.json")
+    ap.add_argument("--methods", default=",".join(recipes(0)), help="comma-separated protected sets")
+    ap.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    ap.add_argument("--report-only", action="store_true", help="tabulate what is cached; compute nothing")
+    args = ap.parse_args()
+    set_threads()
+    unknown = set(args.methods.split(",")) - set(recipes(args.n, args.work))
+    if unknown:
+        raise SystemExit(f"labelfree: error: unknown method(s) {sorted(unknown)}; have {sorted(recipes(args.n, args.work))}")
+    full_train = load_dataset(args.data, "train")
+    train, test = full_train.stratified(args.n, seed=0), load_dataset(args.data, "test")
+    sets, info = protected_sets(args, full_train, train, args.methods.split(","))
+    result = {"scale": {"train_images": len(train), "test_images": len(test), "victim": VICTIM,
+                        "probe": "logistic regression on a small CNN trained on a disjoint clean subset of the same size",
+                        "recipes": {n: recipes(args.n, args.work)[n][:2] for n in info}, "labellings": LABELLINGS},
+              "protected": info, "victims": victims(args, sets, test),
+              "probe": {} if args.no_probe else probes(args, sets, full_train, test)}
+    write_json(args.out, result)
+    Path(args.out).with_suffix(".md").write_text(table(result))
+    print(table(result))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except PoisonlabError as e:
+        sys.exit(f"labelfree: error: {e}")
