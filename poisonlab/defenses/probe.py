@@ -13,7 +13,7 @@ from torch import nn
 from ..data import ImageSet
 from ..hashing import digest as obj_digest
 from ..hashing import tensor_hash
-from ..runtime import autocast, to_device_images
+from ..runtime import autocast, to_float_batch
 
 
 def digest(data: ImageSet) -> str:
@@ -33,7 +33,7 @@ def train_cached(train: ImageSet, test: ImageSet | None, cfg, folder=None, hooks
 
 def _batches(data: ImageSet, device, batch_size):
     for i in range(0, len(data), batch_size):
-        yield i, to_device_images(data.images[i:i + batch_size], device).float().div_(255)
+        yield i, to_float_batch(data.images[i:i + batch_size], device)
 
 
 def _device(model) -> torch.device:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .. import PoisonlabError
 from ..data import ImageSet
-from ..runtime import autocast, to_device_images
+from ..runtime import autocast, to_float_batch
 from .probe import train_cached
 
 
@@ -32,7 +32,7 @@ def _device(model):
 
 
 def _batch(data: ImageSet, idx, device):
-    return to_device_images(data.images[idx], device).float().div_(255), data.labels[idx].to(device)
+    return to_float_batch(data.images[idx], device), data.labels[idx].to(device)
 
 
 def _found(train: ImageSet, found) -> torch.Tensor:
