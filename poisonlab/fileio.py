@@ -178,3 +178,16 @@ def _read_holder(path) -> str:
     with contextlib.suppress(OSError, ValueError):
         return f" (pid {int(Path(path).read_text().split()[0])})"
     return ""
+
+
+def interrupt_on_sigterm():
+    """Make `kill` (SIGTERM) stop a run as Ctrl-C does, so that its cleanup runs: the partial output is
+    removed, resumable progress is kept and the lock released. Only the main thread can set a handler."""
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
