@@ -10,7 +10,6 @@ After writing, the PNGs are decoded again and must equal the result's images exa
 """
 
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -72,9 +71,8 @@ def publish(result: PoisonResult, out_dir, *, overwrite=False, source=None, subs
         write_json(tmp / "manifest.json", manifest)
     if noise:
         path = noise_path(out_dir)
-        with atomic_write(path) as f:
+        with atomic_write(path, private=True, replace=overwrite) as f:  # 0600 from creation
             np.save(f, _noise_array(result))
-        os.chmod(path, 0o600)  # with the noise anyone could undo the protection
     # Verify what was actually saved: decode the PNGs again and compare to what was published.
     saved = load_dataset(out_dir, "train")
     pos = {n: i for i, n in enumerate(names)}

@@ -9,35 +9,36 @@ from pathlib import Path
 
 from .. import PoisonlabError
 from ..data import ImageSet, load_dataset
-from ..data.writer import check_output_dir
+from ..checks import check_count, check_device, check_model_input
+from ..data.writer import check_output_dir, guarded_run, work_dir_for  # noqa: F401  (work_dir_for: re-export)
 from ..hashing import digest, source_hash, tensor_hash  # noqa: F401  (source_hash: transitional re-export)
 from ..publishing import noise_path, publish  # noqa: F401  (noise_path: transitional re-export)
 from ..registry import METHODS
 from .checkpoint import Checkpoint
 
 
-def work_dir_for(out_dir) -> Path:
-    out = Path(out_dir)
-    return out.with_name(f".{out.name}.work")
-
-
+@guarded_run  # OUT's lock for the whole run; on failure no partial output, work kept only if resumable
 def protect(method, data, out_dir, *, subset=None, overwrite=False, resume=False, source=None,
-            progress=True, **method_kw) -> dict:
+            progress=True, resize=None, **method_kw) -> dict:
     """Protect a data set and publish it to out_dir. method: a registered name (with method_kw) or a
     method object; data: an ImageSet or a source path. Returns the manifest."""
     out_dir = Path(out_dir)
     # Bad method names/options fail before any slow loading.
     m = METHODS.create(method, **method_kw) if isinstance(method, str) else method
     m.progress = progress
+    check_device(getattr(m, "device", None))
+    subset = check_count(subset, "subset")
     if isinstance(data, ImageSet):
         ds = data
     else:
         source = data
-        ds = load_dataset(data, "train")
+        ds = load_dataset(data, "train", resize=resize)
     check_output_dir(out_dir, overwrite, [source] if source is not None else [])
     if subset:
         ds = ds.stratified(int(subset), seed=m.seed)
     m.out_dir = out_dir  # lets a method keep private files (e.g. the CUDA key) out of OUT
+    if getattr(m, "model_based", False) and hasattr(m, "new_surrogate"):
+        check_model_input(m.new_surrogate(ds), ds.shape, "the surrogate")  # e.g. 1x1 images: refused up front
     key = digest([m.name, m.params(), tensor_hash(ds.images)])
     work = work_dir_for(out_dir)
     if work.exists() and not resume and any(work.iterdir()):
