@@ -21,7 +21,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import PoisonlabError
 from ..augment import Augment
@@ -31,6 +30,7 @@ from ..runtime import autocast, pick_device, prepare_model, seed_everything
 from ..data import ImageSet
 from ..data.unlabelled import UNLABELLED
 from ..registry import METHODS
+from ..progress import progress as progress_bar
 from .base import Protection
 from .surrogate import Batches
 
@@ -208,7 +208,7 @@ class UnlearnableClusters(Protection):
         return super().poison(x, y)
 
     def bar(self, total, initial, desc):
-        return tqdm(total=total, initial=initial, desc=desc, disable=not self.progress, leave=False, dynamic_ncols=True)
+        return progress_bar(total, desc, initial=initial, enabled=self.progress)
 
     # ----- stage 1: the surrogate
     def build_surrogate(self, data):
