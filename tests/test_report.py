@@ -121,9 +121,17 @@ def fake_grid(tmp_path) -> Path:
 
 
 def test_grid_report_tables_plots_commands(tmp_path):
-    html = render_report(fake_grid(tmp_path))
+    run = fake_grid(tmp_path)
+    prot = run / "cache" / "protected" / "em-abc"
+    prot.mkdir(parents=True)
+    (prot / "manifest.json").write_text(json.dumps({
+        "method": "em", "bound": {"eps_text": "8/255"}, "num_images": 16, "generation_seconds": 3.5,
+        "diagnostics": {"edge_fraction": 0.3, "heldout_curve": [{"step": 1, "heldout_clean_acc": 20.0},
+                                                                {"step": 2, "heldout_clean_acc": 25.0}]}}))
+    html = render_report(run)
+    assert "Protected sets" in html and "em-abc" in html and html.count('alt="diagnostics: ') == 1
     no_network(html)
-    assert html.count('<table class="sortable">') == 2 and html.count("<figure>") == 1
+    assert html.count('<table class="sortable">') == 3 and html.count("<figure>") == 2
     assert 'alt="bars_t.png"' in html and "fake.png" not in html and "link.png" not in html
     assert EVIL not in html and "<script>alert" not in html
     assert "poisonlab bench --config" in html and "--report-only" in html

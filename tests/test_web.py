@@ -163,6 +163,9 @@ def test_job_runs_survives_restart_and_serves_downloads(client_factory, tmp_path
     r = post_job(c, class_zip(n=9, classes=3, size=16))
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
+    r = post_job(c, class_zip(n=6, classes=2, size=16), method="cuda")
+    assert r.status_code == 201, r.text
+    cuda_id = r.json()["id"]
     # The server "dies" while the job runs: state 'running', no worker (its lock is free).
     job_file = tmp_path / "root" / "jobs" / job_id / "job.json"
     job_file.write_text(json.dumps({**json.loads(job_file.read_text()), "state": "running"}))
@@ -177,6 +180,14 @@ def test_job_runs_survives_restart_and_serves_downloads(client_factory, tmp_path
     noise = np.load(io.BytesIO(c2.get(f"/api/jobs/{job_id}/secret/noise.npy").content), allow_pickle=False)
     assert noise.shape == (9, 3, 16, 16) and np.abs(noise).max() <= 8
     assert c2.get(f"/api/jobs/{job_id}/preview/0/noise.png").headers["content-type"] == "image/png"
+    # CUDA's secret is a key: downloadable on its own, never in the zip or the manifest.
+    j = wait_done(c2, cuda_id)
+    assert j["state"] == "done" and sorted(j["secrets"]) == ["cuda-key", "noise.npy"], j
+    key = c2.get(f"/api/jobs/{cuda_id}/secret/cuda-key")
+    assert key.status_code == 200 and "PRIVATE-" in key.headers["content-disposition"]
+    key_text = key.content.decode().strip()
+    z = zipfile.ZipFile(io.BytesIO(c2.get(f"/api/jobs/{cuda_id}/download").content))
+    assert len(key_text) >= 16 and not any(key_text.encode() in z.read(n) for n in z.namelist())
     assert c2.delete(f"/api/jobs/{job_id}", headers={"X-Poisonlab": "1"}).status_code == 200
     assert c2.get(f"/api/jobs/{job_id}").status_code == 404
 
@@ -283,7 +294,10 @@ def test_browser_bad_upload_shows_error_and_label_free_files_work(server, page, 
     screenshot(page, "serve-error.png")
     # Loose images (no class folders) with a method that needs no labels.
     files, dialogs = [], []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    def on_dialog(d):
+        dialogs.append(d.message)
+        d.dismiss()
+    page.on("dialog", on_dialog)
     for i in range(3):
         f = tmp_path / f"<img src=x onerror=alert({i})>.png"  # markup in a file name must stay text
         f.write_bytes(png(32, 10 + i))
@@ -296,3 +310,9 @@ def test_browser_bad_upload_shows_error_and_label_free_files_work(server, page, 
     assert "<img src=x onerror=alert(0)>.png" in page.text_content("#previews")
     assert page.locator("#previews img[src=x]").count() == 0 and dialogs == []
     assert "no class folders" in page.text_content("#job-summary")
+    page.remove_listener("dialog", on_dialog)
+    page.once("dialog", lambda d: d.accept())  # "Delete this job ...?"
+    job_id = page.text_content("#job-id")
+    page.click("#delete")
+    page.wait_for_function("() => document.querySelector('#job').hidden")
+    assert urllib.request.urlopen(server + "/api/jobs").read().decode().count(job_id) == 0

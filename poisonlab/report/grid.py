@@ -84,9 +84,42 @@ def grid_report(run):
             if not data.startswith(PNG_MAGIC):
                 continue  # not a PNG, whatever its name says
             body.append(f"<figure>{img(data, p.name)}<figcaption>{esc(p.name)}</figcaption>{command(report_cmd)}</figure>")
+    body.append(protections_html(run, res))
     if res.get("config") is not None:
         body.append("<h2>Config</h2><details open><summary>The grid's config as run</summary>"
                     f"<pre>{esc(json.dumps(res['config'], indent=2, ensure_ascii=False, default=str))}</pre></details>")
     if res.get("data") is not None:
         body.append(f"<p class=\"note\">Data: <code>{esc(json.dumps(res['data'], default=str))}</code></p>")
     return f"poisonlab report: grid {name}", "\n".join(body)
+
+
+def protections_html(run: Path, res: dict) -> str:
+    """The grid's protected sets (in its cache): settings, generation time and diagnostics over generation."""
+    cfg = res.get("config") if isinstance(res.get("config"), dict) else {}
+    candidates = [run / "cache"]
+    if isinstance(cfg.get("cache"), str):
+        candidates += [Path(cfg["cache"]), run.parent / cfg["cache"]]
+    folder = next((c / "protected" for c in candidates if (c / "protected").is_dir()), None)
+    if folder is None:
+        return ""
+    from .protected import diagnostics_html, read_manifest
+    rows, details = [], []
+    for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())[:200]:
+        try:
+            m = read_manifest(d)
+        except PoisonlabError:
+            continue
+        b = m.get("bound") if isinstance(m.get("bound"), dict) else {}
+        diag = m.get("diagnostics") if isinstance(m.get("diagnostics"), dict) else {}
+        rows.append([d.name, m.get("method"), b.get("eps_text") or b.get("eps"), m.get("num_images"),
+                     m.get("generation_seconds"), json.dumps(m.get("surrogate"), default=str), "yes" if diag else ""])
+        if diag:
+            details.append(f"<details><summary>{esc(d.name)}</summary>"
+                           f"{command('poisonlab report ' + shlex.quote(shown_path(d)))}"
+                           f"{diagnostics_html(diag, '')}</details>")
+    if not rows:
+        return ""
+    return ("<h2>Protected sets</h2>" + f"<p class=\"note\">In <code>{esc(shown_path(folder))}</code>; "
+            "<code>poisonlab report FOLDER</code> gives the full page of one.</p>"
+            + table(["folder", "method", "budget", "images", "generation s", "surrogate", "diagnostics"], rows)
+            + "<h3>Diagnostics over generation</h3>" * bool(details) + "\n".join(details))

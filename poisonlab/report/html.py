@@ -34,6 +34,7 @@ figure img{max-width:100%;height:auto}figcaption{font-size:.9em;color:#5b6576}
 .sample img{width:100%;image-rendering:pixelated;display:block}
 .sample .name{font-size:12px;word-break:break-all;color:#5b6576}
 details{margin:.4em 0 1em}summary{cursor:pointer;color:#2a4d8f}
+.toc{margin:.2em 0 1em;font-size:.95em}.toc a{color:#2a4d8f}
 """
 
 # Click a header to sort; numbers (ignoring %, ±-suffixes) sort numerically, the rest as text; blanks last.
@@ -116,7 +117,23 @@ def command(cmd: str) -> str:
     return f"<p class=\"note\">Made by: <code>{esc(cmd)}</code></p>"
 
 
+def with_contents(body: str) -> str:
+    """Give every <h2> an id and put a list of links to them after the page's <h1>."""
+    import re
+    links = []
+
+    def anchor(m):
+        links.append((f"s{len(links) + 1}", m.group(1)))
+        return f'<h2 id="{links[-1][0]}">{m.group(1)}</h2>'
+    body = re.sub(r"<h2>(.*?)</h2>", anchor, body)
+    if len(links) < 3:
+        return body
+    nav = '<nav class="toc">' + " · ".join(f'<a href="#{i}">{t}</a>' for i, t in links) + "</nav>"
+    return re.sub(r"(</h1>)", lambda m: m.group(1) + nav, body, count=1)
+
+
 def page(title: str, body: str) -> str:
+    body = with_contents(body)
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">"
             f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"

@@ -136,11 +136,11 @@ def _quote(s: str) -> str:
     return s if s == "poisonlab protect" else shlex.quote(s)
 
 
-def diagnostics_html(diag) -> str:
+def diagnostics_html(diag, heading="<h2>Diagnostics over generation</h2>") -> str:
     """Scalars as a table; every numeric series (over steps, epochs, rounds) as a chart."""
     if not isinstance(diag, dict) or not diag:
         return ""
-    out, scalars = ["<h2>Diagnostics over generation</h2>"], []
+    out, scalars = [heading], []
     for k, v in diag.items():
         s = series_of(v)
         if s:

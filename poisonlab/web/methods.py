@@ -3,7 +3,7 @@ secret it leaves, and two effort presets. The list itself comes from the method 
 method without an entry here is offered with its docstring."""
 
 from .. import PoisonlabError
-from ..protect import list_methods, method_class
+from ..registry import METHODS
 
 # Effort presets at CPU scale with a small surrogate (the papers use ResNet-18 and thousands of steps on a
 # GPU). "quick" is for trying the page on a handful of images: it runs in seconds and protects weakly.
@@ -62,16 +62,17 @@ CATALOGUE = {
 
 def method_list() -> list:
     """Every registered method, catalogued ones first, as the page shows them."""
-    names = [n for n in CATALOGUE if n in list_methods()] + [n for n in list_methods() if n not in CATALOGUE]
+    registered = METHODS.names()  # built-ins and plugins (entry point group poisonlab.plugins)
+    names = [n for n in CATALOGUE if n in registered] + [n for n in registered if n not in CATALOGUE]
     out = []
     for n in names:
-        cls = method_class(n)
+        cls = METHODS.get(n)
         doc = " ".join((cls.__doc__ or n).strip().split("\n\n")[0].split())  # the docstring's first paragraph
-        c = CATALOGUE.get(n) or dict(label=getattr(cls, "label", None) or n, protects=doc, time="Not measured here.",
+        c = CATALOGUE.get(n) or dict(label=METHODS.label(n), protects=doc, time="Not measured here.",
                                      labels=getattr(cls, "needs_labels", True), presets={})
+        norm = getattr(cls, "norm", None)
         out.append({"name": n, "label": c["label"], "protects": c["protects"], "time": c["time"],
-                    "needs_labels": c["labels"], "model_based": bool(cls.model_based), "norm": cls.norm,
-                    "default_eps": round(cls.default_eps * 255, 3) if cls.norm == "linf" else None,
+                    "needs_labels": c["labels"], "model_based": bool(getattr(cls, "model_based", False)), "norm": norm,
                     "presets": sorted(c["presets"]) or ["default"]})
     return out
 

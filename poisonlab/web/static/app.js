@@ -157,6 +157,8 @@ function renderJob(j) {
   $("job-error").hidden = j.state !== "failed";
   $("job-error").textContent = j.error ? "Failed: " + j.error : "";
   $("job-done").hidden = j.state !== "done";
+  $("delete").hidden = j.state !== "done" && j.state !== "failed";
+  $("delete").dataset.job = j.id;
   if (j.state === "done" && !$("job-done").dataset.shown) {
     $("job-done").dataset.shown = j.id;
     renderDone(j);
@@ -215,8 +217,21 @@ async function loadJobs() {
   }
 }
 
+async function deleteJob() {
+  const id = $("delete").dataset.job;
+  if (!id || !confirm("Delete this job, its images and its secret from this computer?")) return;
+  try {
+    await api("/api/jobs/" + encodeURIComponent(id), {method: "DELETE", headers: {"X-Poisonlab": "1"}});
+  } catch (err) { showError(err.message); return; }
+  clearTimeout(pollTimer);
+  history.pushState({}, "", "/");
+  $("job").hidden = true;
+  loadJobs();
+}
+
 async function init() {
   setupDrop();
+  $("delete").addEventListener("click", deleteJob);
   $("protect-form").addEventListener("submit", submit);
   try {
     const info = await api("/api/methods");
