@@ -110,3 +110,31 @@ def test_edge_fraction_counts_pixels_at_the_budget():
     noise[1, 0] = -8 / 255
     report = m.noise_report(model, images, torch.tensor([0, 1]), noise)
     assert report["edge_fraction"] == pytest.approx(4 / 6, abs=1e-4)
+
+
+def test_grid_configs_keep_the_rule_and_an_old_row_is_warned():
+    import json
+    from pathlib import Path
+    from poisonlab.bench.config import parse_config
+    from poisonlab.defenses import parse_defense
+    from poisonlab.protect.scaledown import check_grid
+    root = Path(__file__).resolve().parents[1] / "configs"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScaleDownWarning)
+        for name in ("cpu.json", "gpu.json"):
+            assert check_grid(parse_config(json.loads((root / name).read_text())), parse_defense) == {}
+    raw = json.loads((root / "cpu.json").read_text())
+    raw["protect"]["methods"]["minmaxmin"].update(train_steps=150, adv_steps=1, adv_step_size="4/255", eot=1)
+    with pytest.warns(ScaleDownWarning) as caught:
+        cfg = parse_config(raw)
+    text = " ".join(str(w.message) for w in caught)
+    assert "minmaxmin" in text and "1.9 passes" not in text and "3.8 passes" in text and "1 steps < the victim's 3" in text
+    with pytest.raises(PoisonlabError):
+        check_grid(cfg, parse_defense, strict=True)
+
+
+def test_victims_of_skips_standard_and_l2_training():
+    kws = [dict(adv_eps=0.0), dict(adv_eps=4 / 255, adv_steps=3), dict(adv_eps=0.5, adv_norm="l2"),
+           dict(adv_eps=4 / 255, adv_steps=3)]
+    from poisonlab.protect.scaledown import victims_of
+    assert victims_of(kws) == [AT4]

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from .. import PoisonlabError
 from ..budget import parse_budget
 from ..defenses import parse_defense
+from ..protect.scaledown import check_grid
 from ..registry import METHODS
 from ..train import TrainConfig
 
@@ -228,6 +229,7 @@ def parse_config(raw: dict, path=None) -> GridConfig:
     cfg = GridConfig(name=raw.get("name", Path(where).stem), scale=raw.get("scale", ""), data=data, protect=protect,
                      train=train, experiments=exps, cache=raw.get("cache"), out=raw.get("out"),
                      path=Path(path) if path else None, raw=raw)
+    check_grid(cfg, parse_defense)  # robust presets that break the scale-down rule are warned about, with why
     return cfg
 
 

@@ -74,29 +74,30 @@ class ErrorMinimizing(SurrogateMethod):
             batches.load(state["batches"])
         per_sample = (lambda idx: noise[idx]) if self.mode == "samplewise" else (lambda idx: noise[labels[idx]])
         acc = state.get("acc", 0.0)
+        net = self.forward_model(model)  # optionally compiled; checkpoints keep the plain model's weights
         with self.bar(self.max_rounds, start, f"em ({self.mode})") as bar:
             for rnd in range(start, self.max_rounds):
                 if acc > self.stop_acc:
                     break
-                model.train()
+                net.train()
                 for _ in range(self.train_steps):
                     idx = batches.next()
                     x = self.batch(images, idx) + per_sample(idx)
                     x = self.aug(x, gen) if self.aug is not None else x
                     with autocast(self.device_):
-                        loss = cross_entropy(model(x.clamp(0, 1)), labels[idx])
+                        loss = cross_entropy(net(x.clamp(0, 1)), labels[idx])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                model.eval()
+                net.eval()
                 with autocast(self.device_):
                     if self.mode == "samplewise":
-                        self._samplewise_pass(model, images, labels, noise, pgd, gen, mask)
+                        self._samplewise_pass(net, images, labels, noise, pgd, gen, mask)
                     else:
-                        self._classwise_pass(model, images, labels, noise, gen)
-                    acc = self._accuracy(model, images, labels, per_sample)
+                        self._classwise_pass(net, images, labels, noise, gen)
+                    acc = self._accuracy(net, images, labels, per_sample)
                 rec = {"round": rnd + 1, "train_acc_protected": round(acc * 100, 2)}
-                self.history.append({**rec, **(self.heldout_accuracy(model) or {})})
+                self.history.append({**rec, **(self.heldout_accuracy(net) or {})})
                 bar.set_postfix(acc=f"{acc:.3f}")
                 bar.update(1)
                 ckpt.save(lambda: {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
@@ -104,7 +105,7 @@ class ErrorMinimizing(SurrogateMethod):
                                    "batches": batches.state()})
         self.rounds_, self.final_acc_ = len(self.history), round(acc, 4)
         out = noise if self.mode == "samplewise" else noise[labels]
-        self.record_diagnostics(model, images, labels, out, self.history)
+        self.record_diagnostics(net, images, labels, out, self.history)
         return out.cpu()
 
     def _samplewise_pass(self, model, images, labels, noise, pgd, gen, mask):
@@ -134,5 +135,5 @@ class ErrorMinimizing(SurrogateMethod):
         for s in range(0, len(images), 512):
             idx = torch.arange(s, min(s + 512, len(images)), device=images.device)
             x = (self.batch(images, idx) + per_sample(idx)).clamp(0, 1)
-            correct += (model(x).argmax(1) == labels[idx]).sum().item()
-        return correct / len(images)
+            correct += (model(x).argmax(1) == labels[idx]).sum()  # summed on the device: one sync per round
+        return int(correct) / len(images)

@@ -61,7 +61,8 @@ class InterleavedMethod(SurrogateMethod):
             noise.copy_(state["noise"])
             batches.load(state["batches"])
             start = state["step"]
-        self.history = state.get("history", [])
+        self.history, self._pending = state.get("history", []), []
+        net = self.forward_model(model)
         with self.bar(self.train_steps, start, f"{self.name} surrogate") as bar:
             for step in range(start, self.train_steps):
                 for g in opt.param_groups:
@@ -69,41 +70,51 @@ class InterleavedMethod(SurrogateMethod):
                 idx = batches.next()
                 x, y = self.batch(images, idx), labels[idx]
                 with autocast(self.device_):
-                    model.eval()  # noise and adversary are computed with frozen BN statistics
-                    noise[idx] = quantize(self.noise_update(model, x, y, gen))
+                    net.eval()  # noise and adversary are computed with frozen BN statistics
+                    noise[idx] = quantize(self.noise_update(net, x, y, gen))
                     x_def = x + noise[idx]
                     if self.aug is not None:
                         x_def = self.aug(x_def, gen)
-                    x_adv = x_def + self.adv_pgd(model, x_def, y, gen=gen)
-                    model.train()
-                    logits = model(x_adv)
+                    x_adv = x_def + self.adv_pgd(net, x_def, y, gen=gen)
+                    net.train()
+                    logits = net(x_adv)
                     loss = cross_entropy(logits, y)
-                    extra = self.extra_loss(model, x, y, gen)
+                    extra = self.extra_loss(net, x, y, gen)
                     total = loss if extra is None else loss + extra
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 opt.step()
                 if step % 20 == 0 or step == self.train_steps - 1:
-                    rec = {"step": step + 1, "loss": round(loss.item(), 4),
-                           "adv_acc": round((logits.argmax(1) == y).float().mean().item() * 100, 2)}
-                    if extra is not None:
-                        rec["extra"] = round(extra.item(), 5)
-                    self.history.append(rec)
-                    bar.set_postfix(loss=rec["loss"], acc=rec["adv_acc"])
+                    # Kept on the device; read at checkpoints and at the end, so the loop never waits on the host.
+                    acc = (logits.argmax(1) == y).float().mean() * 100
+                    self._pending.append((step + 1, loss.detach(), acc, None if extra is None else extra.detach()))
                 if self.holdout is not None and self.diagnostic_due(step + 1, self.train_steps):
-                    self.history.append({"step": step + 1, **self.heldout_accuracy(model)})
+                    self._flush_history(bar)
+                    self.history.append({"step": step + 1, **self.heldout_accuracy(net)})
                 bar.update(1)
-                ckpt.save(lambda: self._state(model, opt, gen, noise, step + 1, "train", batches))
-        model.eval()
+                ckpt.save(lambda: self._state(model, opt, gen, noise, step + 1, "train", batches, bar))
+        net.eval()
         if state.get("stage") != "final":
             state = self._state(model, opt, gen, noise, self.train_steps, "train", batches)
             ckpt.save(state, force=True)
-        noise = self.noise_pass(images, labels, noise, lambda x, y, idx: self.noise_update(model, x, y, gen),
+        noise = self.noise_pass(images, labels, noise, lambda x, y, idx: self.noise_update(net, x, y, gen),
                                 ckpt, state, "final", f"{self.name} final noise")
-        self.record_diagnostics(model, images, labels, noise, self.history)
+        self.record_diagnostics(net, images, labels, noise, self.history)
         return noise.cpu()
 
-    def _state(self, model, opt, gen, noise, step, stage, batches):
+    def _flush_history(self, bar=None):
+        """Move the logged device values into the history (one host sync for all of them)."""
+        for step, loss, acc, extra in self._pending:
+            rec = {"step": step, "loss": round(loss.item(), 4), "adv_acc": round(acc.item(), 2)}
+            if extra is not None:
+                rec["extra"] = round(extra.item(), 5)
+            self.history.append(rec)
+        if self._pending and bar is not None:
+            bar.set_postfix(loss=self.history[-1]["loss"], acc=self.history[-1]["adv_acc"])
+        self._pending = []
+
+    def _state(self, model, opt, gen, noise, step, stage, batches, bar=None):
+        self._flush_history(bar)
         return {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                 "noise": noise.cpu(), "step": step, "stage": stage, "history": list(self.history),
                 "batches": batches.state()}

@@ -102,6 +102,8 @@ def check(method: str, params: dict, n: int | None = None, victims=()) -> list[s
     adv_eps, adv_steps = _b(p, "adv_eps", 4 / 255), int(p["adv_steps"])
     adv_travel = adv_steps * _b(p, "adv_step_size", 0.8 / 255)
     for v in victims:
+        if v.eps >= eps:
+            continue  # rho_a >= rho_u: the method itself expects no protection there (REM; seed 001 Sec. 3.2)
         if adv_eps < v.eps - 1e-9:
             bad.append(f"generation adversary radius {_lv(adv_eps)} < the victim's AT radius {_lv(v.eps)}")
         if adv_steps < v.steps:
@@ -121,6 +123,36 @@ def enforce(method: str, params: dict, n: int | None = None, victims=(), strict=
             raise PoisonlabError(msg)
         warnings.warn(msg, ScaleDownWarning, stacklevel=2)
     return bad
+
+
+def victims_of(train_kws) -> list:
+    """The L-inf adversarial trainings among TrainConfig keyword sets (standard training and L2 AT are
+    not a radius the L-inf noise is made against)."""
+    out = []
+    for kw in train_kws:
+        if kw.get("adv_eps") and kw.get("adv_norm", "linf") == "linf":
+            v = VictimAT.from_config(kw["adv_eps"], kw.get("adv_steps", 10), kw.get("adv_alpha"))
+            if v not in out:
+                out.append(v)
+    return out
+
+
+def check_grid(cfg, parse_defense, strict=False) -> dict:
+    """Apply the rule to a benchmark grid config (poisonlab.bench.config.GridConfig): every robust
+    method at every budget, against the grid's victims that train with L-inf AT (parse_defense: the
+    countermeasure parser, passed in so that methods never import defenses). Returns the reasons by
+    (method, budget)."""
+    victims, found = {}, {}
+    for cell in cfg.cells():
+        if cell.method in ROBUST_METHODS:
+            kw = parse_defense(cell.defense).configure(dict(cfg.train))
+            victims.setdefault((cell.method, cell.budget), []).append(kw)
+    for (method, budget), kws in victims.items():
+        bad = enforce(method, cfg.method_options(method, budget), n=cfg.data.get("train_subset"),
+                      victims=victims_of(kws), strict=strict, where=f"{cfg.name}")
+        if bad:
+            found[(method, budget)] = bad
+    return found
 
 
 def robust_recipe(n: int, victim: VictimAT, *, eps=8 / 255, noise_steps=5, eot=MIN_EOT,

@@ -1,0 +1,37 @@
+"""bench/gpu_repro.py end to end at tiny scale on the CPU (the GPU run is the same path at full scale)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+from poisonlab.protect.scaledown import check, VictimAT
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("gpu_repro", ROOT / "bench" / "gpu_repro.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_full_scale_schedule_keeps_the_rule():
+    mod = _script()
+    s = mod.settings(50000, "resnet18", 1.0, 256)
+    assert s["minmaxmin"]["train_steps"] == 1954 and s["minmaxmin"]["randomness_form"] == "l2"
+    for m in ("minmaxmin", "rem"):
+        assert check(m, s[m], n=50000, victims=(VictimAT(4 / 255, 3),)) == []
+
+
+def test_tiny_run_writes_the_table(tmp_path):
+    mod = _script()
+    out = tmp_path / "r.json"
+    result = mod.main(["--data", "bundled", "--tiny", "64", "--device", "cpu", "--work", str(tmp_path / "w"), "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["runs"].keys() == result["runs"].keys()
+    assert {"clean", "clean-at4", "minmaxmin", "minmaxmin-at4", "em-at4", "rem-at4"} <= set(saved["runs"])
+    assert saved["device"] == "cpu" and saved["scale"]["train_images"] == 64
+    assert 0 <= saved["diagnostics"]["minmaxmin"]["edge_fraction"] <= 1
+    assert saved["diagnostics"]["minmaxmin"]["heldout_size"] == 64
+    assert "| minmaxmin |" in out.with_suffix(".md").read_text()
