@@ -1,227 +1,315 @@
-"""The `poisonlab` command line: train, protect, demo, bench, methods, models."""
+"""The `poisonlab` command line: a thin client of the library.
+
+Each command is a typed function below; its options are generated from the signature (jsonargparse types:
+a bad value is one `poisonlab: error: ...` line and exit code 2). `train` adds every TrainConfig field as
+an option; `protect --opt key=value` is typed by the method's own signature (poisonlab.options). Other
+layers contribute commands through argparse-style add_parser(sub) functions (report, serve, mark, verify,
+poison, attacks).
+"""
 
 import argparse
-import json
+import inspect
 import sys
+import typing
 from dataclasses import fields
 from pathlib import Path
 
-from . import PoisonlabError, __version__
-from .budget import parse_budget
+from jsonargparse import ArgumentParser
+
+from . import __version__
+from .attacks.cli import add_parser as add_poison
+from .bench.grid import run_grid
+from .checks import check_device, check_train_args
+from .fileio import interrupt_on_sigterm
+from .data import load_dataset, load_splits
+from .demo import run_demo
+from .errors import PoisonlabError
+from .fileio import write_json
+from .options import PositiveInt, parse_value, split_pairs
+from .pairing import match_stems
+from .ownership.cli import add_parsers as add_ownership
+from .protect.pipeline import protect as run_protect
+from .registry import METHODS, MODELS
+from .report import add_parser as add_report
+from .runtime import set_threads
+from .train import TrainConfig, mix_partial, train_victim
+from .web import add_parser as add_serve
+
+# --opt values that are text byte for byte ("key=0012..." must stay that key, never the number 12...).
+TEXT_OPTS = {"key", "key_file"}
 
 
-def _value(text: str):
-    low = text.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    if low in ("none", "null"):
-        return None
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    if "/" in text:
-        try:
-            return parse_budget(text)
-        except PoisonlabError:
-            pass
-    return text
+def parse_opts(pairs) -> dict:
+    """--opt key=value items read as the text suggests (for commands whose target has no signature to type
+    them by; a registry's create() then checks them against the target's signature)."""
+    return {k: v if k in TEXT_OPTS else parse_value(v) for k, v in split_pairs(pairs).items()}
 
 
-def parse_opts(pairs):
+Fraction = typing.Annotated[float, "a number in [0, 1]"]
+
+
+# ---------------------------------------------------------------- the commands (typed signatures)
+def train(data: str, test_data: str | None = None, subset: PositiveInt | None = None,
+          test_subset: PositiveInt | None = None, resize: str | None = None, clean_data: str | None = None,
+          protected_fraction: float = 1.0, clean_only: bool = False, checkpoint: str | None = None,
+          out: str | None = None, no_progress: bool = False, no_amp: bool = False, **config):
+    """Train a victim model and report clean test accuracy.
+
+    data: folder / .tar.gz / .npz / CIFAR pickles / 'bundled'
+    test_data: test set source (default: the data's test split)
+    subset: class-balanced training subset (scaled-down runs)
+    test_subset: class-balanced test subset
+    resize: resize every image to HxW (for mixed-size folders)
+    clean_data: clean twin of --data for partial protection
+    protected_fraction: fraction taken from --data (with --clean-data)
+    clean_only: train on the unprotected part alone
+    checkpoint: save every epoch here and resume from it
+    out: result JSON (default runs/train-<config>.json)
+    no_amp: disable bf16 autocast on CUDA
+    """
+    args = _Args(locals())
+    check_train_args(args)
+    tr, test = load_splits(data, test_data, resize=resize)
+    if test is None:
+        raise PoisonlabError(f"{data} has no test split; pass --test-data")
+    seed = config.get("seed", 0)
+    if clean_data is not None:
+        clean = load_dataset(clean_data, "train", resize=resize)
+        if subset:
+            sub = tr.stratified(subset, seed)
+            clean = clean.subset(match_stems(sub.names, clean.names, "--clean-data"))
+            tr = sub
+        tr = mix_partial(tr, clean, protected_fraction, seed, clean_only=clean_only)
+    elif subset:
+        tr = tr.stratified(subset, seed)
+    if test_subset:
+        test = test.stratified(test_subset, seed)
+    cfg = TrainConfig(**config, amp=not no_amp,
+                      extra=dict(data=str(data), protected_fraction=protected_fraction if clean_data else None,
+                                 clean_only=clean_only or None))
+    result = train_victim(tr, test, cfg, progress=not no_progress, checkpoint=checkpoint)
+    result["data"], result["test_data"] = str(data), str(test_data or data)
+    path = Path(out) if out else Path("runs") / f"train-{cfg.key()}.json"
+    write_json(path, result)
+    adv = f" AT {cfg.adv_norm} eps={cfg.adv_eps * 255:.2f}/255" if cfg.adv_eps else ""
+    print(f"RESULT {cfg.model} w={cfg.width}{adv} n={result['train_size']} epochs={cfg.epochs}: "
+          f"last {result['last_acc']:.2f}%  best {result['best_acc']:.2f}% (epoch {result['best_epoch']})  "
+          f"{result['images_per_second']:.0f} img/s on {result['device']} -> {path}")
+
+
+def protect(method: str, data: str, out: str, eps: str | None = None, seed: int = 0, device: str = "auto",
+            subset: PositiveInt | None = None, resize: str | None = None, opt: list[str] | None = None,
+            resume: bool = False, overwrite: bool = False, no_progress: bool = False):
+    """Add protective noise to a data set and write it as PNGs.
+
+    method: a protection method (poisonlab methods lists them)
+    eps: noise budget, e.g. 8/255 (method default if omitted)
+    subset: protect a class-balanced subset of N images
+    resize: resize every image to HxW first (for mixed-size folders)
+    opt: method option KEY=VALUE, repeatable, typed by the method's signature (see poisonlab methods)
+    resume: continue a run that was interrupted
+    overwrite: replace a non-empty OUT (only what poisonlab wrote)
+    """
+    kw = split_pairs(opt)  # text as given: METHODS.create types each value by the method's signature
+    if eps is not None:
+        kw["eps"] = eps
+    kw.setdefault("seed", seed)
+    kw.setdefault("device", device)
+    manifest = run_protect(method, data, out, subset=subset, overwrite=overwrite, resume=resume,
+                           progress=not no_progress, resize=resize, **kw)
+    b = manifest["bound"]
+    print(f"RESULT protected {manifest['num_images']} images with {manifest['method']} "
+          f"({b.get('eps_text', b)}) in {manifest['generation_seconds']:.1f}s -> {out}")
+
+
+def demo(out: str = "runs/demo", device: str = "auto", quick: bool = False):
+    """The main job on the bundled CIFAR-10 subset: protect, then train victims.
+
+    quick: fewer epochs (smoke test)
+    """
+    run_demo(out, device=device, quick=quick)
+
+
+def bench(config: str, out: str | None = None, device: str = "auto", only: str | None = None,
+          report_only: bool = False, list: bool = False, cache: str | None = None, set: list[str] | None = None,
+          no_progress: bool = False):
+    """Grid of methods x countermeasures x victims (cached, resumable).
+
+    config: grid config (JSON or YAML, may be an overlay: "base": "cpu.json"); see configs/
+    only: run only the cells whose label (as --list prints it) contains this text
+    report_only: rebuild tables/plots from cached cells
+    list: list the cells (cached or not) and exit
+    cache: cache folder (default: the config's, else OUT/cache)
+    set: override a config value KEY=VALUE (dotted, e.g. train.epochs=2), repeatable
+    """
+    run_grid(config, out=out, cache=cache, device=device, only=only, report_only=report_only,
+             progress=False if no_progress else None, list_only=list, overrides=set or ())
+
+
+def methods():
+    """List the protection methods (plugins included)."""
+    for n in METHODS.names():
+        cls = METHODS.get(n)
+        doc = ((cls.__doc__ or "").strip().splitlines() or [""])[0]
+        print(f"{n:12s} {METHODS.label(n):14s} {doc}")
+
+
+def models():
+    """List the models."""
+    print("\n".join(MODELS.names()))
+
+
+COMMANDS = (train, protect, demo, bench, methods, models)
+
+
+# ---------------------------------------------------------------- parser generation
+class _Args:
+    """Attribute access to a command's arguments (what checks written for argparse expect)."""
+
+    def __init__(self, values):
+        self.__dict__.update({k: v for k, v in values.items() if k != "config"}, **values.get("config", {}))
+
+
+def _param_help(fn) -> dict:
+    doc = inspect.getdoc(fn) or ""
     out = {}
-    for p in pairs or []:
-        k, sep, v = p.partition("=")
-        if not sep or not k:
-            raise PoisonlabError(f"--opt expects key=value, got {p!r}")
-        out[k.replace("-", "_")] = _value(v)
+    for line in doc.splitlines()[1:]:
+        name, sep, text = line.strip().partition(": ")
+        if sep and name.isidentifier():
+            out[name] = text
     return out
 
 
-def add_train_args(p):
-    from .train import TrainConfig
-    d = TrainConfig()
-    p.add_argument("--model", default=d.model, help="victim model (poisonlab models lists them)")
-    p.add_argument("--width", type=float, default=d.width, help="channel width multiplier (CPU-scale runs)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--schedule", default=d.schedule, choices=["cosine", "multistep", "constant"])
-    p.add_argument("--augment", default=d.augment, help="standard | none | crop=4,flip,cutout=16,mixup=1,cutmix=1")
-    p.add_argument("--adv-eps", default="0", help="PGD adversarial training radius, e.g. 4/255 (0 = standard)")
-    p.add_argument("--adv-norm", default=d.adv_norm, choices=["linf", "l2"])
-    p.add_argument("--adv-steps", type=int, default=d.adv_steps)
-    p.add_argument("--adv-alpha", default=None, help="PGD step size (default 2.5*eps/steps)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:1 | mps")
-    p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
-
-
-def train_config_from(args, **extra):
-    from .train import TrainConfig
-    return TrainConfig(model=args.model, width=args.width, epochs=args.epochs, batch_size=args.batch_size,
-                       lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule, augment=args.augment,
-                       adv_eps=args.adv_eps, adv_norm=args.adv_norm, adv_steps=args.adv_steps,
-                       adv_alpha=args.adv_alpha, seed=args.seed, device=args.device, amp=not args.no_amp,
-                       extra=extra)
-
-
-def cmd_train(args):
-    from .data import load_dataset, load_splits
-    from .train import mix_partial, train_victim
-    train, test = load_splits(args.data, args.test_data, resize=args.resize)
-    if test is None:
-        raise PoisonlabError(f"{args.data} has no test split; pass --test-data")
-    if args.clean_data is not None:
-        clean = load_dataset(args.clean_data, "train", resize=args.resize)
-        if args.subset:
-            clean = _align_subset(clean, train, args.subset, args.seed)
-            train = train.stratified(args.subset, args.seed)
-        train = mix_partial(train, clean, args.protected_fraction, args.seed, clean_only=args.clean_only)
-    elif args.subset:
-        train = train.stratified(args.subset, args.seed)
-    if args.test_subset:
-        test = test.stratified(args.test_subset, args.seed)
-    cfg = train_config_from(args, data=str(args.data), protected_fraction=args.protected_fraction if args.clean_data else None,
-                            clean_only=args.clean_only or None)
-    result = train_victim(train, test, cfg, progress=not args.no_progress, checkpoint=args.checkpoint)
-    result["data"], result["test_data"] = str(args.data), str(args.test_data or args.data)
-    out = Path(args.out) if args.out else Path("runs") / f"train-{cfg.key()}.json"
-    from .fileio import write_json
-    write_json(out, result)
-    adv = f" AT {args.adv_norm} eps={cfg.adv_eps * 255:.2f}/255" if cfg.adv_eps else ""
-    print(f"RESULT {cfg.model} w={cfg.width}{adv} n={result['train_size']} epochs={cfg.epochs}: "
-          f"last {result['last_acc']:.2f}%  best {result['best_acc']:.2f}% (epoch {result['best_epoch']})  "
-          f"{result['images_per_second']:.0f} img/s on {result['device']} -> {out}")
-
-
-def _align_subset(clean, protected, n, seed):
-    """Pick the clean images that correspond to protected.stratified(n, seed)."""
-    sub = protected.stratified(n, seed)
-    if clean.names is None or sub.names is None:
-        raise PoisonlabError("--clean-data with --subset needs file names on both sets to pair images")
-    stems = {str(Path(x).with_suffix("")): i for i, x in enumerate(clean.names)}
-    try:
-        return clean.subset([stems[str(Path(x).with_suffix(""))] for x in sub.names])
-    except KeyError as e:
-        raise PoisonlabError(f"protected image {e} has no counterpart in --clean-data") from None
-
-
-def cmd_protect(args):
-    from .protect import protect
-    kw = parse_opts(args.opt)
-    if args.eps is not None:
-        kw["eps"] = args.eps
-    kw.setdefault("seed", args.seed)
-    kw.setdefault("device", args.device)
-    manifest = protect(args.method, args.data, args.out, subset=args.subset, overwrite=args.overwrite,
-                       resume=args.resume, progress=not args.no_progress, **kw)
-    b = manifest["bound"]
-    print(f"RESULT protected {manifest['num_images']} images with {manifest['method']} "
-          f"({b.get('eps_text', b)}) in {manifest['generation_seconds']:.1f}s -> {args.out}")
-
-
-def cmd_demo(args):
-    from .demo import run_demo
-    run_demo(args.out, device=args.device, quick=args.quick)
-
-
-def cmd_bench(args):
-    from .bench.grid import main as bench_main
-    bench_main(args)
-
-
-def cmd_list(args):
-    if args.command == "methods":
-        from .protect import list_methods, method_class
-        for n in list_methods():
-            doc = (method_class(n).__doc__ or "").strip().splitlines()[0]
-            print(f"{n:12s} {doc}")
+def _add_option(parser, name, typ, default, help_text, required=False):
+    flag = "--" + name.replace("_", "-")
+    if typ is bool:
+        parser.add_argument(flag, dest=name, action="store_true", help=help_text)
+    elif typing.get_origin(typ) is list or (typing.get_origin(typ) in (typing.Union, type(int | None))
+                                            and any(typing.get_origin(a) is list for a in typing.get_args(typ))):
+        parser.add_argument(flag, dest=name, action="append", metavar="KEY=VALUE", help=help_text)
     else:
-        from .models import list_models
-        print("\n".join(list_models()))
+        if typing.get_origin(typ) is typing.Annotated:
+            typ = typing.get_args(typ)[0]
+        parser.add_argument(flag, dest=name, type=typ, default=default, required=required, help=help_text)
+
+
+def add_signature(parser, fn):
+    """Options of fn's typed signature (**kwargs of train: the TrainConfig fields)."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    helps = _param_help(fn)
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            config_hints = typing.get_type_hints(TrainConfig, include_extras=True)
+            for f in fields(TrainConfig):
+                if f.name not in ("extra", "amp"):
+                    _add_option(parser, f.name, config_hints[f.name], f.default, _field_help(f.name))
+            continue
+        required = p.default is p.empty
+        _add_option(parser, p.name, hints.get(p.name, str), None if required else p.default,
+                    helps.get(p.name), required)
+
+
+def _field_help(name) -> str | None:
+    """TrainConfig's comments are its documentation; read the one of `name`."""
+    for line in inspect.getsource(TrainConfig).splitlines():
+        head, _, comment = line.partition("  # ")
+        if head.strip().startswith(f"{name}:") and comment:
+            return comment.strip()
+    return None
+
+
+class _Subcommands:
+    """argparse-style add_parser(name, help=...) for commands other layers contribute."""
+
+    def __init__(self, action, handlers):
+        self.action, self.handlers = action, handlers
+
+    def add_parser(self, name, help=None, **kw):
+        parser = ArgumentParser(prog=f"poisonlab {name}", description=kw.get("description", help), exit_on_error=False)
+        self.action.add_subcommand(name, parser, help=help)
+        return _Command(parser, name, self.handlers)
+
+
+class _Command:
+    def __init__(self, parser, name, handlers):
+        self._parser, self._name, self._handlers = parser, name, handlers
+
+    def set_defaults(self, **kw):
+        fn = kw.pop("fn", None)
+        if fn is not None:
+            self._handlers[self._name] = fn
+        if kw:
+            self._parser.set_defaults(**kw)
+
+    def __getattr__(self, attr):
+        return getattr(self._parser, attr)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="poisonlab", description=__doc__)
+    """(parser, handlers): the jsonargparse parser and the function each command runs."""
+    p = ArgumentParser(prog="poisonlab", description=__doc__.splitlines()[0], exit_on_error=False)
     p.add_argument("--version", action="version", version=f"poisonlab {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    action = p.add_subcommands(dest="command", required=True)
+    handlers = {}
+    for fn in COMMANDS:
+        sub = ArgumentParser(prog=f"poisonlab {fn.__name__}", description=inspect.getdoc(fn).splitlines()[0],
+                             exit_on_error=False)
+        add_signature(sub, fn)
+        action.add_subcommand(fn.__name__, sub, help=inspect.getdoc(fn).splitlines()[0])
+        handlers[fn.__name__] = lambda a, fn=fn: fn(**{k: v for k, v in vars(a).items() if k != "command"})
+    subs = _Subcommands(action, handlers)
+    add_report(subs)  # poisonlab report RUN_OR_OUT -o report.html
+    add_serve(subs)  # poisonlab serve (local web page)
+    add_ownership(subs)  # poisonlab mark / poisonlab verify (ownership verification)
+    add_poison(subs)  # poisonlab poison / poisonlab attacks
+    return p, handlers
 
-    t = sub.add_parser("train", help="train a victim model and report clean test accuracy")
-    t.add_argument("--data", required=True, help="folder / .tar.gz / .npz / CIFAR pickles / 'bundled'")
-    t.add_argument("--test-data", default=None, help="test set source (default: the data's test split)")
-    t.add_argument("--subset", type=int, default=None, help="class-balanced training subset (scaled-down runs)")
-    t.add_argument("--test-subset", type=int, default=None, help="class-balanced test subset")
-    t.add_argument("--resize", default=None, help="resize every image to HxW (for mixed-size folders)")
-    t.add_argument("--clean-data", default=None, help="clean twin of --data for partial protection")
-    t.add_argument("--protected-fraction", type=float, default=1.0, help="fraction taken from --data (with --clean-data)")
-    t.add_argument("--clean-only", action="store_true", help="train on the unprotected part alone")
-    t.add_argument("--checkpoint", default=None, help="save every epoch here and resume from it")
-    t.add_argument("--out", default=None, help="result JSON (default runs/train-<config>.json)")
-    t.add_argument("--no-progress", action="store_true")
-    add_train_args(t)
-    t.set_defaults(fn=cmd_train)
 
-    pr = sub.add_parser("protect", help="add protective noise to a data set and write it as PNGs")
-    pr.add_argument("--method", required=True)
-    pr.add_argument("--data", required=True)
-    pr.add_argument("--out", required=True)
-    pr.add_argument("--eps", default=None, help="noise budget, e.g. 8/255 (method default if omitted)")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--device", default="auto")
-    pr.add_argument("--subset", type=int, default=None, help="protect a class-balanced subset of N images")
-    pr.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option, repeatable (see poisonlab methods)")
-    pr.add_argument("--resume", action="store_true", help="continue a run that was interrupted")
-    pr.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
-    pr.add_argument("--no-progress", action="store_true")
-    pr.set_defaults(fn=cmd_protect)
-
-    d = sub.add_parser("demo", help="the main job on the bundled CIFAR-10 subset: protect, then train victims")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--device", default="auto")
-    d.add_argument("--quick", action="store_true", help="fewer epochs (smoke test)")
-    d.set_defaults(fn=cmd_demo)
-
-    b = sub.add_parser("bench", help="grid of methods x countermeasures x victims (cached, resumable)")
-    b.add_argument("--config", required=True, help="grid config (JSON); see configs/")
-    b.add_argument("--out", default=None)
-    b.add_argument("--device", default="auto")
-    b.add_argument("--only", default=None, help="run only the cells whose label (as --list prints it) contains this text")
-    b.add_argument("--report-only", action="store_true", help="rebuild tables/plots from cached cells")
-    b.add_argument("--list", action="store_true", help="list the cells (cached or not) and exit")
-    b.add_argument("--cache", default=None, help="cache folder (default: the config's, else OUT/cache)")
-    b.add_argument("--no-progress", action="store_true")
-    b.set_defaults(fn=cmd_bench)
-
-    for name in ("methods", "models"):
-        sub.add_parser(name, help=f"list {name}").set_defaults(fn=cmd_list)
-    from .report import add_parser as add_report
-    from .web import add_parser as add_serve
-    add_report(sub)  # poisonlab report RUN_OR_OUT -o report.html
-    add_serve(sub)   # poisonlab serve (local web page)
-    return p
+def _one_line(e) -> str:
+    """jsonargparse's multi-line messages as one line, options spelled as on the command line."""
+    text = " ".join(s.strip() for s in str(e).splitlines() if s.strip())
+    if text.startswith('Parser key "'):
+        key, _, rest = text[len('Parser key "'):].partition('":')
+        text = f"--{key.split('.')[-1].replace('_', '-')}:{rest}"
+    return text
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    from .runtime import set_threads
-    set_threads()
+    parser, handlers = build_parser()
     try:
-        args.fn(args)
+        ns = parser.parse_args(argv)
+    except SystemExit as e:  # --help / --version
+        return e.code if isinstance(e.code, int) else 0
+    except Exception as e:  # jsonargparse.ArgumentError and friends: a bad command line
+        print(f"poisonlab: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    command = ns.command
+    args = _plain(ns.get(command))
+    args.command = command
+    set_threads()
+    interrupt_on_sigterm()
+    try:
+        check_device(getattr(args, "device", None))
+        rc = handlers[command](args)  # a command may return its own exit status (verify: 1 = not marked)
     except PoisonlabError as e:
         print(f"poisonlab: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # unwritable --out, full disk, ...: the user's to fix, so no traceback
         print(f"poisonlab: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("poisonlab: interrupted; progress so far is checkpointed (rerun with --resume)", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        note = getattr(e, "poisonlab_note", None) or (
+            ("nothing was saved (pass --checkpoint to make a run resumable)" if not getattr(args, "checkpoint", None)
+             else f"finished epochs are in {args.checkpoint}: rerun the same command to continue")
+            if args.command == "train" else "progress so far is checkpointed (rerun with --resume)")
+        print(f"poisonlab: interrupted; {note}", file=sys.stderr)
         return 130
-    return 0
+    return rc if isinstance(rc, int) else 0
+
+
+def _plain(ns):
+    """A jsonargparse Namespace as a flat argparse-like one (commands read args.name)."""
+    return argparse.Namespace(**({} if ns is None else {k: v for k, v in vars(ns).items() if not k.startswith("__")}))
 
 
 if __name__ == "__main__":

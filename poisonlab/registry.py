@@ -18,6 +18,7 @@ import warnings
 from importlib.metadata import entry_points
 
 from .errors import PoisonlabError
+from .options import coerce_options
 
 PLUGIN_GROUP = "poisonlab.plugins"
 _plugins_loaded = False
@@ -142,6 +143,7 @@ class Registry:
             unknown = sorted(set(kw) - allowed)
             if unknown:
                 raise PoisonlabError(f"{name}: unknown option(s) {unknown}; it takes {sorted(allowed)}")
+        kw = coerce_options(obj, kw, name)  # "abc", -3 or nan for a count: one clear error here
         try:
             return obj(**kw)
         except (TypeError, ValueError) as e:

@@ -21,7 +21,8 @@ Adversarial training is such a hook (AdversarialTraining), built from TrainConfi
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -30,12 +31,13 @@ from torch import nn
 
 from . import PoisonlabError
 from .augment import Augment
-from .budget import parse_budget
 from .data import ImageSet
 from .checks import check_model_input
-from .fileio import atomic_write
+from .fileio import atomic_write, load_state
 from .progress import progress as progress_bar
 from .hashing import digest
+from .pairing import match_stems
+from .options import Budget, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, coerce_options
 from .models import create_model
 from .pgd import make_pgd
 from .result import to_imageset
@@ -46,44 +48,32 @@ HOOK_METHODS = ("select", "transform_batch", "loss", "after_step", "after_epoch"
 
 @dataclass
 class TrainConfig:
-    model: str = "smallcnn"
-    width: float = 1.0
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | multistep | constant
-    augment: str = "standard"  # see Augment.parse
-    adv_eps: float = 0.0  # 0 = standard training
-    adv_norm: str = "linf"
-    adv_steps: int = 10
-    adv_alpha: float | None = None  # default 2.5 * eps / steps
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
+    """Victim training settings; the types are checked (and the command line's options generated) from
+    these annotations: a bad value is one PoisonlabError, e.g. epochs=-3, lr=nan, batch_size="abc"."""
+    model: str = "smallcnn"  # poisonlab models lists them
+    width: PositiveFloat = 1.0  # channel width multiplier (CPU-scale runs)
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 0.1
+    momentum: NonNegativeFloat = 0.9
+    weight_decay: NonNegativeFloat = 5e-4
+    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    augment: str = "standard"  # standard | none | crop=4,flip,cutout=16,mixup=1,cutmix=1 (Augment.parse)
+    adv_eps: Budget = 0.0  # PGD adversarial training radius, e.g. 4/255 (0 = standard training)
+    adv_norm: Literal["linf", "l2"] = "linf"
+    adv_steps: NonNegativeInt = 10
+    adv_alpha: Budget | None = None  # PGD step size (default 2.5 * eps / steps)
+    seed: NonNegativeInt = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
+    amp: bool = True  # bf16 autocast on CUDA
     extra: dict = field(default_factory=dict)  # free-form labels carried into results (e.g. countermeasure)
 
     def __post_init__(self):
-        self.adv_eps = parse_budget(self.adv_eps, "adv_eps", maximum=1.0 if self.adv_norm == "linf" else None)
-        if self.adv_alpha is not None:
-            self.adv_alpha = parse_budget(self.adv_alpha, "adv_alpha")
-        for k in ("width", "lr", "momentum", "weight_decay"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise PoisonlabError(f"{k} must be a finite number, got {v!r}")
-        for k in ("epochs", "batch_size", "adv_steps", "seed"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise PoisonlabError(f"{k} must be an integer, got {v!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.width <= 0:
-            raise PoisonlabError("epochs and batch_size must be >= 1, lr and width > 0")
-        if self.momentum < 0 or self.weight_decay < 0 or self.adv_steps < 0:
-            raise PoisonlabError("momentum, weight_decay and adv_steps must be >= 0")
-        if self.schedule not in ("cosine", "multistep", "constant"):
-            raise PoisonlabError(f"unknown schedule {self.schedule!r} (cosine, multistep, constant)")
-        if self.adv_norm not in ("linf", "l2"):
-            raise PoisonlabError(f"unknown adv_norm {self.adv_norm!r} (linf, l2)")
+        typed = coerce_options(TrainConfig, {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"})
+        for k, v in typed.items():
+            setattr(self, k, v)
+        if self.adv_norm == "linf" and self.adv_eps > 1:
+            raise PoisonlabError(f"adv_eps: {self.adv_eps} exceeds the maximum 1.0 of an L-inf radius")
         Augment.parse(self.augment)  # validate early
 
     def key(self) -> str:
@@ -330,10 +320,7 @@ def train_victim(train, test=None, cfg: TrainConfig | None = None, progress=True
 def _restore(ckpt, key, cfg, n, model, opt, gen, hooks):
     """Load a training checkpoint into model/opt/gen/hooks; returns (history, start_epoch, train_time)."""
     # RNG states must stay CPU tensors (set_state refuses CUDA ones); load_state_dict moves the rest.
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # a planted file cannot run code
-    except Exception as e:  # truncated or foreign file: a user error, not a crash
-        raise PoisonlabError(f"cannot read checkpoint {ckpt}: {e}") from None
+    state = load_state(ckpt)  # weights_only: a planted file cannot run code; errors are one line
     if not isinstance(state, dict) or state.get("key") != key or state.get("n") != n:
         raise PoisonlabError(f"checkpoint {ckpt} belongs to another configuration; remove it or pick another path")
     if state["epochs"] != cfg.epochs and cfg.schedule != "constant":
@@ -365,12 +352,7 @@ def mix_partial(protected: ImageSet, clean: ImageSet, fraction: float, seed: int
     if protected.shape != clean.shape or len(protected) != len(clean):
         raise PoisonlabError("protected and clean sets differ in size or shape; they must hold the same images")
     if protected.names is not None and clean.names is not None:
-        stems = {str(Path(n).with_suffix("")): i for i, n in enumerate(clean.names)}
-        try:
-            order = torch.tensor([stems[str(Path(n).with_suffix(""))] for n in protected.names])
-        except KeyError as e:
-            raise PoisonlabError(f"protected image {e} has no clean counterpart") from None
-        clean = clean.subset(order)
+        clean = clean.subset(match_stems(protected.names, clean.names, "the clean set"))
     if not torch.equal(protected.labels, clean.labels):
         raise PoisonlabError("protected and clean labels disagree")
     g = torch.Generator().manual_seed(seed)

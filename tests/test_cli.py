@@ -64,7 +64,11 @@ def test_train_partial_protection(tiny_tree, tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--data", "{tmp}/nope"], "not found"),
-    (["--data", "{tree}", "--adv-eps", "lots"], "adv_eps"),
+    (["--data", "{tree}", "--adv-eps", "lots"], "--adv-eps"),
+    (["--data", "{tree}", "--epochs", "abc"], "--epochs"),
+    (["--data", "{tree}", "--epochs", "-3"], "--epochs"),
+    (["--data", "{tree}", "--lr", "nan"], "--lr"),
+    (["--data", "{tree}", "--schedule", "steps"], "--schedule"),
     (["--data", "{tree}", "--augment", "crop=big"], "crop"),
     (["--data", "{tree}", "--resize", "32"], "HxW"),
     (["--data", "{tree}", "--model", "nonet"], "unknown model"),

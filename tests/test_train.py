@@ -254,7 +254,7 @@ def test_mix_partial_errors():
     with pytest.raises(PoisonlabError, match="differ in size"):
         mix_partial(protected.subset(range(10)), clean, 0.5)
     renamed = ImageSet(clean.images, clean.labels, clean.classes, [n.replace("c0/", "zz/") for n in clean.names])
-    with pytest.raises(PoisonlabError, match="no clean counterpart"):
+    with pytest.raises(PoisonlabError, match="no counterpart in the clean set"):
         mix_partial(protected, renamed, 0.5)
     relabelled = ImageSet(clean.images, (clean.labels + 1) % 4, clean.classes, None)
     with pytest.raises(PoisonlabError, match="labels disagree"):
