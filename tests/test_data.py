@@ -119,12 +119,16 @@ def test_empty_class_folder_is_an_error(tmp_path):
         load_dataset(tmp_path, "train")
 
 
-def test_missing_and_flat_folders_are_errors(tmp_path):
+def test_missing_folders_are_errors_and_flat_ones_unlabelled(tmp_path):
     with pytest.raises(PoisonlabError, match="not found"):
         load_dataset(tmp_path / "nope", "train")
-    write_image(tmp_path / "flat" / "0.png", rand_img(8, 8))
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "notes.txt").write_text("not an image")
     with pytest.raises(PoisonlabError, match="no class sub-folders"):
-        load_dataset(tmp_path / "flat", "train")
+        load_dataset(tmp_path / "none", "train")
+    # a flat folder of images is unlabelled photos: one class, for label-free methods (issue 17)
+    write_image(tmp_path / "flat" / "0.png", rand_img(8, 8))
+    assert load_dataset(tmp_path / "flat", "train").classes == ["unlabelled"]
     write_image(tmp_path / "tree" / "a" / "0.png", rand_img(8, 8))
     with pytest.raises(PoisonlabError, match="no 'test' split"):
         load_dataset(tmp_path / "tree", "test")

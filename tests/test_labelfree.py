@@ -7,7 +7,9 @@ from PIL import Image
 from torch import nn
 
 from poisonlab import PoisonlabError
-from poisonlab.data.unlabelled import UNLABELLED, is_flat_folder, load_for_method, load_unlabelled
+from poisonlab.cli import main as cli
+from poisonlab.data import load_dataset
+from poisonlab.data.unlabelled import UNLABELLED, is_flat_folder, load_unlabelled
 from poisonlab.kmeans import kmeans
 from poisonlab.protect.checkpoint import Checkpoint
 from poisonlab.protect.unlearnable_clusters import ClusterGenerators, Embedder, UnlearnableClusters, label_table
@@ -179,13 +181,25 @@ def write_flat(root, n=6):
     return root
 
 
-def test_flat_folder_loads_unlabelled_and_only_for_label_free_methods(tmp_path):
+def test_flat_folder_loads_unlabelled(tmp_path):
     flat = write_flat(tmp_path / "photos")
     assert is_flat_folder(flat) and not is_flat_folder(tmp_path)
     ds = load_unlabelled(flat)
     assert len(ds) == 6 and ds.classes == [UNLABELLED] and ds.names[0] == "photo_0.png"
-    assert torch.equal(load_for_method(flat, needs_labels=False).images, ds.images)
-    with pytest.raises(PoisonlabError, match="needs labels"):
-        load_for_method(flat, needs_labels=True)
+    assert torch.equal(load_dataset(flat).images, ds.images)
     (flat / "sub").mkdir()
     assert not is_flat_folder(flat)  # images and a sub-folder: not a flat folder
+
+
+def test_protect_a_flat_folder_with_uc_and_refuse_it_for_label_methods(tmp_path, capsys):
+    flat = write_flat(tmp_path / "photos")
+    out = tmp_path / "out"
+    opts = [f"--opt={k}={v}" for k, v in TINY.items() if k != "device"]
+    assert cli(["protect", "--method", "unlearnable_clusters", "--data", str(flat), "--out", str(out),
+                "--device", "cpu", "--no-progress", *opts]) == 0
+    saved = sorted(p.name for p in out.iterdir())
+    assert saved == ["manifest.json"] + [f"photo_{i}.png" for i in range(6)]  # flat in, flat out
+    orig, prot = load_dataset(flat), load_dataset(out)
+    assert int((prot.images.int() - orig.images.int()).abs().max()) <= 8
+    assert cli(["protect", "--method", "em", "--data", str(flat), "--out", str(tmp_path / "em"), "--device", "cpu"]) == 2
+    assert "needs labels" in capsys.readouterr().err

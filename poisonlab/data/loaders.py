@@ -384,6 +384,9 @@ def load_dataset(source, split="train", mode="auto", resize=None) -> ImageSet:
     if (p / split).is_dir():
         return load_imagefolder(p / split, mode, resize)
     if split == "train" and not (p / "test").is_dir():
+        from .unlabelled import is_flat_folder, load_unlabelled  # unlabelled photos, for label-free methods
+        if is_flat_folder(p):
+            return load_unlabelled(p, mode, resize)
         return load_imagefolder(p, mode, resize)  # a bare ImageFolder tree is a training set
     raise PoisonlabError(f"{p} has no '{split}' split")
 

@@ -1,15 +1,16 @@
 """Label-free input: a flat folder of images (no class sub-folders), e.g. a data owner's unlabelled photos.
 
-Only methods that declare `needs_labels = False` (e.g. unlearnable_clusters) accept it: the images load as
-one class named "unlabelled" with their file names kept, so the protected copy is written flat again
-(OUT/<name>.png) and reads back the same way.
+load_dataset reads such a folder through load_unlabelled: the images load as one class named "unlabelled"
+with their file names kept, so a protected copy is written flat again (OUT/<name>.png) and reads back the
+same way. Only methods that declare `needs_labels = False` (e.g. unlearnable_clusters) accept such a set;
+Protection.run refuses it for the others.
 """
 
 from pathlib import Path
 
 from .. import PoisonlabError
 from .imageset import ImageSet
-from .loaders import IMAGE_EXTS, _cached, _decode_many, _from_arrays, load_dataset
+from .loaders import IMAGE_EXTS, _cached, _decode_many, _from_arrays
 
 UNLABELLED = "unlabelled"
 
@@ -46,13 +47,3 @@ def load_unlabelled(root, mode="auto", resize=None) -> ImageSet:
     if len(files) < 2000:
         return build()
     return _cached(("flat", str(root.resolve()), stats, mode, resize), build)
-
-
-def load_for_method(source, needs_labels=True, split="train", mode="auto", resize=None) -> ImageSet:
-    """load_dataset, plus flat folders for methods that need no labels (refused, clearly, for the others)."""
-    if is_flat_folder(source):
-        if needs_labels:
-            raise PoisonlabError(f"{source} is a flat folder of unlabelled images; this method needs labels "
-                                 "(use root/<class>/<image>), or pick a label-free method such as unlearnable_clusters")
-        return load_unlabelled(source, mode, resize)
-    return load_dataset(source, split, mode, resize)

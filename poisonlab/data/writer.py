@@ -22,6 +22,7 @@ from .. import PoisonlabError, __version__
 from ..fileio import exclusive_lock, private_dir, write_json
 from .imageset import ImageSet
 from .names import check_component, check_relpath
+from .unlabelled import is_unlabelled
 
 MANIFEST = "manifest.json"
 
@@ -32,7 +33,7 @@ def png_names(ds: ImageSet):
         classes = [check_component(c, "class name") for c in ds.classes]
         return [f"{classes[int(l)]}/{i:06d}.png" for i, l in enumerate(ds.labels)]
     names = [check_relpath(str(Path(n).with_suffix(".png")), "image name") for n in ds.names]
-    if any("/" not in n for n in names):
+    if any("/" not in n for n in names) and not is_unlabelled(ds):  # unlabelled photos stay flat
         raise PoisonlabError("every image name needs a class folder (<class>/<name>)")
     if len(set(names)) != len(names):
         raise PoisonlabError("two input images map to the same output name (e.g. a.jpg and a.png)")

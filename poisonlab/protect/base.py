@@ -15,6 +15,7 @@ from torch import nn
 from .. import PoisonlabError
 from ..budget import budget_to_levels, parse_budget
 from ..data import ImageSet
+from ..data.unlabelled import is_unlabelled
 from ..registry import METHODS
 from ..result import PoisonResult, to_imageset
 from .checkpoint import Checkpoint
@@ -38,6 +39,7 @@ class Protection:
     name = "base"
     norm = "linf"
     model_based = False
+    needs_labels = True  # False: the method ignores labels and accepts unlabelled images (a flat folder)
     default_eps = 8 / 255
 
     def __init__(self, eps=None, seed=0, device="auto"):
@@ -76,6 +78,9 @@ class Protection:
         return self.run(data, checkpoint)
 
     def run(self, data: ImageSet, checkpoint=None) -> PoisonResult:
+        if self.needs_labels and is_unlabelled(data):
+            raise PoisonlabError(f"{self.name} needs labels and these images have none (give one folder per class, "
+                                 "or use a label-free method such as unlearnable_clusters)")
         ckpt = checkpoint if checkpoint is not None else Checkpoint(None, "")
         t0 = time.perf_counter()
         out = self.generate(data, ckpt)
