@@ -1,25 +1,29 @@
-"""CPU-scale evaluation of the poisoning attacks (issue 12), each against a same-budget random control.
+"""CPU-scale evaluation of the poisoning attacks (issue 12), each against a same-budget control.
 
-Scale: a class-balanced 4,000-image subset of the shared CIFAR-10 (JPEG) training set, smallcnn at width 0.5,
-12 epochs from scratch (SGD, cosine, crop+flip), clean accuracy on a 2,000-image stratified test subset.
-Targets are test images outside that subset that the surrogate classifies correctly, each with a random
-other class as its adversarial class.
+Two scales (CPU is scarce; every figure in docs/attacks.md names its scale):
+  main   class-balanced 4,000-image subset of the shared CIFAR-10 (JPEG) training set, smallcnn width 0.5,
+         12 epochs from scratch (SGD, cosine, crop+flip); clean accuracy on a 2,000-image test subset
+  small  2,000 images, smallcnn width 0.25, 12 epochs; gradient matching (a double backward per step) and
+         the feature-space attacks run here
+Targets are test images outside the accuracy subset that the scale's surrogate (seed 0) classifies
+correctly, each with a random other class as its adversarial class; victims use seed 1.
 
-  clean       surrogate (seed 0: the attacker's model) and the clean victim (seed 1: the baseline)
-  badnets     BadNets at a 1% poison rate (target class 0): ASR + clean accuracy
-  gm          Witches' Brew, 1% budget per target, eps 16/255, victims trained from scratch (seed 1), several
-              targets (each with its own disjoint poisons) per victim training
-  control     one victim trained on all same-budget controls at once: the GM base images with random +-eps
-              noise, and the BadNets images relabelled to the target class without the trigger
-  fc, cp      feature collision (Poison Frogs) and convex polytope in the transfer setting: a linear head
-              retrained on frozen features; cp crafts on two extractors and is also tested on an unseen one
-  meta, gen   MetaPoison and generative poisoning on smaller subsets (see docs/attacks.md)
+  clean            surrogate (seed 0) and clean victim (seed 1) of a scale
+  badnets(-5)      (main) BadNets at a 1% poison rate, target class 0, 3x3 (5x5) patch: ASR + clean accuracy
+  badnets-control  (main) the same images relabelled to class 0 without the trigger
+  gm               (small) Witches' Brew, 1% budget per target, eps 16/255, victims from scratch; several targets
+                   (each with its own disjoint poisons) share one victim training
+  gm-control       (small) the same base images with random +-eps noise, all targets in one victim
+  generative       (small) autoencoder generator and pGAN (and 10% label flipping): clean-accuracy drop vs
+                   random +-8/255 noise on 10% of the images
+  meta             (small) MetaPoison on a few targets in one victim, vs random noise on the same bases
+  transfer         (small) feature collision and convex polytope against linear heads retrained on frozen
+                   features (the attacker's extractor, and an unseen one), vs random +-eps noise on the same bases
 
-Every stage is cached under --work (JSON per finished unit, crafted poisons as .pt), so an interrupted run
-resumes. Every poisoned set is written as 8-bit PNGs, decoded again, and checked against its budget before a
-victim trains on it.
+Every stage is cached under --work (one JSON per finished unit), so an interrupted run resumes. Every
+poisoned set is written as 8-bit PNGs, decoded again and checked against its budget before use.
 
-    nice -n 5 env POISONLAB_THREADS=1 .venv/bin/python bench/attacks.py [--stages clean,badnets,gm,...]
+    nice -n 5 env POISONLAB_THREADS=1 .venv/bin/python bench/attacks.py [--stages clean,badnets,...]
 """
 
 import argparse
@@ -39,11 +43,12 @@ from poisonlab.runtime import set_threads
 from poisonlab.train import TrainConfig, evaluate, train_victim
 
 CIFAR = "../shared/datasets/cifar10-jpg.tar.gz"
-VICTIM = dict(model="smallcnn", width=0.5, epochs=12)
-GM = dict(steps=100, restarts=1, tau=0.1, eps=16 / 255, budget=0.01)  # paper: M=250, R=8 (see docs)
+SCALES = {"main": dict(n=4000, victim=dict(model="smallcnn", width=0.5, epochs=12)),
+          "small": dict(n=2000, victim=dict(model="smallcnn", width=0.25, epochs=12))}
+GM = dict(steps=40, restarts=1, tau=0.1, eps=16 / 255, budget=0.01)  # paper: M=250, R=8 (see docs)
 # Transfer setting: 5 poisons per target for both (Poison Frogs' paper uses 1, convex polytope 5), eps 16/255.
-FC = dict(num_poisons=5, eps=16 / 255, iterations=500)
-CP = dict(num_poisons=5, eps=16 / 255, iterations=600)
+FC = dict(num_poisons=5, eps=16 / 255, iterations=200)
+CP = dict(num_poisons=5, eps=16 / 255, iterations=200)
 
 
 def log(msg):
@@ -51,12 +56,12 @@ def log(msg):
 
 
 class Bench:
-    def __init__(self, args):
-        self.args, self.work = args, Path(args.work)
+    def __init__(self, args, scale, full_train, full_test):
+        self.args, self.scale = args, scale
+        self.work = Path(args.work) if scale == "main" else Path(args.work) / scale  # main keeps the first layout
         self.work.mkdir(parents=True, exist_ok=True)
-        full_train = load_dataset(args.data, "train")
-        full_test = load_dataset(args.data, "test")
-        self.train = full_train.stratified(args.n, seed=0)
+        self.victim_cfg = dict(SCALES[scale]["victim"], epochs=args.epochs or SCALES[scale]["victim"]["epochs"])
+        self.train = full_train.stratified(args.n or SCALES[scale]["n"], seed=0)
         idx = torch.arange(len(full_test))
         self.test_idx = full_test.stratified(args.test_n, seed=0)
         names = set(self.test_idx.names)
@@ -78,11 +83,11 @@ class Bench:
     def model(self, seed, data=None, tag=None):
         """A victim trained on data (default clean) with `seed`; clean models are cached as weights."""
         path = self.work / f"model-{tag or 'clean'}-s{seed}.pt"
-        m = create_model(VICTIM["model"], self.k, 3, VICTIM["width"])
+        m = create_model(self.victim_cfg["model"], self.k, 3, self.victim_cfg["width"])
         if path.exists():
             m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             return m.eval(), read_json(path.with_suffix(".json"))
-        r = train_victim(data or self.train, self.test, TrainConfig(**VICTIM, seed=seed, device="cpu"),
+        r = train_victim(data or self.train, self.test, TrainConfig(**self.victim_cfg, seed=seed, device="cpu"),
                          progress=False, return_model=True)
         model = r.pop("model")
         sd = {k.removeprefix("_orig_mod."): v for k, v in model.state_dict().items()}
@@ -94,7 +99,7 @@ class Bench:
 
     def victim(self, images, labels, seed=1):
         r = train_victim(ImageSet(images, labels, list(self.train.classes)), self.test,
-                         TrainConfig(**VICTIM, seed=seed, device="cpu"), progress=False, return_model=True)
+                         TrainConfig(**self.victim_cfg, seed=seed, device="cpu"), progress=False, return_model=True)
         return r["model"].eval(), r["last_acc"]
 
     def targets(self, n, seed=0):
@@ -116,8 +121,9 @@ class Bench:
         return {"surrogate_acc": s["last_acc"], "clean_acc": v["last_acc"]}
 
     def badnets(self, kind="badnets", rate_=0.01):
+        attack, kw = BACKDOORS[kind]
         def run():
-            atk = create_attack(kind, target_class=0, poison_rate=rate_, seed=0)
+            atk = create_attack(attack, target_class=0, poison_rate=rate_, seed=0, **kw)
             res = atk(self.train.images, self.train.labels)
             saved, check = saved_roundtrip(self.train.images, res.images, res.meta["bound"])
             model, acc = self.victim(saved, res.labels)
@@ -160,28 +166,94 @@ class Bench:
                                                            "clean_acc_mean": sum(r["clean_acc"] for r in out) / len(out)},
                                           "clean-victim": rate(int(clean_hits.sum()), len(clean_hits))}}
 
-    def control(self, groups, per_group, kind="badnets", rate_=0.01):
-        """One victim trained on every same-budget control at once: the GM targets' base images (same
-        selection, same 1% per target) with random +-eps noise, and the BadNets images relabelled to the
-        target class without the trigger. Controls do not attack, so sharing one training is harmless."""
-        ids, xt, yt, adv = self.gm_targets(groups * per_group)
+    def badnets_control(self, kind="badnets", rate_=0.01):
+        """The very same images relabelled to the target class without any trigger; its ASR is measured on
+        the triggered test sets of every backdoor run so far (they share the poisoned indices)."""
         bad = read_json(self.work / f"{kind}-{rate_:g}.json")
         def run():
-            images, labels = self.train.images, self.train.labels.clone()
+            labels = self.train.labels.clone()
+            labels[torch.tensor(bad["poisoned"])] = 0
+            model, acc = self.victim(self.train.images, labels)
+            asr = {k: attack_success_rate(model, torch.load(self.work / f"{k}-triggered-test.pt", weights_only=True), 0)
+                   for k in BACKDOORS if (self.work / f"{k}-triggered-test.pt").exists()}
+            return {"clean_acc": acc, "asr": asr}
+        return self.cached(f"{kind}-control", run)
+
+    def gm_control(self, groups, per_group):
+        """One victim trained on all GM targets' base images (same selection, same 1% per target) with random
+        +-eps noise instead of the crafted perturbation."""
+        ids, xt, yt, adv = self.gm_targets(groups * per_group)
+        def run():
+            images, labels = self.train.images, self.train.labels
             for g in range(groups):  # the same seeds as the attack groups: the same base images
                 sl = slice(g * per_group, (g + 1) * per_group)
                 atk = create_attack("random-poison", target_images=xt[sl], adversarial_labels=adv[sl],
                                     eps=GM["eps"], budget=GM["budget"], seed=g)
                 res = atk(images, labels)
                 images, _ = saved_roundtrip(images, res.images, res.meta["bound"])
-            labels[torch.tensor(bad["poisoned"])] = 0
             model, acc = self.victim(images, labels)
-            tx = torch.load(self.work / f"{kind}-triggered-test.pt", weights_only=True)
-            return {"clean_acc": acc, "gm_hits": targeted_hits(model, xt, adv).tolist(),
-                    "badnets_asr": attack_success_rate(model, tx, 0)}
-        out = self.cached("control", run)
-        out["gm"] = rate(sum(out["gm_hits"]), len(out["gm_hits"]))
+            return {"clean_acc": acc, "hits": targeted_hits(model, xt, adv).tolist()}
+        out = self.cached("gm-control", run)
+        out["summary"] = rate(sum(out["hits"]), len(out["hits"]))
         return out
+
+
+# name -> (attack, options); the trigger seed is fixed here so that reruns use the same secret pattern
+BACKDOORS = {"badnets": ("badnets", {"trigger_seed": 1}), "badnets-5": ("badnets", {"trigger_seed": 1, "trigger_size": 5}),
+             "blended": ("blended", {"trigger_seed": 1})}
+UNTARGETED = {  # generative attacks vs the same-budget control (random +-eps noise on the same 10%)
+    "autoencoder-poison": dict(fraction=0.1, eps=8 / 255, steps=200, surrogate_width=0.25),
+    "pgan": dict(poison_class=0, fraction=0.05, steps=300, surrogate_width=0.25),
+    "label-flip": dict(fraction=0.1),
+}
+META = dict(num_poisons=20, ensemble=2, unroll=2, outer_steps=20, reset_steps=100, batch_size=32, eps=8 / 255,
+            surrogate_width=0.25)  # paper: M=24, 60 outer steps
+
+
+def untargeted(b, name):
+    """Clean accuracy of a victim trained on the poisoned set; the drop is against the clean victim."""
+    def run():
+        atk = create_attack(name, seed=0, **UNTARGETED.get(name, {}))
+        res = atk(b.train.images, b.train.labels)
+        saved, check = saved_roundtrip(b.train.images, res.images, res.meta["bound"], res.poisoned)
+        _, acc = b.victim(saved, res.labels)
+        return {"attack": name, "poisoned": len(res.poisoned), "clean_acc": acc, "saved_check": check,
+                "generation_seconds": res.meta["generation_seconds"]}
+    out = b.cached(f"untargeted-{name}", run)
+    out["drop"] = round(b.model(1)[1]["last_acc"] - out["clean_acc"], 2)
+    return out
+
+
+def random_control(b, fraction, eps, name):
+    """Random +-eps noise (uniform signs) on a random `fraction` of the training images."""
+    def run():
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randperm(len(b.train), generator=g)[:round(fraction * len(b.train))]
+        signs = torch.randint(0, 2, b.train.images[idx].shape, generator=g).to(torch.int16) * 2 - 1
+        images = b.train.images.clone()
+        images[idx] = (images[idx].to(torch.int16) + signs * int(eps * 255)).clamp(0, 255).to(torch.uint8)
+        _, acc = b.victim(images, b.train.labels)
+        return {"fraction": fraction, "eps_levels": int(eps * 255), "clean_acc": acc}
+    out = b.cached(name, run)
+    out["drop"] = round(b.model(1)[1]["last_acc"] - out["clean_acc"], 2)
+    return out
+
+
+def metapoison(b, n_targets):
+    """MetaPoison for a few targets in one victim training, and its random control in another."""
+    ids, xt, yt, adv = b.targets(n_targets, seed=2)
+    res = {}
+    for name, kw in (("metapoison", META), ("random-poison", {"num_poisons": META["num_poisons"], "eps": META["eps"]})):
+        def run(name=name, kw=kw):
+            atk = create_attack(name, target_images=xt, adversarial_labels=adv, target_ids=ids.tolist(), seed=0, **kw)
+            r = atk(b.train.images, b.train.labels)
+            saved, check = saved_roundtrip(b.train.images, r.images, r.meta["bound"], r.poisoned)
+            model, acc = b.victim(saved, r.labels)
+            return {"hits": targeted_hits(model, xt, adv).tolist(), "clean_acc": acc, "saved_check": check,
+                    "generation_seconds": r.meta["generation_seconds"]}
+        out = b.cached(f"meta-{name}", run)
+        res[name] = {**out, **rate(sum(out["hits"]), len(out["hits"]))}
+    return {"summary": res}
 
 
 def transfer(b, n_targets):
@@ -229,47 +301,66 @@ def transfer(b, n_targets):
     return {"rows": rows, "summary": summary}
 
 
+STAGE_SCALE = {"clean": "main", "badnets": "main", "badnets-5": "main", "badnets-control": "main", "blended": "main",
+               "clean-small": "small", "gm": "small", "gm-control": "small", "transfer": "small",
+               "meta": "small", "generative": "small"}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=CIFAR)
-    ap.add_argument("--n", type=int, default=4000)
+    ap.add_argument("--n", type=int, default=None, help="override the scale's training-set size (smoke tests)")
     ap.add_argument("--test-n", type=int, default=2000)
     ap.add_argument("--work", default="runs/attacks")
     ap.add_argument("--out", default="docs/results/attacks.json")
-    ap.add_argument("--stages", default="clean,badnets,gm,control,transfer")
+    ap.add_argument("--stages", default="clean,badnets,clean-small,gm,gm-control,transfer,badnets-5,badnets-control,"
+                                        "generative,meta")
     ap.add_argument("--gm-groups", type=int, default=2)
     ap.add_argument("--gm-per-group", type=int, default=10)
     ap.add_argument("--transfer-targets", type=int, default=20)
-    ap.add_argument("--epochs", type=int, default=VICTIM["epochs"], help="victim epochs (smoke tests)")
+    ap.add_argument("--meta-targets", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=None, help="override victim epochs (smoke tests)")
     ap.add_argument("--gm-steps", type=int, default=GM["steps"])
     args = ap.parse_args()
-    VICTIM["epochs"], GM["steps"] = args.epochs, args.gm_steps
+    GM["steps"] = args.gm_steps
     set_threads()
-    b = Bench(args)
+    full_train, full_test = load_dataset(args.data, "train"), load_dataset(args.data, "test")
+    benches = {}
     out_path = Path(args.out)
     results = read_json(out_path) if out_path.exists() else {}
-    results["scale"] = {"train": args.n, "test": args.test_n, "victim": VICTIM, "gm": {k: v for k, v in GM.items()},
-                        "command": "nice -n 5 env POISONLAB_THREADS=1 .venv/bin/python bench/attacks.py "
-                                   f"--stages {args.stages}"}
+    results.pop("scale", None)  # layout of the first run
+    results["scales"] = {k: {"train": args.n or v["n"], "test": args.test_n, "victim": v["victim"]} for k, v in SCALES.items()}
+    results["settings"] = {"gm": dict(GM), "fc": FC, "cp": CP, "meta": META, "untargeted": UNTARGETED, "gm_targets": args.gm_groups * args.gm_per_group,
+                           "transfer_targets": args.transfer_targets}
+    results["command"] = "nice -n 5 env POISONLAB_THREADS=1 .venv/bin/python bench/attacks.py"
     for stage in args.stages.split(","):
-        log(f"stage {stage}")
-        if stage == "clean":
-            results["clean"] = b.clean()
-        elif stage == "badnets":
-            results["badnets"] = b.badnets("badnets", 0.01)
-        elif stage == "blended":
-            results["blended"] = b.badnets("blended", 0.01)
-        elif stage == "transfer":
-            results["transfer"] = transfer(b, args.transfer_targets)
+        if stage not in STAGE_SCALE:
+            raise SystemExit(f"unknown stage {stage}; have {sorted(STAGE_SCALE)}")
+        scale = STAGE_SCALE[stage]
+        if scale not in benches:
+            benches[scale] = Bench(args, scale, full_train, full_test)
+        b = benches[scale]
+        log(f"stage {stage} ({scale})")
+        if stage in ("clean", "clean-small"):
+            results[stage] = b.clean()
+        elif stage in BACKDOORS:
+            results[stage] = b.badnets(stage, 0.01)
+        elif stage == "badnets-control":
+            results[stage] = b.badnets_control()
         elif stage == "gm":
-            results["gm"] = b.gm(args.gm_groups, args.gm_per_group)
-        elif stage == "control":
-            results["control"] = b.control(args.gm_groups, args.gm_per_group)
-        else:
-            raise SystemExit(f"unknown stage {stage}")
+            results[stage] = b.gm(args.gm_groups, args.gm_per_group)
+        elif stage == "gm-control":
+            results[stage] = b.gm_control(args.gm_groups, args.gm_per_group)
+        elif stage == "transfer":
+            results[stage] = transfer(b, args.transfer_targets)
+        elif stage == "meta":
+            results[stage] = metapoison(b, args.meta_targets)
+        elif stage == "generative":
+            results[stage] = {"summary": {n: untargeted(b, n) for n in UNTARGETED} |
+                              {"random-noise-control": random_control(b, 0.1, 8 / 255, "untargeted-control")}}
         write_json(out_path, results)
         log(json.dumps({k: (v["summary"] if isinstance(v, dict) and "summary" in v else v)
-                        for k, v in results.items()}, default=str)[:3000])
+                        for k, v in results.items() if k not in ("scales", "settings", "command")}, default=str)[:3000])
 
 
 if __name__ == "__main__":
