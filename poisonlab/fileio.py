@@ -102,7 +102,7 @@ def lock_path_for(target) -> Path:
     return target.with_name(f".{target.name}.lock")
 
 
-_HELD = {}  # lock path -> [thread id, depth]: the holder may nest (protect -> publish -> staged_dir)
+_HELD = {}  # lock path -> [(pid, thread id), depth]: the holder may nest (protect -> publish -> staged_dir)
 _HELD_GUARD = threading.Lock()
 
 
@@ -116,9 +116,12 @@ def exclusive_lock(target, what="output"):
     inode) notices and retries on the new file.
     """
     path = Path(os.path.abspath(lock_path_for(Path(target).expanduser())))
-    me = threading.get_ident()
+    me = (os.getpid(), threading.get_ident())  # a forked child inherits _HELD but not the lock: pid tells
     with _HELD_GUARD:
         held = _HELD.get(path)
+        if held is not None and held[0][0] != me[0]:
+            del _HELD[path]  # the parent's entry; the flock below decides
+            held = None
         if held is not None and held[0] == me:
             held[1] += 1
             nested = True

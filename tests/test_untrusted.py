@@ -12,7 +12,6 @@ import os
 import pickle
 import stat
 import struct
-import subprocess
 import sys
 import tarfile
 import threading
@@ -252,19 +251,43 @@ def test_checkpoints_with_rng_state_load_weights_only(tmp_path):
 
 
 # ================================================================== concurrent runs on one OUT
+def _cli_in_child(args, conn):
+    err = io.StringIO()
+    sys.stderr = err
+    try:
+        rc = main(args)
+    except BaseException as e:  # report, never hang the parent
+        rc = repr(e)
+    conn.send((rc, err.getvalue()))
+
+
 def test_concurrent_process_fails_at_once_while_out_is_locked(tmp_path):
+    """A second process (forked: no import cost) runs `poisonlab protect` on an OUT this one holds; it must
+    fail at once (it would deadlock here if it waited) with the holder's pid, and leave nothing behind."""
+    import multiprocessing
     src = folder(tmp_path / "src")
     out = tmp_path / "out"
-    env = dict(os.environ, POISONLAB_THREADS="1")
+    ctx = multiprocessing.get_context("fork")
     with exclusive_lock(out):  # this process is "the first run"
-        t0 = time.monotonic()
-        p = subprocess.run([sys.executable, "-m", "poisonlab", "protect", "--method", "random", "--data", str(src),
-                            "--out", str(out), "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
-        assert time.monotonic() - t0 < 120
-    one_line_error(p.returncode, p.stderr, "another poisonlab run", f"pid {os.getpid()}", str(out))
+        recv, send = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_cli_in_child, args=(["protect", "--method", "random", "--data", str(src),
+                                                         "--out", str(out), "--no-progress"], send))
+        child.start()
+        assert recv.poll(300), "the second run waited for the lock instead of failing"
+        rc, err = recv.recv()
+        child.join(60)
+    one_line_error(rc, err, "another poisonlab run", f"pid {os.getpid()}", str(out))
     assert not out.exists()
     assert not (tmp_path / ".out.work").exists() and not (tmp_path / ".out.partial").exists()
     assert not (tmp_path / ".out.lock").exists()  # released (and removed) by the holder
+    # and once released, a run goes through
+    child = ctx.Process(target=_cli_in_child, args=(["protect", "--method", "random", "--data", str(src),
+                                                     "--out", str(out), "--no-progress"], send))
+    child.start()
+    assert recv.poll(300)
+    assert recv.recv()[0] == 0
+    child.join(60)
+    assert len(list(out.rglob("*.png"))) == 4
 
 
 def test_two_concurrent_runs_race_on_one_out(tmp_path, monkeypatch):
