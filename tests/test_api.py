@@ -2,10 +2,13 @@
 tensors, publish, and train_victim on tensors with a user's model and hooks."""
 
 import json
+import os
+import subprocess
 import sys
 import textwrap
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -13,6 +16,7 @@ from torch import nn
 import poisonlab as pl
 from conftest import make_set
 from poisonlab import PoisonlabError
+from poisonlab.bench import parse_config, run_grid
 from poisonlab.data import load_dataset
 from poisonlab.registry import Registry, load_plugins
 
@@ -237,3 +241,27 @@ def test_hook_errors(tiny_set):
     with pytest.raises(PoisonlabError, match="at most one hook"):
         pl.train_victim(tiny_set, None, pl.TrainConfig(epochs=1, **FAST), progress=False,
                         hooks=[ZeroWeights(), ZeroWeights()])
+
+
+def test_a_plugin_method_is_listed_by_the_cli_and_runs_in_a_one_cell_grid(plugin, tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(plugin), *sys.path]), POISONLAB_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "poisonlab", "methods"], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("plugnoise"))
+    assert "Plug" in line and "A plugin method" in line
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    y = np.arange(40) % 4
+    np.savez(tmp_path / "d.npz", train_images=x, train_labels=y, test_images=x[:20], test_labels=y[:20])
+    cfg = parse_config({"name": "plug", "data": {"source": str(tmp_path / "d.npz")},
+                        "train": {"model": "smallcnn", "width": 0.25, "epochs": 1, "batch_size": 20},
+                        "experiments": [{"name": "one", "layout": "defenses", "methods": ["plugnoise"],
+                                         "budgets": ["2/255"], "defenses": ["none"]}]}, tmp_path / "plug.json")
+    res = run_grid(cfg, out=tmp_path / "out", progress=False, log=lambda *a: None)
+    assert res["trained"] == 1 and res["missing"] == 0 and len(res["rows"]) == 1
+    row = res["rows"][0]
+    assert row["method"] == "plugnoise" and row["last_acc"] is not None
+    manifest = json.loads(next((tmp_path / "out" / "cache" / "protected").glob("plugnoise-*/manifest.json")).read_text())
+    assert manifest["method"] == "plugnoise" and manifest["bound"]["levels"] == 2
+    assert "| Plug |" in (tmp_path / "out" / "tables.md").read_text()  # the plugin's own display label

@@ -22,6 +22,7 @@ from .. import PoisonlabError
 from ..data import ImageSet
 from ..options import parse_value as _value
 from ..registry import DEFENSES
+from ..runtime import to_float_batch
 
 # Transitional names (the registry is poisonlab.registry.DEFENSES).
 register_defense = DEFENSES.register
@@ -161,7 +162,7 @@ def batched(images: torch.Tensor, fn, batch_size: int = 2048) -> torch.Tensor:
     """Run fn on float [0,1] batches of uint8 images; return uint8 (round to nearest, clamp)."""
     out = torch.empty_like(images)
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].float().div_(255)
+        x = to_float_batch(images[i:i + batch_size])
         with torch.no_grad():
             y = fn(x)
         out[i:i + batch_size] = y.mul(255).round_().clamp_(0, 255).to(torch.uint8)

@@ -2,7 +2,8 @@
 
 from torch import nn
 
-from . import register_model, scaled
+from ..registry import MODELS
+from .base import scaled
 
 
 def _block(cin, cout, pool):
@@ -10,7 +11,7 @@ def _block(cin, cout, pool):
     return layers + ([nn.MaxPool2d(2)] if pool else [])
 
 
-@register_model
+@MODELS.register
 def smallcnn(num_classes=10, in_channels=3, width=1.0):
     c = [scaled(v, width) for v in (32, 64, 128, 256)]
     return nn.Sequential(

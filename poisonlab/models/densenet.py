@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_model, scaled
+from ..registry import MODELS
+from .base import scaled
 
 
 class _Dense(nn.Module):
@@ -23,7 +24,7 @@ def _transition(cin, cout):
     return nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1, bias=False), nn.AvgPool2d(2))
 
 
-@register_model
+@MODELS.register
 def densenet121(num_classes=10, in_channels=3, width=1.0):
     growth = scaled(32, width)
     c = 2 * growth

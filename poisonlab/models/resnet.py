@@ -3,7 +3,8 @@
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_model, scaled
+from ..registry import MODELS
+from .base import scaled
 
 
 class BasicBlock(nn.Module):
@@ -62,11 +63,11 @@ class ResNet(nn.Module):
         return self.head(self.stages(self.stem(x)))
 
 
-@register_model
+@MODELS.register
 def resnet18(num_classes=10, in_channels=3, width=1.0):
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, width)
 
 
-@register_model
+@MODELS.register
 def resnet50(num_classes=10, in_channels=3, width=1.0):
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, width)

@@ -2,12 +2,13 @@
 
 from torch import nn
 
-from . import register_model, scaled
+from ..registry import MODELS
+from .base import scaled
 
 _CFG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
-@register_model
+@MODELS.register
 def vgg16(num_classes=10, in_channels=3, width=1.0):
     layers, cin = [], in_channels
     for v in _CFG16:

@@ -3,7 +3,8 @@
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_model, scaled
+from ..registry import MODELS
+from .base import scaled
 
 
 class _WideBlock(nn.Module):
@@ -31,6 +32,6 @@ def wide_resnet(depth, widen, num_classes, in_channels, width):
     return nn.Sequential(*layers)
 
 
-@register_model
+@MODELS.register
 def wrn34_10(num_classes=10, in_channels=3, width=1.0):
     return wide_resnet(34, 10, num_classes, in_channels, width)

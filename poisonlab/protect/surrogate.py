@@ -11,7 +11,8 @@ from ..augment import Augment
 from ..budget import budget_to_levels, parse_budget
 from ..models import create_model
 from ..progress import progress as progress_bar
-from ..runtime import autocast, pick_device, prepare_model, seed_everything
+from ..pgd import LinfPGD
+from ..runtime import autocast, pick_device, prepare_model, seed_everything, to_float_batch
 from .base import Protection
 
 
@@ -93,11 +94,9 @@ class SurrogateMethod(Protection):
         return model
 
     def batch(self, images, idx):
-        x = images[idx].float().div_(255)
-        return x.contiguous(memory_format=torch.channels_last) if self.device_.type != "mps" else x
+        return to_float_batch(images[idx], self.device_)
 
     def linf(self, eps, step_size, steps, minimize, eot=1, augment=None, random_start=True):
-        from ..attacks import LinfPGD
         return LinfPGD(parse_budget(eps), alpha=parse_budget(step_size), steps=int(steps), minimize=minimize,
                        eot=eot, augment=augment, random_start=random_start)
 
