@@ -73,7 +73,7 @@ def _backdoored(n=120, poisons=12):
 
 def test_abl_isolates_at_the_turning_epoch_and_unlearns(tmp_path):
     train, poisons = _backdoored()
-    abl = ABL(ratio=0.05, turning_epoch=3, unlearn_epochs=3, unlearn_lr=0.01)
+    abl = ABL(ratio=0.05, turning_epoch=3, gga=False, unlearn_epochs=3, unlearn_lr=0.01)
     out = abl.run(train, None, TrainConfig(epochs=5, **CFG), folder=tmp_path)
     isolated = out["isolated"]
     assert len(isolated) == 6  # ceil(0.05 * 120)
@@ -87,6 +87,18 @@ def test_abl_isolates_at_the_turning_epoch_and_unlearns(tmp_path):
     assert torch.equal(again["isolated"], isolated)
     with pytest.raises(PoisonlabError, match="turning epoch"):
         abl.run(train, None, TrainConfig(epochs=2, **CFG))
+
+
+def test_abl_gga_pushes_the_isolated_loss_up_to_the_cap_during_training():
+    train, poisons = _backdoored()
+    cfg = TrainConfig(epochs=5, **CFG)
+    plain = ABL(ratio=0.05, turning_epoch=3, gga=False, unlearn_epochs=0).run(train, None, cfg)
+    gga = ABL(ratio=0.05, turning_epoch=3, gga=True, cap=5.0, unlearn_epochs=0).run(train, None, cfg)
+    assert torch.equal(gga["isolated"], plain["isolated"])  # same run up to the turning epoch
+    iso = train.subset(gga["isolated"])
+    assert per_sample_loss(gga["model"], iso).mean() > 4.0 > per_sample_loss(plain["model"], iso).mean()
+    rest = train.subset(sorted(poisons - set(gga["isolated"].tolist())))  # poisons it never saw ascended
+    assert per_sample_loss(gga["model"], rest).mean() > per_sample_loss(plain["model"], rest).mean()
 
 
 def test_itlm_is_a_registered_training_defense():

@@ -8,8 +8,16 @@ local gradient ascent loss
 
 which holds the training loss near gamma: clean samples cannot go below it, the backdoored ones still do,
 so at T_te the `ratio` (1%) lowest-loss samples are isolated as suspected poisons. From T_te on the model
-trains on the rest (the official code's fine-tuning on the non-isolated data), and finally the isolated
-samples are unlearned by gradient ascent (the - E_{isolated} loss term of the paper's GGA objective).
+trains on the rest with the global gradient ascent objective of the paper (and the lecture)
+
+    L_GGA = E_{rest} loss - E_{isolated} loss
+
+(gga=True: every step adds the negated mean loss of a random batch of isolated samples, so the ascent term
+weighs as much as the descent term although the isolated set is 1% of the data; gga=False trains on the
+rest only, the official code's fine-tuning stage). Finally the isolated samples are unlearned by gradient
+ascent (the official code's separate unlearning stage). Ascent is unbounded, so each isolated sample's loss
+counts only up to `cap` (5 nats: its label's probability below 0.7%); this bound is ours, for stability at
+the training learning rate, and not from the paper.
 
 Defaults are the paper's / official code's: gamma 0.5, isolation ratio 0.01, T_te 20 (official config: 10
 tuning epochs), unlearning 5 epochs at lr 5e-4 (batch 64, SGD momentum 0.9, weight decay 1e-4). As in the
@@ -19,9 +27,11 @@ official code the LGA sign is taken on the batch's mean loss.
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .. import PoisonlabError
 from ..data import ImageSet
+from ..runtime import to_float_batch
 from .probe import per_sample_loss, train_cached
 from .unlearn import GradientAscent
 
@@ -36,19 +46,22 @@ class ABL:
     """`run(train, test, cfg)`: one train_victim run with `hook(train)` (LGA until the turning epoch, isolation
     there, training on the rest after it), then `unlearn` of the isolated samples."""
 
-    def __init__(self, *, gamma=0.5, ratio=0.01, turning_epoch=20, unlearn_epochs=5, unlearn_lr=5e-4,
-                 unlearn_batch_size=64):
+    def __init__(self, *, gamma=0.5, ratio=0.01, turning_epoch=20, gga=True, cap=5.0, unlearn_epochs=5,
+                 unlearn_lr=5e-4, unlearn_batch_size=64):
         if not 0 < float(ratio) < 1:
             raise PoisonlabError(f"abl isolation ratio must lie in (0, 1), got {ratio}")
         if int(turning_epoch) < 1:
             raise PoisonlabError("abl turning_epoch must be >= 1")
         if float(gamma) < 0:
             raise PoisonlabError(f"abl gamma must be >= 0, got {gamma}")
-        self.gamma, self.ratio, self.turning_epoch = float(gamma), float(ratio), int(turning_epoch)
-        self.unlearner = GradientAscent(epochs=unlearn_epochs, lr=unlearn_lr, batch_size=unlearn_batch_size)
+        self.gamma, self.ratio, self.turning_epoch, self.gga = float(gamma), float(ratio), int(turning_epoch), bool(gga)
+        if float(cap) <= 0:
+            raise PoisonlabError(f"abl cap must be > 0, got {cap}")
+        self.cap = float(cap)
+        self.unlearner = GradientAscent(epochs=unlearn_epochs, lr=unlearn_lr, batch_size=unlearn_batch_size, cap=cap)
 
     def spec(self) -> str:
-        return f"abl:gamma={self.gamma:.6g},ratio={self.ratio:.6g},turning_epoch={self.turning_epoch}"
+        return f"abl:gamma={self.gamma:.6g},ratio={self.ratio:.6g},turning_epoch={self.turning_epoch},gga={self.gga},cap={self.cap:g}"
 
     def isolate(self, model, data: ImageSet) -> torch.Tensor:
         """Sorted indices of the ceil(ratio * n) samples with the lowest loss (the suspected poisons)."""
@@ -73,8 +86,8 @@ class ABL:
 
 
 class ABLHook:
-    """train_victim hook: `loss` (LGA before the turning epoch, cross-entropy after), `after_epoch` (isolate
-    at the turning epoch) and `select` (train on the non-isolated samples after it)."""
+    """train_victim hook: `loss` (LGA before the turning epoch, GGA or plain cross-entropy after),
+    `after_epoch` (isolate at the turning epoch) and `select` (train on the non-isolated samples after it)."""
 
     def __init__(self, abl: ABL, train: ImageSet):
         self.abl, self.train = abl, train
@@ -85,6 +98,15 @@ class ABLHook:
 
     def loss(self, model, x, y, y_soft, state):
         from ..train import per_sample_loss as batch_loss
+        if state.epoch >= self.abl.turning_epoch and self.abl.gga and self.isolated is not None:
+            # One forward over the batch and a random batch of isolated samples (BN sees them together).
+            gen, b = state.generator, len(x)
+            pick = self.isolated[torch.randint(len(self.isolated), (min(b, len(self.isolated)),),
+                                               generator=gen, device=gen.device).cpu()]
+            out = model(torch.cat([x, to_float_batch(self.train.images[pick], state.device).to(x.dtype)]))
+            ascent = F.cross_entropy(out[b:].float(), self.train.labels[pick].to(state.device), reduction="none")
+            ascent = ascent.clamp(max=self.abl.cap).mean()
+            return batch_loss(out[:b], y, y_soft) - ascent, out[:b]  # mean: E_rest loss - E_isolated loss
         logits = model(x)
         per = batch_loss(logits, y, y_soft)
         return (lga(per, self.abl.gamma) if state.epoch < self.abl.turning_epoch else per), logits

@@ -54,6 +54,9 @@ class ITLM(Defense):
             raise PoisonlabError("ITLM warmup must be >= 1 epoch")
         self._train = None
 
+    def display(self) -> str:
+        return f"ITLM-{self.alpha:g}"
+
     def apply(self, data: ImageSet) -> ImageSet:
         self._train = data
         return data

@@ -66,13 +66,17 @@ class GradientAscent:
     """Maximise the loss of the found samples with SGD (ABL's official unlearning setting: lr 5e-4,
     momentum 0.9, weight decay 1e-4, batch 64, 5 epochs). retain_weight > 0 adds, at every step, the
     ordinary loss of an equally sized random batch of the other samples (NegGrad+), which protects clean
-    accuracy. BatchNorm statistics stay frozen: a few dozen triggered images would otherwise shift them."""
+    accuracy. BatchNorm statistics stay frozen by default: a few dozen triggered images would shift them
+    and cost clean accuracy (measured); train_mode=True uses batch statistics as ABL's official unlearning
+    does. With frozen statistics a perfectly fitted backdoor (loss near 0) gives little gradient to ascend.
+    cap: a found sample's loss counts only up to cap (no gradient beyond), which keeps the ascent bounded."""
 
     def __init__(self, *, epochs=5, lr=5e-4, batch_size=64, momentum=0.9, weight_decay=1e-4, retain_weight=0.0,
-                 seed=0, amp=True):
+                 train_mode=False, cap=None, seed=0, amp=True):
         self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
         self.momentum, self.weight_decay, self.retain_weight = float(momentum), float(weight_decay), float(retain_weight)
-        self.seed, self.amp = int(seed), amp
+        self.train_mode, self.seed, self.amp = bool(train_mode), int(seed), amp
+        self.cap = None if cap is None else float(cap)
         if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
             raise PoisonlabError("gradient ascent needs epochs >= 0, lr > 0 and batch_size >= 1")
 
@@ -82,7 +86,7 @@ class GradientAscent:
         rest = rest_of(train, found) if self.retain_weight > 0 else None
         model = copy.deepcopy(model)
         device = _device(model)
-        model.eval()  # frozen BN statistics; gradients still flow
+        model.train(self.train_mode)
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         gen = torch.Generator().manual_seed(self.seed)
         for epoch in range(self.epochs):
@@ -90,7 +94,8 @@ class GradientAscent:
             for b in range(0, len(order), self.batch_size):
                 x, y = _batch(train, order[b:b + self.batch_size], device)
                 with autocast(device, self.amp):
-                    loss = -F.cross_entropy(model(x).float(), y)
+                    ce = F.cross_entropy(model(x).float(), y, reduction="none")
+                    loss = -(ce if self.cap is None else ce.clamp(max=self.cap)).mean()
                     if rest is not None and len(rest):
                         pick = rest[torch.randint(len(rest), (len(x),), generator=gen)]
                         xr, yr = _batch(train, pick, device)
@@ -100,8 +105,8 @@ class GradientAscent:
                 opt.step()
             if on_epoch is not None:
                 on_epoch(epoch + 1, model)
-                model.eval()
-        return model
+                model.train(self.train_mode)
+        return model.eval()
 
 
 def fisher_diagonal(model, data: ImageSet, batch_size=64, amp=True) -> list[torch.Tensor]:

@@ -1,0 +1,363 @@
+#!/usr/bin/env python
+"""CPU-scale evaluation of the poisoning defenses (issue 13) against BadNets and label flipping (issue 12's
+attacks), every cell beside its no-defense baseline.
+
+Scale: a class-balanced 5,000-image subset of the shared CIFAR-10 (JPEG) training set (stratified(5000,
+seed=0)), clean accuracy on a 2,000-image stratified test subset; victims smallcnn at width 0.5, 15 epochs
+(SGD lr 0.1, cosine, batch 128, crop+flip), seed 0.
+
+  attacks   none (clean data); badnets: 10% of the training set (500 images of classes 1-9) stamped with a
+            3x3 patch and relabelled to class 0 (ABL's poisoning rate); flip: 20% of the labels flipped
+            y -> y + 1 mod 10
+  defenses  none; abl (gamma 0.5, isolation 1%, turning epoch 5 of 15, then the GGA objective on the rest
+            minus the isolated (loss capped at 5), then 5 unlearning epochs at lr 5e-4); itlm (alpha 0.8, 3 re-selections after a 3-epoch warm-up, one run);
+            dpa (k = 10 hash partitions of 500 images, smallcnn width 0.5, 30 epochs, batch 64);
+            detection on the undefended model: spectral signatures (eps 0.1) and activation clustering
+            (PCA-10, 2-means, size threshold 0.35), precision/recall against the true poisons;
+            corrective unlearning of the undefended BadNets model given 10% or 100% of its poisons:
+            retrain without them (reference), gradient ascent with retain descent (NegGrad+: 5 epochs, lr 0.01,
+            batch 16, loss capped at 5), SSD (alpha 10, lambda 1)
+
+Every training run checkpoints every epoch under --work/ckpt and every finished cell is one JSON under
+--work/cells, so an interrupted run resumes and a rerun only rebuilds the report (docs/results/defenses.json,
+docs/results/defenses_tables.md, docs/defenses/*.png).
+
+    nice -n 5 env POISONLAB_THREADS=1 .venv/bin/python bench/defenses.py [--stages clean,badnets,...]
+"""
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from poisonlab.attacks import create_attack  # noqa: E402
+from poisonlab.data import ImageSet, load_dataset  # noqa: E402
+from poisonlab.defenses.abl import ABL  # noqa: E402
+from poisonlab.defenses.detect import ActivationClustering, SpectralSignatures  # noqa: E402
+from poisonlab.defenses.dpa import DPA, aggregate  # noqa: E402
+from poisonlab.defenses.itlm import ITLM  # noqa: E402
+from poisonlab.attacks.evaluate import attack_success_rate  # noqa: E402
+from poisonlab.defenses.probe import accuracy, precision_recall, train_cached  # noqa: E402
+from poisonlab.defenses.unlearn import SSD, GradientAscent, RetrainWithout, timed  # noqa: E402
+from poisonlab.fileio import atomic_write, read_json, write_json  # noqa: E402
+from poisonlab.runtime import set_threads  # noqa: E402
+from poisonlab.train import TrainConfig  # noqa: E402
+
+CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
+SCALE = dict(train=5000, test=2000)
+VICTIM = dict(model="smallcnn", width=0.5, epochs=15)
+ATTACKS = {"badnets": ("badnets", dict(target_class=0, poison_rate=0.1, trigger_seed=20261126, seed=0)),
+           "flip": ("label-flip", dict(fraction=0.2, seed=0))}
+ABL_KW = dict(gamma=0.5, ratio=0.01, turning_epoch=5, gga=True, cap=5.0, unlearn_epochs=5, unlearn_lr=5e-4)
+ITLM_KW = dict(alpha=0.8, rounds=3)
+DPA_K, DPA_VICTIM = 10, dict(VICTIM, epochs=30, batch_size=64)
+FOUND = (0.1, 1.0)
+UNLEARN = {"retrain": None, "negrad+": dict(epochs=5, lr=0.01, batch_size=16, retain_weight=1.0, cap=5.0), "ssd": dict()}
+STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "extra")  # in order of priority
+
+
+def log(msg):
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def settings_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+class Bench:
+    def __init__(self, work: Path):
+        self.work = work
+        self.ckpt = work / "ckpt"
+        t0 = time.perf_counter()
+        self.train = load_dataset(str(CIFAR), "train").stratified(SCALE["train"], seed=0)
+        self.test = load_dataset(str(CIFAR), "test").stratified(SCALE["test"], seed=0)
+        log(f"data: {len(self.train)} train / {len(self.test)} test in {time.perf_counter() - t0:.1f}s")
+        self.cfg = TrainConfig(**VICTIM)
+        self.sets = {"clean": (self.train, torch.empty(0, dtype=torch.long))}
+        self.attacks = {}
+        for key, (name, kw) in ATTACKS.items():
+            atk = create_attack(name, **kw)
+            r = atk(self.train)
+            self.attacks[key] = atk
+            self.sets[key] = (ImageSet(r.images, r.labels, list(self.train.classes)), r.poisoned)
+            log(f"{key}: {len(r.poisoned)} poisoned training samples")
+        bad = self.attacks["badnets"]
+        x, y = bad.triggered_test(self.test.images, self.test.labels)
+        self.triggered = ImageSet(x, y, list(self.train.classes))
+
+    # ----- cells ---------------------------------------------------------------------------------------
+    def cell(self, name: str, settings: dict, fn) -> dict:
+        path = self.work / "cells" / f"{name.replace('/', '__')}-{settings_hash(settings)}.json"
+        if path.exists():
+            return read_json(path)
+        log(f"cell {name} ...")
+        t0 = time.perf_counter()
+        rec = fn()
+        rec.update(name=name, settings=settings, wall_seconds=round(time.perf_counter() - t0, 1))
+        write_json(path, rec)
+        log(f"cell {name} done: " + ", ".join(f"{k}={v}" for k, v in rec.items()
+                                               if k in ("clean_acc", "asr", "precision", "recall", "seconds")))
+        return rec
+
+    def metrics(self, model, attack: str) -> dict:
+        out = {"clean_acc": round(accuracy(model, self.test), 2)}
+        if attack == "badnets":
+            asr = attack_success_rate(model, self.triggered.images, self.attacks["badnets"].target_class)
+            out["asr"] = round(100.0 * asr["rate"], 2)
+        return out
+
+    def victim(self, attack: str) -> dict:
+        return train_cached(self.sets[attack][0], self.test, self.cfg, self.ckpt)
+
+    def none(self, attack):
+        def run():
+            r = self.victim(attack)
+            return {**self.metrics(r["model"], attack), "seconds": round(r["train_seconds"], 1),
+                    "history": [h["test_acc"] for h in r["history"]]}
+        return self.cell(f"{attack}/none", {"victim": VICTIM, "attack": ATTACKS.get(attack)}, run)
+
+    def abl(self, attack):
+        data, poisons = self.sets[attack]
+
+        def run():
+            abl, curve = ABL(**ABL_KW), []
+            t0 = time.perf_counter()
+            res = abl.run(data, self.test, self.cfg, self.ckpt,
+                          on_epoch=lambda e, m: curve.append({"epoch": e, **self.metrics(m, attack)}))
+            unlearn_s = time.perf_counter() - t0
+            before = self.metrics(res["trained"]["model"], attack)
+            return {**self.metrics(res["model"], attack), "before_unlearning": before, "unlearning_curve": curve,
+                    "isolation": precision_recall(res["isolated"], poisons),
+                    "seconds": round(res["trained"]["train_seconds"] + unlearn_s, 1)}
+        return self.cell(f"{attack}/abl", {"victim": VICTIM, "attack": ATTACKS.get(attack), "abl": ABL_KW}, run)
+
+    def itlm(self, attack):
+        data, poisons = self.sets[attack]
+
+        def run():
+            hook = ITLM(**ITLM_KW).hook(data)
+            r = train_cached(data, self.test, self.cfg, self.ckpt, hooks=[hook])
+            trimmed = torch.nonzero(~torch.isin(torch.arange(len(data)), hook.kept)).flatten()
+            return {**self.metrics(r["model"], attack), "seconds": round(r["train_seconds"], 1),
+                    "trimmed": precision_recall(trimmed, poisons), "selections": hook.selections}
+        return self.cell(f"{attack}/itlm", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": ITLM_KW}, run)
+
+    def detect(self, attack):
+        data, poisons = self.sets[attack]
+        out = {}
+        for name, det in (("spectral", SpectralSignatures(eps=0.1)), ("ac", ActivationClustering())):
+            def run(det=det):
+                model = self.victim(attack)["model"]
+                t0 = time.perf_counter()
+                found = det(model, data)
+                return {**precision_recall(found.flagged, poisons), "seconds": round(time.perf_counter() - t0, 1),
+                        "per_class": found.per_class}
+            out[name] = self.cell(f"{attack}/detect-{name}", {"victim": VICTIM, "attack": ATTACKS.get(attack),
+                                                             "detector": repr(vars(det))}, run)
+        return out
+
+    def unlearn(self, attack="badnets"):
+        data, poisons = self.sets[attack]
+        out = {}
+        for frac in FOUND:
+            g = torch.Generator().manual_seed(1)
+            found = poisons[torch.randperm(len(poisons), generator=g)[:max(1, round(frac * len(poisons)))]].sort().values
+            for method, kw in UNLEARN.items():
+                def run(method=method, kw=kw, found=found):
+                    model, curve = self.victim(attack)["model"], []
+                    if method == "retrain":
+                        fn = RetrainWithout(self.cfg, test=self.test, folder=self.ckpt)
+                        new = fn(model, data, found)
+                        secs = fn.result["train_seconds"]
+                    elif method == "negrad+":
+                        trace = lambda e, m: curve.append({"epoch": e, **self.metrics(m, attack)})  # noqa: E731
+                        new, secs = timed(lambda m, d, f: GradientAscent(**kw)(m, d, f, on_epoch=trace), model, data, found)
+                    else:
+                        new, secs = timed(SSD(**kw), model, data, found)
+                    return {**self.metrics(new, attack), "seconds": round(secs, 1), "found": len(found), "curve": curve}
+                out[(frac, method)] = self.cell(f"{attack}/unlearn-{method}-found{frac:g}",
+                                                {"victim": VICTIM, "attack": ATTACKS.get(attack), "found": frac,
+                                                 "method": method, "kw": kw}, run)
+        return out
+
+    def dpa(self, attack):
+        data, _ = self.sets[attack]
+
+        def run():
+            dpa, cfg = DPA(DPA_K), TrainConfig(**DPA_VICTIM)
+            models = dpa.fit(data, cfg, cache=self.work / "dpa", log=log)
+            t0 = time.perf_counter()
+            res = dpa.certify(models, self.test)
+            rec = {"clean_acc": round(res["accuracy"], 2), "k": DPA_K, "curve": res["curve"],
+                   "part_sizes": [len(p) for p in dpa.partitions(data)],
+                   "base_acc": [round(accuracy(m, self.test), 2) for m in models]}
+            if attack == "badnets":
+                pred, _ = aggregate(dpa.votes(models, self.triggered))
+                rec["asr"] = round(100.0 * (pred == self.attacks["badnets"].target_class).float().mean().item(), 2)
+            rec["seconds"] = round(sum(dpa.train_seconds) + time.perf_counter() - t0, 1)
+            return rec
+        return self.cell(f"{attack}/dpa", {"victim": DPA_VICTIM, "attack": ATTACKS.get(attack), "k": DPA_K}, run)
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _fmt(v, nd=1):
+    return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def tables(res: dict) -> str:
+    """Markdown tables: defenses x attacks with the undefended baseline in the same row."""
+    lines = [f"Scale: CIFAR-10 {SCALE['train']} train / {SCALE['test']} test (stratified), smallcnn width 0.5, "
+             f"{VICTIM['epochs']} epochs, seed 0; one run per cell. Seconds: training (summed over resumes) plus "
+             "the defense's own work on this machine's shared CPU core.", "",
+             "| attack | defense | clean acc | ASR | no-defense acc | no-defense ASR | clean-data acc | seconds | notes |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    clean = res.get("clean/none", {}).get("clean_acc")
+    for attack in ("clean", "badnets", "flip"):
+        base = res.get(f"{attack}/none")
+        if base is None:
+            continue
+        for d in ("none", "abl", "itlm", "dpa"):
+            r = res.get(f"{attack}/{d}")
+            if r is None:
+                continue
+            notes = []
+            if d == "abl":
+                iso = r["isolation"]
+                notes.append(f"isolated {iso['flagged']}, precision {_fmt(iso['precision'])}%; before unlearning: "
+                             f"acc {r['before_unlearning']['clean_acc']}, ASR {_fmt(r['before_unlearning'].get('asr'))}")
+            if d == "itlm":
+                t = r["trimmed"]
+                notes.append(f"trimmed {t['flagged']}: precision {_fmt(t['precision'])}%, recall {_fmt(t['recall'])}%")
+            if d == "dpa":
+                notes.append(f"k={r['k']}, base classifiers {min(r['base_acc'])}-{max(r['base_acc'])}%; "
+                             f"certified acc at radius 1/2/5: " + "/".join(
+                                 _fmt(next((c['certified_accuracy'] for c in r['curve'] if c['radius'] == q), 0.0))
+                                 for q in (1, 2, 5)))
+            lines.append(f"| {attack} | {d} | {r['clean_acc']} | {_fmt(r.get('asr'))} | {base['clean_acc']} | "
+                         f"{_fmt(base.get('asr'))} | {clean} | {r['seconds']} | {'; '.join(notes)} |")
+    lines += ["", "Detection on the undefended model (penultimate features), against the true poisons:", "",
+              "| attack | detector | flagged | poisons | found | precision % | recall % | seconds |",
+              "|---|---|---|---|---|---|---|---|"]
+    for attack in ("badnets", "flip"):
+        for det in ("spectral", "ac"):
+            r = res.get(f"{attack}/detect-{det}")
+            if r:
+                lines.append(f"| {attack} | {det} | {r['flagged']} | {r['poisons']} | {r['found']} | "
+                             f"{_fmt(r['precision'])} | {_fmt(r['recall'])} | {r['seconds']} |")
+    lines += ["", "Corrective unlearning of the undefended BadNets model, given a found subset of its poisons "
+              "(no-defense baseline in the first row):", "",
+              "| found | method | clean acc | ASR | seconds |", "|---|---|---|---|---|"]
+    base = res.get("badnets/none")
+    if base:
+        lines.append(f"| - | none | {base['clean_acc']} | {base['asr']} | {base['seconds']} |")
+    for frac in FOUND:
+        for m in UNLEARN:
+            r = res.get(f"badnets/unlearn-{m}-found{frac:g}")
+            if r:
+                lines.append(f"| {r['found']} ({frac:.0%}) | {m} | {r['clean_acc']} | {r['asr']} | {r['seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(res: dict, out: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out.mkdir(parents=True, exist_ok=True)
+    curves = {a: res[f"{a}/dpa"] for a in ("clean", "flip", "badnets") if f"{a}/dpa" in res}
+    if curves:
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        for a, r in curves.items():
+            ax.step([c["radius"] for c in r["curve"]], [c["certified_accuracy"] for c in r["curve"]], where="post",
+                    label=f"{a} data")
+        ax.set(xlabel="radius (poisoned insertions/removals)", ylabel="certified accuracy (%)",
+               title=f"DPA, k={DPA_K}, CIFAR-10 {SCALE['train']}")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        _save(fig, out / "dpa_certified.png")
+    series = {k: v for k, v in (("ABL (1% isolated)", res.get("badnets/abl", {}).get("unlearning_curve")),
+                                ("NegGrad+ (10% found)", res.get("badnets/unlearn-negrad+-found0.1", {}).get("curve")),
+                                ("NegGrad+ (100% found)", res.get("badnets/unlearn-negrad+-found1", {}).get("curve")))
+              if v}
+    if series:
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+        for label, c in series.items():
+            e = [p["epoch"] for p in c]
+            axes[0].plot(e, [p["asr"] for p in c], marker="o", label=label)
+            axes[1].plot(e, [p["clean_acc"] for p in c], marker="o", label=label)
+        axes[0].set(xlabel="unlearning epoch", ylabel="BadNets ASR (%)")
+        axes[1].set(xlabel="unlearning epoch", ylabel="clean accuracy (%)")
+        axes[0].legend(fontsize=7)
+        for a in axes:
+            a.grid(alpha=0.3)
+        _save(fig, out / "unlearning_curves.png")
+
+
+def _save(fig, path):
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "defenses")
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {', '.join(STAGES)}")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    ap.add_argument("--smoke", action="store_true", help="tiny scale (400/200 images, 2 epochs) to check the pipeline")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        global DPA_K
+        SCALE.update(train=400, test=200)
+        VICTIM.update(epochs=2)
+        DPA_VICTIM.update(epochs=1)
+        ABL_KW.update(turning_epoch=1)
+        DPA_K = 2
+    set_threads()
+    stages = [s for s in args.stages.split(",") if s]
+    bad = sorted(set(stages) - set(STAGES))
+    if bad:
+        ap.error(f"unknown stage(s) {bad}")
+    b = Bench(args.work)
+    for s in stages:
+        if s in ("clean", "badnets", "flip"):
+            b.none(s)
+        if s == "badnets":
+            b.abl(s)
+            b.itlm(s)
+        elif s == "flip":
+            b.itlm(s)
+        elif s == "dpa":
+            b.dpa("clean")
+        elif s == "detect":
+            for a in ("badnets", "flip"):
+                b.detect(a)
+        elif s == "unlearn":
+            b.unlearn("badnets")
+        elif s == "extra":
+            b.abl("flip")
+            b.dpa("badnets")
+            b.dpa("flip")
+    res = {}
+    for p in sorted((args.work / "cells").glob("*.json")):
+        r = read_json(p)
+        res[r["name"]] = r
+    write_json(args.out / "results" / "defenses.json", {"scale": SCALE, "victim": VICTIM, "attacks": ATTACKS,
+                                                       "abl": ABL_KW, "itlm": ITLM_KW, "dpa": {"k": DPA_K, **DPA_VICTIM},
+                                                       "torch": torch.__version__, "cells": res})
+    with atomic_write(args.out / "results" / "defenses_tables.md", "w") as f:
+        f.write(tables(res))
+    plots(res, args.out / "defenses")
+    log(f"report: {args.out / 'results' / 'defenses_tables.md'}")
+
+
+if __name__ == "__main__":
+    main()
