@@ -95,8 +95,11 @@ def test_keys_are_seeded_ood_and_uniformly_labelled():
     assert a[0].dtype == torch.uint8 and a[1].dtype == torch.int64
     assert st.chisquare(np.bincount(a[1].numpy(), minlength=10)).pvalue > 0.001
     assert not torch.equal(make_keys(5, SHAPE, 10)[0], make_keys(5, SHAPE, 10)[0])  # unseeded: fresh
-    pat, _ = make_keys(4, (3, 32, 32), 10, kind="pattern", seed=0)
-    assert pat.shape == (4, 3, 32, 32) and pat.float().std() > 10
+    for kind in ("grating", "pattern", "uniform"):
+        for shape in ((3, 32, 32), (1, 28, 28)):
+            x, _ = make_keys(4, shape, 10, kind=kind, seed=0)
+            assert x.shape == (4, *shape) and x.dtype == torch.uint8 and x.float().std() > 10
+            assert len({bytes(k.numpy().tobytes()) for k in x}) == 4  # four different keys
     with pytest.raises(PoisonlabError):
         make_keys(3, SHAPE, 10, kind="nope")
 

@@ -30,7 +30,7 @@ class Taggants:
     must be unpredictable); seed: the choice of marked images and the matching's randomness."""
 
     def __init__(self, *, n_keys=10, budget=1e-4, eps=16 / 255, steps=250, restarts=1, tau=0.1, augment=True,
-                 key_kind="pattern", top_k=None, model=None, surrogate="smallcnn", surrogate_width=0.5,
+                 key_kind="grating", top_k=None, model=None, surrogate="smallcnn", surrogate_width=0.5,
                  surrogate_epochs=10, key_seed=None, seed=0, device="auto"):
         if int(n_keys) < 1:
             raise PoisonlabError(f"n_keys must be >= 1, got {n_keys}")
