@@ -140,6 +140,7 @@ def main():
     result = collect(work, suffix, recipes, len(train), len(test), len(val))
     write_json(args.out, result)
     Path(args.out).with_suffix(".md").write_text(table(result))
+    plot(result, Path(args.out).with_name(Path(args.out).stem + "-diagnostics.png"))
     print(table(result))
 
 
@@ -233,6 +234,35 @@ def table(result):
             cells += [f"{run['last_acc']:.2f} ({run['best_acc']:.2f})", drop]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot(result, path):
+    """Left: the surrogates' held-out clean and adversarial accuracy over their training (seed 001 Fig. 1);
+    right: the victims' clean test accuracy per epoch, one panel per regime."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    curves = {m: d["heldout_curve"] for m, d in result["diagnostics"].items() if d.get("heldout_curve")}
+    fig, axes = plt.subplots(1, 1 + len(REGIMES), figsize=(4.2 * (1 + len(REGIMES)), 3.4))
+    ax = axes[0]
+    for i, (m, curve) in enumerate(sorted(curves.items())):
+        key = "step" if "step" in curve[0] else "round"
+        x = [r[key] for r in curve]
+        ax.plot(x, [r["heldout_clean_acc"] for r in curve], f"C{i}-", label=f"{m} clean")
+        ax.plot(x, [r["heldout_adv_acc"] for r in curve], f"C{i}--", label=f"{m} adv.")
+    ax.set(title="surrogate on held-out images", xlabel="surrogate step (EM: round)", ylabel="accuracy (%)")
+    ax.legend(fontsize=7)
+    for ax, regime in zip(axes[1:], REGIMES):
+        for name in ["clean", *result["generation_seconds"]]:
+            r = result["runs"].get(run_name(name, regime))
+            if r is not None:
+                ax.plot(range(1, len(r["curve"]) + 1), r["curve"], label=name, lw=2 if name == "clean" else 1)
+        ax.set(title=f"victims, {'ST' if regime == 'st' else f'AT {round(REGIMES[regime] * 255)}/255'}",
+               xlabel="epoch", ylabel="clean test accuracy (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

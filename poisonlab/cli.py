@@ -28,6 +28,7 @@ from .fileio import write_json
 from .options import PositiveInt, parse_value, split_pairs
 from .pairing import match_stems
 from .ownership.cli import add_parsers as add_ownership
+from .protect.diagnostics import holdout_for, summary_lines
 from .protect.pipeline import protect as run_protect
 from .registry import METHODS, MODELS
 from .report import add_parser as add_report
@@ -115,11 +116,16 @@ def protect(method: str, data: str, out: str, eps: str | None = None, seed: int 
         kw["eps"] = eps
     kw.setdefault("seed", seed)
     kw.setdefault("device", device)
-    manifest = run_protect(method, data, out, subset=subset, overwrite=overwrite, resume=resume,
-                           progress=not no_progress, resize=resize, **kw)
+    m = METHODS.create(method, **kw)
+    if getattr(m, "model_based", False):  # issue 9 hook: held-out diagnostics from the source's test split
+        m.holdout = holdout_for(data, resize=resize)
+    manifest = run_protect(m, data, out, subset=subset, overwrite=overwrite, resume=resume,
+                           progress=not no_progress, resize=resize)
     b = manifest["bound"]
     print(f"RESULT protected {manifest['num_images']} images with {manifest['method']} "
           f"({b.get('eps_text', b)}) in {manifest['generation_seconds']:.1f}s -> {out}")
+    for line in summary_lines(manifest.get("diagnostics")):
+        print(f"  {line}")
 
 
 def demo(out: str = "runs/demo", device: str = "auto", quick: bool = False):

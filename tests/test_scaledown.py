@@ -138,3 +138,13 @@ def test_victims_of_skips_standard_and_l2_training():
            dict(adv_eps=4 / 255, adv_steps=3)]
     from poisonlab.protect.scaledown import victims_of
     assert victims_of(kws) == [AT4]
+
+
+def test_cli_protect_prints_the_diagnostics(tmp_path, capsys):
+    from poisonlab.cli import main
+    main(["protect", "--method", "minmaxmin", "--data", "bundled", "--out", str(tmp_path / "o"), "--subset", "40",
+          "--no-progress", "--opt", "surrogate=smallcnn", "--opt", "width=0.25", "--opt", "train_steps=2",
+          "--opt", "noise_steps=2", "--opt", "adv_steps=1", "--opt", "eot=2"])
+    out = capsys.readouterr().out
+    assert "of pixels at +-eps" in out and "held-out images" in out
+    assert "1000 held-out" in out  # the bundled set's test split, never its training images
