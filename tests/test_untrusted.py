@@ -164,6 +164,24 @@ def test_traversal_imagefolder_names(tmp_path, capsys, cls):
     assert not (tmp_path / "out").exists()
 
 
+def test_imagefolder_links_out_of_the_data_folder_are_refused(tmp_path, capsys):
+    """A tree unpacked from elsewhere may hold links to the rest of the disk: never read (and publish) them."""
+    private = folder(tmp_path / "home", classes=("photos",))  # the user's own files, outside the data
+    src = folder(tmp_path / "src")
+    (src / "a" / "x.png").symlink_to(private / "photos" / "0.png")
+    rc, _, err = protect_cli(capsys, src, tmp_path / "out")
+    one_line_error(rc, err, "x.png", "outside the data folder")
+    (src / "a" / "x.png").unlink()
+    (src / "c").symlink_to(private / "photos", target_is_directory=True)  # a whole class folder
+    rc, _, err = protect_cli(capsys, src, tmp_path / "out")
+    one_line_error(rc, err, "outside the data folder")
+    (src / "c").unlink()
+    (src / "a" / "y.png").symlink_to(src / "b" / "0.png")  # a link inside the data folder is fine
+    rc, _, err = protect_cli(capsys, src, tmp_path / "out")
+    assert rc == 0, err
+    assert not (tmp_path / "out" / "photos").exists()
+
+
 def test_traversal_by_names_given_to_the_library(tmp_path):
     """An ImageSet built in code (names from anywhere) is checked again where it is written."""
     ds = make_set(4, classes=2)
