@@ -145,6 +145,11 @@ def test_api_guards(client_factory):
     assert c.get("/api/methods", headers={"Host": "evil.example:8765"}).status_code == 400  # DNS rebinding
     r = post_job(c, class_zip(n=30, size=32))
     assert r.status_code == 413 and "larger than the limit" in r.json()["error"]
+    def chunks():  # no Content-Length: the limit holds while streaming too
+        for _ in range(20):
+            yield b"x" * 10_000
+    r = c.post("/api/jobs", content=chunks(), headers={"X-Poisonlab": "1", "Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413, r.text
     r = post_job(c, class_zip(), method="nope")
     assert r.status_code == 400 and "unknown method" in r.json()["error"]
     r = post_job(c, make_zip([("a.png", png()), ("b.png", png(seed=1))]), method="cuda")
@@ -180,6 +185,8 @@ def test_job_runs_survives_restart_and_serves_downloads(client_factory, tmp_path
     noise = np.load(io.BytesIO(c2.get(f"/api/jobs/{job_id}/secret/noise.npy").content), allow_pickle=False)
     assert noise.shape == (9, 3, 16, 16) and np.abs(noise).max() <= 8
     assert c2.get(f"/api/jobs/{job_id}/preview/0/noise.png").headers["content-type"] == "image/png"
+    report = c2.get(f"/api/jobs/{job_id}/report").text
+    assert "within budget" in report and "Private report" in report
     # CUDA's secret is a key: downloadable on its own, never in the zip or the manifest.
     j = wait_done(c2, cuda_id)
     assert j["state"] == "done" and sorted(j["secrets"]) == ["cuda-key", "noise.npy"], j
@@ -270,11 +277,19 @@ def test_browser_upload_progress_reload_preview_download(server, page, tmp_path)
     assert "Budget kept" in page.text_content("#job-budget")
     assert "Keep it private" in page.text_content("#secret")
     screenshot(page, "serve-done.png")
+    with page.context.expect_page() as report:  # the job's full report, styled and scripted under its own CSP
+        page.click("#report")
+    rp = report.value
+    rp.wait_for_load_state()
+    assert rp.locator("text=within budget").count() == 1
+    assert rp.evaluate("() => getComputedStyle(document.body).backgroundColor") == "rgb(246, 247, 249)"
+    rp.close()
     with page.expect_download() as d:
         page.click("#download")
     z = zipfile.ZipFile(d.value.path())
     assert sum(n.endswith(".png") for n in z.namelist()) == 12 and "protected/manifest.json" in z.namelist()
-    assert json.loads(z.read("protected/manifest.json"))["method"] == "em"
+    manifest = json.loads(z.read("protected/manifest.json"))
+    assert manifest["method"] == "em" and str(tmp_path.parent.parent) not in json.dumps(manifest)
     with page.expect_download() as d:
         page.click("a.secret-link")
     assert d.value.suggested_filename.startswith("PRIVATE-") and d.value.suggested_filename.endswith(".noise.npy")

@@ -17,7 +17,7 @@ from .. import PoisonlabError
 from ..data import load_dataset
 from ..fileio import read_json
 from ..protect.base import verify_bound
-from ..protect.pipeline import noise_path
+from ..publishing import noise_path
 from .charts import X_KEYS, is_number, line_chart, series_of
 from .html import command, esc, img, kv_table, shown_path
 from .images import amplified, png_bytes, sample_indices

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -92,7 +92,8 @@ def create_app(root, limits: Limits = Limits(), allowed_hosts=("127.0.0.1", "loc
         if request.method in ("POST", "DELETE") and request.headers.get("x-poisonlab") != "1":
             return error(403, "missing X-Poisonlab header (requests must come from the poisonlab page)")
         resp = await call_next(request)
-        resp.headers["Content-Security-Policy"] = CSP
+        if "content-security-policy" not in resp.headers:  # the report page brings its own (inline only)
+            resp.headers["Content-Security-Policy"] = CSP
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["Referrer-Policy"] = "no-referrer"
         resp.headers.setdefault("Cache-Control", "no-store")
@@ -145,7 +146,8 @@ def create_app(root, limits: Limits = Limits(), allowed_hosts=("127.0.0.1", "loc
         job_id = new_id()
         tmp = store.jobs / f".{job_id}.upload"
         try:
-            found = await run_in_threadpool(extract_upload, files, tmp / "input", limits)
+            # input/train/<class>/...: a class named 'train' or 'test' stays a class, not a split
+            found = await run_in_threadpool(extract_upload, files, tmp / "input" / "train", limits)
             if not found.labelled and fields["needs_labels"]:
                 raise PoisonlabError(f"{fields['label']} makes one pattern per class: upload a zip with one "
                                      "folder per class (class/image.png), or pick a method that needs no labels")
@@ -197,6 +199,20 @@ def create_app(root, limits: Limits = Limits(), allowed_hosts=("127.0.0.1", "loc
             return error(404, "the protected images are not ready")
         return FileResponse(d / "protected.zip", media_type="application/zip",
                             filename=f"protected-{job['method']}-{job_id[:6]}.zip")
+
+    @app.get("/api/jobs/{job_id}/report")
+    async def report(job_id: str):
+        """The job's `poisonlab report` page (private: made with the noise, it shows originals)."""
+        d, job = job_or_404(job_id)
+        if job is None or job["state"] != "done":
+            return error(404, "the report is not ready")
+        from ..report import render_report
+        try:
+            page = await run_in_threadpool(render_report, d / "out")
+        except PoisonlabError as e:
+            return error(500, str(e))
+        from ..report.html import CSP as REPORT_CSP
+        return HTMLResponse(page, headers={"Content-Security-Policy": REPORT_CSP})
 
     @app.get("/api/jobs/{job_id}/secret/{kind}")
     def secret(job_id: str, kind: str):

@@ -1,7 +1,7 @@
 """Jobs on disk, so that they survive a page reload and a server restart.
 
 ROOT/jobs/<id>/job.json      state (queued | running | done | failed), method, settings, progress, results
-ROOT/jobs/<id>/input/        the upload as an ImageFolder tree
+ROOT/jobs/<id>/input/train/  the upload as an ImageFolder tree (class folders, or one folder "images")
 ROOT/jobs/<id>/out/          the `protect` output (published part)
 ROOT/jobs/<id>/out.noise.npy the private noise (and out.cuda-key for CUDA), beside out/, never inside
 ROOT/jobs/<id>/protected.zip the download; preview/ holds before/after/noise PNGs

@@ -54,7 +54,7 @@ def set_progress(d: Path, stage: str, fraction=None):
 def run(d: Path):
     from ..data import load_dataset
     from ..protect import protect
-    from ..protect.pipeline import noise_path
+    from ..publishing import noise_path
     from ..report.images import amplified, png_bytes, sample_indices
     from ..report.protected import measure
     from .methods import method_options
@@ -70,7 +70,8 @@ def run(d: Path):
         set_progress(d, "protecting")
         opts = {**method_options(job["method"], job.get("preset", "default")), "eps": job.get("eps")}
         opts = {k: v for k, v in opts.items() if v is not None}
-        protect(job["method"], ds, out, source=d / "input", resume=True, progress=True, **opts)
+        # No source path: the manifest travels in the zip and must not reveal where this server keeps jobs.
+        protect(job["method"], ds, out, resume=True, progress=True, **opts)
     set_progress(d, "preparing previews and downloads")
     from ..fileio import read_json
     manifest = read_json(out / "manifest.json")

@@ -183,6 +183,7 @@ function renderDone(j) {
     box.appendChild(el("div", {class: "preview"}, trio, el("div", {class: "name", text: (j.preview_names || [])[k] || ""})));
   }
   $("download").href = `/api/jobs/${j.id}/download`;
+  $("report").href = `/api/jobs/${j.id}/report`;
   const links = $("secret-links");
   links.textContent = "";
   const names = {"noise.npy": "Download the noise (private)", "cuda-key": "Download the key (private)"};
