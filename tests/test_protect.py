@@ -11,10 +11,9 @@ from poisonlab.protect.pipeline import noise_path
 from poisonlab import PoisonlabError
 from poisonlab.data import ImageSet, load_dataset
 from poisonlab.protect import create_method, list_methods, protect
-from poisonlab.protect import interleaved
 from poisonlab.protect.base import apply_noise, verify_bound
 from poisonlab.protect.checkpoint import Checkpoint
-from poisonlab.protect.minmaxmin import randomness_term
+from poisonlab.protect.minmaxmin import MinMaxMin, randomness_term
 
 TINY = dict(surrogate="smallcnn", width=0.25, batch_size=16)
 SETTINGS = {
@@ -182,7 +181,7 @@ def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path, monkeypatch)
     full = protect("minmaxmin", data, tmp_path / "full", progress=False, **opts)
     monkeypatch.setattr("poisonlab.protect.checkpoint.Checkpoint.__init__.__defaults__", (0.0,))
     calls = {"n": 0}
-    original = interleaved.InterleavedMethod.perturb
+    real_update = MinMaxMin.noise_update
 
     def dying_update(self, model, x, y, gen):
         calls["n"] += 1
@@ -197,8 +196,9 @@ def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path, monkeypatch)
     assert (tmp_path / ".resumed.work" / "state.pt").exists()
     with pytest.raises(PoisonlabError, match="--resume"):
         protect("minmaxmin", data, tmp_path / "resumed", progress=False, **opts)
+    assert MinMaxMin.noise_update is dying_update
     monkeypatch.undo()
-    assert interleaved.InterleavedMethod.perturb is original
+    assert MinMaxMin.noise_update is real_update  # the resumed run below uses the real noise step
     protect("minmaxmin", data, tmp_path / "resumed", progress=False, resume=True, **opts)
     a = np.load(noise_path(tmp_path / "full"))
     b = np.load(noise_path(tmp_path / "resumed"))

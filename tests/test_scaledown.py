@@ -115,14 +115,14 @@ def test_edge_fraction_counts_pixels_at_the_budget():
 def test_grid_configs_keep_the_rule_and_an_old_row_is_warned():
     import json
     from pathlib import Path
-    from poisonlab.bench.config import parse_config
+    from poisonlab.bench.config import load_config, parse_config
     from poisonlab.defenses import parse_defense
     from poisonlab.protect.scaledown import check_grid
     root = Path(__file__).resolve().parents[1] / "configs"
     with warnings.catch_warnings():
         warnings.simplefilter("error", ScaleDownWarning)
         for name in ("cpu.json", "gpu.json"):
-            assert check_grid(parse_config(json.loads((root / name).read_text())), parse_defense) == {}
+            assert check_grid(load_config(root / name), parse_defense) == {}  # gpu.json: an overlay of cpu.json
     raw = json.loads((root / "cpu.json").read_text())
     raw["protect"]["methods"]["minmaxmin"].update(train_steps=150, adv_steps=1, adv_step_size="4/255", eot=1)
     with pytest.warns(ScaleDownWarning) as caught:

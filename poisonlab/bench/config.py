@@ -134,7 +134,9 @@ def read_config(path, overrides=(), _seen=()) -> dict:
     "base": "cpu.json" (relative to the file) makes the file an overlay: the base is read first (itself
     possibly an overlay) and this file's keys are merged into it (OmegaConf: mappings merge key by key,
     lists and values replace). "replace": ["protect.methods", ...] names mappings this file replaces
-    whole instead of merging. overrides: dotted "key=value" items applied last (the CLI's --set)."""
+    whole instead of merging; "experiments" given as a mapping by name changes the base's experiments of
+    those names key by key (null drops one, a new name adds one). overrides: dotted "key=value" items
+    applied last (the CLI's --set)."""
     path = Path(path)
     if path.resolve() in _seen:
         raise PoisonlabError(f"{path}: overlays form a loop")
@@ -156,7 +158,11 @@ def read_config(path, overrides=(), _seen=()) -> dict:
             for k in parents:
                 node = node.get(k, {})
             node.pop(last, None)
+        if isinstance(raw.get("experiments"), dict):  # overlay experiments by name: merge, add, or null = drop
+            merged["experiments"] = {e.get("name") or f"exp{i + 1}": e for i, e in enumerate(merged.get("experiments", []))}
         raw = OmegaConf.to_container(OmegaConf.merge(merged, raw), resolve=False)
+    if isinstance(raw.get("experiments"), dict):
+        raw["experiments"] = [{**e, "name": k} for k, e in raw["experiments"].items() if e is not None]
     if overrides:
         try:
             raw = OmegaConf.to_container(OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides))), resolve=False)
