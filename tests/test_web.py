@@ -199,6 +199,20 @@ def test_job_runs_survives_restart_and_serves_downloads(client_factory, tmp_path
     assert c2.get(f"/api/jobs/{job_id}").status_code == 404
 
 
+def test_mixed_sizes_fail_with_the_reason_then_resize_works(client_factory):
+    c = client_factory(run_jobs=True)
+    data = make_zip([("a/1.png", png(16, 1)), ("a/2.png", png(16, 2)), ("b/3.png", png(24, 3)), ("b/4.png", png(16, 4))])
+    j = wait_done(c, post_job(c, data).json()["id"])
+    assert j["state"] == "failed" and "differ in size" in j["error"] and "Resize all to" in j["error"]
+    r = post_job(c, data, resize="12x12")
+    assert r.status_code == 201 and r.json()["resize"] == "12x12"
+    j = wait_done(c, r.json()["id"])
+    assert j["state"] == "done" and j["images"] == 4, j
+    z = zipfile.ZipFile(io.BytesIO(c.get(f"/api/jobs/{j['id']}/download").content))
+    assert Image.open(io.BytesIO(z.read("protected/b/3.png"))).size == (12, 12)
+    assert post_job(c, data, resize="12 by 12").json()["error"].startswith("--resize: write HxW")
+
+
 # ------------------------------------------------------------------ the page, in a real browser
 def free_port() -> int:
     with socket.socket() as s:
@@ -216,9 +230,10 @@ def server(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "poisonlab", "serve", "--port", str(port), "--root", str(root / "jobs"),
                              "--max-upload-mb", "5"], stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+    deadline = time.monotonic() + 240  # a loaded 2-core machine takes long to import torch
+    while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(url + "/api/methods", timeout=1)
+            urllib.request.urlopen(url + "/api/methods", timeout=2)
             break
         except OSError:
             if proc.poll() is not None:
@@ -242,6 +257,7 @@ def browser():
 def page(browser):
     ctx = browser.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)  # the CSP stays on
     p = ctx.new_page()
+    p.set_default_timeout(120_000)  # generous: CI machines are loaded; the waits end as soon as the page is ready
     yield p
     ctx.close()
 
@@ -258,8 +274,7 @@ def test_browser_upload_progress_reload_preview_download(server, page, tmp_path)
     page.select_option("#preset", "quick")
     page.click("#submit")
     page.wait_for_selector("#job:not([hidden])")
-    page.wait_for_function("() => ['running', 'done', 'failed'].includes(document.querySelector('#job-state').textContent)",
-                           timeout=60_000)
+    page.wait_for_function("() => ['running', 'done', 'failed'].includes(document.querySelector('#job-state').textContent)")
     seen = page.text_content("#job-state")
     assert seen in ("running", "done")
     job_url = page.url
@@ -308,16 +323,18 @@ def test_browser_bad_upload_shows_error_and_label_free_files_work(server, page, 
     assert "unsafe path" in page.text_content("#error")
     screenshot(page, "serve-error.png")
     # Loose images (no class folders) with a method that needs no labels.
-    files, dialogs = [], []
+    dialogs = []
     def on_dialog(d):
         dialogs.append(d.message)
         d.dismiss()
     page.on("dialog", on_dialog)
-    for i in range(3):
-        f = tmp_path / f"<img src=x onerror=alert({i})>.png"  # markup in a file name must stay text
-        f.write_bytes(png(32, 10 + i))
-        files.append(str(f))
-    page.set_input_files("#files", files)
+    # Dropped onto the page (a drop event carrying files), named with markup that must stay text.
+    page.evaluate("""(files) => {
+        const dt = new DataTransfer();
+        files.forEach(([name, bytes]) => dt.items.add(new File([new Uint8Array(bytes)], name, {type: "image/png"})));
+        document.querySelector("#drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+    }""", [[f"<img src=x onerror=alert({i})>.png", list(png(32, 10 + i))] for i in range(3)])
+    page.wait_for_function("() => document.querySelector('#picked').textContent.startsWith('3 files')")
     page.check("label.method[data-method=random] input")
     page.click("#submit")
     page.wait_for_function("() => document.querySelector('#job-state').textContent === 'done'", timeout=120_000)

@@ -112,7 +112,8 @@ def main(argv=None):
         try:
             run(d)
         except PoisonlabError as e:
-            update_job(d, state="failed", error=str(e), finished=time.time())
+            msg = str(e).replace("pass --resize HxW", "set a size under 'Resize all to'")  # the page's words
+            update_job(d, state="failed", error=msg, finished=time.time())
         except Exception as e:  # noqa: BLE001 -- any failure must reach the page, not only the log
             traceback.print_exc(file=log)
             update_job(d, state="failed", error=f"internal error: {type(e).__name__}: {e}", finished=time.time())
