@@ -14,6 +14,8 @@ correctly, each with a random other class as its adversarial class; victims use 
   gm               (small) Witches' Brew, 1% budget per target, eps 16/255, victims from scratch; several targets
                    (each with its own disjoint poisons) share one victim training
   gm-control       (small) the same base images with random +-eps noise, all targets in one victim
+  gm-ft            (small) the same attack against fine-tuning victims (the surrogate trained 4 more epochs on
+                   the poisoned set), and its random control
   generative       (small) autoencoder generator and pGAN (and 10% label flipping): clean-accuracy drop vs
                    random +-8/255 noise on 10% of the images
   meta             (small) MetaPoison on a few targets in one victim, vs random noise on the same bases
@@ -166,6 +168,46 @@ class Bench:
                                                            "clean_acc_mean": sum(r["clean_acc"] for r in out) / len(out)},
                                           "clean-victim": rate(int(clean_hits.sum()), len(clean_hits))}}
 
+    def finetune(self, images, labels, seed=1):
+        """The fine-tuning victim: the attacker's pretrained surrogate (seed 0) trained FT more epochs on the
+        poisoned set (lr 0.01, cosine), as in the fine-tuning setting of the poisoning benchmarks."""
+        model, _ = self.model(0)
+        cfg = TrainConfig(**{**self.victim_cfg, **FT}, seed=seed, device="cpu")
+        r = train_victim(ImageSet(images, labels, list(self.train.classes)), self.test, cfg, progress=False,
+                         return_model=True, model=model)
+        return r["model"].eval(), r["last_acc"]
+
+    def gm_ft(self, groups, per_group):
+        """Witches' Brew against the fine-tuning victim (same targets and settings as `gm`), and its random
+        control (all groups' bases with random +-eps noise, one fine-tuning)."""
+        surrogate, _ = self.model(0)
+        ids, xt, yt, adv = self.gm_targets(groups * per_group)
+        rows = []
+        ctrl_images = self.train.images
+        for g in range(groups):
+            sl = slice(g * per_group, (g + 1) * per_group)
+            def run(sl=sl, g=g):
+                atk = create_attack("witches-brew", target_images=xt[sl], adversarial_labels=adv[sl], model=surrogate,
+                                    target_ids=ids[sl].tolist(), seed=g, **GM)
+                res = atk(self.train.images, self.train.labels)
+                saved, check = saved_roundtrip(self.train.images, res.images, res.meta["bound"])
+                model, acc = self.finetune(saved, res.labels)
+                return {"targets": ids[sl].tolist(), "adversarial": adv[sl].tolist(),
+                        "hits": targeted_hits(model, xt[sl], adv[sl]).tolist(), "clean_acc": acc, "saved_check": check}
+            log(f"gm-ft group {g}")
+            rows.append(self.cached(f"gm-ft-g{g}", run))
+            ctrl = create_attack("random-poison", target_images=xt[sl], adversarial_labels=adv[sl], eps=GM["eps"],
+                                 budget=GM["budget"], seed=g)(ctrl_images, self.train.labels)
+            ctrl_images, _ = saved_roundtrip(ctrl_images, ctrl.images, ctrl.meta["bound"])
+        def control():
+            model, acc = self.finetune(ctrl_images, self.train.labels)
+            return {"hits": targeted_hits(model, xt, adv).tolist(), "clean_acc": acc}
+        c = self.cached("gm-ft-control", control)
+        hits = [h for r in rows for h in r["hits"]]
+        return {"runs": rows, "control": c, "summary": {
+            "witches-brew": {**rate(sum(hits), len(hits)), "clean_acc_mean": sum(r["clean_acc"] for r in rows) / len(rows)},
+            "random-poison": {**rate(sum(c["hits"]), len(c["hits"])), "clean_acc": c["clean_acc"]}}}
+
     def badnets_control(self, kind="badnets", rate_=0.01):
         """The very same images relabelled to the target class without any trigger; its ASR is measured on
         the triggered test sets of every backdoor run so far (they share the poisoned indices)."""
@@ -198,6 +240,7 @@ class Bench:
         return out
 
 
+FT = dict(epochs=4, lr=0.01)  # fine-tuning victims: 4 more epochs from the pretrained surrogate
 # name -> (attack, options); the trigger seed is fixed here so that reruns use the same secret pattern
 BACKDOORS = {"badnets": ("badnets", {"trigger_seed": 1}), "badnets-5": ("badnets", {"trigger_seed": 1, "trigger_size": 5}),
              "blended": ("blended", {"trigger_seed": 1})}
@@ -302,7 +345,7 @@ def transfer(b, n_targets):
 
 
 STAGE_SCALE = {"clean": "main", "badnets": "main", "badnets-5": "main", "badnets-control": "main", "blended": "main",
-               "clean-small": "small", "gm": "small", "gm-control": "small", "transfer": "small",
+               "clean-small": "small", "gm": "small", "gm-control": "small", "gm-ft": "small", "transfer": "small",
                "meta": "small", "generative": "small"}
 
 
@@ -313,8 +356,8 @@ def main():
     ap.add_argument("--test-n", type=int, default=2000)
     ap.add_argument("--work", default="runs/attacks")
     ap.add_argument("--out", default="docs/results/attacks.json")
-    ap.add_argument("--stages", default="clean,badnets,clean-small,gm,gm-control,transfer,badnets-5,badnets-control,"
-                                        "generative,meta")
+    ap.add_argument("--stages", default="clean,badnets,clean-small,gm,gm-control,gm-ft,transfer,badnets-5,"
+                                        "badnets-control,generative,meta")
     ap.add_argument("--gm-groups", type=int, default=2)
     ap.add_argument("--gm-per-group", type=int, default=10)
     ap.add_argument("--transfer-targets", type=int, default=20)
@@ -330,7 +373,7 @@ def main():
     results = read_json(out_path) if out_path.exists() else {}
     results.pop("scale", None)  # layout of the first run
     results["scales"] = {k: {"train": args.n or v["n"], "test": args.test_n, "victim": v["victim"]} for k, v in SCALES.items()}
-    results["settings"] = {"gm": dict(GM), "fc": FC, "cp": CP, "meta": META, "untargeted": UNTARGETED, "gm_targets": args.gm_groups * args.gm_per_group,
+    results["settings"] = {"gm": dict(GM), "finetune": FT, "fc": FC, "cp": CP, "meta": META, "untargeted": UNTARGETED, "gm_targets": args.gm_groups * args.gm_per_group,
                            "transfer_targets": args.transfer_targets}
     results["command"] = "nice -n 5 env POISONLAB_THREADS=1 .venv/bin/python bench/attacks.py"
     for stage in args.stages.split(","):
@@ -349,6 +392,8 @@ def main():
             results[stage] = b.badnets_control()
         elif stage == "gm":
             results[stage] = b.gm(args.gm_groups, args.gm_per_group)
+        elif stage == "gm-ft":
+            results[stage] = b.gm_ft(args.gm_groups, args.gm_per_group)
         elif stage == "gm-control":
             results[stage] = b.gm_control(args.gm_groups, args.gm_per_group)
         elif stage == "transfer":
