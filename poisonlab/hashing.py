@@ -15,12 +15,17 @@ def digest(obj, length: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+def bytes_hash(*chunks: bytes, length: int = 64) -> str:
+    """sha256 over byte strings, in order."""
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()[:length]
+
+
 def tensor_hash(*tensors: torch.Tensor, length: int = 64) -> str:
     """sha256 over the raw bytes of CPU tensors, in order (e.g. images, then labels)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
-    return h.hexdigest()[:length]
+    return bytes_hash(*(t.detach().to("cpu").contiguous().numpy().tobytes() for t in tensors), length=length)
 
 
 def tree_hash(root) -> str:

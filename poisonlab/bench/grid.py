@@ -8,7 +8,6 @@ rerun trains nothing that is cached. Protected training sets are cached per (met
 `poisonlab protect` output folders. Reports: OUT/results.csv, results.json, tables.md, plots/*.png.
 """
 
-import hashlib
 import inspect
 import json
 import sys
@@ -22,7 +21,7 @@ from .. import PoisonlabError
 from ..data import ImageSet, load_dataset
 from ..defenses import parse_defense
 from ..fileio import read_json, write_json
-from ..hashing import digest, tensor_hash
+from ..hashing import bytes_hash, digest, tensor_hash
 from ..protect.pipeline import protect
 from ..registry import METHODS
 from ..train import TrainConfig, mix_partial, train_victim
@@ -46,14 +45,14 @@ def method_code_hash(method) -> str:
         cls = METHODS.get(method)
     except PoisonlabError:
         return "unavailable"
-    h = hashlib.sha256()
+    sources = []
     for klass in cls.__mro__:
         if klass.__module__.startswith("poisonlab."):
             try:
-                h.update(Path(inspect.getsourcefile(klass)).read_bytes())
+                sources.append(Path(inspect.getsourcefile(klass)).read_bytes())
             except (OSError, TypeError):
                 pass
-    return h.hexdigest()[:16]
+    return bytes_hash(*sources, length=16)
 
 
 class Grid:
