@@ -191,6 +191,8 @@ class Bench:
                                     target_ids=ids[sl].tolist(), seed=g, **GM)
                 res = atk(self.train.images, self.train.labels)
                 saved, check = saved_roundtrip(self.train.images, res.images, res.meta["bound"])
+                with atomic_write(self.work / f"gm-ft-g{g}-poisons.pt") as f:  # for diagnostics (alignment on victims)
+                    torch.save({"index": res.poisoned, "images": saved[res.poisoned]}, f)
                 model, acc = self.finetune(saved, res.labels)
                 return {"targets": ids[sl].tolist(), "adversarial": adv[sl].tolist(),
                         "hits": targeted_hits(model, xt[sl], adv[sl]).tolist(), "clean_acc": acc, "saved_check": check}
@@ -207,6 +209,34 @@ class Bench:
         return {"runs": rows, "control": c, "summary": {
             "witches-brew": {**rate(sum(hits), len(hits)), "clean_acc_mean": sum(r["clean_acc"] for r in rows) / len(rows)},
             "random-poison": {**rate(sum(c["hits"]), len(c["hits"])), "clean_acc": c["clean_acc"]}}}
+
+    def gm_diagnose(self, groups, per_group):
+        """Why gradient matching does or does not carry over: the cosine between the poisons' training
+        gradient and the target's adversarial gradient (all parameters, as matched), with the crafted poisons
+        and with their clean bases, on the surrogate it was crafted on and on the clean victim (seed 1)."""
+        from poisonlab.attacks.selection import flat_grad
+        ids, xt, yt, adv = self.gm_targets(groups * per_group)
+        models = {"surrogate": self.model(0)[0], "victim": self.model(1)[0]}
+        out = {f"{m}/{v}": [] for m in models for v in ("crafted", "clean")}
+        for g in range(groups):
+            path = self.work / f"gm-ft-g{g}-poisons.pt"
+            if not path.exists():
+                continue
+            crafted = self.train.images.clone()
+            p = torch.load(path, weights_only=True)
+            crafted[p["index"]] = p["images"]
+            sl = slice(g * per_group, (g + 1) * per_group)
+            sel = create_attack("random-poison", target_images=xt[sl], adversarial_labels=adv[sl], eps=GM["eps"],
+                                budget=GM["budget"], seed=g)(self.train.images, self.train.labels)
+            for t, info in enumerate(sel.meta["targets"]):
+                idx = torch.tensor(info["poisons"])
+                x_t, y_a = xt[sl][t:t + 1].float() / 255, adv[sl][t:t + 1]
+                for mname, m in models.items():
+                    gt = flat_grad(F.cross_entropy(m(x_t), y_a), m)
+                    for v, imgs in (("crafted", crafted), ("clean", self.train.images)):
+                        gp = flat_grad(F.cross_entropy(m(imgs[idx].float() / 255), self.train.labels[idx]), m)
+                        out[f"{mname}/{v}"].append(float(F.cosine_similarity(gp, gt, dim=0)))
+        return {k: {"mean_cosine": round(sum(v) / len(v), 4), "n": len(v)} for k, v in out.items() if v}
 
     def badnets_control(self, kind="badnets", rate_=0.01):
         """The very same images relabelled to the target class without any trigger; its ASR is measured on
@@ -345,7 +375,7 @@ def transfer(b, n_targets):
 
 
 STAGE_SCALE = {"clean": "main", "badnets": "main", "badnets-5": "main", "badnets-control": "main", "blended": "main",
-               "clean-small": "small", "gm": "small", "gm-control": "small", "gm-ft": "small", "transfer": "small",
+               "clean-small": "small", "gm": "small", "gm-control": "small", "gm-ft": "small", "gm-diagnose": "small", "transfer": "small",
                "meta": "small", "generative": "small"}
 
 
@@ -357,7 +387,7 @@ def main():
     ap.add_argument("--work", default="runs/attacks")
     ap.add_argument("--out", default="docs/results/attacks.json")
     ap.add_argument("--stages", default="clean,badnets,clean-small,gm,gm-control,gm-ft,transfer,badnets-5,"
-                                        "badnets-control,generative,meta")
+                                        "badnets-control,generative,meta,gm-diagnose")
     ap.add_argument("--gm-groups", type=int, default=2)
     ap.add_argument("--gm-per-group", type=int, default=10)
     ap.add_argument("--transfer-targets", type=int, default=20)
@@ -392,6 +422,8 @@ def main():
             results[stage] = b.badnets_control()
         elif stage == "gm":
             results[stage] = b.gm(args.gm_groups, args.gm_per_group)
+        elif stage == "gm-diagnose":
+            results[stage] = b.gm_diagnose(args.gm_groups, args.gm_per_group)
         elif stage == "gm-ft":
             results[stage] = b.gm_ft(args.gm_groups, args.gm_per_group)
         elif stage == "gm-control":
