@@ -26,7 +26,8 @@ from pathlib import Path
 
 from poisonlab.data import load_dataset
 from poisonlab.fileio import read_json, write_json
-from poisonlab.protect import create_method, protect
+from poisonlab import create_method
+from poisonlab.protect import protect
 from poisonlab.protect.scaledown import MIN_PASSES, ScaleDownWarning, VictimAT, describe, enforce, robust_recipe
 from poisonlab.runtime import pick_device, set_threads
 from poisonlab.train import TrainConfig, evaluate, train_victim
@@ -45,22 +46,24 @@ SHARED = ("random", "em", "em-classwise", "tap")
 VAL_SIZE = 1000
 
 
-def robust_presets(n):
+def robust_presets(n, surrogate=SURROGATE):
     """REM / min-max-min schedules. "rule" is the cheapest schedule that keeps the scale-down rule for n
     images and the strongest victim (10 passes, 4 noise steps of 4/255 = 2 x eps, eot 2, the victim's
     3-step adversary at 4/255): the CPU this ran on was shared with other jobs. "long"/"short" are the
     earlier fixed-step presets (papers: ResNet-18, 5,000 steps, 10-step PGD, eot 5)."""
     return {
-        "rule": robust_recipe(n, STRONGEST, noise_steps=4, surrogate_passes=MIN_PASSES, **SURROGATE),
-        "long": dict(SURROGATE, train_steps=1000, lr_decay_every=400, noise_steps=5, noise_step_size=2 / 255, eot=1,
+        "rule": robust_recipe(n, STRONGEST, noise_steps=4, surrogate_passes=MIN_PASSES, **surrogate),
+        "long": dict(surrogate, train_steps=1000, lr_decay_every=400, noise_steps=5, noise_step_size=2 / 255, eot=1,
                      adv_eps=4 / 255, adv_steps=3, adv_step_size=1.6 / 255),
-        "short": dict(SURROGATE, train_steps=300, lr_decay_every=200, noise_steps=4, noise_step_size=2.5 / 255, eot=1,
+        "short": dict(surrogate, train_steps=300, lr_decay_every=200, noise_steps=4, noise_step_size=2.5 / 255, eot=1,
                       adv_eps=4 / 255, adv_steps=2, adv_step_size=2.5 / 255),
     }
 
 
-def methods_for(preset, n):
-    robust = robust_presets(n)[preset]
+def methods_for(preset, n, surrogate=SURROGATE):
+    """Every method's settings; surrogate (model, width) replaces the small CNN of REM and min-max-min
+    (the capacity step of issue 9: e.g. resnet18 at width 0.25)."""
+    robust = robust_presets(n, surrogate)[preset]
     return {
         "random": {},
         "em": dict(SURROGATE, train_steps=20, pgd_steps=5, step_size=1.6 / 255, stop_acc=0.99, max_rounds=10),
@@ -94,6 +97,8 @@ def main():
     ap.add_argument("--data", default=CIFAR)
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--preset", choices=("rule", "long", "short"), default="rule", help="REM/min-max-min schedule")
+    ap.add_argument("--surrogate", default=None, metavar="MODEL:WIDTH",
+                    help="REM/min-max-min surrogate (default smallcnn:0.5), e.g. resnet18:0.25 (the capacity step)")
     ap.add_argument("--work", default="runs/modelbased")
     ap.add_argument("--out", default=None, help="default docs/results/modelbased[-PRESET].json")
     ap.add_argument("--methods", default=None, help="comma-separated, in the order to run (default: all)")
@@ -106,14 +111,18 @@ def main():
     train = full.stratified(args.n, seed=0)
     val = validation_split(full, train)
     test = load_dataset(args.data, "test")
-    recipes = methods_for(args.preset, len(train))
+    surrogate, tag = SURROGATE, ""
+    if args.surrogate:
+        model, _, width = args.surrogate.partition(":")
+        surrogate, tag = dict(surrogate=model, width=float(width or 1)), f"-{model}-{width or 1}"
+    recipes = methods_for(args.preset, len(train), surrogate)
     for m, opts in recipes.items():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ScaleDownWarning)
             enforce(m.split("-")[0], opts, n=len(train), victims=VICTIMS_AT, where=f"preset {args.preset!r}")
         for w in caught:
             print(f"warning: {w.message}", flush=True)
-    suffix = "" if args.preset == "rule" else f"-{args.preset}"
+    suffix = ("" if args.preset == "rule" else f"-{args.preset}") + tag
     args.out = args.out or f"docs/results/modelbased{suffix}.json"
     work = Path(args.work)
     methods = (args.methods or ",".join(recipes)).split(",")
@@ -187,7 +196,7 @@ def collect(work, suffix, recipes, n_train, n_test, n_val):
                     "last_acc": r["last_acc"], "best_acc": r["best_acc"], "best_epoch": r["best_epoch"],
                     "val_acc": r.get("val_acc"), "curve": [h["test_acc"] for h in r["history"]]}
     methods = {m: recipes[m] for m in gen_seconds}
-    return {"preset": suffix.lstrip("-") or "rule",
+    return {"preset": suffix.lstrip("-") or "rule",  # with the surrogate tag when --surrogate was given
             "scale": {"train_images": n_train, "test_images": n_test, "val_images": n_val, "victim": VICTIM,
                       "adversarial_training": {r: {"adv_eps": e, "adv_steps": AT_STEPS} for r, e in REGIMES.items() if e},
                       "methods": methods,
