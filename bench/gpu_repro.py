@@ -2,15 +2,17 @@
 surrogates on a reduced schedule that keeps the scale-down rule, then ResNet-18 victims under standard
 training and PGD adversarial training at 4/255 for clean, EM, REM and min-max-min data.
 
-    .venv/bin/python bench/gpu_repro.py                       # CUDA: full data, ~10 min on one H100 (untimed)
+    .venv/bin/python bench/gpu_repro.py                       # CUDA: full data, one H100 (see the budget below)
     .venv/bin/python bench/gpu_repro.py --compile             # the same with torch.compile'd surrogates
     .venv/bin/python bench/gpu_repro.py --tiny --device cpu   # the whole path on 256 images (the test: 64)
 
 The reduced schedule (poisonlab.protect.scaledown.robust_recipe): surrogate training for MIN_PASSES (10)
-passes over the 50,000 images in batches of 256, 2 noise steps of 8/255 (travel 2 x eps) averaged over 2
-augmentations, the victim's adversary (4/255, 3 steps of 3.33/255); victims train --epochs epochs with
-3-step PGD at 4/255. EM: the paper's sample-wise setting with 5 PGD steps per pass, at most 10 rounds.
-Everything runs with the data resident on the device, bf16 autocast and channels_last (poisonlab.runtime);
+passes over the 50,000 images in batches of 512, 2 noise steps of 8/255 (travel 2 x eps) averaged over 2
+augmentations, the victim's adversary (4/255, 3 steps of 3.33/255); victims train 6 epochs (batch 512)
+with 3-step PGD at 4/255. Budget, in ResNet-18 forward+backward passes of one image: min-max-min 4.5 M,
+REM 10 M, EM about 2.5 M, the 8 victims 6 M; at an assumed 25-40k images/s (bf16, channels_last, 32x32)
+that is 10-15 minutes on one H100, not yet measured: --compile, or --epochs 4, trims it. EM: the paper's
+sample-wise setting with 5 PGD steps per pass, at most 10 rounds. Everything runs with the data resident on the device, bf16 autocast and channels_last (poisonlab.runtime);
 the method loops keep their logs on the device. Results: docs/results/gpu_repro.{json,md} with the GPU's
 name; stages are cached under --work and resume.
 """
@@ -23,7 +25,8 @@ import torch
 
 from poisonlab.data import load_dataset
 from poisonlab.fileio import read_json, write_json
-from poisonlab.protect import create_method, protect
+from poisonlab import create_method
+from poisonlab.protect import protect
 from poisonlab.protect.scaledown import MIN_PASSES, VictimAT, describe, enforce, robust_recipe
 from poisonlab.runtime import pick_device, set_threads
 from poisonlab.train import TrainConfig, train_victim
@@ -50,8 +53,8 @@ def main(argv=None):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--work", default="runs/gpu_repro")
     ap.add_argument("--out", default="docs/results/gpu_repro.json")
-    ap.add_argument("--epochs", type=int, default=8, help="victim epochs")
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--epochs", type=int, default=6, help="victim epochs")
+    ap.add_argument("--batch-size", type=int, default=512, help="surrogates and victims")
     ap.add_argument("--compile", action="store_true", help="torch.compile the surrogates (CUDA)")
     ap.add_argument("--tiny", type=int, nargs="?", const=256, default=0, metavar="N",
                     help="N (256) training and test images, small CNNs, 1 epoch: a test of the path")
