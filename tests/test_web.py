@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,7 +134,7 @@ def wait_done(client, job_id, timeout=120):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         j = client.get(f"/api/jobs/{job_id}").json()
-        if j["state"] in ("done", "failed"):
+        if j["state"] in ("done", "failed", "cancelled"):
             return j
         time.sleep(0.3)
     raise AssertionError(f"job {job_id} not finished after {timeout}s: {j}")
@@ -199,6 +200,20 @@ def test_job_runs_survives_restart_and_serves_downloads(client_factory, tmp_path
     assert c2.get(f"/api/jobs/{job_id}").status_code == 404
 
 
+def test_cancel_a_running_job_then_the_next_one_runs(client_factory):
+    c = client_factory(run_jobs=True)
+    slow = post_job(c, class_zip(n=12, classes=3, size=32), method="em", preset="standard").json()["id"]
+    quick = post_job(c, class_zip(n=6, classes=2, size=16)).json()["id"]
+    t0 = time.monotonic()
+    while c.get(f"/api/jobs/{slow}").json()["state"] != "running" and time.monotonic() - t0 < 120:
+        time.sleep(0.2)
+    assert c.post(f"/api/jobs/{slow}/cancel").status_code == 403  # without the page's header
+    assert c.post(f"/api/jobs/{slow}/cancel", headers={"X-Poisonlab": "1"}).status_code == 200
+    assert wait_done(c, quick)["state"] == "done"
+    j = c.get(f"/api/jobs/{slow}").json()
+    assert j["state"] == "cancelled" and not j["previews"], j
+
+
 def test_mixed_sizes_fail_with_the_reason_then_resize_works(client_factory):
     c = client_factory(run_jobs=True)
     data = make_zip([("a/1.png", png(16, 1)), ("a/2.png", png(16, 2)), ("b/3.png", png(24, 3)), ("b/4.png", png(16, 4))])
@@ -262,9 +277,22 @@ def page(browser):
     ctx.close()
 
 
+def bundled_zip(per_class=4, classes=3) -> bytes:
+    """Real photos for the screenshots: the first images of a few classes of the bundled CIFAR-10 subset."""
+    from poisonlab.data import load_dataset
+    ds = load_dataset("bundled", "train")
+    entries = []
+    for k in range(classes):
+        for i in (ds.labels == k).nonzero().flatten()[:per_class].tolist():
+            buf = io.BytesIO()
+            Image.fromarray(ds.images[i].permute(1, 2, 0).numpy()).save(buf, format="PNG")
+            entries.append((f"my photos/{ds.classes[k]}/{Path(ds.names[i]).stem}.png", buf.getvalue()))
+    return make_zip(entries)
+
+
 def test_browser_upload_progress_reload_preview_download(server, page, tmp_path):
     upload = tmp_path / "my photos.zip"
-    upload.write_bytes(class_zip(n=12, classes=3, size=32))
+    upload.write_bytes(bundled_zip())
     page.goto(server + "/")
     page.wait_for_selector("label.method[data-method=em]")
     screenshot(page, "serve-home.png")
@@ -279,6 +307,8 @@ def test_browser_upload_progress_reload_preview_download(server, page, tmp_path)
     assert seen in ("running", "done")
     job_url = page.url
     assert "/job/" in job_url
+    if seen == "running":
+        assert page.is_visible("#cancel") and not page.is_visible("#delete") and page.is_visible("#job-progress")
     if seen != "done":
         screenshot(page, "serve-progress.png")
         page.reload()  # the job survives a reload: the page finds it again from its address
@@ -291,6 +321,7 @@ def test_browser_upload_progress_reload_preview_download(server, page, tmp_path)
                            "[...document.querySelectorAll('#previews img')].every(i => i.complete && i.naturalWidth > 0)")
     assert "Budget kept" in page.text_content("#job-budget")
     assert "Keep it private" in page.text_content("#secret")
+    assert page.is_visible("#delete") and not page.is_visible("#cancel") and not page.is_visible("#job-progress")
     screenshot(page, "serve-done.png")
     with page.context.expect_page() as report:  # the job's full report, styled and scripted under its own CSP
         page.click("#report")

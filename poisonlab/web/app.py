@@ -185,6 +185,15 @@ def create_app(root, limits: Limits = Limits(), allowed_hosts=("127.0.0.1", "loc
             return error(409, str(e))
         return {"deleted": job_id}
 
+    @app.post("/api/jobs/{job_id}/cancel")
+    def cancel(job_id: str):
+        d, job = job_or_404(job_id)
+        if job is None:
+            return error(404, "no such job")
+        if runner is None or not runner.cancel(job_id):
+            return error(409, "this job is run by another poisonlab process; stop that one first")
+        return {"cancelled": job_id}
+
     @app.get("/api/jobs/{job_id}/preview/{k}/{kind}.png")
     def preview(job_id: str, k: int, kind: str):
         d, job = job_or_404(job_id)

@@ -1,6 +1,6 @@
 """Jobs on disk, so that they survive a page reload and a server restart.
 
-ROOT/jobs/<id>/job.json      state (queued | running | done | failed), method, settings, progress, results
+ROOT/jobs/<id>/job.json      state (queued | running | done | failed | cancelled), method, settings, progress, results
 ROOT/jobs/<id>/input/train/  the upload as an ImageFolder tree (class folders, or one folder "images")
 ROOT/jobs/<id>/out/          the `protect` output (published part)
 ROOT/jobs/<id>/out.noise.npy the private noise (and out.cuda-key for CUDA), beside out/, never inside
@@ -123,7 +123,9 @@ class Runner(threading.Thread):
         self.store, self.env, self.poll = store, env, poll
         self.wake = threading.Event()
         self.stopping = threading.Event()
-        self.proc = None
+        self.lock = threading.Lock()  # picking and starting a job vs cancelling one
+        self.proc = self.current = None
+        self.cancelled = set()
 
     def next_job(self):
         for job in self.store.all():
@@ -133,32 +135,63 @@ class Runner(threading.Thread):
 
     def run(self):
         while not self.stopping.is_set():
-            job = self.next_job()
-            if job is None:
+            with self.lock:
+                job = self.next_job()
+                d = self.store.jobs / job["id"] if job else None
+                started = d is not None and self.start_worker(d)
+            if not started:
                 self.wake.wait(self.poll)
                 self.wake.clear()
                 continue
-            d = self.store.jobs / job["id"]
-            lock = JobLock(d)
-            if not lock.acquire():  # a worker from an earlier server still runs it: wait for it
-                self.stopping.wait(self.poll)
-                continue
-            lock.release()
-            self.run_worker(d)
+            self.finish_worker(d)
 
-    def run_worker(self, d: Path):
+    def start_worker(self, d: Path) -> bool:
+        """Start a worker on d unless a worker of an earlier server still holds the job (then wait for it)."""
+        probe = JobLock(d)
+        if not probe.acquire():
+            return False
+        probe.release()
         env = {**os.environ, **(self.env or {})}
         with open(d / "worker.log", "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "poisonlab.web.worker", str(d)], stdout=log,
                                          stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            rc = self.proc.wait()
-        self.proc = None
+        self.current = d.name
+        return True
+
+    def finish_worker(self, d: Path):
+        rc = self.proc.wait()
+        with self.lock:
+            self.proc = self.current = None
+            cancelled = d.name in self.cancelled
+            self.cancelled.discard(d.name)
+        if cancelled:
+            update_job(d, state="cancelled", error=None, finished=time.time(), progress={"stage": "cancelled"})
+            return
         if self.stopping.is_set() or rc == LOCKED:
             return  # the job stays 'running' and resumes when the server starts again
         job = read_job(d)
         if job["state"] in ACTIVE:  # the worker died without saying why
             update_job(d, state="failed", error=f"the protection process stopped unexpectedly (exit code {rc}); "
                                                 "see worker.log in the job folder")
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a queued or running job for good; False when another process runs it."""
+        d = self.store.dir(job_id)
+        with self.lock:
+            if self.current == job_id and self.proc is not None:
+                self.cancelled.add(job_id)
+                self.proc.terminate()
+                return True
+            if read_job(d)["state"] not in ACTIVE:
+                return True
+            probe = JobLock(d)
+            if not probe.acquire():  # a worker of an earlier server runs it
+                return False
+            try:
+                update_job(d, state="cancelled", finished=time.time(), progress={"stage": "cancelled"})
+            finally:
+                probe.release()
+            return True
 
     def stop(self, timeout=10.0):
         self.stopping.set()

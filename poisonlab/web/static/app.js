@@ -151,13 +151,15 @@ function renderJob(j) {
   $("job-stage").textContent = j.state === "done" ? "" : (p.stage || "");
   const bar = $("job-progress");
   if (p.fraction === null || p.fraction === undefined) bar.removeAttribute("value"); else bar.value = p.fraction;
-  bar.hidden = j.state === "done" || j.state === "failed";
+  bar.hidden = !["queued", "running"].includes(j.state);
   const since = j.started || j.created;
   $("job-time").textContent = j.finished ? `took ${fmtSeconds(j.finished - since)}` : (j.state === "running" ? `running for ${fmtSeconds(j.now - since)}` : "");
   $("job-error").hidden = j.state !== "failed";
   $("job-error").textContent = j.error ? "Failed: " + j.error : "";
   $("job-done").hidden = j.state !== "done";
-  $("delete").hidden = j.state !== "done" && j.state !== "failed";
+  $("delete-row").hidden = !["done", "failed", "cancelled"].includes(j.state);
+  $("cancel").hidden = !["queued", "running"].includes(j.state);
+  $("cancel").dataset.job = j.id;
   $("delete").dataset.job = j.id;
   if (j.state === "done" && !$("job-done").dataset.shown) {
     $("job-done").dataset.shown = j.id;
@@ -230,9 +232,17 @@ async function deleteJob() {
   loadJobs();
 }
 
+async function cancelJob() {
+  const id = $("cancel").dataset.job;
+  try {
+    await api("/api/jobs/" + encodeURIComponent(id) + "/cancel", {method: "POST", headers: {"X-Poisonlab": "1"}});
+  } catch (err) { showError(err.message); }
+}
+
 async function init() {
   setupDrop();
   $("delete").addEventListener("click", deleteJob);
+  $("cancel").addEventListener("click", cancelJob);
   $("protect-form").addEventListener("submit", submit);
   try {
     const info = await api("/api/methods");
