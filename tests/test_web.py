@@ -175,7 +175,9 @@ def test_job_runs_survives_restart_and_serves_downloads(client_factory, tmp_path
     # The server "dies" while the job runs: state 'running', no worker (its lock is free).
     job_file = tmp_path / "root" / "jobs" / job_id / "job.json"
     job_file.write_text(json.dumps({**json.loads(job_file.read_text()), "state": "running"}))
+    (tmp_path / "root" / "jobs" / ".AAAAAAAAAAAAAAAA.upload" / "input").mkdir(parents=True)  # an upload cut off
     c2 = client_factory(run_jobs=True)  # a new server on the same folder picks it up
+    assert not (tmp_path / "root" / "jobs" / ".AAAAAAAAAAAAAAAA.upload").exists()
     j = wait_done(c2, job_id)
     assert j["state"] == "done", j
     assert j["budget"]["ok"] and j["budget"]["largest change (levels of 255)"] <= 8 and j["secrets"] == ["noise.npy"]

@@ -43,6 +43,8 @@ class JobStore:
         self.jobs.mkdir(parents=True, exist_ok=True)
         for p in (self.root, self.jobs):
             os.chmod(p, 0o700)  # uploads, noise and keys are private to the user running the server
+        for p in self.jobs.glob(".*.upload"):  # uploads cut off by an earlier server's end
+            shutil.rmtree(p, ignore_errors=True)
 
     def dir(self, job_id: str) -> Path:
         if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
