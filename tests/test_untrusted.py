@@ -429,7 +429,7 @@ def test_every_pillow_mode_is_converted_and_the_budget_holds(tmp_path, mode):
     protect("random", src, tmp_path / "out", progress=False, eps="4/255")
     saved = load_dataset(tmp_path / "out", "train")
     assert saved.names == [n.replace(".tif", ".png") for n in ds.names]
-    diff = saved.images.to(torch.int16) - torch.from_numpy(want).to(torch.int16)
+    diff = saved.images.to(torch.int16) - torch.from_numpy(np.array(want)).to(torch.int16)
     assert int(diff.abs().max()) <= 4  # against the converted original, on the saved PNGs
 
 
@@ -506,6 +506,8 @@ def test_bad_npz_is_one_line(tmp_path, capsys, arrays, message):
     (["--device", "cuda:7"], "cuda:7"),
     (["--subset", "-5"], "subset"),  # refused by the typed command line or by protect() itself
     (["--subset", "0"], "subset"),
+    (["--eps", "lots"], "eps"),  # non-numeric values
+    (["--opt", "seed=abc"], "seed"),
 ])
 def test_bad_protect_arguments_are_one_line(tmp_path, capsys, args, message):
     src = folder(tmp_path / "src")
@@ -536,6 +538,8 @@ def test_mps_without_mps_is_one_line(tmp_path, capsys):
     (["--protected-fraction", "2"], "need --clean-data"),
     (["--protected-fraction", "0.5"], "need --clean-data"),
     (["--lr", "nan"], "lr"),
+    (["--epochs", "abc"], "epochs"),
+    (["--width", "-1"], "width"),
     (["--adv-steps", "-1"], "adv"),
     (["--device", "gpu"], "unknown device"),
     (["--out", ""], "not empty or '.'"),
