@@ -10,10 +10,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from browser import launch_browser, screenshot
 from conftest import make_set
+from poisonlab import PoisonlabError
 from poisonlab.cli import main
 from poisonlab.data import ImageSet, save_imagefolder
 from poisonlab.protect import protect
@@ -74,6 +76,17 @@ def test_noise_from_another_run_or_a_broken_budget_is_reported(tmp_path):
     np.save(noise_file, noise)
     html = render_report(c)
     assert "BROKEN" in html and "moved" in html
+
+
+def test_budget_measured_against_the_original_data(tmp_path):
+    out = protected(tmp_path, subset=10)
+    out.with_name("out.noise.npy").unlink()  # the noise is not at hand; the originals are
+    assert "is not here" in render_report(out)
+    html = render_report(out, original=tmp_path / "out-src")
+    assert "within budget" in html and "loaded from the original data" in html and html.count('alt="before: ') == 8
+    other = tmp_path / "other"
+    save_imagefolder(make_set(16, classes=2, size=16, seed=9), other)
+    assert "hash differs" in pytest.raises(PoisonlabError, render_report, out, original=other).value.args[0]
 
 
 def test_npz_input_order_is_matched(tmp_path):

@@ -230,6 +230,18 @@ def test_mixed_sizes_fail_with_the_reason_then_resize_works(client_factory):
     assert post_job(c, data, resize="12 by 12").json()["error"].startswith("--resize: write HxW")
 
 
+def test_serve_cli_errors_cleanly(tmp_path, capsys):
+    from poisonlab.cli import main
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--root", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("poisonlab: error: cannot listen on 127.0.0.1:")
+    assert main(["serve", "--max-upload-mb", "0"]) == 2
+
+
 # ------------------------------------------------------------------ the page, in a real browser
 def free_port() -> int:
     with socket.socket() as s:

@@ -8,7 +8,7 @@ from ..fileio import atomic_write
 from .html import page
 
 
-def render_report(path, use_noise: bool = True) -> str:
+def render_report(path, use_noise: bool = True, original=None) -> str:
     p = Path(path).expanduser()
     if p.is_file() and p.name in ("manifest.json", "results.json"):
         p = p.parent
@@ -16,7 +16,9 @@ def render_report(path, use_noise: bool = True) -> str:
         raise PoisonlabError(f"{p}: not found (give a protect output folder or a bench output folder)")
     if (p / "manifest.json").is_file():
         from .protected import protected_report
-        title, body = protected_report(p, use_noise=use_noise)
+        title, body = protected_report(p, use_noise=use_noise, original=original)
+    elif original is not None:
+        raise PoisonlabError("--original applies to a protected set (a folder with manifest.json)")
     elif (p / "results.json").is_file():
         from .grid import grid_report
         title, body = grid_report(p)
@@ -25,8 +27,8 @@ def render_report(path, use_noise: bool = True) -> str:
     return page(title, body)
 
 
-def write_report(path, out_html, use_noise: bool = True) -> Path:
-    html = render_report(path, use_noise=use_noise)
+def write_report(path, out_html, use_noise: bool = True, original=None) -> Path:
+    html = render_report(path, use_noise=use_noise, original=original)
     out = Path(out_html)
     with atomic_write(out, "w") as f:
         f.write(html)
@@ -43,9 +45,11 @@ def add_parser(sub):
     r.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
     r.add_argument("--no-noise", action="store_true",
                    help="ignore the private noise file beside OUT (a report fit to share: no originals)")
+    r.add_argument("--original", default=None, metavar="DATA",
+                   help="the data OUT was made from: measure the budget against it (when the noise file is not at hand)")
     r.set_defaults(fn=_cmd)
 
 
 def _cmd(args):
-    out = write_report(args.path, args.output, use_noise=not args.no_noise)
+    out = write_report(args.path, args.output, use_noise=not args.no_noise, original=args.original)
     print(f"RESULT report of {args.path} -> {out}")

@@ -157,21 +157,50 @@ def diagnostics_html(diag, heading="<h2>Diagnostics over generation</h2>") -> st
     return "\n".join(out)
 
 
-def protected_report(out_dir, use_noise: bool = True, samples: int = 8):
-    """(title, body html) for a protect output folder."""
+def from_originals(saved, m: dict, original):
+    """(noise, (order, originals)) from the original data instead of the noise file: the source is loaded with
+    the ordinary loaders (and the manifest's subset), checked against the manifest's hash of the originals,
+    and paired with the saved PNGs by file name."""
+    src = m.get("source") or {}
+    ds = load_dataset(original, "train")
+    if src.get("subset"):
+        ds = ds.stratified(int(src["subset"]), seed=int(m.get("seed") or 0))
+    if src.get("images_sha256") and hashlib.sha256(ds.images.numpy().tobytes()).hexdigest() != src["images_sha256"]:
+        raise PoisonlabError(f"{original} does not hold the images this set was made from (their hash differs "
+                             "from the manifest's)")
+    pos = {n: i for i, n in enumerate(saved.names or [])}
+    try:
+        order = np.array([pos[str(Path(n).with_suffix(".png"))] for n in ds.names])
+    except (KeyError, TypeError):
+        raise PoisonlabError(f"the images of {original} cannot be paired with the saved PNGs by name") from None
+    orig = ds.images.numpy()
+    if orig.shape != tuple(saved.images.shape):
+        raise PoisonlabError(f"{original}: images {orig.shape} differ in shape from the saved {tuple(saved.images.shape)}")
+    noise = saved.images.numpy()[order].astype(np.int16) - orig.astype(np.int16)
+    return noise, (order, orig)
+
+
+def protected_report(out_dir, use_noise: bool = True, samples: int = 8, original=None):
+    """(title, body html) for a protect output folder. original: the source data, to measure against when the
+    noise file is not at hand."""
     out_dir = Path(out_dir)
     m = read_manifest(out_dir)
     saved = load_dataset(out_dir, "train")
     noise_file = noise_path(out_dir)
-    noise = load_noise(noise_file) if use_noise else None
-    aligned = align(saved, noise, (m.get("source") or {}).get("images_sha256")) if noise is not None else None
+    if original is not None:
+        noise, aligned = from_originals(saved, m, original)
+        noise_file = Path(str(original))
+    else:
+        noise = load_noise(noise_file) if use_noise else None
+        aligned = align(saved, noise, (m.get("source") or {}).get("images_sha256")) if noise is not None else None
     method = m.get("method", "?")
     cmd = protect_command(m, out_dir)
     body = [f"<h1>Protected set: {esc(out_dir.name)}</h1>",
             f"<p>{esc(len(saved))} images, {esc(len(saved.classes))} classes, protected with <strong>{esc(method)}</strong>"
             f" on {esc(m.get('created', '?'))}.</p>", command(cmd)]
     if aligned is not None:
-        body.append(f'<div class="warn"><strong>Private report.</strong> Made with the private noise file '
+        what = "the original images in" if original is not None else "the private noise file"
+        body.append(f'<div class="warn"><strong>Private report.</strong> Made with {what} '
                     f'<code>{esc(noise_file.name)}</code>: it shows original images next to their protected versions. '
                     'Share it only as you would share the noise (rebuild with <code>--no-noise</code> for a public '
                     'report).</div>')
@@ -192,8 +221,9 @@ def protected_report(out_dir, use_noise: bool = True, samples: int = 8):
         ok = res.pop("ok")
         problem = res.pop("problem", None)
         verdict = ('<span class="ok">within budget</span>' if ok else f'<span class="bad">BROKEN: {esc(problem)}</span>')
-        body.append(f"<p>Measured on the saved PNGs minus the originals (originals rebuilt from the noise and matched "
-                    f"to the manifest's hash): {verdict}.</p>")
+        how = ("loaded from the original data and matched to the manifest's hash" if original is not None else
+               "rebuilt from the noise and matched to the manifest's hash")
+        body.append(f"<p>Measured on the saved PNGs minus the originals ({how}): {verdict}.</p>")
         body.append(kv_table(list(res.items())))
 
     body.append("<h2>Samples</h2>")

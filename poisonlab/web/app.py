@@ -262,7 +262,14 @@ def _rmtree(p):
 
 
 def serve(host="127.0.0.1", port=8765, root=None, limits: Limits = Limits(), log=print):
+    import socket
     import uvicorn
+    try:  # a clear one-line error instead of uvicorn's exit when the port is taken
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no conflict
+            probe.bind((host, port))
+    except OSError as e:
+        raise PoisonlabError(f"cannot listen on {host}:{port}: {e.strerror or e} (choose another --port)") from None
     root = Path(root or os.environ.get("POISONLAB_WEB_ROOT") or Path.home() / ".local/share/poisonlab/web")
     loopback = host in ("127.0.0.1", "localhost", "::1")
     hosts = ("127.0.0.1", "localhost", "::1", "[::1]") if loopback else ("*",)
