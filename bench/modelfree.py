@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from poisonlab.data import ImageSet, load_dataset  # noqa: E402
 from poisonlab.fileio import read_json, write_json  # noqa: E402
-from poisonlab.protect import create_method, protect  # noqa: E402
+from poisonlab import create_method
+from poisonlab.protect import protect  # noqa: E402
 from poisonlab.protect.checkpoint import Checkpoint  # noqa: E402
 from poisonlab.protect.ops import corner_colours  # noqa: E402
 from poisonlab.runtime import set_threads  # noqa: E402

@@ -25,7 +25,7 @@ from .data import load_dataset, load_splits
 from .demo import run_demo
 from .errors import PoisonlabError
 from .fileio import write_json
-from .options import PositiveInt, parse_value, split_pairs
+from .options import PositiveInt, parse_opts, split_pairs  # noqa: F401  (parse_opts: for contributed commands)
 from .pairing import match_stems
 from .ownership.cli import add_parsers as add_ownership
 from .protect.diagnostics import holdout_for, summary_lines
@@ -35,18 +35,6 @@ from .report import add_parser as add_report
 from .runtime import set_threads
 from .train import TrainConfig, mix_partial, train_victim
 from .web import add_parser as add_serve
-
-# --opt values that are text byte for byte ("key=0012..." must stay that key, never the number 12...).
-TEXT_OPTS = {"key", "key_file"}
-
-
-def parse_opts(pairs) -> dict:
-    """--opt key=value items read as the text suggests (for commands whose target has no signature to type
-    them by; a registry's create() then checks them against the target's signature)."""
-    return {k: v if k in TEXT_OPTS else parse_value(v) for k, v in split_pairs(pairs).items()}
-
-
-Fraction = typing.Annotated[float, "a number in [0, 1]"]
 
 
 # ---------------------------------------------------------------- the commands (typed signatures)

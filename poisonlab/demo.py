@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .data import load_dataset, load_splits
 from .fileio import write_json
-from .protect import create_method, protect
+from .protect.pipeline import protect
+from .registry import METHODS
 from .protect.scaledown import MIN_PASSES, VictimAT, enforce, robust_recipe
 from .train import TrainConfig, train_victim
 
@@ -75,7 +76,7 @@ def run_demo(out="runs/demo", device="auto", quick=False):
 
 def _protected(method, opts, train, target, device):
     """Protect once; reuse an earlier output only when it was made with exactly these settings."""
-    m = create_method(method, seed=0, device=device, **opts)
+    m = METHODS.create(method, seed=0, device=device, **opts)
     manifest_path = target / "manifest.json"
     if manifest_path.exists():
         made = json.loads(manifest_path.read_text())

@@ -22,7 +22,7 @@ NonNegativeFloat = restricted_number_type("FiniteNonNegativeFloat", float, [(">=
 PositiveFloat = restricted_number_type("FinitePositiveFloat", float, [(">", 0), ("<", math.inf)])
 
 __all__ = ["Budget", "NonNegativeInt", "PositiveInt", "NonNegativeFloat", "PositiveFloat", "option_types",
-           "coerce_options", "coerce", "parse_value", "split_pairs"]
+           "coerce_options", "coerce", "parse_value", "parse_opts", "split_pairs"]
 
 
 class Budget(float):
@@ -61,6 +61,16 @@ def parse_value(text: str):
         except PoisonlabError:
             pass
     return text
+
+
+# --opt values that are text byte for byte ("key=0012..." must stay that key, never the number 12...).
+TEXT_OPTS = {"key", "key_file"}
+
+
+def parse_opts(pairs) -> dict:
+    """--opt key=value items read as the text suggests, for targets without a signature to type them by
+    (a registry's create() checks them against the target's signature anyway)."""
+    return {k: v if k in TEXT_OPTS else parse_value(v) for k, v in split_pairs(pairs).items()}
 
 
 def split_pairs(pairs, what="--opt") -> dict:

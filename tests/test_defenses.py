@@ -8,7 +8,8 @@ import torch
 from poisonlab import PoisonlabError
 from poisonlab.augment import Augment
 from poisonlab.data import ImageSet
-from poisonlab.defenses import create_defense, list_defenses, parse_defense
+from poisonlab.defenses import create_defense, parse_defense
+from poisonlab.registry import DEFENSES
 from poisonlab.train import TrainConfig, train_victim
 
 DATA_LEVEL = ["none", "jpeg:10", "jpeg:50,codec=kornia", "gray", "bits:1", "bits:4", "gauss:1.0", "median:3",
@@ -104,7 +105,7 @@ def test_orthogonal_projection_removes_learned_directions():
 
 def test_spec_parsing_and_registry():
     assert {"none", "jpeg", "gray", "bits", "gauss", "median", "ortho", "ueraser", "at", "at-l2", "cutmix",
-            "cutout", "mixup", "early"} <= set(list_defenses())
+            "cutout", "mixup", "early"} <= set(DEFENSES.names())
     assert parse_defense("jpeg:10").spec() == create_defense("jpeg", quality=10).spec() == create_defense("jpeg:10").spec()
     assert parse_defense("gauss:sigma=2").kernel == 9
     assert parse_defense("grayscale").name == "gray"

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from poisonlab.protect.pipeline import noise_path
+from poisonlab.publishing import noise_path
 
 from conftest import make_set
 from poisonlab import PoisonlabError
 from poisonlab.budget import budget_to_levels
 from poisonlab.cli import main as cli_main
 from poisonlab.data import load_dataset, save_imagefolder
-from poisonlab.protect import create_method, protect
+from poisonlab import create_method
+from poisonlab.protect import protect
 from poisonlab.protect.ar import ar_filters, response
 from poisonlab.protect.cuda import KEY_SUFFIX, apply_filters, class_filters
 from poisonlab.protect.ops import corner_colours

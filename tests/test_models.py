@@ -6,14 +6,14 @@ from torch import nn
 
 from poisonlab import PoisonlabError
 from poisonlab.registry import MODELS
-from poisonlab.models import CIFAR_MEAN, CIFAR_STD, Normalize, create_model, list_models, register_model
+from poisonlab.models import CIFAR_MEAN, CIFAR_STD, Normalize, create_model
 
 
 def test_registry_has_the_standard_victims():
-    assert {"smallcnn", "resnet18", "resnet50", "vgg16", "densenet121", "wrn34_10"} <= set(list_models())
+    assert {"smallcnn", "resnet18", "resnet50", "vgg16", "densenet121", "wrn34_10"} <= set(MODELS.names())
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize("channels,size", [(3, 32), (1, 28)])
 def test_every_model_gives_logits_per_class(name, channels, size):
     torch.manual_seed(0)
@@ -60,13 +60,13 @@ def test_bad_names_and_widths():
 
 
 def test_register_model_adds_to_the_registry():
-    @register_model
+    @MODELS.register
     def tiny_linear(num_classes=10, in_channels=3, width=1.0):
         return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
 
     try:
-        assert "tiny_linear" in list_models()
+        assert "tiny_linear" in MODELS.names()
         assert create_model("tiny_linear", 5, 1)(torch.rand(2, 1, 8, 8)).shape == (2, 5)
     finally:
         MODELS.unregister("tiny_linear")  # leave the real registry as it was
-    assert "tiny_linear" not in list_models()
+    assert "tiny_linear" not in MODELS.names()

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from poisonlab.protect.pipeline import noise_path
+from poisonlab.publishing import noise_path
 
 from poisonlab import PoisonlabError
 from poisonlab.data import ImageSet, load_dataset
-from poisonlab.protect import create_method, list_methods, protect
+from poisonlab import METHODS, create_method
+from poisonlab.protect import protect
 from poisonlab.protect.base import apply_noise, verify_bound
 from poisonlab.protect.checkpoint import Checkpoint
 from poisonlab.protect.minmaxmin import MinMaxMin, randomness_term
@@ -207,7 +208,7 @@ def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path, monkeypatch)
 
 
 def test_all_model_based_methods_registered():
-    assert {"minmaxmin", "em", "tap", "rem", "random"} <= set(list_methods())
+    assert {"minmaxmin", "em", "tap", "rem", "random"} <= set(METHODS.names())
 
 
 def test_unknown_option_is_a_clear_error():

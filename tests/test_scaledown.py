@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from poisonlab import PoisonlabError
-from poisonlab.protect import create_method, protect
+from poisonlab import create_method
+from poisonlab.protect import protect
 from poisonlab.protect.scaledown import (PAPER_PASSES, ScaleDownWarning, VictimAT, check, enforce, passes,
                                          robust_recipe)
 

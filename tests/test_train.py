@@ -10,7 +10,7 @@ from torch import nn
 import poisonlab.train as train_mod
 from conftest import make_set
 from poisonlab import PoisonlabError
-from poisonlab.attacks import L2PGD, LinfPGD, make_pgd
+from poisonlab.pgd import L2PGD, LinfPGD, make_pgd
 from poisonlab.budget import budget_to_levels, parse_budget
 from poisonlab.data import ImageSet
 from poisonlab.train import TrainConfig, mix_partial, train_victim

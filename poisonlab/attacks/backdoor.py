@@ -206,7 +206,7 @@ class CleanLabelBackdoor(Backdoor):
         if self.eps == 0 or self.pgd_steps == 0 or len(index) == 0:
             return images[index]
         from ..protect.base import apply_noise
-        from .pgd import LinfPGD
+        from ..pgd import LinfPGD
         from .surrogates import surrogate_models
         model = surrogate_models(self, images, labels)[0]
         device = next(model.parameters()).device

@@ -11,9 +11,7 @@ abl.ABL, dpa.DPA, detect.SpectralSignatures / ActivationClustering, unlearn.Retr
 SSD (see docs/defenses.md).
 """
 
-from .base import (Chain, Defense, create_defense, defense_class, list_defenses, parse_defense,
-                   register_defense)
+from .base import Chain, Defense, create_defense, parse_defense
 from . import data, itlm, ortho, training  # noqa: F401  (registration side effects)
 
-__all__ = ["Defense", "Chain", "create_defense", "parse_defense", "defense_class", "list_defenses",
-           "register_defense"]
+__all__ = ["Defense", "Chain", "create_defense", "parse_defense"]

@@ -24,10 +24,6 @@ from ..options import parse_value as _value
 from ..registry import DEFENSES
 from ..runtime import to_float_batch
 
-# Transitional names (the registry is poisonlab.registry.DEFENSES).
-register_defense = DEFENSES.register
-list_defenses = DEFENSES.names
-defense_class = DEFENSES.get
 
 
 def create_defense(name, *args, **kw) -> "Defense":

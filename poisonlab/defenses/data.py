@@ -16,10 +16,11 @@ from PIL import Image
 
 from .. import PoisonlabError
 from ..data import ImageSet
-from .base import Defense, batched, register_defense
+from ..registry import DEFENSES
+from .base import Defense, batched
 
 
-@register_defense
+@DEFENSES.register
 class NoDefense(Defense):
     """No countermeasure: standard training on the data as published."""
 
@@ -31,7 +32,7 @@ class NoDefense(Defense):
         return "none"
 
 
-@register_defense
+@DEFENSES.register
 class JPEG(Defense):
     """JPEG compression at quality q (ISS uses q=10). codec="pil" runs the real libjpeg codec per image
     (4:2:0 chroma subsampling as Pillow's default, decoded back to uint8); codec="kornia" uses kornia's
@@ -79,7 +80,7 @@ class JPEG(Defense):
         return batched(images, lambda x: jpeg_codec_differentiable(x, q.expand(len(x))), 512)
 
 
-@register_defense
+@DEFENSES.register
 class Grayscale(Defense):
     """Grayscale (ISS): ITU-R 601 luma, replicated to every channel so the victim's input shape is kept.
 
@@ -104,7 +105,7 @@ class Grayscale(Defense):
         return data.with_images(batched(data.images, lambda x: rgb_to_grayscale(x).expand_as(x)))
 
 
-@register_defense
+@DEFENSES.register
 class BitDepth(Defense):
     """Bit-depth reduction (ISS): quantise every channel to 2**bits evenly spaced levels spanning 0..255
     (round(x * (2**bits - 1)) / (2**bits - 1)); bits=1 leaves only 0 and 255."""
@@ -125,7 +126,7 @@ class BitDepth(Defense):
         return data.with_images(batched(data.images, lambda x: torch.round(x * levels) / levels))
 
 
-@register_defense
+@DEFENSES.register
 class GaussianBlur(Defense):
     """Gaussian low-pass filter (kornia.filters.gaussian_blur2d), kernel 2*ceil(2*sigma)+1, reflect border."""
 
@@ -149,7 +150,7 @@ class GaussianBlur(Defense):
         return data.with_images(batched(data.images, lambda x: gaussian_blur2d(x, (k, k), (s, s))))
 
 
-@register_defense
+@DEFENSES.register
 class MedianBlur(Defense):
     """Median filter over a k x k window (kornia.filters.median_blur)."""
 

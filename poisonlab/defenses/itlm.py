@@ -22,7 +22,8 @@ import torch
 
 from .. import PoisonlabError
 from ..data import ImageSet
-from .base import Defense, register_defense
+from ..registry import DEFENSES
+from .base import Defense
 from .probe import per_sample_loss, train_cached
 
 
@@ -32,7 +33,7 @@ def lowest_loss(loss: torch.Tensor, fraction: float) -> torch.Tensor:
     return torch.sort(loss, stable=True).indices[:keep].sort().values
 
 
-@register_defense
+@DEFENSES.register
 class ITLM(Defense):
     """alpha: fraction kept; rounds: number of re-selections (hook) or retrainings (fit); warmup: epochs on
     all data before the first selection in the hook form (default: an equal share, epochs // (rounds + 1)).

@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ImageSet
-from .base import Defense, register_defense
+from ..registry import DEFENSES
+from .base import Defense
 
 
-@register_defense
+@DEFENSES.register
 class OrthogonalProjection(Defense):
     """Project the class directions of a linear model learned on the protected data out of the images.
 

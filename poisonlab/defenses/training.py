@@ -7,12 +7,13 @@ import torch.nn.functional as F
 
 from .. import PoisonlabError
 from ..budget import budget_text, parse_budget
+from ..registry import DEFENSES
 from ..runtime import to_device_images
-from .base import Defense, register_defense
+from .base import Defense
 
 
 # ---------------------------------------------------------------- adversarial training
-@register_defense
+@DEFENSES.register
 class AdversarialTraining(Defense):
     """PGD adversarial training of the victim (Madry et al. 2018) with radius eps (L-inf by default).
 
@@ -49,7 +50,7 @@ class AdversarialTraining(Defense):
         return kw
 
 
-@register_defense
+@DEFENSES.register
 class AdversarialTrainingL2(AdversarialTraining):
     """PGD adversarial training with an L2 ball of radius eps (in [0,1] pixel units, e.g. 0.5)."""
 
@@ -83,7 +84,7 @@ class _AugmentDefense(Defense):
         return self.name
 
 
-@register_defense
+@DEFENSES.register
 class Cutout(_AugmentDefense):
     """Cutout (DeVries & Taylor 2017): zero a size x size square in every training image."""
 
@@ -106,14 +107,14 @@ class _MixingDefense(_AugmentDefense):
             raise PoisonlabError(f"{self.name} alpha must be > 0")
 
 
-@register_defense
+@DEFENSES.register
 class Mixup(_MixingDefense):
     """Mixup (Zhang et al. 2018) with a Beta(alpha, alpha) weight."""
 
     name, field = "mixup", "mixup"
 
 
-@register_defense
+@DEFENSES.register
 class CutMix(_MixingDefense):
     """CutMix (Yun et al. 2019) with a Beta(alpha, alpha) area."""
 
@@ -121,7 +122,7 @@ class CutMix(_MixingDefense):
 
 
 # ---------------------------------------------------------------- early stopping
-@register_defense
+@DEFENSES.register
 class EarlyStopping(Defense):
     """Early stopping: the exploiter keeps the epoch with the best clean test accuracy (an oracle
     upper bound on validation-based stopping). Training is the standard run; only the report differs."""
@@ -136,7 +137,7 @@ class EarlyStopping(Defense):
 
 
 # ---------------------------------------------------------------- UEraser
-@register_defense
+@DEFENSES.register
 class UEraser(Defense):
     """UEraser (Qin et al. 2023, "Learning the Unlearnable"): heavy photometric/geometric augmentation
     from kornia (PlasmaBrightness, PlasmaContrast, ChannelShuffle, then TrivialAugment), applied after

@@ -3,11 +3,7 @@
 Every model takes inputs in [0, 1] and normalises them inside (see base.Normalize).
 """
 
-from ..registry import MODELS
 from .base import CIFAR_MEAN, CIFAR_STD, GRAY_MEAN, GRAY_STD, Normalize, create_model, scaled  # noqa: F401
 from . import cnn, resnet, vgg, densenet, wrn  # noqa: E402,F401  (registers the models)
 
-register_model = MODELS.register  # transitional names: use MODELS
-list_models = MODELS.names
-
-__all__ = ["create_model", "register_model", "list_models", "Normalize", "scaled"]
+__all__ = ["create_model", "Normalize", "scaled"]

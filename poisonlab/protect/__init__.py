@@ -8,8 +8,8 @@ Each method is a small module; all share the PGD core, the budget enforcement an
 A new built-in method adds its module to the import line below.
 """
 
-from .base import Protection, create_method, list_methods, method_class, register_method
+from .base import Protection
 from .pipeline import protect
 from . import random_noise, minmaxmin, em, tap, rem, cuda, lsp, ar, ops, salm, unlearnable_clusters  # noqa: F401,E402  (registration)
 
-__all__ = ["Protection", "register_method", "create_method", "list_methods", "method_class", "protect"]
+__all__ = ["Protection", "protect"]

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import PoisonlabError
-from .base import Protection, register_method
+from ..registry import METHODS
+from .base import Protection
 
 
 def sample_coefficients(m: int, c: int, gen) -> torch.Tensor:
@@ -101,7 +102,7 @@ def quantise_l2(images: torch.Tensor, delta: torch.Tensor, eps: float, rounds: i
     return out.to(torch.uint8)
 
 
-@register_method
+@METHODS.register
 class AR(Protection):
     """AR (Sandoval-Segura et al. NeurIPS 2022): class-wise autoregressive noise, L2 budget."""
 

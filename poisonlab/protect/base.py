@@ -20,13 +20,6 @@ from ..registry import METHODS
 from ..result import PoisonResult, to_imageset
 from .checkpoint import Checkpoint
 
-# Transitional names (the registry is poisonlab.registry.METHODS); callers move to it, then these go.
-register_method = METHODS.register
-list_methods = METHODS.names
-method_class = METHODS.get
-create_method = METHODS.create
-
-
 class Protection:
     """Base class. A subclass sets `name` and `norm`, and implements `perturb` (additive noise, float in
     [0,1] units, shape like the images) or overrides `generate` (non-additive methods such as CUDA).

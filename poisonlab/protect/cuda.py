@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import PoisonlabError
+from ..registry import METHODS
 from ..runtime import pick_device
-from .base import Protection, register_method
+from .base import Protection
 
 MIN_KEY_CHARS = 16
 KEY_SUFFIX = ".cuda-key"
@@ -83,7 +84,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-@register_method
+@METHODS.register
 class CUDA(Protection):
     """CUDA (Sadasivan et al. CVPR 2023): class-wise random blur filters from a private key."""
 

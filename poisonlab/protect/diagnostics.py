@@ -21,6 +21,8 @@ def summary_lines(d) -> list:
     """Human lines for a diagnostics dict (empty for methods that record none)."""
     if not d:
         return []
+    if "edge_fraction" not in d:  # another method's own measurements (e.g. unlearnable clusters): as recorded
+        return ["diagnostics: " + ", ".join(f"{k} {v}" for k, v in d.items())]
     lines = [f"noise: {d['edge_fraction'] * 100:.1f}% of pixels at +-eps; final surrogate on the protected "
              f"training images: loss {d['noise_train_loss']:.3f}, accuracy {d['noise_train_acc']:.1f}% "
              f"(clean images: loss {d['clean_train_loss']:.3f}, accuracy {d['clean_train_acc']:.1f}%)"]

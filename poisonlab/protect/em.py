@@ -10,12 +10,12 @@ import torch
 
 from .. import PoisonlabError
 from ..budget import parse_budget
+from ..registry import METHODS
 from ..runtime import autocast
-from .base import register_method
 from .surrogate import Batches, SurrogateMethod, cross_entropy, quantize
 
 
-@register_method
+@METHODS.register
 class ErrorMinimizing(SurrogateMethod):
     """Error-minimising noise (Huang et al., ICLR 2021); mode "samplewise" (default) or "classwise".
 

@@ -20,7 +20,8 @@ import math
 import torch
 
 from .. import PoisonlabError
-from .base import Protection, register_method
+from ..registry import METHODS
+from .base import Protection
 
 
 def _distinct_corners(k: int, d: int, gen) -> torch.Tensor:
@@ -35,7 +36,7 @@ def _distinct_corners(k: int, d: int, gen) -> torch.Tensor:
             return corners
 
 
-@register_method
+@METHODS.register
 class LSP(Protection):
     """LSP (Yu et al. KDD 2022): linearly separable synthetic patch noise, class-conditional, L-inf."""
 

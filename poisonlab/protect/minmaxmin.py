@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import PoisonlabError
-from .base import register_method
+from ..registry import METHODS
 from .interleaved import InterleavedMethod
 
 RANDOMNESS_FORMS = ("paper", "l2", "sq", "none")
@@ -34,7 +34,7 @@ def randomness_term(logits, form: str):
     raise PoisonlabError(f"unknown randomness form {form!r}; choose from {RANDOMNESS_FORMS}")
 
 
-@register_method
+@METHODS.register
 class MinMaxMin(InterleavedMethod):
     """Min-max-min robust unlearnable noise with the average randomness constraint (Fang et al., CVPR 2024).
 

@@ -19,7 +19,8 @@ class takes its eps best pairs at distinct positions.
 import torch
 
 from .. import PoisonlabError
-from .base import Protection, register_method
+from ..registry import METHODS
+from .base import Protection
 
 
 def corner_colours(channels: int) -> torch.Tensor:
@@ -58,7 +59,7 @@ def ops_scores(m1: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
     return d1 / std.clamp_min(1e-12)
 
 
-@register_method
+@METHODS.register
 class OPS(Protection):
     """OPS (Wu et al. ICLR 2023): one class-wise pixel set to a searched extreme colour, L0 = 1."""
 

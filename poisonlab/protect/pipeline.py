@@ -11,8 +11,8 @@ from .. import PoisonlabError
 from ..data import ImageSet, load_dataset
 from ..checks import check_count, check_device, check_model_input
 from ..data.writer import check_output_dir, guarded_run, work_dir_for  # noqa: F401  (work_dir_for: re-export)
-from ..hashing import digest, source_hash, tensor_hash  # noqa: F401  (source_hash: transitional re-export)
-from ..publishing import noise_path, publish  # noqa: F401  (noise_path: transitional re-export)
+from ..hashing import digest, tensor_hash
+from ..publishing import publish
 from ..registry import METHODS
 from .checkpoint import Checkpoint
 

@@ -2,10 +2,11 @@
 
 import torch
 
-from .base import Protection, register_method
+from ..registry import METHODS
+from .base import Protection
 
 
-@register_method
+@METHODS.register
 class RandomNoise(Protection):
     """Uniform random noise in [-eps, eps] per pixel (L-inf) or a random direction of norm eps (L2).
 

@@ -4,11 +4,11 @@ Fu, He, Liu, Shen, Tao. "Robust Unlearnable Examples: Protecting Data Privacy Ag
 Learning", ICLR 2022: min_theta min_{delta_u} max_{delta_a} L(f(x + delta_u + delta_a)) (Eq. 1 of seed 001).
 """
 
-from .base import register_method
+from ..registry import METHODS
 from .interleaved import InterleavedMethod
 
 
-@register_method
+@METHODS.register
 class REM(InterleavedMethod):
     """Robust error-minimising noise (Fu et al., ICLR 2022): min-(min-max).
 

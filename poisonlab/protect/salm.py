@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import PoisonlabError
-from .base import register_method
+from ..registry import METHODS
 from .em import ErrorMinimizing
 
 CRITERIA = ("gradient", "intensity", "random")
@@ -58,7 +58,7 @@ def top_ratio_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:
     return mask.view_as(score)
 
 
-@register_method
+@METHODS.register
 class SALM(ErrorMinimizing):
     """SALM (Sun et al. 2024): sample-wise EM noise only on a sparse mask of significant pixels."""
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from .. import PoisonlabError
 from ..budget import parse_budget
+from ..registry import METHODS
 
 PAPER_PASSES = 5000 * 128 / 50000  # 12.8
 PAPER_DECAY_FRACTION = 2000 / 5000  # lr x0.1 after 40% of the steps
@@ -77,8 +78,7 @@ def check(method: str, params: dict, n: int | None = None, victims=()) -> list[s
     """
     if method not in ROBUST_METHODS and method != "em":
         return []
-    from .base import method_class
-    defaults = _defaults(method_class(method))
+    defaults = _defaults(METHODS.get(method))
     p = {k: v for k, v in {**defaults, **params}.items() if v is not None}
     eps = _b(p, "eps", 8 / 255)
     bad = []

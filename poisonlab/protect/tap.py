@@ -8,12 +8,13 @@ adversarial example of it (label y pushed towards a fixed permutation of the cla
 import torch
 
 from ..budget import parse_budget
+from ..registry import METHODS
 from ..train import TrainConfig, train_victim
-from .base import describe_value, register_method
+from .base import describe_value
 from .surrogate import SurrogateMethod
 
 
-@register_method
+@METHODS.register
 class TAP(SurrogateMethod):
     """Targeted adversarial poisons (Fowl et al., NeurIPS 2021).
 
