@@ -218,6 +218,7 @@ class Bench:
         ids, xt, yt, adv = self.gm_targets(groups * per_group)
         models = {"surrogate": self.model(0)[0], "victim": self.model(1)[0]}
         out = {f"{m}/{v}": [] for m in models for v in ("crafted", "clean")}
+        drops = {k: [] for k in out}
         for g in range(groups):
             path = self.work / f"gm-ft-g{g}-poisons.pt"
             if not path.exists():
@@ -232,11 +233,31 @@ class Bench:
                 idx = torch.tensor(info["poisons"])
                 x_t, y_a = xt[sl][t:t + 1].float() / 255, adv[sl][t:t + 1]
                 for mname, m in models.items():
-                    gt = flat_grad(F.cross_entropy(m(x_t), y_a), m)
+                    target_loss = F.cross_entropy(m(x_t), y_a)
+                    gt = flat_grad(target_loss, m)
                     for v, imgs in (("crafted", crafted), ("clean", self.train.images)):
                         gp = flat_grad(F.cross_entropy(m(imgs[idx].float() / 255), self.train.labels[idx]), m)
                         out[f"{mname}/{v}"].append(float(F.cosine_similarity(gp, gt, dim=0)))
-        return {k: {"mean_cosine": round(sum(v) / len(v), 4), "n": len(v)} for k, v in out.items() if v}
+                        # one SGD step (lr 0.1) on the 20 poisons alone: how much does the target's adversarial loss fall?
+                        params = [q for q in m.parameters() if q.requires_grad]
+                        with torch.no_grad():
+                            offsets, start = [], 0
+                            for q in params:
+                                offsets.append(gp[start:start + q.numel()].view_as(q))
+                                start += q.numel()
+                            for q, d in zip(params, offsets):
+                                q.sub_(0.1 * d)
+                            after = float(F.cross_entropy(m(x_t), y_a))
+                            for q, d in zip(params, offsets):
+                                q.add_(0.1 * d)
+                        drops[f"{mname}/{v}"].append(float(target_loss) - after)
+        res = {k: {"mean_cosine": round(sum(v) / len(v), 4), "mean_target_loss_drop_one_step": round(sum(drops[k]) / len(drops[k]), 4),
+                   "n": len(v)} for k, v in out.items() if v}
+        with torch.no_grad():  # how well the victims fit their training set (no augmentation)
+            from poisonlab.attacks.evaluate import predict
+            res["train_acc"] = {k: round(float((predict(m, self.train.images) == self.train.labels).float().mean() * 100), 2)
+                                for k, m in models.items()}
+        return res
 
     def badnets_control(self, kind="badnets", rate_=0.01):
         """The very same images relabelled to the target class without any trigger; its ASR is measured on
