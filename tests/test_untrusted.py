@@ -499,6 +499,20 @@ def test_bad_npz_is_one_line(tmp_path, capsys, arrays, message):
     nothing_beside(tmp_path / "out")
 
 
+def test_npz_claiming_a_huge_array_is_one_line(tmp_path, capsys):
+    """An .npy header may claim any shape (here 10 TB) in a file of a few bytes."""
+    import zipfile
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (10 ** 7, 10 ** 6)})
+    labels = io.BytesIO()
+    np.save(labels, np.array([0, 1]))
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as zf:
+        zf.writestr("train_images.npy", header.getvalue())
+        zf.writestr("train_labels.npy", labels.getvalue())
+    rc, _, err = protect_cli(capsys, tmp_path / "d.npz", tmp_path / "out")
+    one_line_error(rc, err, "d.npz")
+
+
 @pytest.mark.parametrize("args,message", [
     (["--out", ""], "not empty or '.'"),
     (["--out", "."], "not empty or '.'"),

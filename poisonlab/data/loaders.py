@@ -275,6 +275,8 @@ def load_npz(path, split, mode="auto", resize=None) -> ImageSet:
             classes = z["classes"] if "classes" in z else None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise PoisonlabError(f"cannot read {path}: {e}") from None
+        except MemoryError as e:  # a header may claim any shape; numpy allocates before it reads
+            raise PoisonlabError(f"cannot read {path}: an array is too large to load ({e})") from None
     x = _checked_pixels(x, f"{path}:{key}")
     if classes is not None:
         if classes.dtype.kind not in "US" or classes.ndim != 1:
