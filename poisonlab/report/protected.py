@@ -215,7 +215,9 @@ def protected_report(out_dir, use_noise: bool = True, samples: int = 8, original
     elif aligned is None:
         body.append(f"<p class=\"bad\">The noise file <code>{esc(noise_file.name)}</code> does not match these images "
                     "(shape, range or the manifest's hash of the originals): it belongs to another run, or the "
-                    "images were changed after protection.</p>")
+                    "images were changed after protection"
+                    + (", or the images were moved between class folders (this run changed labels)"
+                       if m.get("labels_changed") else "") + ".</p>")
     else:
         res = measure(noise, bound)
         ok = res.pop("ok")

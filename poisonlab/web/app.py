@@ -154,6 +154,9 @@ def create_app(root, limits: Limits = Limits(), allowed_hosts=("127.0.0.1", "loc
         except PoisonlabError as e:
             await run_in_threadpool(_rmtree, tmp)
             return error(400, str(e))
+        except BaseException:  # a full disk, ...: leave no half-written upload behind
+            _rmtree(tmp)
+            raise
         finally:
             await form.close()
         fields.pop("needs_labels")
