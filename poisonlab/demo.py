@@ -12,42 +12,54 @@ Deterministic on CPU for a given thread count (every stage is seeded).
 import json
 from pathlib import Path
 
+from .bench.config import read_config
+from .budget import parse_budget
 from .data import load_dataset, load_splits
 from .fileio import write_json
 from .protect.pipeline import protect
-from .registry import METHODS
 from .protect.scaledown import MIN_PASSES, VictimAT, enforce, robust_recipe
+from .registry import METHODS
 from .train import TrainConfig, train_victim
 
-SURROGATE = dict(surrogate="smallcnn", width=0.5)
-DEMO_AT = VictimAT(4 / 255, 3)  # the victim's AT: 4/255, 3 PGD steps of 2.5 x eps / 3 (the trainer's default)
-VICTIM = dict(model="smallcnn", width=0.5, epochs=8)
-DEMO_EM = dict(SURROGATE, train_steps=20, pgd_steps=5, step_size=1.6 / 255, stop_acc=0.99, max_rounds=10)
-# quick: a smoke test of the whole path (tiny, and breaks the rule on purpose: it says so)
-QUICK = dict(n=256, epochs=1, em=dict(SURROGATE, train_steps=2, pgd_steps=2, step_size=4 / 255, max_rounds=1),
-             minmaxmin=dict(SURROGATE, train_steps=4, lr_decay_every=3, noise_steps=2, noise_step_size=8 / 255,
-                            eot=2, adv_eps=4 / 255, adv_steps=1, adv_step_size=4 / 255))
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
-def demo_settings(n, quick=False):
-    """Protection settings by method for n training images."""
-    if quick:
-        return {"random": {}, "em": QUICK["em"], "minmaxmin": QUICK["minmaxmin"]}
-    # The cheapest schedule the rule allows (as bench/modelbased.py's "rule" preset): 10 passes, 4 noise
-    # steps of 2 x eps / 4, eot 2, the victim's own adversary.
-    mmm = robust_recipe(n, DEMO_AT, noise_steps=4, surrogate_passes=MIN_PASSES, **SURROGATE)
-    enforce("minmaxmin", mmm, n=n, victims=(DEMO_AT,), strict=True, where="demo")
-    return {"random": {}, "em": DEMO_EM, "minmaxmin": mmm}
+def demo_config(quick=False) -> dict:
+    """The demo's experiment (poisonlab/configs/demo.json, or its demo-quick.json overlay)."""
+    return read_config(CONFIGS / ("demo-quick.json" if quick else "demo.json"))
+
+
+def victim_at(cfg) -> VictimAT:
+    """The victim's AT: 4/255, 3 PGD steps of 2.5 x eps / 3 (the trainer's default)."""
+    return VictimAT(parse_budget(cfg["victim_at"]["eps"]), int(cfg["victim_at"]["steps"]))
+
+
+def demo_settings(n, cfg):
+    """Protection settings by method for n training images ("rule": the scale-down rule's schedule)."""
+    settings = {}
+    for method, opts in cfg["protect"]["methods"].items():
+        if opts == "rule":
+            # The cheapest schedule the rule allows (as bench/modelbased.py's "rule" preset): 10 passes, 4 noise
+            # steps of 2 x eps / 4, eot 2, the victim's own adversary.
+            opts = robust_recipe(n, victim_at(cfg), noise_steps=4, surrogate_passes=MIN_PASSES, **cfg["surrogate"])
+            enforce(method, opts, n=n, victims=(victim_at(cfg),), strict=True, where="demo")
+        elif method != "random":
+            opts = dict(cfg["surrogate"], **opts)
+        settings[method] = opts
+    return settings
 
 
 def run_demo(out="runs/demo", device="auto", quick=False):
     out = Path(out)
-    train, test = load_splits("bundled")
-    if quick:
-        train, test = train.stratified(QUICK["n"], seed=0), test.stratified(QUICK["n"], seed=0)
-    settings = demo_settings(len(train), quick)
-    epochs = QUICK["epochs"] if quick else VICTIM["epochs"]
-    regimes = {"ST": {}, f"AT {round(DEMO_AT.eps * 255)}/255": dict(adv_eps=DEMO_AT.eps, adv_steps=DEMO_AT.steps)}
+    cfg = demo_config(quick)
+    train, test = load_splits(cfg["data"]["source"])
+    if cfg["data"].get("subset"):
+        train, test = train.stratified(cfg["data"]["subset"], seed=0), test.stratified(cfg["data"]["subset"], seed=0)
+    settings = demo_settings(len(train), cfg)
+    victim = cfg["victim"]
+    epochs = victim["epochs"]
+    at = victim_at(cfg)
+    regimes = {"ST": {}, f"AT {round(at.eps * 255)}/255": dict(adv_eps=at.eps, adv_steps=at.steps)}
     print(f"poisonlab demo: bundled CIFAR-10 subset, {len(train)} train / {len(test)} test images"
           f"{' (quick)' if quick else ''}")
     data = {"clean": train}
@@ -57,11 +69,11 @@ def run_demo(out="runs/demo", device="auto", quick=False):
     for label, ds in data.items():
         results[label] = {}
         for regime, adv in regimes.items():
-            cfg = TrainConfig(**dict(VICTIM, epochs=epochs), **adv, device=device, seed=0)
-            print(f"[victim] {cfg.model} (width {cfg.width}, {cfg.epochs} epochs, {regime}) on {label} data", flush=True)
-            r = train_victim(ds, test, cfg, progress=True)
+            tc = TrainConfig(**victim, **adv, device=device, seed=0)
+            print(f"[victim] {tc.model} (width {tc.width}, {tc.epochs} epochs, {regime}) on {label} data", flush=True)
+            r = train_victim(ds, test, tc, progress=True)
             results[label][regime] = {"last_acc": r["last_acc"], "best_acc": r["best_acc"]}
-    write_json(out / "results.json", {"victim": VICTIM, "epochs": epochs, "regimes": list(regimes),
+    write_json(out / "results.json", {"victim": victim, "epochs": epochs, "regimes": list(regimes),
                                       "settings": settings, "results": results})
     print("\nclean test accuracy (%) of a victim trained on ..., last epoch (best)")
     print(f"  {'data':10s}" + "".join(f"{r:>18s}" for r in regimes))
