@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +97,28 @@ def test_console_entry_reports_errors_without_traceback(tmp_path):
 def test_models_command_lists_models(capsys):
     assert main(["models"]) == 0
     assert {"smallcnn", "resnet18"} <= set(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("opt,message", [
+    ("train_steps=abc", "train_steps: 'abc' is not a whole number >= 0"),
+    ("train_steps=-3", "train_steps: '-3' is not a whole number >= 0"),
+    ("lr=nan", "lr: 'nan' is not a finite number >= 0"),
+    ("augment=maybe", "augment: 'maybe' is not true or false"),
+    ("noise_step_size=lots", "noise_step_size: 'lots' is not a budget"),
+    ("bogus=1", "unknown option(s) ['bogus']"),
+    ("train_steps", "--opt expects key=value"),
+])
+def test_protect_options_are_typed_by_the_method_signature(tiny_tree, tmp_path, capsys, opt, message):
+    rc = main(["protect", "--method", "minmaxmin", "--data", str(tiny_tree / "train"), "--out", str(tmp_path / "o"),
+               "--opt", opt, "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("poisonlab: error:") and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_bench_set_overrides_are_checked(tmp_path, capsys):
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "smoke.json"
+    assert main(["bench", "--config", str(cfg), "--set", "train.epochs=abc", "--list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("poisonlab: error: epochs: 'abc' is not a whole number > 0") and len(err.splitlines()) == 1
