@@ -32,23 +32,27 @@ sys.path.insert(0, str(ROOT))
 
 from poisonlab.data import ImageSet, load_dataset  # noqa: E402
 from poisonlab.fileio import read_json, write_json  # noqa: E402
-from poisonlab import create_method
+from poisonlab import create_method  # noqa: E402
+from poisonlab.bench.config import read_config  # noqa: E402
+from poisonlab.pairing import match_stems  # noqa: E402
 from poisonlab.protect import protect  # noqa: E402
 from poisonlab.protect.checkpoint import Checkpoint  # noqa: E402
 from poisonlab.protect.ops import corner_colours  # noqa: E402
 from poisonlab.runtime import set_threads  # noqa: E402
 from poisonlab.train import TrainConfig, train_victim  # noqa: E402
 
-CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
-PNEUMONIA = ROOT.parent / "shared" / "datasets" / "pneumoniamnist.npz"
-CIFAR_METHODS = {"cuda": {}, "lsp": {}, "ar": {}, "ops": {}}
+# The experiment is configs/modelfree.json (one config format for grids, the demo and the scripts).
+CFG = read_config(ROOT / "configs" / "modelfree.json")
+CIFAR = ROOT / CFG["data"]["cifar"]
+PNEUMONIA = ROOT / CFG["data"]["pneumonia"]
+CIFAR_SUBSET = CFG["data"]["cifar_subset"]
+CIFAR_METHODS = CFG["cifar_methods"]
 # EM and SALM share everything but the mask: smallcnn surrogate, the paper's stop rule (99% train accuracy on
 # the protected data) with a CPU cap of 20 rounds, 5 PGD steps of 2/255 per noise pass.
-EM_CPU = dict(eps="8/255", surrogate="smallcnn", width=0.5, train_steps=10, pgd_steps=5, step_size="2/255",
-              stop_acc=0.99, max_rounds=20)
-MED_METHODS = {"em": dict(EM_CPU), "salm": dict(EM_CPU, ratio=0.3, criterion="gradient")}
-VICTIM = dict(model="smallcnn", width=0.5, epochs=10, augment="standard", seed=0)
-AT = dict(adv_eps=4 / 255, adv_norm="linf", adv_steps=5)
+EM_CPU = CFG["em_cpu"]
+MED_METHODS = {m: dict(EM_CPU, **opts) for m, opts in CFG["medical_methods"].items()}
+VICTIM = CFG["victim"]
+AT = CFG["adversarial_training"]
 
 
 def log(msg):
@@ -58,9 +62,7 @@ def log(msg):
 def aligned(out_dir, like):
     """The protected images of out_dir, decoded from PNG, in the order of the ImageSet `like`."""
     saved = load_dataset(out_dir, "train")
-    pos = {str(Path(n).with_suffix("")): i for i, n in enumerate(saved.names)}
-    order = torch.tensor([pos[str(Path(n).with_suffix(""))] for n in like.names])
-    return like.with_images(saved.images[order])
+    return like.with_images(saved.images[match_stems(like.names, saved.names, str(out_dir))])
 
 
 def protect_cell(work, name, method, data, opts):
@@ -97,7 +99,7 @@ def train_cell(work, name, train, test, **over):
             "config": {k: v for k, v in r["config"].items() if k not in ("extra", "device")}}
 
 
-MED_SEEDS = (0, 1, 2)  # PneumoniaMNIST victims are cheap and their test accuracy swings from epoch to epoch
+MED_SEEDS = tuple(CFG["medical_seeds"])  # PneumoniaMNIST victims are cheap; their test accuracy swings by epoch
 
 
 def seeds_cell(work, name, train, test):
@@ -129,10 +131,10 @@ def main(argv=None):
            "cifar10": {}, "pneumoniamnist": {}}
 
     # ---------------------------------------------------------------- CIFAR-10, 10k subset
-    train = load_dataset(CIFAR, "train").stratified(10000, seed=0)
+    train = load_dataset(CIFAR, "train").stratified(CIFAR_SUBSET, seed=0)
     test = load_dataset(CIFAR, "test")
     c = res["cifar10"]
-    c["data"] = {"train": len(train), "test": len(test), "subset": "stratified(10000, seed=0)"}
+    c["data"] = {"train": len(train), "test": len(test), "subset": f"stratified({CIFAR_SUBSET}, seed=0)"}
     c["clean"] = train_cell(work, "cifar-clean", train, test)
     for m, opts in CIFAR_METHODS.items():
         info, prot = protect_cell(work, f"cifar-{m}", m, train, opts)
@@ -169,7 +171,7 @@ DIAG_VICTIMS = {"smallcnn-noaug": dict(augment="none"), "resnet18w0.25": dict(mo
 def diagnose(work, out):
     """LSP and OPS only partly fool smallcnn with crop+flip: is it the data or the victim? Same protected
     sets (cached by the main run), other victims, each with its own clean baseline."""
-    train = load_dataset(CIFAR, "train").stratified(10000, seed=0)
+    train = load_dataset(CIFAR, "train").stratified(CIFAR_SUBSET, seed=0)
     test = load_dataset(CIFAR, "test")
     res = {"command": "POISONLAB_THREADS=1 .venv/bin/python bench/modelfree.py --diagnose", "victims": {}}
     for vname, over in DIAG_VICTIMS.items():
