@@ -176,6 +176,11 @@ def test_imagefolder_links_out_of_the_data_folder_are_refused(tmp_path, capsys):
     rc, _, err = protect_cli(capsys, src, tmp_path / "out")
     one_line_error(rc, err, "outside the data folder")
     (src / "c").unlink()
+    flat = tmp_path / "flat"  # a flat folder of unlabelled photos likewise
+    flat.mkdir()
+    (flat / "0.png").symlink_to(private / "photos" / "0.png")
+    with pytest.raises(PoisonlabError, match="outside the data folder"):
+        load_dataset(flat)
     (src / "a" / "y.png").symlink_to(src / "b" / "0.png")  # a link inside the data folder is fine
     rc, _, err = protect_cli(capsys, src, tmp_path / "out")
     assert rc == 0, err

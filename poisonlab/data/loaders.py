@@ -142,23 +142,28 @@ def _imagefolder_entries(root: Path):
         check_component(c, f"class folder in {root}")
     if not classes:
         raise PoisonlabError(f"{root} has no class sub-folders (expected ImageFolder layout root/<class>/<image>)")
-    out, real_root = [], root.resolve()
+    out = []
     for c in classes:
         files = sorted(p for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
                        and not any(part.startswith(".") for part in p.relative_to(root / c).parts))
         if not files:
             raise PoisonlabError(f"class folder {root / c} has no images")
-        for p in files:
-            check_relpath(p.relative_to(root).as_posix(), f"image file in {root}")
-            if p.is_symlink() or (root / c).is_symlink():
-                # A link is read only if it stays inside the data folder: a tree unpacked from elsewhere
-                # must not pull in (and publish) files from the rest of the disk.
-                target = p.resolve()
-                if real_root not in target.parents:
-                    raise PoisonlabError(f"image file {p} is a link to {target}, outside the data folder {root}; "
-                                         "refusing to read it")
+        check_files(root, files, linked=(root / c).is_symlink())
         out.append((c, files))
     return out
+
+
+def check_files(root: Path, files, linked=False):
+    """Image files found under root: plain relative names, and links read only if they stay inside root
+    (a tree unpacked from elsewhere must not pull in, and publish, files from the rest of the disk)."""
+    real_root = root.resolve()
+    for p in files:
+        check_relpath(p.relative_to(root).as_posix(), f"image file in {root}")
+        if linked or p.is_symlink():
+            target = p.resolve()
+            if real_root not in target.parents:
+                raise PoisonlabError(f"image file {p} is a link to {target}, outside the data folder {root}; "
+                                     "refusing to read it")
 
 
 def _from_arrays(images, labels, classes, names=None):

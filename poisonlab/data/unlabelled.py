@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import PoisonlabError
 from .imageset import ImageSet
-from .loaders import IMAGE_EXTS, _cached, _decode_many, _from_arrays
+from .loaders import IMAGE_EXTS, _cached, _decode_many, _from_arrays, check_files
 
 UNLABELLED = "unlabelled"
 
@@ -39,6 +39,7 @@ def load_unlabelled(root, mode="auto", resize=None) -> ImageSet:
     if not is_flat_folder(root):
         raise PoisonlabError(f"{root} is not a flat folder of images (expected root/<image>, no sub-folders)")
     files = _images_in(root)
+    check_files(root, files)
     stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
     def build():
