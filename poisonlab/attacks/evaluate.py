@@ -34,16 +34,21 @@ def rate(successes: int, n: int) -> dict:
 
 
 @torch.no_grad()
-def predict(model, images, batch_size=512) -> torch.Tensor:
-    """Class predictions for uint8 (or float [0,1]) images, on the model's device, returned on the CPU."""
+def outputs(model, images, batch_size=512) -> torch.Tensor:
+    """model's outputs (float, on the CPU) for uint8 (or float [0,1]) images, batch by batch on its device."""
     device = next(model.parameters()).device
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].to(device)
-        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-        out.append(model(x).argmax(1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+        out.append(model(x.float().div(255) if x.dtype == torch.uint8 else x.float()).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def predict(model, images, batch_size=512) -> torch.Tensor:
+    """Class predictions for uint8 (or float [0,1]) images, returned on the CPU."""
+    logits = outputs(model, images, batch_size)
+    return logits.argmax(1) if len(logits) else torch.zeros(0, dtype=torch.long)
 
 
 def targeted_hits(model, target_images, adversarial_labels) -> torch.Tensor:
@@ -102,15 +107,8 @@ def linear_probe(features_train, labels_train, num_classes, *, epochs=200, lr=0.
     return lambda f: f @ w.detach() + b.detach()
 
 
-@torch.no_grad()
 def features(extractor, images, batch_size=512) -> torch.Tensor:
-    device = next(extractor.parameters()).device
-    extractor.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device)
-        out.append(extractor(x.float().div(255) if x.dtype == torch.uint8 else x).float().cpu())
-    return torch.cat(out)
+    return outputs(extractor, images, batch_size)
 
 
 def penultimate(model):
