@@ -8,13 +8,15 @@ training subset (stratified(2000, seed=0)) and a 1,000-image test subset; victim
 Stages (every model, marked copy and verification cached under --cache, so a killed run resumes):
   taggants  one marked copy (keys and marked images from seed 0; surrogate clean-s10): 10 grating keys with
             random labels, 40 images (2%) per key gradient-matched at 16/255 (150 signed-Adam steps, tau 0.1,
-            1 restart); victims trained from scratch on it with seeds 0..9; binomial top-1 test.
+            1 restart); victims trained from scratch on it with seeds 0..9; binomial top-1 test; then each
+            victim's clean twin (same seed, clean data) for harmlessness (--no-twins skips them).
   backdoor  one DVBW copy (blended trigger, alpha 0.2, 10% poison-label, 100 held-out test images for the
             t-test, tau 0.2); victims seeds 0..9; paired t-test.
-  clean     20 clean models (seeds 0..19): harmlessness baseline (seed s vs marked victim seed s), null.
-  null      clean models against fresh key sets and against the real keys: FPR, KS, hits vs Binomial.
-  robust    victim seed 0 of each method under fine-tuning, JPEG, blur, adversarial training, another
-            architecture.
+  clean     clean models seeds 0..19 at the victims' scale.
+  keys      how distinct each key kind is to a network (penultimate-feature cosine on clean-s10).
+  null      20 cheap clean models (smallcnn w0.25, 3 epochs, 1,000 images) plus every full-scale clean model
+            cached, against 50 fresh key sets each and against the real keys: FPR, KS, hits vs Binomial.
+  robust    victim seed 0 under fine-tuning, JPEG, blur, adversarial training, another architecture.
   report    tables -> docs/results/ownership.json and docs/results/ownership_tables.md
 
     POISONLAB_THREADS=1 nice -n 5 .venv/bin/python bench/ownership.py --stage all > runs/ownership.log 2>&1
@@ -57,12 +59,12 @@ TAGGANTS = dict(n_keys=10, budget=float(os.environ.get("OWNERSHIP_BUDGET", 0.02)
                 key_kind="grating")
 MARK_SEED = 0  # one marked copy (keys, marked images, surrogate clean-s10); victims seeds 0..9 train on it
 BACKDOOR = dict(trigger="blend", rate=0.1, margin=0.2, n_verify=100)  # a 3x3 patch pilot: ASR 23%, p = 1
-ROBUST = {  # countermeasure -> how the victim is changed
-    "fine-tune (clean, 4 epochs, lr 0.01)": dict(finetune=True),
-    "JPEG quality 10": dict(defense="jpeg:10"),
-    "Gaussian blur sigma 1": dict(defense="gauss:1"),
-    "adversarial training 4/255 (3 steps)": dict(train=dict(adv_eps=4 / 255, adv_steps=3)),
-    "other architecture (resnet18 w0.25)": dict(train=dict(model="resnet18", width=0.25)),
+ROBUST = {  # tag -> (what the exploiter does, how the victim is changed); victim seed 0 of the marked copy
+    "fine-tune": ("fine-tune on the clean data (4 epochs, lr 0.01)", dict(finetune=True)),
+    "jpeg": ("JPEG quality 10 on the training images", dict(defense="jpeg:10")),
+    "blur": ("Gaussian blur sigma 1 on the training images", dict(defense="gauss:1")),
+    "at": ("PGD adversarial training, L-inf 4/255, 3 steps", dict(train=dict(adv_eps=4 / 255, adv_steps=3))),
+    "arch": ("another architecture: resnet18 width 0.25", dict(train=dict(model="resnet18", width=0.25))),
 }
 
 
@@ -140,21 +142,29 @@ def stage_clean(b: Bench):
 
 
 def stage_marked(b: Bench, method: str):
+    """Victims on the marked copy first (detection), then their clean twins (harmlessness, same seeds)."""
     data, key, _ = b.marked(method)
-    for s in b.seeds or range(N_MARKED):
+    seeds = b.seeds or range(N_MARKED)
+    for s in seeds:
         model, res = b.model(f"{method}-s{s}", data, seed=s)
         v = b.check(f"{method}-s{s}", key, model)
-        clean, cres = b.clean(s)
-        v0 = b.check(f"{method}-on-clean-s{s}", key, clean)
-        log(f"  {method} s{s}: acc {res['last_acc']:.2f} (clean {cres['last_acc']:.2f}) p={v['p_value']:.3g} "
-            f"stat={v['statistic']:.3g}; clean model p={v0['p_value']:.3g}")
+        log(f"  {method} s{s}: acc {res['last_acc']:.2f} p={v['p_value']:.3g} stat={v['statistic']:.3g}")
+    if b.twins:
+        for s in seeds:
+            clean, cres = b.clean(s)
+            v0 = b.check(f"{method}-on-clean-s{s}", key, clean)
+            log(f"  clean twin s{s}: acc {cres['last_acc']:.2f}; p with the {method} key {v0['p_value']:.3g}")
 
 
 def stage_robust(b: Bench, method: str, seed: int = 0):
     from poisonlab.defenses import parse_defense
+    if not (b.cache / "marks" / f"{method}-s{MARK_SEED}.key").exists() and method != "taggants":
+        return  # the backdoor copy is made by its own stage
     data, key, _ = b.marked(method)
-    for label, how in ROBUST.items():
-        name = f"{method}-s{seed}-{_tag(label)}"
+    for tag, (label, how) in ROBUST.items():
+        if b.robust and tag not in b.robust:
+            continue
+        name = f"{method}-s{seed}-{tag}"
         if how.get("finetune"):
             victim, _ = b.model(f"{method}-s{seed}", data, seed=seed)
             model, res = b.model(name, b.train, init=victim, seed=seed, epochs=4, lr=0.01)
@@ -176,14 +186,30 @@ def null_keys(seed: int, num_classes: int, shape, n_keys: int = 10):
     return OwnershipKey("taggants", num_classes, shape, images=images, labels=labels, top_k=1)
 
 
+NULL_VICTIM = dict(model="smallcnn", width=0.25, epochs=3, augment="standard")  # cheap clean models
+NULL_TRAIN_N = 1000
+
+
+def null_models(b: Bench):
+    """The clean models of the null: N_CLEAN cheap ones (smallcnn w0.25, 3 epochs on a 1,000-image subset,
+    seeds 100..) plus every full-scale clean victim already trained. The binomial null holds for any model;
+    cheap models are allowed by the issue and what one shared core affords."""
+    sub = b.train.stratified(NULL_TRAIN_N, 1)
+    models = [(f"null-s{100 + i}", b.model(f"null-s{100 + i}", sub, seed=100 + i, **NULL_VICTIM)[0])
+              for i in range(N_CLEAN)]
+    for p in sorted((b.cache / "models").glob("clean-s*.pt")):
+        models.append((p.stem, load_model(p)))
+    return models
+
+
 def stage_null(b: Bench) -> dict:
     """Clean models against keys they never learned. Taggants: each clean model with NULL_KEYSETS fresh key
     sets (hits exactly Binomial(10, 0.1) under the null; p-values randomized for the KS test), and every
     clean model with the real marking keys; backdoor: the real watermark key on every clean model."""
     rng = np.random.default_rng(0)
     first, pooled_rand, pooled_hits = [], [], []
-    for s in range(N_CLEAN):
-        model, _ = b.clean(s)
+    models = null_models(b)
+    for s, (name, model) in enumerate(models):
         for j in range(NULL_KEYSETS):
             key = null_keys(s * NULL_KEYSETS + j, b.train.num_classes, b.train.shape)
             v = verify(key, model, alpha=0.05)
@@ -192,14 +218,36 @@ def stage_null(b: Bench) -> dict:
                 first.append(v.p_value)
             pooled_hits.append(hits)
             pooled_rand.append(stats.randomized_pvalue(hits, v.detail["trials"], v.detail["null_rate"], rng.random()))
-    out = {"clean_models": N_CLEAN, "keysets_per_model": NULL_KEYSETS,
+    out = {"clean_models": [n for n, _ in models], "keysets_per_model": NULL_KEYSETS,
            "taggants_fresh_keys_one_per_model": {"pvalues": first, **stats.uniformity(first)},
            "taggants_fresh_keys_pooled_randomized": stats.uniformity(pooled_rand),
            "taggants_fresh_keys_hits_vs_binomial": stats.hits_goodness_of_fit(pooled_hits, 10, 0.1)}
     for method in ("taggants", "backdoor"):
-        _, key, _ = b.marked(method)
-        ps = [b.check(f"{method}-on-clean-s{s}", key, b.clean(s)[0])["p_value"] for s in range(N_CLEAN)]
+        if not (b.cache / "marks" / f"{method}-s{MARK_SEED}.key").exists():
+            continue
+        key = load_key(b.cache / "marks" / f"{method}-s{MARK_SEED}.key")
+        ps = [b.check(f"{method}-on-{name}", key, model)["p_value"] for name, model in models]
         out[f"{method}_real_key_on_clean_models"] = {"pvalues": ps, **stats.uniformity(ps)}
+    return out
+
+
+def stage_keys(b: Bench) -> dict:
+    """How distinct the key kinds are to a network: mean off-diagonal cosine of penultimate features
+    (clean-s10, 5 key sets of 10 keys per kind)."""
+    import torch.nn.functional as F
+    model, _ = b.clean(10)
+    body = torch.nn.Sequential(model[0], *list(model[1].children())[:-1])
+    out = {}
+    for kind in ("grating", "pattern", "uniform"):
+        cs = []
+        for seed in range(5):
+            x, _ = make_keys(10, b.train.shape, b.train.num_classes, kind=kind, seed=seed)
+            with torch.no_grad():
+                f = F.normalize(body(x.float() / 255), dim=1)
+            cs.append(float((f @ f.T)[~torch.eye(10, dtype=torch.bool)].mean()))
+        out[kind] = {"mean_cosine": float(np.mean(cs)), "min": min(cs), "max": max(cs)}
+    write_json(b.cache / "keys.json", out)
+    log(f"key distinctness: {out}")
     return out
 
 
@@ -213,7 +261,8 @@ def report(b: Bench) -> dict:
     R = lambda name: read_json(b.cache / "models" / f"{name}.json")  # noqa: E731
     V = lambda name: read_json(b.cache / "verify" / f"{name}.json")  # noqa: E731
     res = {"scale": {"train": TRAIN_N, "test": TEST_N, "victim": VICTIM, "taggants": TAGGANTS, "backdoor": BACKDOOR,
-                     "clean_models": N_CLEAN, "marked_victims": N_MARKED, "mark_seed": MARK_SEED}}
+                     "null_models": dict(NULL_VICTIM, train=NULL_TRAIN_N, count=N_CLEAN),
+                     "marked_victims": N_MARKED, "mark_seed": MARK_SEED}}
     md = [f"Scale: CIFAR-10 JPEG, stratified {TRAIN_N} training / {TEST_N} test images; victims {VICTIM['model']} "
           f"width {VICTIM['width']}, {VICTIM['epochs']} epochs; one marked copy per method (seed {MARK_SEED}), "
           f"victims trained from scratch with seeds 0..{N_MARKED - 1}.", ""]
@@ -221,31 +270,46 @@ def report(b: Bench) -> dict:
         rows = []
         for s in range(N_MARKED):
             try:
-                rows.append({"seed": s, "acc_marked": R(f"{method}-s{s}")["last_acc"],
-                             "acc_clean": R(f"clean-s{s}")["last_acc"], **{k: V(f"{method}-s{s}")[k] for k in
-                             ("p_value", "statistic")}, "p_clean_model": V(f"{method}-on-clean-s{s}")["p_value"]})
+                row = {"seed": s, "acc_marked": R(f"{method}-s{s}")["last_acc"],
+                       **{k: V(f"{method}-s{s}")[k] for k in ("p_value", "statistic")}}
             except FileNotFoundError:
                 continue
+            try:
+                row.update(acc_clean=R(f"clean-s{s}")["last_acc"], p_clean_model=V(f"{method}-on-clean-s{s}")["p_value"])
+            except FileNotFoundError:
+                row.update(acc_clean=None, p_clean_model=None)
+            rows.append(row)
         if not rows:
             continue
         det = sum(r["p_value"] < 0.01 for r in rows)
-        diff = [r["acc_marked"] - r["acc_clean"] for r in rows]
+        paired = [r for r in rows if r["acc_clean"] is not None]
+        diff = [r["acc_marked"] - r["acc_clean"] for r in paired]
         mark_meta = read_json(b.cache / "marks" / f"{method}-s{MARK_SEED}.json")
         res[method] = {"rows": rows, "detected_p<0.01": det, "victims": len(rows),
                        "acc_marked_mean": float(np.mean([r["acc_marked"] for r in rows])),
-                       "acc_clean_mean": float(np.mean([r["acc_clean"] for r in rows])),
-                       "acc_diff_mean": float(np.mean(diff)), "acc_diff_std": float(np.std(diff, ddof=1)) if len(diff) > 1 else 0.0,
+                       "paired_twins": len(paired),
+                       "acc_clean_mean": float(np.mean([r["acc_clean"] for r in paired])) if paired else None,
+                       "acc_diff_mean": float(np.mean(diff)) if diff else None,
+                       "acc_diff_std": float(np.std(diff, ddof=1)) if len(diff) > 1 else None,
                        "marking": mark_meta}
         stat = "hits (of 10)" if method == "taggants" else "t"
         md += [f"### {method}: detection and harmlessness", "",
                f"| victim seed | clean acc (%) | marked-data acc (%) | {stat} | p-value (marked data) | p-value (clean model, same key) |",
                "|---|---|---|---|---|---|"]
-        md += [f"| {r['seed']} | {r['acc_clean']:.2f} | {r['acc_marked']:.2f} | {r['statistic']:.3g} | {r['p_value']:.3g} | "
-               f"{r['p_clean_model']:.3g} |" for r in rows]
-        md += ["", f"Detected at p < 0.01: **{det}/{len(rows)}**. Accuracy: clean {_row_stats([r['acc_clean'] for r in rows])}, "
-               f"marked {_row_stats([r['acc_marked'] for r in rows])}; paired difference (marked - clean) "
-               f"{_row_stats(diff)} points. Marking: {mark_meta.get('marked_images')} images in "
-               f"{mark_meta.get('seconds', 0):.0f}s.", ""]
+        f2 = lambda v, f: "not run" if v is None else format(v, f)  # noqa: E731
+        md += [f"| {r['seed']} | {f2(r['acc_clean'], '.2f')} | {r['acc_marked']:.2f} | {r['statistic']:.3g} | "
+               f"{r['p_value']:.3g} | {f2(r['p_clean_model'], '.3g')} |" for r in rows]
+        harm = (f"paired difference (marked - clean twin, {len(paired)} seeds) {_row_stats(diff)} points"
+                if diff else "no clean twin trained yet")
+        md += ["", f"Detected at p < 0.01: **{det}/{len(rows)}**. Accuracy of the marked-data victims "
+               f"{_row_stats([r['acc_marked'] for r in rows])}; {harm}. Marking: {mark_meta.get('marked_images')} "
+               f"images in {mark_meta.get('seconds', 0):.0f}s.", ""]
+    if (b.cache / "keys.json").exists():
+        kj = read_json(b.cache / "keys.json")
+        res["key_distinctness"] = kj
+        md += ["### Key kinds: how distinct they are to a network", "",
+               "Mean cosine between penultimate features of two keys (clean-s10; 5 sets of 10 keys): " +
+               ", ".join(f"{k} {v['mean_cosine']:.2f}" for k, v in kj.items()) + ".", ""]
     null_path = b.cache / "null.json"
     if null_path.exists():
         nl = read_json(null_path)
@@ -254,18 +318,20 @@ def report(b: Bench) -> dict:
                             nl["taggants_fresh_keys_hits_vs_binomial"])
         md += ["### Null distribution (models trained on clean data)", "",
                "| test | p-values | FPR at 0.05 | FPR at 0.01 | KS vs U(0,1): D (p) |", "|---|---|---|---|---|"]
-        for label, u in [("taggants, real keys, 20 clean models", nl["taggants_real_key_on_clean_models"]),
+        nm = len(nl["clean_models"])
+        for label, u in [(f"taggants, real keys, {nm} clean models", nl.get("taggants_real_key_on_clean_models")),
                          ("taggants, a fresh key set per clean model", one),
-                         (f"taggants, {nl['keysets_per_model']} fresh key sets x 20 models, randomized p", pooled),
-                         ("backdoor (DVBW), real key, 20 clean models", nl["backdoor_real_key_on_clean_models"])]:
+                         (f"taggants, {nl['keysets_per_model']} fresh key sets x {nm} models, randomized p", pooled),
+                         (f"backdoor (DVBW), real key, {nm} clean models", nl.get("backdoor_real_key_on_clean_models"))]:
+            if u is None:
+                continue
             md.append(f"| {label} | {u['n']} | {u['fpr_0.05']:.3f} | {u['fpr_0.01']:.3f} | {u['ks_statistic']:.3f} ({u['ks_pvalue']:.3g}) |")
         md += ["", f"Hits of {gof['n']} fresh key sets (10 keys, top-1) on clean models against Binomial(10, 0.1): "
                f"observed {gof['observed'][:6]} (hits 0..5), expected {[round(e, 1) for e in gof['expected'][:6]]}; "
                f"chi-square p = {gof['chi2_pvalue']:.3g} ({gof['chi2_bins']} bins); mean {gof['mean_hits']:.3f} "
                f"(expected {gof['expected_mean']:.1f}).", ""]
     rob = []
-    for label in ROBUST:
-        tag = _tag(label)
+    for tag, (label, _) in ROBUST.items():
         row = {"countermeasure": label}
         for method in ("taggants", "backdoor"):
             try:
@@ -291,19 +357,20 @@ def report(b: Bench) -> dict:
     return res
 
 
-def _tag(label: str) -> str:
-    return label.split(" (")[0].split(" quality")[0].split(" sigma")[0].replace(" ", "-").lower()
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", default="all", help=f"comma-separated: {', '.join(STAGES)}, null, report, all")
     ap.add_argument("--cache", default=str(ROOT / "runs" / "ownership-cache"))
     ap.add_argument("--seeds", default=None, help="comma-separated marked seeds to run (default all)")
+    ap.add_argument("--no-twins", action="store_true", help="skip the clean twins of the marked victims")
+    ap.add_argument("--robust", default=None, help="comma-separated countermeasure tags to run (default all): "
+                                                   "fine-tune, jpeg, blur, at, arch")
     args = ap.parse_args(argv)
     set_threads()
     b = Bench(Path(args.cache))
     b.seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    b.twins = not args.no_twins
+    b.robust = args.robust.split(",") if args.robust else None
     names = list(STAGES) if args.stage == "all" else args.stage.split(",")
     for n in names:
         log(f"stage {n}")
@@ -311,6 +378,8 @@ def main(argv=None):
             STAGES[n](b)
         elif n == "null":
             write_json(b.cache / "null.json", stage_null(b))
+        elif n == "keys":
+            stage_keys(b)
         elif n != "report":
             raise SystemExit(f"unknown stage {n!r}")
     if args.stage == "all" and not (b.cache / "null.json").exists():

@@ -1,11 +1,13 @@
 """`poisonlab mark` and `poisonlab verify` (added to the main parser by poisonlab.cli)."""
 
 from .. import PoisonlabError
+from ..fileio import write_json
+from ..options import parse_opts
+from .mark import mark
+from .verify import load_model, verify
 
 
 def cmd_mark(args):
-    from ..cli import parse_opts
-    from .mark import mark
     kw = parse_opts(args.opt)
     if args.eps is not None:
         if args.method != "taggants":
@@ -15,7 +17,6 @@ def cmd_mark(args):
     if args.method == "taggants":
         kw.setdefault("device", args.device)
         if args.surrogate_model:
-            from .verify import load_model
             kw["model"] = load_model(args.surrogate_model)
     elif args.surrogate_model:
         raise PoisonlabError("--surrogate-model applies to taggants only")
@@ -28,8 +29,6 @@ def cmd_mark(args):
 
 def cmd_verify(args):
     import json
-    from ..fileio import write_json
-    from .verify import verify
     given = [x for x in (args.model, args.model_cmd, args.model_url) if x is not None]
     if len(given) != 1:
         raise PoisonlabError("give one suspect: --model FILE, --model-cmd COMMAND or --model-url URL")

@@ -11,6 +11,8 @@ from ..registry import Registry
 from .keys import OwnershipKey
 from .taggants import Taggants
 from .watermark import BackdoorWatermark
+from ..publishing import publish
+from ..result import PoisonResult
 
 # "taggants" and "backdoor"; third-party marking methods can register here too (timm-style registry)
 MARKERS = Registry("marking method")
@@ -67,8 +69,6 @@ def mark(method: str, data, *, out_dir=None, key_file=None, overwrite=False, sub
 
 
 def _publish(marked: Marked, data: ImageSet, out_dir, overwrite, source, subset) -> dict:
-    from ..publishing import publish
-    from ..result import PoisonResult
     res = PoisonResult(images=marked.images, labels=marked.labels,
                        noise=marked.images.to(torch.int16) - data.images.to(torch.int16),
                        meta=dict(marked.meta), poisoned=marked.poisoned, classes=list(data.classes), names=data.names,

@@ -17,6 +17,7 @@ image per key is used. With 10 classes, top-1 is the natural test (chance 10%).
 from .. import PoisonlabError
 from ..data import ImageSet
 from .keys import KEY_KINDS, OwnershipKey, fresh_seed, make_keys
+from ..attacks.gradient_matching import WitchesBrew
 
 
 class Taggants:
@@ -48,7 +49,6 @@ class Taggants:
         return {"n_keys": self.n_keys, "budget": self.budget, "key_kind": self.key_kind, **p}
 
     def __call__(self, data: ImageSet):
-        from ..attacks.gradient_matching import WitchesBrew
         c = data.num_classes
         top_k = int(self.top_k or (1 if c <= 100 else 10))
         images, labels = make_keys(self.n_keys, data.shape, c, kind=self.key_kind, seed=self.key_seed)

@@ -35,6 +35,8 @@ from .. import PoisonlabError
 from ..fileio import atomic_write
 from .keys import OwnershipKey, load_key
 from .stats import binomial_test, paired_t_test
+from ..models import create_model
+from ..attacks.backdoor import Trigger, apply_trigger
 
 MODEL_FORMAT = "poisonlab-model/1"
 EXIT_MARKED, EXIT_NOT_MARKED, EXIT_ERROR = 0, 1, 2
@@ -59,7 +61,6 @@ def _is_torchscript(path: Path) -> bool:
 
 def load_model(path, *, arch=None, width=None, num_classes=None, in_channels=None, device="cpu") -> torch.nn.Module:
     """Build the suspect model from a file (see the module docstring); eval mode, on `device`."""
-    from ..models import create_model
     path = Path(path).expanduser()
     if not path.is_file():
         raise PoisonlabError(f"model file {path} not found")
@@ -293,7 +294,6 @@ def taggant_test(key: OwnershipKey, topk: torch.Tensor, k: int):
 
 
 def backdoor_test(key: OwnershipKey, suspect):
-    from ..attacks.backdoor import Trigger, apply_trigger
     benign = suspect(key.verify_images, 1)
     marked = suspect(apply_trigger(key.verify_images, Trigger(key.trigger, key.alpha, key.trigger_kind)), 1)
 

@@ -13,6 +13,7 @@ import torch
 from .. import PoisonlabError
 from ..data import ImageSet
 from .keys import OwnershipKey, fresh_seed
+from ..attacks.backdoor import BadNets, Blended
 
 
 class BackdoorWatermark:
@@ -41,7 +42,6 @@ class BackdoorWatermark:
                 "margin": self.margin, "n_verify": self.n_verify}
 
     def __call__(self, data: ImageSet, verify_data: ImageSet | None = None):
-        from ..attacks.backdoor import BadNets, Blended
         c = data.num_classes
         gen = torch.Generator().manual_seed(self.key_seed)
         target = int(torch.randint(0, c, (), generator=gen)) if self.target_class is None else int(self.target_class)
