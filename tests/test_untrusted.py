@@ -504,6 +504,13 @@ def test_bad_npz_is_one_line(tmp_path, capsys, arrays, message):
     nothing_beside(tmp_path / "out")
 
 
+def test_unreadable_test_npz_is_one_line(tiny_tree, tmp_path, capsys):
+    (tmp_path / "t.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    rc, _, err = run_cli(capsys, "train", "--data", str(tiny_tree), "--test-data", str(tmp_path / "t.npz"),
+                         "--epochs", "1", "--no-progress")
+    one_line_error(rc, err, "t.npz")
+
+
 def test_npz_claiming_a_huge_array_is_one_line(tmp_path, capsys):
     """An .npy header may claim any shape (here 10 TB) in a file of a few bytes."""
     import zipfile

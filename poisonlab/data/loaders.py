@@ -427,8 +427,11 @@ def _has_split(source, split) -> bool:
         return True
     p = Path(src)
     if p.is_file() and p.suffix == ".npz":
-        with np.load(p) as z:
-            return f"{split}_images" in z
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                return f"{split}_images" in z
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return True  # unreadable: load_npz reports it as one clear error
     if p.is_file():
         return True  # archives carry their splits; load_tar errors clearly if one is missing
     return (p / split).is_dir() or _is_cifar_pickles(p)
