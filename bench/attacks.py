@@ -19,6 +19,8 @@ correctly, each with a random other class as its adversarial class; victims use 
   generative       (small) autoencoder generator and pGAN (and 10% label flipping): clean-accuracy drop vs
                    random +-8/255 noise on 10% of the images
   meta             (small) MetaPoison on a few targets in one victim, vs random noise on the same bases
+  transfer-binary  (main) the same in Poison Frogs' transfer setting: a two-class head (target class vs
+                   adversarial class) trained to convergence on frozen features
   transfer         (small) feature collision and convex polytope against linear heads retrained on frozen
                    features (the attacker's extractor, and an unseen one), vs random +-eps noise on the same bases
 
@@ -350,14 +352,17 @@ def metapoison(b, n_targets):
     return {"summary": res}
 
 
-def transfer(b, n_targets):
+def transfer(b, n_targets, binary=False, other=None):
     """Feature collision and convex polytope against linear heads retrained on frozen features: of the
-    attacker's extractor (seed 0, white-box transfer) and of an unseen one (seed 1; convex polytope crafts on
-    seeds 0 and 2)."""
+    attacker's extractor (seed 0, white-box transfer) and of an unseen one (seed 1); convex polytope crafts on
+    seed 0 and `other` (default: seed 2 of the same scale). binary: the Poison Frogs transfer setting, a
+    two-class head (the target's class vs the adversarial class) trained to convergence without weight decay."""
     from poisonlab.attacks.evaluate import features, linear_probe, penultimate
     s0, _ = b.model(0)
     s1, _ = b.model(1)
-    s2, _ = b.model(2)
+    s2 = other if other is not None else b.model(2)[0]
+    prefix = "transfer-binary" if binary else "transfer"
+    probe_kw = dict(epochs=500, weight_decay=0.0) if binary else {}
     ids, xt, yt, adv = b.targets(n_targets, seed=1)
     extract = {"seen": penultimate(s0), "unseen": penultimate(s1)}
     base = {k: features(f, b.train.images) for k, f in extract.items()}
@@ -366,7 +371,8 @@ def transfer(b, n_targets):
     for k in extract:
         head = linear_probe(base[k], b.train.labels, b.k)
         probes[k] = float((head(test_f[k]).argmax(1) == b.test.labels).float().mean() * 100)
-    recipes = {"poison-frogs": dict(FC, model=s0), "convex-polytope": dict(CP, model=[s0, s2]),
+    recipes = {"poison-frogs": dict(FC, model=s0, iterations=300 if binary else FC["iterations"]),
+               "convex-polytope": dict(CP, model=[s0, s2]),
                "random-poison": {"num_poisons": 5, "eps": 16 / 255}}
     rows = []
     for t in range(len(ids)):
@@ -380,15 +386,16 @@ def transfer(b, n_targets):
                 saved, check = saved_roundtrip(b.train.images, res.images, res.meta["bound"], res.poisoned)
                 entry = {"craft_seconds": round(time.time() - t0, 1), "max_levels": check["max_levels_changed"],
                          "poisons": res.poisoned.tolist()}
+                keep = ((res.labels == yt[t]) | (res.labels == adv[t])) if binary else torch.ones(len(res.labels), dtype=torch.bool)
                 for k, f in extract.items():
                     feats = base[k].clone()
                     feats[res.poisoned] = features(f, saved[res.poisoned])
-                    head = linear_probe(feats, res.labels, b.k)
+                    head = linear_probe(feats[keep], res.labels[keep], b.k, **probe_kw)
                     entry[k] = bool(head(features(f, xt[t:t + 1])).argmax(1).item() == int(adv[t]))
                 out[name] = entry
             return out
-        log(f"transfer target {t}")
-        rows.append(b.cached(f"transfer-t{t}", run))
+        log(f"{prefix} target {t}")
+        rows.append(b.cached(f"{prefix}-t{t}", run))
     summary = {"probe_clean_acc": probes}
     for name in recipes:
         summary[name] = {k: rate(sum(r[name][k] for r in rows), len(rows)) for k in extract}
@@ -435,6 +442,12 @@ def report(results) -> str:
             for k in ("seen", "unseen"):
                 lines.append(f"| {name} | linear probe, {k} extractor | {pct(t[name][k])} | {pct(t['random-poison'][k])} | "
                              f"probe {t['probe_clean_acc'][k]:.2f} |")
+    if "transfer-binary" in results:
+        t = results["transfer-binary"]["summary"]
+        for name in ("poison-frogs", "convex-polytope"):
+            for k in ("seen", "unseen"):
+                lines.append(f"| {name} | two-class probe (main scale), {k} extractor | {pct(t[name][k])} | "
+                             f"{pct(t['random-poison'][k])} | probe {t['probe_clean_acc'][k]:.2f} (10 classes) |")
     if "meta" in results:
         m = results["meta"]["summary"]
         lines.append(f"| metapoison | from scratch | {pct(m['metapoison'])} | {pct(m['random-poison'])} | "
@@ -459,7 +472,7 @@ def report(results) -> str:
 
 STAGE_SCALE = {"clean": "main", "badnets": "main", "badnets-5": "main", "badnets-control": "main", "blended": "main",
                "clean-small": "small", "gm": "small", "gm-control": "small", "gm-ft": "small", "gm-diagnose": "small", "transfer": "small",
-               "meta": "small", "generative": "small"}
+               "meta": "small", "generative": "small", "transfer-binary": "main"}
 
 
 def main():
@@ -521,6 +534,9 @@ def main():
             results[stage] = b.gm_control(args.gm_groups, args.gm_per_group)
         elif stage == "transfer":
             results[stage] = transfer(b, args.transfer_targets)
+        elif stage == "transfer-binary":  # convex polytope's second extractor: the small scale's surrogate
+            other = (benches.get("small") or Bench(args, "small", full_train, full_test)).model(0)[0]
+            results[stage] = transfer(b, args.transfer_targets, binary=True, other=other)
         elif stage == "meta":
             results[stage] = metapoison(b, args.meta_targets)
         elif stage == "generative":
