@@ -7,8 +7,6 @@ layers below are the contract."""
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1] / "poisonlab"
 
 # Lowest first. A module may import from its own layer or lower ones. Names are module paths below poisonlab
@@ -130,8 +128,6 @@ def test_no_import_loop_at_module_level():
     assert not loops, "import loops:\n" + "\n".join(loops)
 
 
-@pytest.mark.xfail(reason="the attacks/ownership/web/report modules still move their imports to the top (RULES.md)",
-                   strict=False)
 def test_function_level_imports_say_why():
     hidden = [f"{p.relative_to(ROOT.parent)}:{line}: {src.strip()}" for p in all_modules()
               for line, _, inside, src in imports(p) if inside and "#" not in src]

@@ -18,6 +18,8 @@ from .. import PoisonlabError
 from ..budget import budget_to_levels, parse_budget
 from ..registry import ATTACKS
 from ..result import PoisonResult, to_imageset
+from ..protect.base import verify_bound
+from ..protect.base import apply_noise
 
 # The registry is poisonlab.registry.ATTACKS; these names keep the attack modules short.
 register_attack = ATTACKS.register
@@ -133,7 +135,6 @@ class Attack:
 
     def verify(self, original, poisoned):
         if self.norm != "none":
-            from ..protect.base import verify_bound
             verify_bound(original, poisoned, self.norm, self.eps)
 
 
@@ -152,7 +153,6 @@ class PerturbationAttack(Attack):
     def apply(self, images, index, delta):
         """Add float noise (in [0,1] units) to images[index] on the 8-bit grid within the budget; return
         the new uint8 set and the int16 noise of the whole set."""
-        from ..protect.base import apply_noise
         out = images.clone()
         out[index] = apply_noise(images[index], delta, "linf", self.eps)
         return out, out.to(torch.int16) - images.to(torch.int16)

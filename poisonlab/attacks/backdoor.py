@@ -16,6 +16,11 @@ import torch
 
 from .. import PoisonlabError
 from .attack import Attack, AttackResult, pick_indices, register_attack
+from ..fileio import atomic_write
+from ..budget import parse_budget
+from ..protect.base import apply_noise
+from ..pgd import LinfPGD
+from .surrogates import surrogate_models
 
 
 @dataclass
@@ -72,7 +77,6 @@ def apply_trigger(images, trigger: Trigger, amplitude=1.0):
 
 def save_trigger(path, trigger: Trigger):
     """Write the trigger as a private .npz (0600 from creation: never readable by others)."""
-    from ..fileio import atomic_write
     buf = io.BytesIO()
     np.savez(buf, pattern=trigger.pattern.numpy(), alpha=trigger.alpha.numpy(), kind=np.array(trigger.kind))
     with atomic_write(path, private=True) as f:
@@ -188,7 +192,6 @@ class CleanLabelBackdoor(Backdoor):
     def __init__(self, *, eps=8 / 255, pgd_steps=10, model=None, surrogate="smallcnn", surrogate_width=0.5,
                  surrogate_epochs=10, trigger_amplitude=1.0, **kw):
         super().__init__(**kw)
-        from ..budget import parse_budget
         self.eps, self.pgd_steps, self.model = parse_budget(eps, "eps", maximum=1.0), int(pgd_steps), model
         self.surrogate, self.surrogate_width, self.surrogate_epochs = surrogate, float(surrogate_width), int(surrogate_epochs)
         self.trigger_amplitude = float(trigger_amplitude)
@@ -205,9 +208,6 @@ class CleanLabelBackdoor(Backdoor):
     def perturb(self, images, labels, index):
         if self.eps == 0 or self.pgd_steps == 0 or len(index) == 0:
             return images[index]
-        from ..protect.base import apply_noise
-        from ..pgd import LinfPGD
-        from .surrogates import surrogate_models
         model = surrogate_models(self, images, labels)[0]
         device = next(model.parameters()).device
         model.eval()

@@ -10,6 +10,12 @@ from pathlib import Path
 import torch
 
 from .. import PoisonlabError
+from ..data import load_splits
+from ..options import parse_opts
+from ..publishing import publish
+from .attack import attack_class, create_attack, list_attacks
+from .backdoor import save_trigger
+from .targeted import TargetedAttack
 
 
 def trigger_path(out_dir) -> Path:
@@ -23,11 +29,6 @@ def run_poison(attack: str, data, out_dir, *, targets=None, adversarial=None, su
 
     targets: test-split indices of the targets (targeted attacks); adversarial: their adversarial
     classes (default: a seeded random class other than the true one). Returns the manifest."""
-    from ..data import load_splits
-    from ..publishing import publish
-    from .attack import attack_class, create_attack
-    from .backdoor import save_trigger
-    from .targeted import TargetedAttack
     out_dir = Path(out_dir)
     secret = Path(secret_out) if secret_out else trigger_path(out_dir)
     if out_dir.resolve() in secret.resolve().parents or secret.resolve() == out_dir.resolve():
@@ -72,7 +73,6 @@ def run_poison(attack: str, data, out_dir, *, targets=None, adversarial=None, su
 
 
 def cmd_poison(args):
-    from ..cli import parse_opts
     kw = parse_opts(args.opt)
     if args.eps is not None:
         kw["eps"] = args.eps
@@ -106,7 +106,6 @@ def add_parser(sub):
 
 
 def cmd_list_attacks(args):
-    from .attack import attack_class, list_attacks
     for n in list_attacks():
         doc = (attack_class(n).__doc__ or "").strip().splitlines()[0]
         print(f"{n:22s} {doc}")

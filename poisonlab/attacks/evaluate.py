@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import PoisonlabError
+from ..data import ImageSet, load_dataset
+from ..data.writer import write_pngs
+from ..protect.base import verify_bound
 
 
 def binomial_se(successes: int, n: int) -> float:
@@ -66,9 +69,6 @@ def saved_roundtrip(original, images, bound=None, index=None):
     """Write the poisoned images as 8-bit PNGs, decode them again, check the promised budget (a result's
     meta["bound"]) on what was saved, and return the decoded images: train victims on exactly those.
     index: write only these (the changed) images, the rest being the originals by construction."""
-    from ..data import ImageSet, load_dataset
-    from ..data.writer import write_pngs
-    from ..protect.base import verify_bound
     index = torch.arange(len(images)) if index is None else torch.as_tensor(index, dtype=torch.long)
     outside = torch.ones(len(images), dtype=torch.bool)
     outside[index] = False

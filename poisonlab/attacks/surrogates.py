@@ -1,6 +1,8 @@
 """Surrogate models for the model-based attacks: given ones, or a small ensemble trained on the clean data."""
 
 import torch
+from ..data import ImageSet
+from ..train import TrainConfig, train_victim
 
 
 def surrogate_models(attack, images, labels, count=1, epochs=None):
@@ -11,8 +13,6 @@ def surrogate_models(attack, images, labels, count=1, epochs=None):
     if given is not None:
         models = list(given) if isinstance(given, (list, tuple)) else [given]
     else:
-        from ..data import ImageSet
-        from ..train import TrainConfig, train_victim
         data = ImageSet(images, labels, [str(i) for i in range(attack.classes_of(labels))])
         models = []
         for i in range(count):

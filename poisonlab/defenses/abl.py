@@ -34,6 +34,7 @@ from ..data import ImageSet
 from ..runtime import to_float_batch
 from .probe import per_sample_loss, train_cached
 from .unlearn import GradientAscent
+from ..train import per_sample_loss as batch_loss
 
 
 def lga(per_sample: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -97,7 +98,6 @@ class ABLHook:
         return self.abl.spec()
 
     def loss(self, model, x, y, y_soft, state):
-        from ..train import per_sample_loss as batch_loss
         if state.epoch >= self.abl.turning_epoch and self.abl.gga and self.isolated is not None:
             # One forward over the batch and a random batch of isolated samples (BN sees them together).
             gen, b = state.generator, len(x)

@@ -21,6 +21,7 @@ import torch
 from .. import PoisonlabError
 from ..data import ImageSet
 from .probe import features
+from ..kmeans import kmeans
 
 
 @dataclass
@@ -92,7 +93,6 @@ class ActivationClustering:
             raise PoisonlabError("activation clustering needs dims >= 1 and 0 < size_threshold < 1")
 
     def detect(self, feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Detection:
-        from ..kmeans import kmeans
         flagged, per = [], []
         for c, idx in _by_class(labels, num_classes):
             r = feats[idx].double()

@@ -6,6 +6,8 @@ from pathlib import Path
 from .. import PoisonlabError
 from ..fileio import atomic_write
 from .html import page
+from .protected import protected_report
+from .grid import grid_report
 
 
 def render_report(path, use_noise: bool = True, original=None) -> str:
@@ -15,12 +17,10 @@ def render_report(path, use_noise: bool = True, original=None) -> str:
     if not p.is_dir():
         raise PoisonlabError(f"{p}: not found (give a protect output folder or a bench output folder)")
     if (p / "manifest.json").is_file():
-        from .protected import protected_report
         title, body = protected_report(p, use_noise=use_noise, original=original)
     elif original is not None:
         raise PoisonlabError("--original applies to a protected set (a folder with manifest.json)")
     elif (p / "results.json").is_file():
-        from .grid import grid_report
         title, body = grid_report(p)
     else:
         raise PoisonlabError(f"{p} holds neither manifest.json (protect output) nor results.json (bench output)")

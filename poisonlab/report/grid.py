@@ -10,6 +10,7 @@ from .. import PoisonlabError
 from ..fileio import read_json
 from .html import command, esc, img, shown_path, table
 from .markdown import markdown_html
+from .protected import diagnostics_html, read_manifest
 
 MAX_JSON_BYTES = 64 << 20
 MAX_PNG_BYTES = 16 << 20
@@ -102,7 +103,6 @@ def protections_html(run: Path, res: dict) -> str:
     folder = next((c / "protected" for c in candidates if (c / "protected").is_dir()), None)
     if folder is None:
         return ""
-    from .protected import diagnostics_html, read_manifest
     rows, details = [], []
     for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())[:200]:
         try:

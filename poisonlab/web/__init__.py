@@ -6,6 +6,7 @@ FastAPI brings both with little code of ours, and its TestClient lets the API be
 Jobs persist on disk and run in worker processes (see jobs.py); uploads are checked in uploads.py.
 """
 
+from .. import PoisonlabError
 from .limits import Limits
 
 
@@ -23,11 +24,10 @@ def add_parser(sub):
 
 
 def _cmd(args):
-    from .. import PoisonlabError
     if args.max_upload_mb <= 0 or args.max_images <= 0 or args.max_megapixels <= 0 or not 0 < args.port < 65536:
         raise PoisonlabError("serve: limits must be positive and the port in 1..65535")
     try:
-        from .app import serve
+        from .app import serve  # lazy: fastapi and uvicorn are needed only to serve (a clear error if absent)
     except ImportError as e:
         raise PoisonlabError(f"poisonlab serve needs fastapi, uvicorn and python-multipart ({e}); "
                              "pip install -r requirements.txt") from None

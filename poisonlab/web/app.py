@@ -17,6 +17,9 @@ from .jobs import JobStore, Runner, new_id
 from .methods import method_list, method_options
 from .limits import Limits
 from .uploads import extract_upload
+from ..data.loaders import parse_size
+from ..report import render_report
+from ..report.html import CSP as REPORT_CSP
 
 STATIC = Path(__file__).parent / "static"
 CSP = "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
@@ -218,12 +221,10 @@ def create_app(root, limits: Limits = Limits(), allowed_hosts=("127.0.0.1", "loc
         d, job = job_or_404(job_id)
         if job is None or job["state"] != "done":
             return error(404, "the report is not ready")
-        from ..report import render_report
         try:
             page = await run_in_threadpool(render_report, d / "out")
         except PoisonlabError as e:
             return error(500, str(e))
-        from ..report.html import CSP as REPORT_CSP
         return HTMLResponse(page, headers={"Content-Security-Policy": REPORT_CSP})
 
     @app.get("/api/jobs/{job_id}/secret/{kind}")
@@ -248,7 +249,6 @@ def create_app(root, limits: Limits = Limits(), allowed_hosts=("127.0.0.1", "loc
             eps = f"{levels:g}/255"
         resize = str(form.get("resize") or "").strip() or None
         if resize:
-            from ..data.loaders import parse_size
             h, w = parse_size(resize)
             if h * w > limits.max_pixels:
                 raise PoisonlabError(f"resize {resize} is larger than the pixel limit")

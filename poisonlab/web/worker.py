@@ -17,6 +17,14 @@ import numpy as np
 from .. import PoisonlabError
 from ..fileio import atomic_write
 from .jobs import LOCKED, JobLock, read_job, update_job
+from ..data import load_dataset
+from ..protect import protect
+from ..publishing import noise_path
+from ..report.images import amplified, png_bytes, sample_indices
+from ..report.protected import measure
+from .methods import method_options
+from ..fileio import read_json
+from ..runtime import set_threads
 
 # A tqdm bar ("desc:  45%|####  | 9/20 [...]") or a plain progress line ("desc:  45% 9/20 it | 3s").
 BAR = re.compile(r"(?:(?P<desc>[^\r\n:|]*?):\s*)?(?P<pct>\d+)%(?:\|[^|]*\|)?\s*(?P<n>\d+)/(?P<total>\d+)")
@@ -52,12 +60,6 @@ def set_progress(d: Path, stage: str, fraction=None):
 
 
 def run(d: Path):
-    from ..data import load_dataset
-    from ..protect import protect
-    from ..publishing import noise_path
-    from ..report.images import amplified, png_bytes, sample_indices
-    from ..report.protected import measure
-    from .methods import method_options
 
     job = read_job(d)
     if job["state"] not in ("queued", "running"):
@@ -73,7 +75,6 @@ def run(d: Path):
         # No source path: the manifest travels in the zip and must not reveal where this server keeps jobs.
         protect(job["method"], ds, out, resume=True, progress=True, **opts)
     set_progress(d, "preparing previews and downloads")
-    from ..fileio import read_json
     manifest = read_json(out / "manifest.json")
     noise = np.load(noise_path(out), allow_pickle=False)
     preview = d / "preview"
@@ -104,7 +105,6 @@ def main(argv=None):
     lock = JobLock(d)
     if not lock.acquire():
         return LOCKED
-    from ..runtime import set_threads
     set_threads()
     with open(d / "log.txt", "a", encoding="utf-8") as log:
         real = sys.stderr
