@@ -504,6 +504,13 @@ def test_bad_npz_is_one_line(tmp_path, capsys, arrays, message):
     nothing_beside(tmp_path / "out")
 
 
+def test_truncated_archive_is_one_line(tmp_path, capsys):
+    path = _tar(tmp_path / "d.tar.gz", [_file(f"train/{c}/{i}.png", png_bytes()) for c in "ab" for i in range(2)])
+    path.write_bytes(path.read_bytes()[:200])
+    rc, _, err = protect_cli(capsys, path, tmp_path / "out")
+    one_line_error(rc, err, "d.tar.gz")
+
+
 def test_unreadable_test_npz_is_one_line(tiny_tree, tmp_path, capsys):
     (tmp_path / "t.npz").write_bytes(b"PK\x03\x04 not really a zip")
     rc, _, err = run_cli(capsys, "train", "--data", str(tiny_tree), "--test-data", str(tmp_path / "t.npz"),

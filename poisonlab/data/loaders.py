@@ -372,6 +372,13 @@ def load_cifar_pickles(root, split, resize=None) -> ImageSet:
     return _from_arrays(_resize_array(np.concatenate(xs), resize), y, classes, names)
 
 
+def _is_tarfile(p: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(p)
+    except (tarfile.TarError, OSError, EOFError) as e:  # e.g. a truncated .tar.gz
+        raise PoisonlabError(f"cannot read archive {p}: {e}") from None
+
+
 def _is_cifar_pickles(p: Path) -> bool:
     return (p / "data_batch_1").exists() or ((p / "train").is_file() and (p / "test").is_file())
 
@@ -390,7 +397,7 @@ def load_dataset(source, split="train", mode="auto", resize=None) -> ImageSet:
     if p.is_file():
         if p.suffix == ".npz":
             return load_npz(p, split, mode, resize)
-        if tarfile.is_tarfile(p):
+        if _is_tarfile(p):
             return load_tar(p, split, mode, resize)
         raise PoisonlabError(f"{p}: unsupported file; give a folder, .npz or .tar(.gz)")
     if _is_cifar_pickles(p):
