@@ -18,6 +18,7 @@ from jsonargparse import ArgumentParser
 
 from . import __version__
 from .attacks.cli import add_parser as add_poison
+from .bench.executors import make_executor
 from .bench.grid import run_grid
 from .checks import check_device, check_train_args
 from .fileio import interrupt_on_sigterm
@@ -126,7 +127,8 @@ def demo(out: str = "runs/demo", device: str = "auto", quick: bool = False):
 
 def bench(config: str, out: str | None = None, device: str = "auto", only: str | None = None,
           report_only: bool = False, list: bool = False, cache: str | None = None, set: list[str] | None = None,
-          no_progress: bool = False):
+          no_progress: bool = False, executor: typing.Literal["local", "ray"] = "local", address: str | None = None,
+          cpus_per_cell: float = 1.0, gpus_per_cell: float | None = None):
     """Grid of methods x countermeasures x victims (cached, resumable).
 
     config: grid config (JSON or YAML, may be an overlay: "base": "cpu.json"); see configs/
@@ -135,9 +137,14 @@ def bench(config: str, out: str | None = None, device: str = "auto", only: str |
     list: list the cells (cached or not) and exit
     cache: cache folder (default: the config's, else OUT/cache)
     set: override a config value KEY=VALUE (dotted, e.g. train.epochs=2), repeatable
+    executor: local (this process) or ray (each cell a Ray task; needs poisonlab[ray]); same cache either way
+    address: Ray cluster to join (e.g. auto, ray://head:10001); default starts a local Ray
+    cpus_per_cell: CPU threads of each Ray train task
+    gpus_per_cell: GPU fraction of each Ray train task (default 0.25 when the cluster has GPUs)
     """
     run_grid(config, out=out, cache=cache, device=device, only=only, report_only=report_only,
-             progress=False if no_progress else None, list_only=list, overrides=set or ())
+             progress=False if no_progress else None, list_only=list, overrides=set or (),
+             executor=make_executor(executor, address, cpus_per_cell, gpus_per_cell))
 
 
 def methods():

@@ -26,6 +26,7 @@ from ..protect.pipeline import protect
 from ..registry import METHODS
 from ..train import TrainConfig, mix_partial, train_victim
 from .config import CLEAN, Cell, GridConfig, available_methods, load_config
+from .executors import LocalExecutor, plan
 from .report import write_reports
 
 
@@ -209,9 +210,10 @@ def select(cells, only):
 
 
 def run_grid(cfg: GridConfig | str | Path, out=None, cache=None, device="auto", only=None, report_only=False,
-             progress=None, log=print, list_only=False, overrides=()) -> dict:
+             progress=None, log=print, list_only=False, overrides=(), executor=None) -> dict:
     """Run (or, with report_only, just report) a grid. Returns {"rows": [...], "trained": n, "cached": n}.
-    overrides: dotted "key=value" settings applied over the config file (e.g. "train.epochs=1")."""
+    overrides: dotted "key=value" settings applied over the config file (e.g. "train.epochs=1").
+    executor: who runs the protect -> train graph (poisonlab.bench.executors; default LocalExecutor)."""
     if not isinstance(cfg, GridConfig):
         cfg = load_config(cfg, overrides)
     grid = Grid(cfg, out, cache, device, progress, log)
@@ -240,14 +242,8 @@ def run_grid(cfg: GridConfig | str | Path, out=None, cache=None, device="auto", 
         cached = len(keys) - len(todo)
         log(f"bench {cfg.name}: {len(cells)} cells = {len(keys)} distinct runs, {cached} cached, {len(todo)} to train "
             f"-> {grid.out}")
-        # In config order (the first experiments first); each protected set is generated when first needed.
-        for i, c in enumerate(todo, 1):
-            t0 = time.perf_counter()
-            log(f"[{i}/{len(todo)}] {c.label()}")
-            rec = grid.run_cell(c)
-            trained += 1
-            log(f"    last {rec['last_acc']:.2f}%  best {rec['best_acc']:.2f}% (epoch {rec['best_epoch']})  "
-                f"{time.perf_counter() - t0:.0f}s")
+        # protect -> train tasks (the report below is the graph's last node), run by the executor.
+        trained = len((executor or LocalExecutor()).run(grid, plan(grid, todo), log))
     rows = write_reports(grid, cells)
     missing = len({r["key"] for r in rows if r["last_acc"] is None})
     log(f"bench {cfg.name}: {trained} trained, {cached} cached, {missing} missing -> "
