@@ -11,7 +11,7 @@ seed=0)), clean accuracy on a 2,000-image stratified test subset; victims smallc
             y -> y + 1 mod 10
   defenses  none; abl (gamma 0.5, isolation 1%, turning epoch 5 of 15, then the GGA objective on the rest
             minus the isolated (loss capped at 5), then 5 unlearning epochs at lr 5e-4); itlm (alpha 0.8, 3 re-selections after a 3-epoch warm-up, one run);
-            dpa (k = 10 hash partitions of 500 images, smallcnn width 0.5, 30 epochs, batch 64);
+            dpa (k = 10 hash partitions of 500 images, smallcnn width 0.5, 20 epochs, batch 64);
             detection on the undefended model: spectral signatures (eps 0.1) and activation clustering
             (PCA-10, 2-means, size threshold 0.35), precision/recall against the true poisons;
             corrective unlearning of the undefended BadNets model given 10% or 100% of its poisons:
@@ -57,7 +57,7 @@ ATTACKS = {"badnets": ("badnets", dict(target_class=0, poison_rate=0.1, trigger_
            "flip": ("label-flip", dict(fraction=0.2, seed=0))}
 ABL_KW = dict(gamma=0.5, ratio=0.01, turning_epoch=5, gga=True, cap=5.0, unlearn_epochs=5, unlearn_lr=5e-4)
 ITLM_KW = dict(alpha=0.8, rounds=3)
-DPA_K, DPA_VICTIM = 10, dict(VICTIM, epochs=30, batch_size=64)
+DPA_K, DPA_VICTIM = 10, dict(VICTIM, epochs=20, batch_size=64)
 FOUND = (0.1, 1.0)
 UNLEARN = {"retrain": None, "negrad+": dict(epochs=5, lr=0.01, batch_size=16, retain_weight=1.0, cap=5.0), "ssd": dict()}
 STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "extra")  # in order of priority
@@ -149,6 +149,19 @@ class Bench:
                     "trimmed": precision_recall(trimmed, poisons), "selections": hook.selections}
         return self.cell(f"{attack}/itlm", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": ITLM_KW}, run)
 
+    def itlm_fit(self, attack):
+        """ITLM's retraining form: round 0 is the undefended run (cached), then `rounds` retrainings."""
+        data, poisons = self.sets[attack]
+        kw = dict(ITLM_KW, rounds=1)
+
+        def run():
+            out = ITLM(**kw).fit(data, self.test, self.cfg, checkpoints=self.ckpt, log=log)
+            trimmed = torch.nonzero(~torch.isin(torch.arange(len(data)), out["kept"])).flatten()
+            return {**self.metrics(out["model"], attack), "rounds": out["rounds"],
+                    "seconds": round(sum(r["train_seconds"] for r in out["rounds"]), 1),
+                    "trimmed": precision_recall(trimmed, poisons)}
+        return self.cell(f"{attack}/itlm-retrain", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": kw}, run)
+
     def detect(self, attack):
         data, poisons = self.sets[attack]
         out = {}
@@ -157,19 +170,25 @@ class Bench:
                 model = self.victim(attack)["model"]
                 t0 = time.perf_counter()
                 found = det(model, data)
-                return {**precision_recall(found.flagged, poisons), "seconds": round(time.perf_counter() - t0, 1),
-                        "per_class": found.per_class}
+                secs = round(time.perf_counter() - t0, 1)
+                for row in found.per_class:  # what each class's smaller cluster would catch, flagged or not
+                    if row["class"] in found.candidates:
+                        row["small_cluster"] = precision_recall(found.candidates[row["class"]], poisons)
+                return {**precision_recall(found.flagged, poisons), "seconds": secs, "per_class": found.per_class}
             out[name] = self.cell(f"{attack}/detect-{name}", {"victim": VICTIM, "attack": ATTACKS.get(attack),
-                                                             "detector": repr(vars(det))}, run)
+                                                             "detector": repr(vars(det)), "v": 2}, run)
         return out
 
-    def unlearn(self, attack="badnets"):
+    def unlearn(self, attack="badnets", retrain_all=True):
+        """retrain_all=False skips the costly retraining reference for the largest found fraction."""
         data, poisons = self.sets[attack]
         out = {}
         for frac in FOUND:
             g = torch.Generator().manual_seed(1)
             found = poisons[torch.randperm(len(poisons), generator=g)[:max(1, round(frac * len(poisons)))]].sort().values
             for method, kw in UNLEARN.items():
+                if method == "retrain" and frac == max(FOUND) and not retrain_all:
+                    continue
                 def run(method=method, kw=kw, found=found):
                     model, curve = self.victim(attack)["model"], []
                     if method == "retrain":
@@ -223,16 +242,16 @@ def tables(res: dict) -> str:
         base = res.get(f"{attack}/none")
         if base is None:
             continue
-        for d in ("none", "abl", "itlm", "dpa"):
+        for d in ("none", "abl", "abl-nogga", "itlm", "itlm-retrain", "dpa"):
             r = res.get(f"{attack}/{d}")
             if r is None:
                 continue
-            notes = []
-            if d == "abl":
+            notes = [r["note"]] if "note" in r else []
+            if d.startswith("abl"):
                 iso = r["isolation"]
                 notes.append(f"isolated {iso['flagged']}, precision {_fmt(iso['precision'])}%; before unlearning: "
                              f"acc {r['before_unlearning']['clean_acc']}, ASR {_fmt(r['before_unlearning'].get('asr'))}")
-            if d == "itlm":
+            if d.startswith("itlm"):
                 t = r["trimmed"]
                 notes.append(f"trimmed {t['flagged']}: precision {_fmt(t['precision'])}%, recall {_fmt(t['recall'])}%")
             if d == "dpa":
@@ -242,15 +261,26 @@ def tables(res: dict) -> str:
                                  for q in (1, 2, 5)))
             lines.append(f"| {attack} | {d} | {r['clean_acc']} | {_fmt(r.get('asr'))} | {base['clean_acc']} | "
                          f"{_fmt(base.get('asr'))} | {clean} | {r['seconds']} | {'; '.join(notes)} |")
-    lines += ["", "Detection on the undefended model (penultimate features), against the true poisons:", "",
-              "| attack | detector | flagged | poisons | found | precision % | recall % | seconds |",
-              "|---|---|---|---|---|---|---|---|"]
+    dpa = {a: res[f"{a}/dpa"] for a in ("clean", "flip", "badnets") if f"{a}/dpa" in res}
+    if dpa:
+        radii = [c["radius"] for c in max(dpa.values(), key=lambda r: len(r["curve"]))["curve"]]
+        lines += ["", f"DPA certified accuracy (%) against radius (k = {DPA_K} partitions; radius = poisoned "
+                      "training insertions/removals tolerated):", "",
+                  "| data | " + " | ".join(f"r={q}" for q in radii) + " |", "|---|" + "---|" * len(radii)]
+        for a, r in dpa.items():
+            by = {c["radius"]: c["certified_accuracy"] for c in r["curve"]}
+            lines.append(f"| {a} | " + " | ".join(_fmt(by.get(q, 0.0)) for q in radii) + " |")
+    lines += ["", "Detection on the undefended model (penultimate features), against the true poisons; chance = the "
+              "precision of flagging at random (the poisoned fraction):", "",
+              "| attack | detector | flagged | poisons | found | precision % | chance % | recall % | seconds |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for attack in ("badnets", "flip"):
         for det in ("spectral", "ac"):
             r = res.get(f"{attack}/detect-{det}")
             if r:
                 lines.append(f"| {attack} | {det} | {r['flagged']} | {r['poisons']} | {r['found']} | "
-                             f"{_fmt(r['precision'])} | {_fmt(r['recall'])} | {r['seconds']} |")
+                             f"{_fmt(r['precision'])} | {_fmt(100.0 * r['poisons'] / SCALE['train'])} | "
+                             f"{_fmt(r['recall'])} | {r['seconds']} |")
     lines += ["", "Corrective unlearning of the undefended BadNets model, given a found subset of its poisons "
               "(no-defense baseline in the first row):", "",
               "| found | method | clean acc | ASR | seconds |", "|---|---|---|---|---|"]
@@ -332,7 +362,6 @@ def main(argv=None):
             b.none(s)
         if s == "badnets":
             b.abl(s)
-            b.itlm(s)
         elif s == "flip":
             b.itlm(s)
         elif s == "dpa":
@@ -341,13 +370,16 @@ def main(argv=None):
             for a in ("badnets", "flip"):
                 b.detect(a)
         elif s == "unlearn":
-            b.unlearn("badnets")
+            b.unlearn("badnets", retrain_all=False)
         elif s == "extra":
+            b.itlm_fit("flip")
+            b.unlearn("badnets")
+            b.itlm("badnets")
             b.abl("flip")
             b.dpa("badnets")
             b.dpa("flip")
     res = {}
-    for p in sorted((args.work / "cells").glob("*.json")):
+    for p in sorted((args.work / "cells").glob("*.json"), key=lambda q: q.stat().st_mtime):  # newest settings win
         r = read_json(p)
         res[r["name"]] = r
     write_json(args.out / "results" / "defenses.json", {"scale": SCALE, "victim": VICTIM, "attacks": ATTACKS,

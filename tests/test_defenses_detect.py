@@ -35,6 +35,7 @@ def test_activation_clustering_flags_the_small_cluster_only_where_it_exists():
     feats, labels, poisons = _features(1)
     det = ActivationClustering(size_threshold=0.35).detect(feats, labels, 2)
     assert det.per_class[1]["flagged"] == 10 and det.per_class[1]["silhouette"] > det.per_class[0]["silhouette"]
+    assert torch.equal(det.candidates[1], poisons) and set(det.candidates) == {0, 1}
     pr = precision_recall(det.flagged[det.flagged >= 100], poisons)
     assert pr["precision"] == 100.0 and pr["recall"] == 100.0
 

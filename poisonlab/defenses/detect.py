@@ -29,6 +29,7 @@ class Detection:
     flagged: torch.Tensor  # sorted indices into the training set
     scores: torch.Tensor | None = None  # per-sample suspicion (higher = more suspicious), when defined
     per_class: list = field(default_factory=list)
+    candidates: dict = field(default_factory=dict)  # class -> indices it would flag (activation clustering: smaller cluster)
 
 
 def _by_class(labels: torch.Tensor, num_classes: int):
@@ -93,7 +94,7 @@ class ActivationClustering:
             raise PoisonlabError("activation clustering needs dims >= 1 and 0 < size_threshold < 1")
 
     def detect(self, feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Detection:
-        flagged, per = [], []
+        flagged, per, candidates = [], [], {}
         for c, idx in _by_class(labels, num_classes):
             r = feats[idx].double()
             r = r - r.mean(0)
@@ -104,11 +105,13 @@ class ActivationClustering:
             small = int(sizes.argmin())
             share = float(sizes[small]) / len(idx)
             hit = share <= self.size_threshold
+            candidates[c] = idx[assign == small]
             if hit:
                 flagged.append(idx[assign == small])
             per.append({"class": c, "size": len(idx), "small_share": round(share, 4),
                         "silhouette": round(silhouette(z, assign), 4), "flagged": int(sizes[small]) if hit else 0})
-        return Detection(torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.long), None, per)
+        return Detection(torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.long), None, per,
+                         candidates)
 
     def __call__(self, model, data: ImageSet) -> Detection:
         return self.detect(features(model, data), data.labels, data.num_classes)
