@@ -255,11 +255,11 @@ def plot(result, path):
     fig, axes = plt.subplots(1, 1 + len(REGIMES), figsize=(4.2 * (1 + len(REGIMES)), 3.4))
     ax = axes[0]
     for i, (m, curve) in enumerate(sorted(curves.items())):
-        key = "step" if "step" in curve[0] else "round"
-        x = [r[key] for r in curve]
+        key = "step" if "step" in curve[0] else "round"  # EM counts rounds: put both on the run's progress
+        x = [r[key] / curve[-1][key] for r in curve]
         ax.plot(x, [r["heldout_clean_acc"] for r in curve], f"C{i}-", label=f"{m} clean")
         ax.plot(x, [r["heldout_adv_acc"] for r in curve], f"C{i}--", label=f"{m} adv.")
-    ax.set(title="surrogate on held-out images", xlabel="surrogate step (EM: round)", ylabel="accuracy (%)")
+    ax.set(title="surrogate on held-out images", xlabel="fraction of the surrogate's training", ylabel="accuracy (%)")
     ax.legend(fontsize=7)
     for ax, regime in zip(axes[1:], REGIMES):
         for name in ["clean", *result["generation_seconds"]]:
