@@ -496,6 +496,9 @@ def _npz(path, **arrays):
     (dict(train_images=np.full((4, 8, 8), np.nan)), "NaN"),
     (dict(train_images=np.full((4, 8, 8), 300, np.int32)), "[0, 255]"),
     (dict(train_images=np.zeros((4, 8), np.uint8)), "shape"),
+    (dict(train_images=np.array(5, np.uint8)), "shape"),
+    (dict(train_images=np.zeros((4, 8, 8, 4), np.uint8)), "(4, 8, 8, 4)"),  # RGBA: refused, not misread
+    (dict(train_images=np.zeros((0, 8, 8), np.uint8), train_labels=np.zeros(0, np.int64)), "no images"),
     (dict(train_labels=np.array([0, 1])), "one label per image"),
 ])
 def test_bad_npz_is_one_line(tmp_path, capsys, arrays, message):
@@ -551,6 +554,9 @@ def test_bad_protect_arguments_are_one_line(tmp_path, capsys, args, message):
 
 
 def test_bad_counts_and_devices_are_refused_by_the_library_too(tmp_path):
+    empty = make_set(8).subset([])
+    with pytest.raises(PoisonlabError, match="no images"):
+        protect("minmaxmin", empty, tmp_path / "o", progress=False)
     for kw, message in ((dict(subset=-5), "subset must be >= 1"), (dict(subset=2.5), "whole number"),
                         (dict(device="gpu"), "unknown device"), (dict(device="tpu"), "unknown device")):
         with pytest.raises(PoisonlabError, match=message):

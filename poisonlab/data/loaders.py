@@ -282,19 +282,22 @@ def load_npz(path, split, mode="auto", resize=None) -> ImageSet:
             raise PoisonlabError(f"cannot read {path}: {e}") from None
         except MemoryError as e:  # a header may claim any shape; numpy allocates before it reads
             raise PoisonlabError(f"cannot read {path}: an array is too large to load ({e})") from None
-    x = _checked_pixels(x, f"{path}:{key}")
+    x, z_shape = _checked_pixels(x, f"{path}:{key}"), x.shape
     if classes is not None:
         if classes.dtype.kind not in "US" or classes.ndim != 1:
             raise PoisonlabError(f"{path}: 'classes' must be a 1-D array of names, got {classes.dtype} {classes.shape}")
         classes = [check_component(c.decode() if isinstance(c, bytes) else str(c), f"{path}: class name")
                    for c in classes.tolist()]
-    y = _checked_labels(y, len(x), classes, f"{path}:{split}_labels")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.transpose(0, 3, 1, 2)
-    elif x.ndim != 4:
-        raise PoisonlabError(f"{path}:{key} must be (N,H,W), (N,C,H,W) or (N,H,W,C), got shape {x.shape}")
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise PoisonlabError(f"{path}:{key} must be (N,H,W), (N,C,H,W) or (N,H,W,C) with 1 or 3 channels, "
+                             f"got shape {z_shape}")
+    if not len(x):
+        raise PoisonlabError(f"{path}:{key} holds no images")
+    y = _checked_labels(y, len(x), classes, f"{path}:{split}_labels")
     if mode == "RGB" and x.shape[1] == 1:
         x = np.repeat(x, 3, axis=1)
     elif mode == "L" and x.shape[1] == 3:
@@ -367,7 +370,9 @@ def load_cifar_pickles(root, split, resize=None) -> ImageSet:
             raise PoisonlabError(f"CIFAR batch {f}: no {label_key.decode()!r} list")
         ys.append(_checked_labels(labels, len(data), classes, f"CIFAR batch {f}"))
     y = np.concatenate(ys)
-    classes = classes or [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)]
+    if not len(y):
+        raise PoisonlabError(f"CIFAR batches in {root} hold no images")
+    classes = classes or [str(i) for i in range(int(y.max()) + 1)]
     names = [f"{classes[int(l)]}/{i:06d}.png" for i, l in enumerate(y)]
     return _from_arrays(_resize_array(np.concatenate(xs), resize), y, classes, names)
 

@@ -36,6 +36,8 @@ def protect(method, data, out_dir, *, subset=None, overwrite=False, resume=False
     check_output_dir(out_dir, overwrite, [source] if source is not None else [])
     if subset:
         ds = ds.stratified(int(subset), seed=m.seed)
+    if not len(ds):
+        raise PoisonlabError("the data set holds no images to protect")
     m.out_dir = out_dir  # lets a method keep private files (e.g. the CUDA key) out of OUT
     if getattr(m, "model_based", False) and hasattr(m, "new_surrogate"):
         check_model_input(m.new_surrogate(ds), ds.shape, "the surrogate")  # e.g. 1x1 images: refused up front
