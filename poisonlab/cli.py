@@ -24,6 +24,7 @@ from .checks import check_device, check_train_args
 from .fileio import interrupt_on_sigterm
 from .data import load_dataset, load_splits
 from .demo import run_demo
+from .distributed import from_env, leave
 from .errors import PoisonlabError
 from .fileio import write_json
 from .options import PositiveInt, parse_opts, split_pairs  # noqa: F401  (parse_opts: for contributed commands)
@@ -77,7 +78,13 @@ def train(data: str, test_data: str | None = None, subset: PositiveInt | None = 
     cfg = TrainConfig(**config, amp=not no_amp,
                       extra=dict(data=str(data), protected_fraction=protected_fraction if clean_data else None,
                                  clean_only=clean_only or None))
-    result = train_victim(tr, test, cfg, progress=not no_progress, checkpoint=checkpoint)
+    parallel = from_env(cfg.device)  # under torchrun: this process trains its share of every batch
+    try:
+        result = train_victim(tr, test, cfg, progress=not no_progress, checkpoint=checkpoint, parallel=parallel)
+    finally:
+        leave()
+    if parallel is not None and not parallel.is_main:
+        return
     result["data"], result["test_data"] = str(data), str(test_data or data)
     path = Path(out) if out else Path("runs") / f"train-{cfg.key()}.json"
     write_json(path, result)

@@ -187,12 +187,14 @@ def _as_set(data, what):
 
 
 def train_victim(train, test=None, cfg: TrainConfig | None = None, progress=True,
-                 checkpoint: str | Path | None = None, return_model=False, *, hooks=(), model: nn.Module | None = None):
+                 checkpoint: str | Path | None = None, return_model=False, *, hooks=(), model: nn.Module | None = None,
+                 parallel=None):
     """Train a model on train, report clean accuracy on test after every epoch.
 
     train/test: ImageSets or (images, labels) pairs (uint8, or float in [0,1]); test may be None.
     model: the user's own nn.Module (trained in place; it takes inputs in [0,1]) instead of cfg.model.
-    hooks: objects implementing the hook methods above. Returns a dict with history, last/best accuracy
+    hooks: objects implementing the hook methods above. parallel: a poisonlab.distributed.DataParallel
+    (torchrun): this process trains its share of every batch. Returns a dict with history, last/best accuracy
     and throughput (and the model if asked). With checkpoint set, state is saved atomically after every
     epoch and a rerun resumes from it.
     """
@@ -206,12 +208,16 @@ def train_victim(train, test=None, cfg: TrainConfig | None = None, progress=True
     for h in hooks:
         if not any(hasattr(h, m) for m in HOOK_METHODS):
             raise PoisonlabError(f"{h!r} is not a training hook: it implements none of {HOOK_METHODS}")
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device) if parallel is None else parallel.device
     seed_everything(cfg.seed)
     user_model = model
     model = prepare_model(user_model if user_model is not None else
                           create_model(cfg.model, train.num_classes, train.shape[0], cfg.width), device)
     check_model_input(model, train.shape, cfg.model if user_model is None else type(user_model).__name__)
+    net = model
+    if parallel is not None:  # the DDP wrapper trains; the plain model is saved, evaluated and attacked
+        net = parallel.wrap(model)
+        model = net.module
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=cfg.momentum > 0)
     aug = Augment.parse(cfg.augment)
@@ -233,7 +239,8 @@ def train_victim(train, test=None, cfg: TrainConfig | None = None, progress=True
 
     desc = cfg.model if user_model is None else type(user_model).__name__
     bar = progress_bar(total, f"{desc}{' AT ' + str(round(cfg.adv_eps * 255, 2)) + '/255' if cfg.adv_eps else ''}",
-                       initial=start_epoch * steps_per_epoch, enabled=progress, unit="batch")
+                       initial=start_epoch * steps_per_epoch, enabled=progress and (parallel is None or parallel.is_main),
+                       unit="batch")
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         state.epoch = epoch
@@ -244,10 +251,14 @@ def train_victim(train, test=None, cfg: TrainConfig | None = None, progress=True
             weights, chosen = chosen.to(device), None
         pool = chosen.to(device) if chosen is not None else None
         m = len(pool) if pool is not None else n
+        if parallel is not None:  # every rank draws the same permutation
+            parallel.sync_generator(gen)
         perm = torch.randperm(m, device=device, generator=gen)
         if pool is not None:
             perm = pool[perm]
-        loss_sum, correct, seen = 0.0, 0, 0
+        # Summed on the device (no host sync per batch); float64 as the host sums were, except on MPS.
+        loss_sum = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+        correct, seen, scale = torch.zeros((), dtype=torch.long, device=device), 0, None
         for b in range(math.ceil(m / cfg.batch_size)):
             step = epoch * steps_per_epoch + b
             state.step = step
@@ -256,32 +267,40 @@ def train_victim(train, test=None, cfg: TrainConfig | None = None, progress=True
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             x, y = to_float_batch(images[idx], device), labels[idx]
             x, y_soft = aug(x, y, train.num_classes, gen)
+            if parallel is not None:  # augmented as one global batch (one process's stream), then this rank's share
+                x, y, y_soft, idx, scale = parallel.shard(x, y, y_soft, idx)
             for h in all_hooks:
                 if hasattr(h, "transform_batch"):
                     x, y_soft = h.transform_batch(x, y, y_soft, state)
             with autocast(device, cfg.amp):
                 if loss_hook is not None:
-                    per, logits = loss_hook.loss(model, x, y, y_soft, state)
+                    per, logits = loss_hook.loss(net, x, y, y_soft, state)
                 else:
-                    logits = model(x)
+                    logits = net(x)
                     per = per_sample_loss(logits, y, y_soft)
                 loss = (per * weights[idx]).mean() if weights is not None else per.mean()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if scale is None else loss * scale).backward()
             opt.step()
             state.index, state.loss, state.losses, state.logits = idx, loss.detach(), per.detach(), logits.detach()
             for h in all_hooks:
                 if hasattr(h, "after_step"):
                     h.after_step(state)
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y).sum().item()
+            loss_sum += loss.detach().to(loss_sum.dtype) * len(idx)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(idx)
             bar.update(1)
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         train_time += dt
-        acc = evaluate(model, test, device, amp=cfg.amp) if test is not None else float("nan")
+        if parallel is not None:
+            loss_sum, correct, seen = parallel.sum(loss_sum, correct, seen)
+        loss_sum, correct, seen = loss_sum.item(), int(correct.item()), int(seen)
+        if test is None:
+            acc = float("nan")
+        else:
+            acc = evaluate(model, test, device, amp=cfg.amp) if parallel is None else parallel.evaluate(model, test, device, cfg.amp)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1),
                   "test_acc": acc, "epoch_seconds": dt}
         for h in all_hooks:
@@ -289,7 +308,7 @@ def train_victim(train, test=None, cfg: TrainConfig | None = None, progress=True
                 h.after_epoch(epoch, record, state)
         history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", test_acc=f"{acc:.2f}")
-        if ckpt is not None:
+        if ckpt is not None and (parallel is None or parallel.is_main):  # rank 0 writes for all
             with atomic_write(ckpt) as f:
                 torch.save({"key": key, "epochs": cfg.epochs, "n": n, "model": model.state_dict(),
                             "opt": opt.state_dict(), "gen": gen.get_state(), "cpu_rng": torch.get_rng_state(),

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / "poisonlab"
 # (a package name covers its submodules; the longest match wins, e.g. ownership.cli is a client).
 LAYERS = [
     ("core", ["errors", "options", "registry", "budget", "fileio", "hashing", "pairing", "data", "pgd", "augment",
-              "runtime", "models", "result", "publishing", "train", "progress", "checks", "kmeans"]),
+              "runtime", "models", "result", "publishing", "train", "progress", "checks", "kmeans", "distributed"]),
     ("methods", ["protect"]),
     ("attacks", ["attacks"]),
     ("marks", ["ownership"]),

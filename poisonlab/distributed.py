@@ -1,0 +1,167 @@
+"""Data-parallel victim training under torchrun (DDP: gloo on CPU, nccl on CUDA), sharded by sample index.
+
+    torchrun --nproc-per-node 4 -m poisonlab train DATA --test-data TEST --epochs 30 --checkpoint ck.pt
+
+Every rank holds the whole uint8 data set (as train_victim always does) and draws the same random stream:
+the epoch's permutation and the augmentation of each global batch are those of one process with the same
+seed. Each rank then trains on its contiguous share of the global batch; the gradients are averaged by
+DDP with the loss scaled so that the average is the global batch's mean loss, and BatchNorm statistics
+are synchronised over the global batch (SyncBatchNorm). Standard training therefore follows the
+one-process run up to floating-point summation order. Rank 0 writes checkpoints; a checkpoint holds
+nothing of the world size, so a run resumes with any number of processes (or one).
+
+Randomness drawn on a rank's share (e.g. the random start of PGD adversarial training) differs from one
+process; the generator is re-synchronised from rank 0 at every epoch so all ranks keep the same permutation.
+"""
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .runtime import pick_device
+from .train import evaluate
+
+
+class _GlobalBatchNormFn(torch.autograd.Function):
+    """Batch normalisation over the ranks' shares together (CPU/gloo: torch's SyncBatchNorm is GPU-only).
+    Two-pass statistics (mean, then centred squares) as one process computes them; the backward sums the
+    ranks' gradient terms, so each rank gets its part of the gradient of the sum of all ranks' losses."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, bn, group):
+        dims = [0, *range(2, x.ndim)]
+        count = torch.tensor([float(x.numel() // x.shape[1])])
+        total = torch.cat([x.sum(dims).double(), count.double()])
+        dist.all_reduce(total, group=group)
+        n = total[-1].item()
+        mean = (total[:-1] / n).to(x.dtype)
+        shape = (1, -1, *([1] * (x.ndim - 2)))
+        xc = x - mean.view(shape)
+        sq = (xc * xc).sum(dims).double()
+        dist.all_reduce(sq, group=group)
+        var = (sq / n).to(x.dtype)
+        invstd = torch.rsqrt(var + bn.eps)
+        if bn.track_running_stats:
+            with torch.no_grad():
+                m = bn.momentum
+                bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
+                bn.running_var.mul_(1 - m).add_(var * n / max(n - 1, 1), alpha=m)
+                bn.num_batches_tracked.add_(1)
+        xhat = xc * invstd.view(shape)
+        ctx.save_for_backward(xhat, invstd, weight)
+        ctx.n, ctx.shape, ctx.dims, ctx.group = n, shape, dims, group
+        return xhat * weight.view(shape) + bias.view(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, invstd, weight = ctx.saved_tensors
+        dims, shape = ctx.dims, ctx.shape
+        gb, gw = g.sum(dims), (g * xhat).sum(dims)
+        both = torch.cat([gb, gw]).double()
+        dist.all_reduce(both, group=ctx.group)
+        sb, sw = (both / ctx.n).to(g.dtype).chunk(2)
+        dx = (weight * invstd).view(shape) * (g - sb.view(shape) - xhat * sw.view(shape))
+        return dx, gw, gb, None, None
+
+
+class _GlobalBatchNorm:
+    """Mixed into a BatchNorm layer's class (same module, parameters, buffers and state_dict keys as one
+    process): in training, statistics over all ranks; in evaluation the running ones (equal on all ranks)."""
+
+    bn_group = None
+
+    def forward(self, x):
+        if not self.training or self.momentum is None or not self.affine or not self.track_running_stats:
+            return super().forward(x)
+        return _GlobalBatchNormFn.apply(x, self.weight, self.bias, self, self.bn_group)
+
+
+def _global_batchnorm(model, group):
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, _GlobalBatchNorm):
+            m.__class__ = type(f"Global{type(m).__name__}", (_GlobalBatchNorm, type(m)), {})
+            m.bn_group = group
+    return model
+
+
+class DataParallel:
+    """What train_victim(parallel=...) asks of a process group (see the module docstring)."""
+
+    def __init__(self, device: torch.device):
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.device = torch.device(device)
+        self.is_main = self.rank == 0
+        # BatchNorm's collectives on their own group: never interleaved with DDP's gradient buckets.
+        self._bn_group = dist.new_group(backend="gloo") if self.device.type != "cuda" else None
+
+    def wrap(self, model: nn.Module) -> DistributedDataParallel:
+        """DDP over the model with BatchNorm over the global batch; `.module` is the plain model (saved,
+        evaluated). On CUDA torch's SyncBatchNorm; elsewhere GlobalBatchNorm, which wraps the layers in
+        place, so the model's own state_dict keys stay those of one process."""
+        if self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            return DistributedDataParallel(model, device_ids=[self.device.index or 0])
+        return DistributedDataParallel(_global_batchnorm(model, self._bn_group))
+
+    def sync_generator(self, gen: torch.Generator):
+        state = gen.get_state().to(self._comm_device)
+        dist.broadcast(state, 0)
+        gen.set_state(state.cpu())
+
+    def share(self, n: int):
+        """(slice of this rank's share of a global batch of n, loss scale): the scale makes DDP's average of
+        the ranks' mean losses the global mean even when n does not divide evenly."""
+        lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
+        return slice(lo, hi), self.world * (hi - lo) / max(n, 1)
+
+    def shard(self, x, y, y_soft, idx):
+        part, scale = self.share(len(idx))
+        return x[part], y[part], None if y_soft is None else y_soft[part], idx[part], scale
+
+    def sum(self, *values):
+        """Sums over ranks of tensors or numbers (one all-reduce), returned as tensors."""
+        t = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in values]).to(self._comm_device)
+        dist.all_reduce(t)
+        return t.cpu().unbind()
+
+    def evaluate(self, model, data, device, amp=True) -> float:
+        """Clean test accuracy with the test set sharded by index (every rank's share, summed)."""
+        mine = torch.arange(self.rank, len(data), self.world)
+        part = data.subset(mine)
+        correct = round(evaluate(model, part, device, amp=amp) * len(part) / 100) if len(part) else 0
+        total, = self.sum(correct)
+        return 100.0 * total.item() / max(len(data), 1)
+
+    @property
+    def _comm_device(self):
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def from_env(device: str = "auto") -> DataParallel | None:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); None
+    when not launched by torchrun with more than one process. Returns the DataParallel to pass to
+    train_victim, with this rank's device (cuda:LOCAL_RANK on a GPU host)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return join(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), device,
+                local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def join(rank: int, world: int, device: str = "auto", init_method: str = "env://", local_rank: int = 0):
+    """init_process_group with gloo on CPU, nccl on CUDA; returns this rank's DataParallel."""
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method=init_method,
+                                rank=rank, world_size=world)
+    return DataParallel(dev)
+
+
+def leave():
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,97 @@
+"""Data-parallel victim training (poisonlab.distributed): 2 processes with gloo on CPU against one process
+under the same seed, and a checkpoint written by 2 processes resumed by one."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from poisonlab.distributed import join, leave
+from poisonlab.train import TrainConfig, train_victim
+
+from test_bench import synthetic_npz
+from poisonlab.data import load_dataset
+
+# Batch 21: every share is uneven (21 = 10 + 11; over 70 images the last batch 7 = 3 + 4), so the loss
+# scaling that makes DDP's average the global mean is exercised.
+CFG = dict(model="smallcnn", width=0.25, batch_size=21, lr=0.05, seed=3, device="cpu")
+STEP_TOL = 1e-5  # one SGD step: weights, absolute
+RUN_TOL = 5e-3  # 8 steps: weights absolute, epoch losses relative
+
+
+def data(tmp, make=0):
+    src = tmp / "d.npz"
+    if make:  # by the parent only (make = the number of training images): the ranks read it
+        synthetic_npz(src, n_train=make, n_test=30)
+    return load_dataset(str(src), "train"), load_dataset(str(src), "test")
+
+
+def _rank(rank, world, tmp, epochs, schedule, ckpt, out):
+    torch.set_num_threads(1)
+    par = join(rank, world, "cpu", init_method=f"file://{tmp}/rendezvous")
+    try:
+        train, test = data(tmp)
+        res = train_victim(train, test, TrainConfig(epochs=epochs, schedule=schedule, **CFG), progress=False,
+                           checkpoint=ckpt, return_model=True, parallel=par)
+        if par.is_main:
+            state = {k: v.tolist() for k, v in res["model"].state_dict().items()}
+            (tmp / out).write_text(json.dumps({"history": res["history"], "state": state}))
+    finally:
+        leave()
+
+
+def run_two(tmp, epochs=1, schedule="cosine", ckpt=None, out="ddp.json"):
+    mp.start_processes(_rank, args=(2, tmp, epochs, schedule, ckpt, out), nprocs=2, join=True, start_method="spawn")
+    return json.loads((tmp / out).read_text())
+
+
+def max_weight_gap(model, state):
+    ref = model.state_dict()
+    return max((ref[k].double() - torch.tensor(v, dtype=torch.float64).reshape(ref[k].shape)).abs().max().item()
+               for k, v in state.items())
+
+
+def test_two_processes_match_one(tmp_path):
+    """One SGD step on a global batch of 21 (shares 10 + 11) by 2 ranks (gloo, CPU) equals one process's
+    step up to floating-point summation order.
+
+    Why that holds: both ranks draw the one-process permutation and augment the one-process global batch,
+    then each takes its contiguous share; BatchNorm statistics and their gradients are taken over the
+    global batch (GlobalBatchNorm); the loss is scaled so that DDP's gradient average is the global mean.
+    The tolerance, measured: the step's weights differ from one process's by at most 9e-7; one process with
+    2 threads instead of 1 (same math, another summation order) differs from it by 7e-7. STEP_TOL = 1e-5
+    leaves 10x room for other CPUs; a per-rank BatchNorm or an unscaled loss moves weights by ~1e-3 and more.
+    Accuracy (argmax counts) within one image: a logit tie that noise can flip.
+    """
+    train, test = data(tmp_path, make=21)
+    one = train_victim(train, test, TrainConfig(epochs=1, **CFG), progress=False, return_model=True)
+    two = run_two(tmp_path)
+    assert len(two["history"]) == 1
+    h1, h2 = one["history"][0], two["history"][0]
+    assert math.isclose(h1["train_loss"], h2["train_loss"], rel_tol=STEP_TOL)
+    assert abs(h1["test_acc"] - h2["test_acc"]) <= 100 / 30 + 1e-9
+    assert max_weight_gap(one["model"], two["state"]) <= STEP_TOL
+
+
+def test_checkpoint_of_two_processes_resumes_in_one(tmp_path):
+    """Rank 0 writes the checkpoint; it holds nothing of the world size, so one process extends a 2-process
+    epoch of 70 images (4 steps; constant schedule, 1 epoch then to 2) and lands where one uninterrupted
+    process does. Tolerance RUN_TOL = 5e-3: the summation-order noise of one step (above) grows with the
+    steps while the loss falls from 1.2 to 0.2 on this data: after 8 steps, 1 against 2 threads in one
+    process already differ by 2e-4 in a weight, 2 ranks against one by up to 1.2e-3 (weights are 0.07-0.5).
+    """
+    ckpt = tmp_path / "ck.pt"
+    train, test = data(tmp_path, make=70)
+    two = run_two(tmp_path, schedule="constant", ckpt=str(ckpt))
+    assert ckpt.exists() and len(two["history"]) == 1
+    cfg = TrainConfig(epochs=2, schedule="constant", **CFG)
+    resumed = train_victim(train, test, cfg, progress=False, checkpoint=ckpt, return_model=True)
+    straight = train_victim(train, test, cfg, progress=False, return_model=True)
+    assert len(resumed["history"]) == 2
+    for h1, h2 in zip(straight["history"], resumed["history"]):
+        assert math.isclose(h1["train_loss"], h2["train_loss"], rel_tol=RUN_TOL)
+        assert abs(h1["test_acc"] - h2["test_acc"]) <= 100 / 30 + 1e-9
+    gap = max_weight_gap(straight["model"], {k: v.tolist() for k, v in resumed["model"].state_dict().items()})
+    assert gap <= RUN_TOL
