@@ -402,6 +402,32 @@ def transfer(b, n_targets, binary=False, other=None):
     return {"rows": rows, "summary": summary}
 
 
+def fc_diagnose(b, n_targets=2):
+    """How close feature collision gets: the relative feature distance ||f(x_p) - f(x_t)|| / ||f(x_t)|| of the
+    bases and of the poisons (eps 16/255 and unbounded, 300 iterations) against the distance of the target
+    to its own class mean and to the adversarial class mean, on the attacker's extractor (main scale)."""
+    from poisonlab.attacks.evaluate import features, penultimate
+    s0, _ = b.model(0)
+    f = penultimate(s0)
+    base = features(f, b.train.images)
+    ids, xt, yt, adv = b.targets(n_targets, seed=1)
+    rows = []
+    for t in range(len(ids)):
+        def run(t=t):
+            ft = features(f, xt[t:t + 1])
+            rel = lambda a: round(float(((a - ft).norm(dim=1) / ft.norm()).mean()), 4)  # noqa: E731
+            out = {"id": int(ids[t]), "to_own_class_mean": rel(base[b.train.labels == yt[t]].mean(0, keepdim=True)),
+                   "to_adversarial_class_mean": rel(base[b.train.labels == adv[t]].mean(0, keepdim=True))}
+            for tag, eps in (("eps16", 16 / 255), ("unbounded", 1.0)):
+                r = create_attack("poison-frogs", model=s0, target_images=xt[t:t + 1], adversarial_labels=adv[t:t + 1],
+                                  num_poisons=5, seed=t, eps=eps, iterations=300)(b.train.images, b.train.labels)
+                out[tag] = {"bases": rel(base[r.poisoned]), "poisons": rel(features(f, r.images[r.poisoned])),
+                            "max_levels": int(r.noise.abs().max())}
+            return out
+        rows.append(b.cached(f"fc-diagnose-t{t}", run))
+    return {"rows": rows}
+
+
 def pct(r):
     """A rate with its binomial standard error, in percent: '5.0 +- 4.9 (1/20)'."""
     return f"{100 * r['rate']:.1f} +- {100 * r['se']:.1f} ({r['successes']}/{r['n']})"
@@ -457,6 +483,13 @@ def report(results) -> str:
                   "| attack | poisoned images | clean acc. (%) | drop (points) |", "|---|---|---|---|"]
         for k, r in results["generative"]["summary"].items():
             lines.append(f"| {k} | {r.get('poisoned', r.get('fraction'))} | {r['clean_acc']:.2f} | {r['drop']:.2f} |")
+    if "fc-diagnose" in results:
+        lines += ["", "## Feature-collision diagnostics (main scale; relative feature distance to the target)", "",
+                  "| target | own class mean | adversarial class mean | bases | poisons, eps 16/255 | poisons, unbounded (max levels) |",
+                  "|---|---|---|---|---|---|"]
+        for r in results["fc-diagnose"]["rows"]:
+            lines.append(f"| {r['id']} | {r['to_own_class_mean']} | {r['to_adversarial_class_mean']} | {r['eps16']['bases']} | "
+                         f"{r['eps16']['poisons']} | {r['unbounded']['poisons']} ({r['unbounded']['max_levels']}) |")
     if "gm-diagnose" in results:
         d = results["gm-diagnose"]
         lines += ["", "## Gradient-matching diagnostics (small scale, the gm-ft poisons)", "",
@@ -472,7 +505,7 @@ def report(results) -> str:
 
 STAGE_SCALE = {"clean": "main", "badnets": "main", "badnets-5": "main", "badnets-control": "main", "blended": "main",
                "clean-small": "small", "gm": "small", "gm-control": "small", "gm-ft": "small", "gm-diagnose": "small", "transfer": "small",
-               "meta": "small", "generative": "small", "transfer-binary": "main"}
+               "meta": "small", "generative": "small", "transfer-binary": "main", "fc-diagnose": "main"}
 
 
 def main():
@@ -537,6 +570,8 @@ def main():
         elif stage == "transfer-binary":  # convex polytope's second extractor: the small scale's surrogate
             other = (benches.get("small") or Bench(args, "small", full_train, full_test)).model(0)[0]
             results[stage] = transfer(b, args.transfer_targets, binary=True, other=other)
+        elif stage == "fc-diagnose":
+            results[stage] = fc_diagnose(b)
         elif stage == "meta":
             results[stage] = metapoison(b, args.meta_targets)
         elif stage == "generative":
