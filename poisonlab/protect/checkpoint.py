@@ -8,8 +8,43 @@ the work folder cannot run code. States must be built from those types (RNG stat
 import time
 from pathlib import Path
 
+import torch
+
 from .. import PoisonlabError
 from ..fileio import load_state, save_state
+
+_BITS = 2 ** torch.arange(7, -1, -1, dtype=torch.uint8)
+
+
+def pack_noise(noise: torch.Tensor):
+    """The noise as int8 levels of the 8-bit grid (4x less than float32 on disk) when every value is
+    exactly level/255 (plus a bitmask of the zeros that are -0.0); None when it is not, e.g. float noise
+    during an EM run: the caller then keeps the float tensor. Either way a load restores the same bits."""
+    if not noise.is_floating_point() or noise.dtype == torch.float64:
+        return None
+    noise = noise.detach().cpu().float()
+    levels = torch.empty(noise.shape, dtype=torch.int8)
+    negzero = torch.zeros(noise.shape, dtype=torch.bool)
+    for s in range(0, max(len(noise), 1), 1024):  # in chunks: no full-size float temporaries
+        part = noise[s:s + 1024]
+        lv = (part * 255).round()
+        if lv.abs().max().item() > 127 or not torch.equal(lv / 255, part):
+            return None
+        levels[s:s + 1024] = lv.to(torch.int8)
+        negzero[s:s + 1024] = (part == 0) & torch.signbit(part)
+    packed = {"levels": levels}
+    if negzero.any():
+        bits = torch.nn.functional.pad(negzero.flatten().to(torch.uint8), (0, -negzero.numel() % 8))
+        packed["negzero"] = (bits.view(-1, 8) * _BITS).sum(1, dtype=torch.uint8)
+    return packed
+
+
+def unpack_noise(packed: dict) -> torch.Tensor:
+    noise = packed["levels"].float() / 255
+    if "negzero" in packed:
+        bits = ((packed["negzero"][:, None] & _BITS) > 0).flatten()[:noise.numel()].view(noise.shape)
+        noise[bits] = -0.0
+    return noise
 
 
 class Checkpoint:
@@ -35,12 +70,18 @@ class Checkpoint:
         if state.get("__key__") != self.key:
             raise PoisonlabError(f"checkpoint {self.path} was made with other settings; remove it or drop --resume")
         self._before = float(state.get("__elapsed__", 0.0))
+        if "__noise_levels__" in state:
+            state["noise"] = unpack_noise(state.pop("__noise_levels__"))
         return state
 
     def save(self, state, force: bool = False):
         """state: a dict, or a callable returning one (built only when a save is due)."""
         if self.path is None or (not force and time.monotonic() - self._last < self.every):
             return
-        state = state() if callable(state) else state
+        state = dict(state() if callable(state) else state)
+        packed = pack_noise(state["noise"]) if isinstance(state.get("noise"), torch.Tensor) else None
+        if packed is not None:  # the noise on the 8-bit grid it is published on: int8 levels
+            state["__noise_levels__"] = packed
+            del state["noise"]
         save_state(self.path, {**state, "__key__": self.key, "__elapsed__": self.elapsed()})
         self._last = time.monotonic()

@@ -1,0 +1,168 @@
+"""Less waste per pass, measured side by side in one run as ratios (issue 15).
+
+    POISONLAB_THREADS=1 nice -n 5 .venv/bin/python bench/speed.py
+
+Three comparisons, each alternated over --rounds rounds so that load from other processes on a shared
+machine falls on both sides alike (the median is reported):
+  * eot: PGD with gradients averaged over 5 augmented copies, stacked into one 5x batch (what pgd.py does)
+    against 5 separate passes of the batch, per model, on this machine's device;
+  * checkpoint: the noise of a data set saved as float32 (today) against int8 levels of the 8-bit grid
+    (bytes on disk and seconds per save, through poisonlab.fileio.save_state);
+  * host syncs: victim training steps with two `.item()` reads per batch against sums kept on the device.
+Writes docs/results/speed.json (raw numbers and the command).
+"""
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from poisonlab.augment import Augment
+from poisonlab.fileio import save_state, write_json
+from poisonlab.models import create_model
+from poisonlab.pgd import LinfPGD
+from poisonlab.runtime import pick_device, prepare_model, set_threads, to_float_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class SeparatePassesPGD(LinfPGD):
+    """The same objective as LinfPGD with eot copies, one forward/backward per augmented copy."""
+
+    def loss(self, model, x_pert, y, gen, inner=None):
+        total = 0.0
+        for _ in range(self.eot):
+            xa = self.augment(x_pert, gen) if self.augment is not None else x_pert
+            total = total + self.loss_fn(model(xa), y)
+        return total / self.eot
+
+
+def timed(fn, device):
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def bench_eot(args, device):
+    out = {}
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(args.batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    aug = Augment().geometric
+    for spec in args.models:
+        name, _, w = spec.partition(":")
+        model = prepare_model(create_model(name, 10, 3, float(w or 1)), device).eval()
+        kw = dict(alpha=1.6 / 255, steps=args.pgd_steps, minimize=True, eot=5, augment=aug)
+        stacked, separate = LinfPGD(8 / 255, **kw), SeparatePassesPGD(8 / 255, **kw)
+        for p in (stacked, separate):  # warm-up: kernel creation is not throughput
+            p(model, x, y, gen=gen)
+        runs = {"stacked": [], "separate": []}
+        for _ in range(args.rounds):
+            for label, p in (("stacked", stacked), ("separate", separate)):
+                runs[label].append(timed(lambda: p(model, x, y, gen=gen), device))
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        out[spec] = {"seconds": runs, "median": med, "stacked_over_separate": med["stacked"] / med["separate"]}
+        print(f"eot {spec}: stacked {med['stacked']:.3f}s separate {med['separate']:.3f}s -> stacked costs "
+              f"{med['stacked'] / med['separate']:.2f}x", flush=True)
+    return out
+
+
+def bench_checkpoint(args):
+    g = torch.Generator().manual_seed(0)
+    levels = torch.randint(-8, 9, (args.ckpt_images, 3, 32, 32), generator=g, dtype=torch.int8)
+    noise = levels.float().div(255)
+    runs = {"float32": [], "int8": []}
+    sizes = {}
+    with tempfile.TemporaryDirectory() as d:
+        for _ in range(args.rounds):
+            for label, t in (("float32", noise), ("int8", levels)):
+                p = Path(d) / f"{label}.pt"
+                runs[label].append(timed(lambda: save_state(p, {"noise": t}), torch.device("cpu")))
+                sizes[label] = p.stat().st_size
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    assert torch.equal(levels.float().div(255), noise)  # the int8 form restores the float noise exactly
+    per_cifar = {k: v / args.ckpt_images * 50000 / 2**20 for k, v in sizes.items()}
+    print(f"checkpoint of {args.ckpt_images} images: float32 {sizes['float32'] / 2**20:.1f} MiB {med['float32']:.3f}s, "
+          f"int8 {sizes['int8'] / 2**20:.1f} MiB {med['int8']:.3f}s (full CIFAR-10: {per_cifar['float32']:.0f} vs "
+          f"{per_cifar['int8']:.0f} MiB)", flush=True)
+    return {"images": args.ckpt_images, "bytes": sizes, "seconds": runs, "median": med,
+            "mib_full_cifar10": per_cifar, "bytes_ratio": sizes["float32"] / sizes["int8"],
+            "time_ratio": med["float32"] / med["int8"]}
+
+
+def bench_syncs(args, device):
+    model = prepare_model(create_model("smallcnn", 10, 3, 0.5), device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images = torch.randint(0, 256, (args.batch * args.sync_steps, 3, 32, 32), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (len(images),), device=device)
+
+    def epoch(host):
+        loss_sum = 0.0 if host else torch.zeros((), dtype=torch.float64, device=device)
+        correct = 0 if host else torch.zeros((), dtype=torch.long, device=device)
+        for b in range(args.sync_steps):
+            sl = slice(b * args.batch, (b + 1) * args.batch)
+            x, y = to_float_batch(images[sl], device), labels[sl]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if host:
+                loss_sum += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+            else:
+                loss_sum += loss.detach().double() * len(y)
+                correct += (logits.argmax(1) == y).sum()
+        return float(loss_sum), int(correct)
+
+    epoch(True)
+    runs = {"item_per_batch": [], "on_device": []}
+    for _ in range(args.rounds):
+        for label, host in (("item_per_batch", True), ("on_device", False)):
+            runs[label].append(timed(lambda: epoch(host), device))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"host syncs: {med['item_per_batch']:.3f}s with .item() per batch, {med['on_device']:.3f}s on the device "
+          f"-> {med['item_per_batch'] / med['on_device']:.3f}x", flush=True)
+    return {"steps": args.sync_steps, "seconds": runs, "median": med,
+            "item_over_device": med["item_per_batch"] / med["on_device"]}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--models", nargs="+", default=["smallcnn:1", "resnet18:0.25"])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--pgd-steps", type=int, default=2, help="PGD steps per timed call (the ratio does not depend on it)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--ckpt-images", type=int, default=10000)
+    p.add_argument("--sync-steps", type=int, default=8)
+    p.add_argument("--out", default=str(ROOT / "docs" / "results" / "speed.json"))
+    args = p.parse_args(argv)
+    set_threads()
+    device = pick_device(args.device)
+    command = "POISONLAB_THREADS={} nice -n 5 .venv/bin/python {}".format(
+        os.environ.get("POISONLAB_THREADS", "(unset)"),
+        shlex.join([os.path.relpath(sys.argv[0], ROOT)] + (sys.argv[1:] if argv is None else argv)))
+    t0, load0 = time.time(), os.getloadavg()
+    result = {"command": command, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "settings": vars(args), "load_average_start": load0}
+    result["eot"] = bench_eot(args, device)
+    result["checkpoint"] = bench_checkpoint(args)
+    result["host_syncs"] = bench_syncs(args, device)
+    result["load_average_end"], result["wall_seconds"] = os.getloadavg(), time.time() - t0
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
