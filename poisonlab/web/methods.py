@@ -2,6 +2,9 @@
 secret it leaves, and two effort presets. The list itself comes from the method registry; a registered
 method without an entry here is offered with its docstring."""
 
+import json
+from pathlib import Path
+
 from .. import PoisonlabError
 from ..registry import METHODS
 
@@ -15,49 +18,11 @@ MINMAXMIN = {"quick": dict(SURROGATE, train_steps=4, lr_decay_every=3, noise_ste
 EM = {"quick": dict(SURROGATE, train_steps=2, pgd_steps=2, step_size=4 / 255, max_rounds=1),
       "standard": dict(SURROGATE, train_steps=20, pgd_steps=5, step_size=1.6 / 255, stop_acc=0.99, max_rounds=10)}
 
-# label, what it protects against, how long, needs class folders, presets (options passed to the method)
-CATALOGUE = {
-    "minmaxmin": dict(
-        label="Robust noise (min-max-min) - recommended",
-        protects="Keeps a model trained on your images from learning them. Its paper reports that it also resists "
-                 "adversarial training (the strongest common countermeasure); at the small scale poisonlab can run "
-                 "on a CPU that is not reproduced yet (docs/modelbased.md). Invisible noise, at most the chosen "
-                 "strength per pixel.",
-        time="Slow: first trains a small model on your images. Quick (weak, for trying the page): seconds to a "
-             "minute for a few dozen small images; standard: minutes for hundreds, hours for thousands on a CPU.",
-        labels=True, presets=MINMAXMIN),
-    "em": dict(
-        label="Error-minimising noise (EM)",
-        protects="Keeps a model trained normally on your images from learning them. Adversarial training "
-                 "removes much of the protection.",
-        time="Slow: trains a small model on your images (similar to the robust noise).",
-        labels=True,
-        presets=EM),
-    "cuda": dict(
-        label="Class-wise blur (CUDA)",
-        protects="Blurs every class with its own secret filter; its paper reports that this resists adversarial "
-                 "training. The images look slightly blurred; there is no per-pixel budget. Its secret is a key.",
-        time="Fast: seconds.", labels=True, presets={}),
-    "lsp": dict(
-        label="Synthetic patches (LSP)",
-        protects="Adds a faint colour pattern per class that a model learns instead of your content. Works "
-                 "against normal training; compression and grayscale weaken it.",
-        time="Fast: seconds.", labels=True, presets={}),
-    "ops": dict(
-        label="One pixel (OPS)",
-        protects="Sets one pixel per image to a class-specific colour; its paper reports that this resists "
-                 "adversarial training, and a median filter removes it.",
-        time="Fast to moderate: a search over pixel positions, seconds to minutes.", labels=True, presets={}),
-    "ar": dict(
-        label="Autoregressive noise (AR)",
-        protects="Adds a class-specific texture that a model picks up instead of your content. Works against "
-                 "normal training and simple augmentation.",
-        time="Fast: seconds to a minute.", labels=True, presets={}),
-    "random": dict(
-        label="Random noise (control - does NOT protect)",
-        protects="Nothing: random noise at the same strength. Use it only to compare against a real protection.",
-        time="Instant.", labels=False, presets={}),
-}
+# label, what it protects against, how long, needs class folders (catalogue.json: the page's words are data),
+# and the effort presets (options passed to the method)
+PRESETS = {"minmaxmin": MINMAXMIN, "em": EM}
+CATALOGUE = {name: dict(entry, presets=PRESETS.get(name, {}))
+             for name, entry in json.loads((Path(__file__).parent / "catalogue.json").read_text(encoding="utf-8")).items()}
 
 
 def method_list() -> list:
