@@ -6,8 +6,8 @@ Three comparisons, each alternated over --rounds rounds so that load from other 
 machine falls on both sides alike (the median is reported):
   * eot: PGD with gradients averaged over 5 augmented copies, stacked into one 5x batch (what pgd.py does)
     against 5 separate passes of the batch, per model, on this machine's device;
-  * checkpoint: the noise of a data set saved as float32 (today) against int8 levels of the 8-bit grid
-    (bytes on disk and seconds per save, through poisonlab.fileio.save_state);
+  * checkpoint: the noise of a data set saved as float32 (before) against int8 levels of the 8-bit grid
+    (bytes on disk and seconds per save including the packing, through poisonlab.fileio.save_state);
   * host syncs: victim training steps with two `.item()` reads per batch against sums kept on the device.
 Writes docs/results/speed.json (raw numbers and the command).
 """
@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from poisonlab.augment import Augment
-from poisonlab.fileio import save_state, write_json
+from poisonlab.fileio import load_state, save_state, write_json
 from poisonlab.models import create_model
 from poisonlab.pgd import LinfPGD
+from poisonlab.protect.checkpoint import pack_noise, unpack_noise
 from poisonlab.runtime import pick_device, prepare_model, set_threads, to_float_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,18 +79,17 @@ def bench_eot(args, device):
 
 def bench_checkpoint(args):
     g = torch.Generator().manual_seed(0)
-    levels = torch.randint(-8, 9, (args.ckpt_images, 3, 32, 32), generator=g, dtype=torch.int8)
-    noise = levels.float().div(255)
+    noise = torch.randint(-8, 9, (args.ckpt_images, 3, 32, 32), generator=g).float().div(255)
     runs = {"float32": [], "int8": []}
     sizes = {}
     with tempfile.TemporaryDirectory() as d:
         for _ in range(args.rounds):
-            for label, t in (("float32", noise), ("int8", levels)):
+            for label, pack in (("float32", lambda t: t), ("int8", pack_noise)):  # int8: packing timed too
                 p = Path(d) / f"{label}.pt"
-                runs[label].append(timed(lambda: save_state(p, {"noise": t}), torch.device("cpu")))
+                runs[label].append(timed(lambda: save_state(p, {"noise": pack(noise)}), torch.device("cpu")))
                 sizes[label] = p.stat().st_size
+        assert torch.equal(unpack_noise(load_state(p)["noise"]), noise)  # restores the float noise exactly
     med = {k: statistics.median(v) for k, v in runs.items()}
-    assert torch.equal(levels.float().div(255), noise)  # the int8 form restores the float noise exactly
     per_cifar = {k: v / args.ckpt_images * 50000 / 2**20 for k, v in sizes.items()}
     print(f"checkpoint of {args.ckpt_images} images: float32 {sizes['float32'] / 2**20:.1f} MiB {med['float32']:.3f}s, "
           f"int8 {sizes['int8'] / 2**20:.1f} MiB {med['int8']:.3f}s (full CIFAR-10: {per_cifar['float32']:.0f} vs "
