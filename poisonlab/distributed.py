@@ -11,7 +11,7 @@ one-process run up to floating-point summation order. Rank 0 writes checkpoints;
 nothing of the world size, so a run resumes with any number of processes (or one).
 
 Randomness drawn on a rank's share (e.g. the random start of PGD adversarial training) differs from one
-process; the generator is re-synchronised from rank 0 at every epoch so all ranks keep the same permutation.
+process; the generator is re-synchronised from rank 0 before every batch, so all ranks keep one stream.
 """
 
 import os

@@ -266,6 +266,8 @@ def train_victim(train, test=None, cfg: TrainConfig | None = None, progress=True
                 g["lr"] = lr_at(cfg, step, total)
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             x, y = to_float_batch(images[idx], device), labels[idx]
+            if parallel is not None and b:  # hooks may draw rank-dependent amounts (AT on uneven shares)
+                parallel.sync_generator(gen)
             x, y_soft = aug(x, y, train.num_classes, gen)
             if parallel is not None:  # augmented as one global batch (one process's stream), then this rank's share
                 x, y, y_soft, idx, scale = parallel.shard(x, y, y_soft, idx)

@@ -95,3 +95,30 @@ def test_checkpoint_of_two_processes_resumes_in_one(tmp_path):
         assert abs(h1["test_acc"] - h2["test_acc"]) <= 100 / 30 + 1e-9
     gap = max_weight_gap(straight["model"], {k: v.tolist() for k, v in resumed["model"].state_dict().items()})
     assert gap <= RUN_TOL
+
+
+def _rank_at(rank, world, tmp):
+    torch.set_num_threads(1)
+    par = join(rank, world, "cpu", init_method=f"file://{tmp}/rendezvous-at")
+    try:
+        train, test = data(tmp)
+        cfg = TrainConfig(epochs=1, adv_eps=4 / 255, adv_steps=1, **CFG)
+        res = train_victim(train, test, cfg, progress=False, return_model=True, parallel=par)
+        state = {k: v.tolist() for k, v in res["model"].state_dict().items()}
+        (tmp / f"at-{rank}.json").write_text(json.dumps({"history": res["history"], "state": state}))
+    finally:
+        leave()
+
+
+def test_adversarial_training_keeps_ranks_in_step(tmp_path):
+    """PGD-AT under 2 ranks with uneven shares (its random start draws 10 vs 11 images' worth): the ranks
+    stay on one random stream and one model (equal weights and epoch records on both), and the run agrees
+    with one process within RUN_TOL (the random starts differ by design)."""
+    train, test = data(tmp_path, make=21)
+    mp.start_processes(_rank_at, args=(2, tmp_path), nprocs=2, join=True, start_method="spawn")
+    r0, r1 = (json.loads((tmp_path / f"at-{r}.json").read_text()) for r in (0, 1))
+    assert r0["history"][0]["train_loss"] == r1["history"][0]["train_loss"]
+    assert r0["state"] == r1["state"]
+    one = train_victim(train, test, TrainConfig(epochs=1, adv_eps=4 / 255, adv_steps=1, **CFG), progress=False,
+                       return_model=True)
+    assert max_weight_gap(one["model"], r0["state"]) <= RUN_TOL
