@@ -16,7 +16,7 @@ correctly, each with a random other class as its adversarial class; victims use 
   gm-control       (small) the same base images with random +-eps noise, all targets in one victim
   gm-ft            (small) the same attack against fine-tuning victims (the surrogate trained 4 more epochs on
                    the poisoned set), and its random control
-  generative       (small) autoencoder generator and pGAN (and 10% label flipping): clean-accuracy drop vs
+  generative       (small) autoencoder generator and pGAN: clean-accuracy drop vs
                    random +-8/255 noise on 10% of the images
   meta             (small) MetaPoison on a few targets in one victim, vs random noise on the same bases
   transfer-binary  (main) the same in Poison Frogs' transfer setting: a two-class head (target class vs
@@ -300,7 +300,6 @@ BACKDOORS = {"badnets": ("badnets", {"trigger_seed": 1}), "badnets-5": ("badnets
 UNTARGETED = {  # generative attacks vs the same-budget control (random +-eps noise on the same 10%)
     "autoencoder-poison": dict(fraction=0.1, eps=8 / 255, steps=200, surrogate_width=0.25),
     "pgan": dict(poison_class=0, fraction=0.05, steps=300, surrogate_width=0.25),
-    "label-flip": dict(fraction=0.1),
 }
 META = dict(num_poisons=20, ensemble=2, unroll=2, outer_steps=20, reset_steps=100, batch_size=32, eps=8 / 255,
             surrogate_width=0.25)  # paper: M=24, 60 outer steps
