@@ -227,7 +227,9 @@ class Bench:
 
 # ---------------------------------------------------------------------------------------------- report
 def _fmt(v, nd=1):
-    return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+    if v is None or (isinstance(v, float) and v != v):  # missing, or nan (nothing flagged)
+        return "-"
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
 def tables(res: dict) -> str:
@@ -372,8 +374,8 @@ def main(argv=None):
         elif s == "unlearn":
             b.unlearn("badnets", retrain_all=False)
         elif s == "extra":
-            b.itlm_fit("flip")
             b.unlearn("badnets")
+            b.itlm_fit("flip")
             b.itlm("badnets")
             b.abl("flip")
             b.dpa("badnets")
