@@ -20,8 +20,9 @@ Stages (every model, marked copy and verification cached under --cache, so a kil
   report    tables -> docs/results/ownership.json and docs/results/ownership_tables.md
 
     POISONLAB_THREADS=1 nice -n 5 .venv/bin/python bench/ownership.py --stage all > runs/ownership.log 2>&1
-(OWNERSHIP_GM_STEPS / OWNERSHIP_BUDGET set the matching steps and per-key budget; a cached marked copy made
-with other settings is refused.)
+(OWNERSHIP_GM_STEPS, OWNERSHIP_BUDGET, OWNERSHIP_KEY_KIND, OWNERSHIP_TRIGGER override the matching steps, the
+per-key budget, the key kind and the DVBW trigger, as the pilots used; a cached marked copy made with other
+settings is refused, so a pilot needs its own --cache.)
 """
 
 import argparse
@@ -56,9 +57,9 @@ NULL_KEYSETS = 50  # independent key sets per clean model for the pooled null ch
 # A first pilot with 50 steps and 1% per key gave 1/10 key hits on victim seed 0 (p = 0.65).
 TAGGANTS = dict(n_keys=10, budget=float(os.environ.get("OWNERSHIP_BUDGET", 0.02)), eps=16 / 255,
                 steps=int(os.environ.get("OWNERSHIP_GM_STEPS", 150)), restarts=1, tau=0.1, augment=True,
-                key_kind="grating")
+                key_kind=os.environ.get("OWNERSHIP_KEY_KIND", "grating"))
 MARK_SEED = 0  # one marked copy (keys, marked images, surrogate clean-s10); victims seeds 0..9 train on it
-BACKDOOR = dict(trigger="blend", rate=0.1, margin=0.2, n_verify=100)  # a 3x3 patch pilot: ASR 23%, p = 1
+BACKDOOR = dict(trigger=os.environ.get("OWNERSHIP_TRIGGER", "blend"), rate=0.1, margin=0.2, n_verify=100)
 ROBUST = {  # tag -> (what the exploiter does, how the victim is changed); victim seed 0 of the marked copy
     "fine-tune": ("fine-tune on the clean data (4 epochs, lr 0.01)", dict(finetune=True)),
     "jpeg": ("JPEG quality 10 on the training images", dict(defense="jpeg:10")),
@@ -301,6 +302,19 @@ def report(b: Bench) -> dict:
                f"{r['p_value']:.3g} | {f2(r['p_clean_model'], '.3g')} |" for r in rows]
         harm = (f"paired difference (marked - clean twin, {len(paired)} seeds) {_row_stats(diff)} points"
                 if diff else "no clean twin trained yet")
+        if method == "taggants":
+            from scipy.stats import binom
+            rate = sum(r["statistic"] for r in rows) / (10 * len(rows))  # pooled per-key top-1 hit rate
+            power = {}
+            for k in (10, 20, 30, 40):
+                crit = next(h for h in range(k + 1) if binom.sf(h - 1, k, 0.1) < 0.01)
+                power[k] = {"critical_hits": crit, "power": float(binom.sf(crit - 1, k, rate))}
+            res[method]["pooled_key_hit_rate"] = rate
+            res[method]["projected_power_at_0.01"] = power
+            md += ["", f"Pooled over the victims, a key's label is the top-1 answer for {rate:.1%} of the keys "
+                   f"(chance 10%). Projection (not a measurement; it assumes that rate per key holds when keys are "
+                   f"added, each with the same per-key budget): P(detected at p < 0.01) = " +
+                   ", ".join(f"{v['power']:.2f} with {k} keys (needs {v['critical_hits']} hits)" for k, v in power.items()) + "."]
         md += ["", f"Detected at p < 0.01: **{det}/{len(rows)}**. Accuracy of the marked-data victims "
                f"{_row_stats([r['acc_marked'] for r in rows])}; {harm}. Marking: {mark_meta.get('marked_images')} "
                f"images in {mark_meta.get('seconds', 0):.0f}s.", ""]
@@ -331,24 +345,27 @@ def report(b: Bench) -> dict:
                f"chi-square p = {gof['chi2_pvalue']:.3g} ({gof['chi2_bins']} bins); mean {gof['mean_hits']:.3f} "
                f"(expected {gof['expected_mean']:.1f}).", ""]
     rob = []
-    for tag, (label, _) in ROBUST.items():
+    for tag, label in [("", "none (the victim of seed 0 itself)")] + [(t, lab) for t, (lab, _) in ROBUST.items()]:
         row = {"countermeasure": label}
         for method in ("taggants", "backdoor"):
+            name = f"{method}-s0" + (f"-{tag}" if tag else "")
             try:
-                row[f"{method}_acc"] = R(f"{method}-s0-{tag}")["last_acc"]
-                row[f"{method}_p"] = V(f"{method}-s0-{tag}")["p_value"]
+                row[f"{method}_acc"] = R(name)["last_acc"]
+                v = V(name)
+                row[f"{method}_p"], row[f"{method}_stat"] = v["p_value"], v["statistic"]
             except FileNotFoundError:
                 pass
         if len(row) > 1:
             rob.append(row)
-    if rob:
+    if len(rob) > 1:
         res["robustness"] = rob
         fmt = lambda r, k: f"{r[k]:.3g}" if k in r else "not run"  # noqa: E731
-        md += ["### Robustness (victim seed 0; p < 0.01 = still detected)", "",
-               "| countermeasure | taggants acc (%) | taggants p | backdoor acc (%) | backdoor p |", "|---|---|---|---|---|"]
+        md += ["### Robustness (victim seed 0 of the marked copy)", "",
+               "| countermeasure | taggants acc (%) | taggants hits (of 10) | taggants p | backdoor acc (%) | backdoor p |",
+               "|---|---|---|---|---|---|"]
         for r in rob:
-            md.append(f"| {r['countermeasure']} | {fmt(r, 'taggants_acc')} | {fmt(r, 'taggants_p')} | "
-                      f"{fmt(r, 'backdoor_acc')} | {fmt(r, 'backdoor_p')} |")
+            md.append(f"| {r['countermeasure']} | {fmt(r, 'taggants_acc')} | {fmt(r, 'taggants_stat')} | "
+                      f"{fmt(r, 'taggants_p')} | {fmt(r, 'backdoor_acc')} | {fmt(r, 'backdoor_p')} |")
         md.append("")
     out = ROOT / "docs" / "results"
     write_json(out / "ownership.json", res)
