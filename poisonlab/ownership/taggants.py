@@ -1,7 +1,8 @@
 """Data Taggants (Bouaziz, El-Mhamdi & Usunier, "Data Taggants: Dataset Ownership Verification via Harmless
 Targeted Data Poisoning", 2024).
 
-The owner draws K secret keys: out-of-distribution images (random noise) with uniformly random labels. For
+The owner draws K secret keys: out-of-distribution images with uniformly random labels (random colour
+gratings by default; the paper's low-resolution noise resized is key_kind="pattern", see keys.py for why). For
 each key, a small set of training images OF the key's class gets a clean-label perturbation (L-inf 16/255)
 whose training gradient matches the gradient of the key's loss CE(f(key image), key label), so a model
 trained on the marked set tends to answer the key image with the key label. This is Witches' Brew gradient
