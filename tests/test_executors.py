@@ -65,6 +65,11 @@ def test_ray_grid_equals_local_and_resumes_across_executors(tmp_path, monkeypatc
             hb = [{m: h[m] for m in ("train_loss", "train_acc", "test_acc")} for h in b[k]["history"]]
             assert ha == hb, a[k]["cell"]
         assert [r["reported_acc"] for r in local["rows"]] == [r["reported_acc"] for r in remote["rows"]]
+        # Everything cached: a local rerun over Ray's cache trains nothing and generates no set.
+        with monkeypatch.context() as m:
+            m.setattr(grid_mod, "protect", lambda *a, **k: pytest.fail("regenerated a cached set"))
+            again = run_grid(cfg, out=tmp_path / "ray", **QUIET)
+        assert again["trained"] == 0 and again["cached"] == 4
 
         # Ray stopped after the undefended cells; the local executor trains only the AT ones.
         half = run_grid(cfg, out=tmp_path / "mixed", only="| none |", executor=ex, **QUIET)
@@ -76,9 +81,18 @@ def test_ray_grid_equals_local_and_resumes_across_executors(tmp_path, monkeypatc
         done = run_grid(cfg, out=tmp_path / "other", executor=ex, **QUIET)
         assert done["trained"] == 2 and done["cached"] == 2
         assert cells_by_key(tmp_path / "other").keys() == a.keys()
+
+        # A task's PoisonlabError reaches the driver as one (the CLI prints one line): here the workers
+        # cannot find the data the driver holds in memory.
+        train, test = Grid(cfg, tmp_path / "x", **QUIET).data()
+
+        def in_memory(self):
+            self._train, self._test, self.data_id = train, test, "in-memory"
+            return train, test
+        monkeypatch.setattr(Grid, "data", in_memory)
+        (tmp_path / "tiny.npz").unlink()
+        with pytest.raises(PoisonlabError):
+            run_grid(cfg, out=tmp_path / "gone", only="clean | none", executor=ex, **QUIET)
+        monkeypatch.undo()
     finally:
         ray.shutdown()
-    # Everything cached: a local rerun trains nothing.
-    monkeypatch.setattr(grid_mod, "protect", lambda *a, **k: pytest.fail("regenerated a cached set"))
-    again = run_grid(cfg, out=tmp_path / "ray", **QUIET)
-    assert again["trained"] == 0 and again["cached"] == 4

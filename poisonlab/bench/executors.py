@@ -162,7 +162,10 @@ class RayExecutor:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 t = pending.pop(done[0])
-                rec = ray.get(done[0])
+                try:
+                    rec = ray.get(done[0])
+                except ray.exceptions.RayTaskError as e:  # e.g. a PoisonlabError: one line on the CLI, as locally
+                    raise e.as_instanceof_cause() from None
                 records.append(rec)
                 _report(log, rec, f"[{len(records)}/{total}] {t.cell.label()}")
             return records
