@@ -3,7 +3,9 @@
 import math
 from fractions import Fraction
 
-from . import PoisonlabError
+import torch
+
+from .errors import PoisonlabError
 
 
 def parse_budget(text, name="budget", allow_zero=True, maximum=None) -> float:
@@ -34,3 +36,22 @@ def budget_text(eps) -> str:
 def budget_to_levels(eps: float) -> int:
     """Largest whole number of 8-bit levels that stays within an L-inf budget eps (in [0,1] units)."""
     return int(eps * 255 + 1e-6)
+
+
+def verify_bound(original: torch.Tensor, protected: torch.Tensor, norm: str, eps: float):
+    """Raise if the saved images break the promised budget (never publish such data)."""
+    if original.shape != protected.shape:
+        raise PoisonlabError(f"protected images {tuple(protected.shape)} differ in shape from the originals {tuple(original.shape)}")
+    d = protected.to(torch.int16) - original.to(torch.int16)
+    if norm == "linf":
+        worst = int(d.abs().max()) if d.numel() else 0
+        if worst > budget_to_levels(eps):
+            raise PoisonlabError(f"budget broken: a pixel moved {worst} levels > {budget_to_levels(eps)}")
+    elif norm == "l2":
+        worst = float((d.float() / 255).flatten(1).norm(dim=1).max()) if d.numel() else 0.0
+        if worst > eps + 1e-6:
+            raise PoisonlabError(f"budget broken: an image moved {worst:.4f} in L2 > {eps:.4f}")
+    elif norm == "l0":
+        worst = int((d != 0).any(dim=1).flatten(1).sum(1).max()) if d.numel() else 0
+        if worst > eps:
+            raise PoisonlabError(f"budget broken: {worst} pixel positions changed > {eps:g}")

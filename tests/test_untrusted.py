@@ -32,6 +32,10 @@ from poisonlab.fileio import exclusive_lock
 from poisonlab.progress import PlainProgress, progress
 from poisonlab.protect import protect
 from poisonlab.protect.checkpoint import Checkpoint
+from poisonlab import publishing
+from poisonlab.publishing import publish
+from poisonlab.registry import METHODS
+from poisonlab.result import PoisonResult
 
 RNG = np.random.default_rng(0)
 TINY_MODEL = ["--opt", "surrogate=smallcnn", "--opt", "width=0.25", "--opt", "train_steps=2", "--opt", "noise_steps=1",
@@ -758,3 +762,124 @@ def test_training_progress_in_a_log_is_plain_lines(tiny_tree, capsys):
                          "--epochs", "2", "--batch-size", "16")
     assert rc == 0 and "\r" not in err
     assert any(ln.startswith("smallcnn:") and "done" in ln for ln in err.splitlines()), err
+
+
+# ================================================================== loose ends of the hardening (issue 11)
+def test_saved_pngs_are_verified_before_out_appears(tmp_path, capsys, monkeypatch):
+    """A check that fails on the decoded PNGs must leave no OUT (and no noise file) published."""
+    real = publishing.write_pngs
+
+    def off_budget(ds, root):  # the encoder "saves" other pixels than it was given
+        return real(ImageSet(ds.images ^ 0x40, ds.labels, ds.classes, ds.names), root)
+    monkeypatch.setattr(publishing, "write_pngs", off_budget)
+    rc, _, err = protect_cli(capsys, folder(tmp_path / "src"), tmp_path / "out")
+    one_line_error(rc, err, "saved PNGs differ", "nothing was published")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.noise.npy").exists()
+    nothing_beside(tmp_path / "out")
+
+
+def test_publish_checks_the_budget_on_the_saved_pngs(tmp_path):
+    """publish() on a result that breaks its own promise refuses before OUT appears."""
+    data = make_set(4, size=4)
+    bad = (data.images.to(torch.int16) + 40).clamp(0, 255).to(torch.uint8)
+    result = PoisonResult(images=bad, labels=data.labels, noise=bad.to(torch.int16) - data.images.to(torch.int16),
+                          meta={"method": "x", "bound": {"norm": "linf", "eps": 8 / 255}}, classes=data.classes,
+                          original=data.images, original_labels=data.labels)
+    with pytest.raises(PoisonlabError, match="budget broken.*nothing was published"):
+        publish(result, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.noise.npy").exists()
+    nothing_beside(tmp_path / "out")
+
+
+WORKS_ON_SINGLE_PIXELS = {"random", "lsp", "ops"}  # per-pixel noise: a 1x1 image is a valid (if odd) input
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_tiny_images_are_one_line_for_every_method(tmp_path, capsys, method):
+    """1x1 images: every method either protects them or refuses in one line (never a conv2d traceback)."""
+    src = folder(tmp_path / "src", size=1)
+    extra = ["--opt", "surrogate=smallcnn"] if METHODS.get(method).model_based else []  # refused up front
+    extra += ["--opt", "clusters=2"] if method == "unlearnable_clusters" else []
+    rc, _, err = run_cli(capsys, "protect", "--method", method, "--data", str(src), "--out", str(tmp_path / "o"),
+                         "--no-progress", *extra)
+    if method in WORKS_ON_SINGLE_PIXELS:
+        assert rc == 0, err
+        assert load_dataset(tmp_path / "o").images.shape == (4, 3, 1, 1)
+    else:
+        one_line_error(rc, err, "1x1")
+        assert not (tmp_path / "o").exists()
+    nothing_beside(tmp_path / "o")
+
+
+@pytest.mark.parametrize("method,side", [("ar", 3), ("cuda", 3), ("unlearnable_clusters", 3)])
+def test_minimum_image_size_is_named(tmp_path, capsys, method, side):
+    src = folder(tmp_path / "src", size=side - 1)
+    extra = ["--opt", "clusters=2"] if method == "unlearnable_clusters" else []
+    rc, _, err = run_cli(capsys, "protect", "--method", method, "--data", str(src), "--out", str(tmp_path / "o"),
+                         "--no-progress", *extra)
+    one_line_error(rc, err, f"at least {side}x{side} pixels", f"got {side - 1}x{side - 1}")
+
+
+def test_key_whitespace_follows_one_rule_on_the_command_line_and_in_a_file(tmp_path, capsys):
+    src = folder(tmp_path / "src")
+    key = "ABCDEFGHIJKLMNOPQRST"
+    (tmp_path / "k.key").write_text(key + "\n")
+    outs = {}
+    for name, opt in (("padded", f"key= {key} "), ("file", f"key_file={tmp_path / 'k.key'}"), ("plain", f"key={key}")):
+        rc, _, err = run_cli(capsys, "protect", "--method", "cuda", "--data", str(src), "--out", str(tmp_path / name),
+                             "--no-progress", "--opt", opt)
+        assert rc == 0, err
+        outs[name] = load_dataset(tmp_path / name).images
+    assert torch.equal(outs["padded"], outs["file"]) and torch.equal(outs["plain"], outs["file"])
+    # a key that is short once its surrounding whitespace is gone is refused both ways, with the same rule
+    (tmp_path / "short.key").write_text("   ABC   \n")
+    for opt in ("key=      ABC           ", f"key_file={tmp_path / 'short.key'}"):
+        rc, _, err = run_cli(capsys, "protect", "--method", "cuda", "--data", str(src), "--out", str(tmp_path / "s"),
+                             "--no-progress", "--opt", opt)
+        one_line_error(rc, err, "at least 16 characters besides surrounding whitespace")
+        assert not (tmp_path / "s").exists()
+
+
+def test_published_manifests_name_no_folder_of_this_machine(tmp_path, capsys, monkeypatch):
+    """protect, poison and mark publish the source's base name and hash, never the owner's folder layout."""
+    monkeypatch.chdir(tmp_path.parent)  # a relative --data path must not leak its folders either
+    src = tmp_path / "owner" / "secretplace" / "src"
+    save_imagefolder(make_set(16, size=8), src)  # unique file names: badnets moves samples between classes
+    weights = tmp_path / "owner" / "w.pt"
+    runs = {"protect": ["protect", "--method", "random", "--data", str(src), "--no-progress"],
+            "relative": ["protect", "--method", "random", "--data", str(src.relative_to(tmp_path.parent)),
+                         "--no-progress"],
+            "poison": ["poison", "--attack", "badnets", "--data", str(src), "--opt", "poison_rate=0.25"],
+            "mark": ["mark", "--method", "backdoor", "--data", str(src), "--key-file", str(tmp_path / "k.key"),
+                     "--opt", "rate=0.25"]}
+    for name, args in runs.items():
+        out = tmp_path / "pub" / name
+        rc, _, err = run_cli(capsys, *args, "--out", str(out))
+        assert rc == 0, (name, err)
+        text = (out / "manifest.json").read_text()
+        assert str(tmp_path) not in text and "owner" not in text and "secretplace" not in text, (name, text)
+        source = json.loads(text)["source"]
+        assert source["name"] == "src" and len(source["sha256"]) == 64 and "path" not in source
+    # a method's path-valued option (a weights file) is recorded by its base name only
+    m = METHODS.create("random")
+    m.surrogate_weights = str(weights)
+    r = m(make_set(4, size=4).images, make_set(4, size=4).labels)
+    r.meta["params"]["surrogate_weights"] = str(weights)
+    manifest = publish(r, tmp_path / "pub" / "lib", source=src)
+    text = (tmp_path / "pub" / "lib" / "manifest.json").read_text()
+    assert manifest["params"]["surrogate_weights"] == "w.pt" and str(tmp_path) not in text
+    with pytest.raises(PoisonlabError, match="names the local folder"):  # a path inside a text is refused
+        r.meta["diagnostics"] = {"note": f"weights read from {weights.parent}/w.pt, fine"}
+        publish(r, tmp_path / "pub" / "lib2", source=src)
+
+
+@pytest.mark.parametrize("method", ["minmaxmin", "em", "rem", "tap"])
+@pytest.mark.parametrize("opt,message", [("lr=nan", "lr: 'nan' is not a finite number >= 0"),
+                                         ("train_steps=-3", "train_steps"), ("train_steps=abc", "train_steps"),
+                                         ("surrogate_epochs=-3", "surrogate_epochs"), ("steps=abc", "steps")])
+def test_nonsense_model_options_are_refused_before_any_work(tmp_path, capsys, method, opt, message):
+    """--data does not exist: the option must be refused first (before loading, training or writing)."""
+    rc, _, err = run_cli(capsys, "protect", "--method", method, "--data", str(tmp_path / "missing"),
+                         "--out", str(tmp_path / "o"), "--no-progress", "--opt", opt)
+    one_line_error(rc, err, message)
+    assert "not found" not in err and sorted(p.name for p in tmp_path.iterdir()) == []

@@ -109,6 +109,7 @@ class AR(Protection):
     name = "ar"
     norm = "l2"
     default_eps = 1.0
+    min_side = 3  # the 3x3 AR window and its detection filter
 
     def __init__(self, eps=None, seed=0, device="auto", crop=4, min_response=None, gen_rms_bound=1.0,
                  trials=3, patience=200, batch=2048):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .. import PoisonlabError
-from ..budget import budget_to_levels, parse_budget
+from ..budget import budget_to_levels, parse_budget, verify_bound  # verify_bound: core, re-exported
 from ..data import ImageSet
 from ..data.unlabelled import is_unlabelled
 from ..registry import METHODS
@@ -34,6 +34,7 @@ class Protection:
     model_based = False
     needs_labels = True  # False: the method ignores labels and accepts unlabelled images (a flat folder)
     default_eps = 8 / 255
+    min_side = 1  # smallest image side the method works on (e.g. its filter's size); smaller ones are refused
 
     def __init__(self, eps=None, seed=0, device="auto"):
         eps = self.default_eps if eps is None else eps
@@ -74,6 +75,7 @@ class Protection:
         if self.needs_labels and is_unlabelled(data):
             raise PoisonlabError(f"{self.name} needs labels and these images have none (give one folder per class, "
                                  "or use a label-free method such as unlearnable_clusters)")
+        check_image_size(self.name, data.shape, self.min_side)
         ckpt = checkpoint if checkpoint is not None else Checkpoint(None, "")
         t0 = time.perf_counter()
         out = self.generate(data, ckpt)
@@ -131,6 +133,13 @@ def _describe_all(d):
     return {k: describe_value(v) for k, v in d.items()} if isinstance(d, dict) else d
 
 
+def check_image_size(name: str, shape, side: int):
+    """One line, before any work, for images smaller than a method's filters (not a conv2d traceback)."""
+    if len(shape) == 3 and min(shape[1:]) < side:
+        raise PoisonlabError(f"{name} needs images of at least {side}x{side} pixels, got {shape[1]}x{shape[2]}; "
+                             "use larger images (e.g. --resize)")
+
+
 def apply_noise(images: torch.Tensor, delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     """Add float noise to uint8 images so that the 8-bit result keeps the promise exactly.
 
@@ -144,22 +153,3 @@ def apply_noise(images: torch.Tensor, delta: torch.Tensor, norm: str, eps: float
     else:
         d = delta.trunc()
     return (images.to(torch.int16) + d.to(torch.int16)).clamp_(0, 255).to(torch.uint8)
-
-
-def verify_bound(original: torch.Tensor, protected: torch.Tensor, norm: str, eps: float):
-    """Raise if the saved images break the promised budget (never publish such data)."""
-    if original.shape != protected.shape:
-        raise PoisonlabError(f"protected images {tuple(protected.shape)} differ in shape from the originals {tuple(original.shape)}")
-    d = protected.to(torch.int16) - original.to(torch.int16)
-    if norm == "linf":
-        worst = int(d.abs().max()) if d.numel() else 0
-        if worst > budget_to_levels(eps):
-            raise PoisonlabError(f"budget broken: a pixel moved {worst} levels > {budget_to_levels(eps)}")
-    elif norm == "l2":
-        worst = float((d.float() / 255).flatten(1).norm(dim=1).max()) if d.numel() else 0.0
-        if worst > eps + 1e-6:
-            raise PoisonlabError(f"budget broken: an image moved {worst:.4f} in L2 > {eps:.4f}")
-    elif norm == "l0":
-        worst = int((d != 0).any(dim=1).flatten(1).sum(1).max()) if d.numel() else 0
-        if worst > eps:
-            raise PoisonlabError(f"budget broken: {worst} pixel positions changed > {eps:g}")

@@ -18,7 +18,7 @@ images (pass kernel_size=9, blur=0.06).
 The key is the secret: with it (and the clean data) anyone can re-create the protected set, so it is never
 written into OUT. Give it as `key` (a string of >= 16 characters) or `key_file` (read if it exists,
 otherwise a fresh key is generated and written there, mode 0600); with neither, a key is generated and
-written beside OUT as OUT.cuda-key. A key file inside OUT is refused. The manifest records only whether a
+written beside OUT as OUT.cuda-key. One rule for both: surrounding whitespace is not part of the key. A key file inside OUT is refused. The manifest records only whether a
 key was given, read from a file, or generated. Same key + same data => identical output.
 """
 
@@ -44,6 +44,16 @@ KEY_SUFFIX = ".cuda-key"
 def generate_key() -> str:
     """A fresh 128-bit key. The prefix keeps it a string (never parsed as a number by the CLI)."""
     return "cuda-" + _secrets.token_hex(16)
+
+
+def clean_key(text, what: str) -> str:
+    """The one rule for a key, given or read from a file: surrounding whitespace (a file's newline, a
+    quoted " key ") is not part of it, and what remains must have MIN_KEY_CHARS characters."""
+    key = str(text).strip()
+    if len(key) < MIN_KEY_CHARS:
+        raise PoisonlabError(f"cuda: {what} must hold at least {MIN_KEY_CHARS} characters besides surrounding "
+                             "whitespace (leave the key out to have a random one generated)")
+    return key
 
 
 def class_filters(key: str, num_classes: int, channels: int, kernel_size: int, blur: float,
@@ -103,15 +113,17 @@ class CUDA(Protection):
             raise PoisonlabError(f"cuda: blur must lie in (0, 1], got {blur}")
         if key is not None and key_file is not None:
             raise PoisonlabError("cuda: give key or key_file, not both")
-        self._key = None if key is None else str(key)
-        if self._key is not None and len(self._key) < MIN_KEY_CHARS:
-            raise PoisonlabError(f"cuda: a key must have at least {MIN_KEY_CHARS} characters "
-                                 "(leave it out to have a random one generated)")
+        self._key = None if key is None else clean_key(key, "a key")
         self._key_file = Path(key_file).expanduser() if key_file is not None else None
         self.key_source = "given" if key is not None else None
         self.key_path = None  # where the key was read from or written to (never recorded in the manifest)
         self.eps, self.seed, self.device = None, int(seed), device
         self._labels = None
+
+    @property
+    def min_side(self):
+        # on a smaller image the filter sees mostly replicated border: the output would be (near) the original
+        return self.kernel_size
 
     def params(self) -> dict:
         return {"kernel_size": self.kernel_size, "blur": self.blur, "grayscale": self.grayscale,
@@ -159,9 +171,7 @@ class CUDA(Protection):
         if path is not None:
             self._check_key_path(path)
             if path.exists():
-                text = path.read_text().strip()
-                if len(text) < MIN_KEY_CHARS:
-                    raise PoisonlabError(f"cuda: key file {path} holds no usable key (>= {MIN_KEY_CHARS} characters)")
+                text = clean_key(path.read_text(), f"key file {path}")
                 self._key, self.key_source, self.key_path = text, "file", path
                 return self._key
         self._key = generate_key()

@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import PoisonlabError
 from ..augment import Augment
+from ..checks import check_model_input
 from ..kmeans import kmeans
 from ..models import create_model
 from ..runtime import autocast, pick_device, prepare_model, seed_everything
@@ -162,6 +163,7 @@ class UnlearnableClusters(Protection):
     name = "unlearnable_clusters"
     model_based = True
     needs_labels = False
+    min_side = 3  # the generator reflect-pads each side to a multiple of 4
 
     def __init__(self, eps=None, seed=0, device="auto", surrogate="resnet18", width=1.0, surrogate_weights=None,
                  surrogate_pretrain="rotation", surrogate_epochs=20, surrogate_lr=0.1, embedding="auto",
@@ -292,6 +294,7 @@ class UnlearnableClusters(Protection):
         images = data.images.to(self.device_)
         state = ckpt.load() or {}
         model, pretrain = self.build_surrogate(data)
+        check_model_input(model, data.shape, "the surrogate")  # e.g. images it pools away: one line, up front
         if pretrain:
             if state.get("stage") in (None, "pretrain"):
                 self.rotation_pretrain(model, images, gen, ckpt, state)

@@ -113,7 +113,7 @@ def measure(noise: np.ndarray, bound: dict) -> dict:
 def protect_command(m: dict, out_dir) -> str:
     p = dict(m.get("params") or {})
     src = (m.get("source") or {})
-    parts = ["poisonlab protect", "--method", str(m.get("method")), "--data", str(src.get("path") or "DATA"),
+    parts = ["poisonlab protect", "--method", str(m.get("method")), "--data", str(src.get("name") or src.get("path") or "DATA"),
              "--out", shown_path(out_dir)]
     b = m.get("bound") or {}
     eps = p.pop("eps", None)
