@@ -44,10 +44,12 @@ def test_executor_choice_errors():
 
 
 def test_ray_grid_equals_local_and_resumes_across_executors(tmp_path, monkeypatch):
-    """A 4-cell grid (clean and random noise, standard training and AT) on a local Ray with 2 CPUs gives the
-    same cell records as the local executor: same keys, same per-epoch losses and accuracies (CPU training is
-    deterministic under the seed at one thread, which every Ray task is given). Then a grid half run on Ray
-    is finished locally, and one half run locally is finished on Ray: each trains only what is missing."""
+    """A 4-cell grid (clean and random noise, standard training and AT) run by the local executor is the
+    reference. Grid B: the local executor stops after the undefended cells and Ray finishes it (the AT
+    cells); grid C: Ray stops after the undefended cells and the local executor finishes it. Each resumes
+    the other's cache, training only what is missing, and every cell Ray trained (AT cells in B,
+    undefended cells in C) equals the reference's record: same key, same per-epoch losses and accuracies
+    (CPU training is deterministic under the seed at one thread, which every Ray task is given)."""
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("POISONLAB_THREADS", "1")
     cfg = tiny_config(tmp_path)
@@ -56,31 +58,26 @@ def test_ray_grid_equals_local_and_resumes_across_executors(tmp_path, monkeypatc
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         ex = RayExecutor(cpus_per_cell=1)
-        remote = run_grid(cfg, out=tmp_path / "ray", executor=ex, **QUIET)
-        assert remote["trained"] == 4 and remote["missing"] == 0
-        a, b = cells_by_key(tmp_path / "local"), cells_by_key(tmp_path / "ray")
-        assert sorted(a) == sorted(b) and len(a) == 4
-        for k in a:
-            ha = [{m: h[m] for m in ("train_loss", "train_acc", "test_acc")} for h in a[k]["history"]]
-            hb = [{m: h[m] for m in ("train_loss", "train_acc", "test_acc")} for h in b[k]["history"]]
-            assert ha == hb, a[k]["cell"]
-        assert [r["reported_acc"] for r in local["rows"]] == [r["reported_acc"] for r in remote["rows"]]
-        # Everything cached: a local rerun over Ray's cache trains nothing and generates no set.
+        assert run_grid(cfg, out=tmp_path / "b", only="| none |", **QUIET)["trained"] == 2
+        b = run_grid(cfg, out=tmp_path / "b", executor=ex, **QUIET)
+        assert b["trained"] == 2 and b["cached"] == 2 and b["missing"] == 0
+        assert run_grid(cfg, out=tmp_path / "c", only="| none |", executor=ex, **QUIET)["trained"] == 2
+        c = run_grid(cfg, out=tmp_path / "c", **QUIET)
+        assert c["trained"] == 2 and c["cached"] == 2 and c["missing"] == 0
+        ref = cells_by_key(tmp_path / "local")
+        for out in ("b", "c"):
+            got = cells_by_key(tmp_path / out)
+            assert sorted(got) == sorted(ref) and len(ref) == 4
+            for k in ref:
+                ha = [{m: h[m] for m in ("train_loss", "train_acc", "test_acc")} for h in ref[k]["history"]]
+                hb = [{m: h[m] for m in ("train_loss", "train_acc", "test_acc")} for h in got[k]["history"]]
+                assert ha == hb, (out, ref[k]["cell"])
+        assert [r["reported_acc"] for r in local["rows"]] == [r["reported_acc"] for r in b["rows"]]
+        # Everything cached: a rerun over the mixed cache trains nothing and generates no set.
         with monkeypatch.context() as m:
             m.setattr(grid_mod, "protect", lambda *a, **k: pytest.fail("regenerated a cached set"))
-            again = run_grid(cfg, out=tmp_path / "ray", **QUIET)
+            again = run_grid(cfg, out=tmp_path / "b", executor=ex, **QUIET)
         assert again["trained"] == 0 and again["cached"] == 4
-
-        # Ray stopped after the undefended cells; the local executor trains only the AT ones.
-        half = run_grid(cfg, out=tmp_path / "mixed", only="| none |", executor=ex, **QUIET)
-        assert half["trained"] == 2
-        rest = run_grid(cfg, out=tmp_path / "mixed", **QUIET)
-        assert rest["trained"] == 2 and rest["cached"] == 2 and rest["missing"] == 0
-        # ... and the other way: local first, Ray finishes; nothing is retrained and no set regenerated.
-        run_grid(cfg, out=tmp_path / "other", only="| none |", **QUIET)
-        done = run_grid(cfg, out=tmp_path / "other", executor=ex, **QUIET)
-        assert done["trained"] == 2 and done["cached"] == 2
-        assert cells_by_key(tmp_path / "other").keys() == a.keys()
 
         # A task's PoisonlabError reaches the driver as one (the CLI prints one line): here the workers
         # cannot find the data the driver holds in memory.
