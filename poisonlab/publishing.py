@@ -35,8 +35,8 @@ def noise_path(out_dir) -> Path:
     return out.with_name(f"{out.name}.noise.npy")
 
 
-def manifest_for(result: PoisonResult, source=None, subset=None) -> dict:
-    """The manifest a published result carries (no secrets, no noise)."""
+def manifest_for(result: PoisonResult, source=None, subset=None, noise=True) -> dict:
+    """The manifest a published result carries (no secrets, no noise). noise: whether a noise file is kept."""
     meta = _public(dict(result.meta))
     seconds = meta.pop("generation_seconds", None)
     return {
@@ -49,8 +49,8 @@ def manifest_for(result: PoisonResult, source=None, subset=None) -> dict:
                    "sha256": source_hash(source) if source is not None else None,
                    "images_sha256": tensor_hash(result.original) if result.original is not None else None,
                    "subset": subset},
-        "noise_file": "kept private beside the output (not published)",
-        "noise_dtype": str(_noise_array(result).dtype),
+        **({"noise_file": "kept private beside the output (not published)",
+            "noise_dtype": str(_noise_array(result).dtype)} if noise else {"noise_file": None}),
         "generation_seconds": seconds,
         "torch": torch.__version__, "python": platform.python_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -63,7 +63,7 @@ def publish(result: PoisonResult, out_dir, *, overwrite=False, source=None, subs
     Returns the manifest."""
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite, [source] if source is not None else [])
-    manifest = manifest_for(result, source, subset)
+    manifest = manifest_for(result, source, subset, noise)
     check_no_secrets(manifest, result.secrets)
     check_no_local_paths(manifest, [out_dir] + ([source] if source is not None else []))
     data = result.as_imageset()

@@ -202,6 +202,9 @@ def train_victim(train, test=None, cfg: TrainConfig | None = None, progress=True
     train, test = _as_set(train, "train"), _as_set(test, "test")
     if len(train) == 0:
         raise PoisonlabError("the training set is empty")
+    if train.num_classes < 2:  # e.g. a flat folder of unlabelled images: nothing to classify
+        raise PoisonlabError(f"the training set has {train.num_classes} class ({', '.join(train.classes)}); "
+                             "a classifier needs at least 2 (use class folders)")
     if test is not None and test.shape != train.shape:
         raise PoisonlabError(f"test images {test.shape} do not match training images {train.shape}")
     hooks = list(hooks)

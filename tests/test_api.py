@@ -17,7 +17,7 @@ import poisonlab as pl
 from conftest import make_set
 from poisonlab import PoisonlabError
 from poisonlab.bench import parse_config, run_grid
-from poisonlab.data import load_dataset
+from poisonlab.data import ImageSet, load_dataset
 from poisonlab.registry import Registry, load_plugins
 
 FAST = dict(model="smallcnn", width=0.25, batch_size=16)
@@ -182,6 +182,7 @@ def test_published_relabelled_samples_move_to_their_new_class_folder(tmp_path):
     manifest = pl.publish(r, tmp_path / "out", noise=False)
     saved = load_dataset(tmp_path / "out", "train")
     assert manifest["labels_changed"] == 1 and "c3/0000.png" in saved.names
+    assert manifest["noise_file"] is None and not (tmp_path / "out.noise.npy").exists()  # says no noise was kept
     assert int(saved.labels[saved.names.index("c3/0000.png")]) == 3
 
 
@@ -194,6 +195,13 @@ def test_train_victim_on_tensors_with_a_users_model():
                         pl.TrainConfig(epochs=2, **FAST), progress=False, model=net)
     assert not torch.equal(net[1].weight.detach().cpu(), w0)  # the user's model was trained
     assert r["config"]["model"] == "custom:Sequential" and len(r["history"]) == 2
+
+
+def test_train_victim_refuses_a_single_class_set():
+    data = make_set(8)
+    one = ImageSet(data.images, torch.zeros(8, dtype=torch.long), ["unlabelled"], data.names)
+    with pytest.raises(PoisonlabError, match="at least 2"):
+        pl.train_victim(one, None, pl.TrainConfig(epochs=1, **FAST), progress=False)
 
 
 class Recorder:
