@@ -108,8 +108,17 @@ def _noise_array(result: PoisonResult) -> np.ndarray:
 def _relabelled_names(names, labels, original, classes):
     """A sample whose label an attack changed moves to its new class's folder (the tree encodes labels)."""
     out = list(names)
-    for i in torch.nonzero(labels != original).flatten().tolist():
-        out[i] = f"{classes[int(labels[i])]}/{Path(names[i]).name}"
+    moved = torch.nonzero(labels != original).flatten().tolist()
+    taken = set(out) - {out[i] for i in moved}
+    for i in moved:
+        # Class folders often reuse file names (cat/0001.jpg, dog/0001.jpg): prefix the old class, then count.
+        stem = f"{classes[int(labels[i])]}/{classes[int(original[i])]}-{Path(names[i]).name}"
+        name, k = stem, 1
+        while name in taken:
+            p = Path(stem)
+            name, k = f"{p.parent}/{p.stem}-{k}{p.suffix}", k + 1
+        taken.add(name)
+        out[i] = name
     return out
 
 

@@ -181,9 +181,23 @@ def test_published_relabelled_samples_move_to_their_new_class_folder(tmp_path):
     r.labels[0] = 3
     manifest = pl.publish(r, tmp_path / "out", noise=False)
     saved = load_dataset(tmp_path / "out", "train")
-    assert manifest["labels_changed"] == 1 and "c3/0000.png" in saved.names
+    moved = f"c3/{data.classes[int(data.labels[0])]}-0000.png"
+    assert manifest["labels_changed"] == 1 and moved in saved.names
     assert manifest["noise_file"] is None and not (tmp_path / "out.noise.npy").exists()  # says no noise was kept
-    assert int(saved.labels[saved.names.index("c3/0000.png")]) == 3
+    assert int(saved.labels[saved.names.index(moved)]) == 3
+
+
+def test_relabelled_samples_do_not_collide_with_files_of_the_same_name(tmp_path):
+    data = make_set(8)  # labels 0,1,2,3,0,1,2,3: each class folder holds a 0.png and another file
+    data.names = [f"{data.classes[int(y)]}/{0 if i < 4 else i}.png" for i, y in enumerate(data.labels)]
+    r = pl.create_method("random", eps="8/255")(data)
+    r.original_labels, r.labels = data.labels.clone(), data.labels.clone()
+    r.labels[:4] = (data.labels[:4] + 1) % 4  # each 0.png moves into a folder that has its own 0.png
+    pl.publish(r, tmp_path / "out", noise=False)
+    saved = load_dataset(tmp_path / "out", "train")
+    assert len(saved) == 8 and len(set(saved.names)) == 8
+    assert all(int(saved.labels[saved.names.index(f"{data.classes[(k + 1) % 4]}/{data.classes[k]}-0.png")]) == (k + 1) % 4
+               for k in range(4))
 
 
 # ------------------------------------------------------------------ training on tensors, hooks
