@@ -461,18 +461,15 @@ def report(results) -> str:
         g, c = results["gm-ft"]["summary"]["witches-brew"], results["gm-ft"]["summary"]["random-poison"]
         lines.append(f"| witches-brew | fine-tuned surrogate | {pct(g)} | {pct(c)} | {g['clean_acc_mean']:.2f} "
                      f"(control {c['clean_acc']:.2f}) |")
-    if "transfer" in results:
-        t = results["transfer"]["summary"]
+    for stage, setting, note in (("transfer", "linear probe", ""),
+                                 ("transfer-binary", "two-class probe (main scale)", " (10 classes)")):
+        if stage not in results:
+            continue
+        t = results[stage]["summary"]
         for name in ("poison-frogs", "convex-polytope"):
             for k in ("seen", "unseen"):
-                lines.append(f"| {name} | linear probe, {k} extractor | {pct(t[name][k])} | {pct(t['random-poison'][k])} | "
-                             f"probe {t['probe_clean_acc'][k]:.2f} |")
-    if "transfer-binary" in results:
-        t = results["transfer-binary"]["summary"]
-        for name in ("poison-frogs", "convex-polytope"):
-            for k in ("seen", "unseen"):
-                lines.append(f"| {name} | two-class probe (main scale), {k} extractor | {pct(t[name][k])} | "
-                             f"{pct(t['random-poison'][k])} | probe {t['probe_clean_acc'][k]:.2f} (10 classes) |")
+                lines.append(f"| {name} | {setting}, {k} extractor | {pct(t[name][k])} | "
+                             f"{pct(t['random-poison'][k])} | probe {t['probe_clean_acc'][k]:.2f}{note} |")
     if "meta" in results:
         m = results["meta"]["summary"]
         lines.append(f"| metapoison | from scratch | {pct(m['metapoison'])} | {pct(m['random-poison'])} | "
