@@ -26,7 +26,6 @@ docs/results/defenses_tables.md, docs/defenses/*.png).
 """
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -47,6 +46,7 @@ from poisonlab.attacks.evaluate import attack_success_rate  # noqa: E402
 from poisonlab.defenses.probe import accuracy, precision_recall, train_cached  # noqa: E402
 from poisonlab.defenses.unlearn import SSD, GradientAscent, RetrainWithout, timed  # noqa: E402
 from poisonlab.fileio import atomic_write, read_json, write_json  # noqa: E402
+from poisonlab.hashing import digest  # noqa: E402
 from poisonlab.runtime import set_threads  # noqa: E402
 from poisonlab.train import TrainConfig  # noqa: E402
 
@@ -68,7 +68,7 @@ def log(msg):
 
 
 def settings_hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return digest(obj, 10)
 
 
 class Bench:

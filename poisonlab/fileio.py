@@ -8,6 +8,7 @@ no moment in which they are readable by others.
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -89,7 +90,6 @@ def read_json(path):
 
 
 def sha256_file(path, chunk=1 << 20) -> str:
-    import hashlib
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while b := f.read(chunk):

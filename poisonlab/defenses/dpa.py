@@ -16,7 +16,6 @@ per part (key: part content + learner config), so parts can also be trained on s
 collected; voting is batched over all test images.
 """
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ import torch
 from .. import PoisonlabError
 from ..data import ImageSet
 from ..fileio import atomic_write
-from ..hashing import digest as obj_digest
+from ..hashing import bytes_hash, digest as obj_digest
 from ..models import create_model
 from ..runtime import pick_device, prepare_model
 from .probe import digest, predict
@@ -37,7 +36,7 @@ def partition_of(images: torch.Tensor, k: int) -> torch.Tensor:
     if k < 1:
         raise PoisonlabError(f"DPA needs k >= 1 partitions, got {k}")
     arr = images.contiguous().numpy()
-    return torch.tensor([int.from_bytes(hashlib.sha256(a.tobytes()).digest()[:8], "big") % k for a in arr],
+    return torch.tensor([int(bytes_hash(a.tobytes(), length=16), 16) % k for a in arr],
                         dtype=torch.long)
 
 

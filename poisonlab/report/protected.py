@@ -5,7 +5,6 @@ originals (saved - noise), checked against the manifest's hash of the original i
 budget again; the raw array is never embedded, only a few amplified samples.
 """
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from .. import PoisonlabError
 from ..data import load_dataset
 from ..fileio import read_json
+from ..hashing import bytes_hash, tensor_hash
 from ..protect.base import verify_bound
 from ..publishing import noise_path
 from .charts import X_KEYS, is_number, line_chart, series_of
@@ -75,7 +75,7 @@ def align(saved, noise, images_sha256):
         if orig.min() < 0 or orig.max() > 255:
             continue
         orig = orig.astype(np.uint8)
-        if images_sha256 is None or hashlib.sha256(orig.tobytes()).hexdigest() == images_sha256:
+        if images_sha256 is None or bytes_hash(orig.tobytes()) == images_sha256:
             return order, orig
     return None
 
@@ -165,7 +165,7 @@ def from_originals(saved, m: dict, original):
     ds = load_dataset(original, "train")
     if src.get("subset"):
         ds = ds.stratified(int(src["subset"]), seed=int(m.get("seed") or 0))
-    if src.get("images_sha256") and hashlib.sha256(ds.images.numpy().tobytes()).hexdigest() != src["images_sha256"]:
+    if src.get("images_sha256") and tensor_hash(ds.images) != src["images_sha256"]:
         raise PoisonlabError(f"{original} does not hold the images this set was made from (their hash differs "
                              "from the manifest's)")
     pos = {n: i for i, n in enumerate(saved.names or [])}
