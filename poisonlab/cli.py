@@ -135,7 +135,7 @@ def demo(out: str = "runs/demo", device: str = "auto", quick: bool = False):
 def bench(config: str, out: str | None = None, device: str = "auto", only: str | None = None,
           report_only: bool = False, list: bool = False, cache: str | None = None, set: list[str] | None = None,
           no_progress: bool = False, executor: typing.Literal["local", "ray"] = "local", address: str | None = None,
-          cpus_per_cell: float = 1.0, gpus_per_cell: float | None = None):
+          cpus_per_cell: float = 1.0, gpus_per_cell: float | None = None, import_results: str | None = None):
     """Grid of methods x countermeasures x victims (cached, resumable).
 
     config: grid config (JSON or YAML, may be an overlay: "base": "cpu.json"); see configs/
@@ -148,10 +148,12 @@ def bench(config: str, out: str | None = None, device: str = "auto", only: str |
     address: Ray cluster to join (e.g. auto, ray://head:10001); default starts a local Ray
     cpus_per_cell: CPU threads of each Ray train task
     gpus_per_cell: GPU fraction of each Ray train task (default 0.25 when the cluster has GPUs)
+    import_results: a published results.json (e.g. docs/bench/results.json): its rows fill the cache where
+      their keys (data, protection options, training settings) match a cell; the rest is trained
     """
     run_grid(config, out=out, cache=cache, device=device, only=only, report_only=report_only,
              progress=False if no_progress else None, list_only=list, overrides=set or (),
-             executor=make_executor(executor, address, cpus_per_cell, gpus_per_cell))
+             executor=make_executor(executor, address, cpus_per_cell, gpus_per_cell), import_from=import_results)
 
 
 def methods():

@@ -188,3 +188,34 @@ def test_cli_bench_report_only(tmp_path, capsys):
     assert cli_main(["bench", "--config", str(cfg_path), "--out", str(tmp_path / "r"), "--report-only"]) == 0
     assert (tmp_path / "r" / "tables.md").exists()
     assert cli_main(["bench", "--config", str(cfg_path), "--out", str(tmp_path / "r"), "--only", "zzz"]) == 2
+
+
+def test_import_results_fills_only_matching_cells(tmp_path, monkeypatch):
+    cfg_path = tmp_path / "c.json"
+    cfg_path.write_text(json.dumps(tiny_config(tmp_path).raw))
+    first = run_grid(cfg_path, out=tmp_path / "a", progress=False, log=lambda *a: None)
+    published = tmp_path / "a" / "results.json"
+    # Another machine: an empty cache and a config whose AT cells changed (their keys no longer match).
+    changed = json.loads(cfg_path.read_text())
+    changed["experiments"][0]["defenses"] = ["none", "at:3/255"]
+    cfg2 = tmp_path / "c2.json"
+    cfg2.write_text(json.dumps(changed))
+    trained = []
+    real = grid_mod.train_victim
+    monkeypatch.setattr(grid_mod, "train_victim", lambda *a, **k: trained.append(1) or real(*a, **k))
+    logs = []
+    res = run_grid(cfg2, out=tmp_path / "b", progress=False, log=logs.append, import_from=published)
+    at_keys = {r["key"] for r in res["rows"] if r["defense"] != "none"}
+    assert len(trained) == len(at_keys) == 2 and res["missing"] == 0  # only the changed (AT) cells ran
+    old = {r["key"]: r["last_acc"] for r in first["rows"]}
+    for r in res["rows"]:
+        if r["defense"] == "none":
+            assert r["last_acc"] == old[r["key"]]
+    assert any("imported 2 cached cells" in line for line in logs)
+    assert "were not retrained: their results were imported" in (tmp_path / "b" / "tables.md").read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": [{"key": first["rows"][0]["key"], "history": "x"}]}))
+    with pytest.raises(PoisonlabError, match="malformed"):
+        run_grid(cfg_path, out=tmp_path / "c", progress=False, log=lambda *a: None, import_from=bad)
+    assert cli_main(["bench", "--config", str(cfg_path), "--out", str(tmp_path / "d"),
+                     "--import-results", str(tmp_path / "nothing.json")]) == 2

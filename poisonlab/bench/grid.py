@@ -203,6 +203,35 @@ class Grid:
         return record
 
 
+def import_results(grid, path, cells) -> int:
+    """Fill the cache from a published results.json (e.g. docs/bench/results.json made on another machine):
+    a row is taken only where its key is one of these cells' keys, i.e. the same data, protection options and
+    training settings, and the cell is not cached already. Returns how many cells were imported. Rows are
+    plain JSON and are checked field by field; anything malformed is refused in one line."""
+    try:
+        rows = read_json(path)["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PoisonlabError(f"--import-results {path}: not a poisonlab results.json ({e.__class__.__name__})")
+    wanted = {grid.key(c): c for c in cells}
+    n = 0
+    for r in rows if isinstance(rows, list) else ():
+        key = r.get("key") if isinstance(r, dict) else None
+        if key not in wanted or grid.cell_path(key).exists():
+            continue
+        hist, last, best = r.get("history"), r.get("last_acc"), r.get("best_acc")
+        if not (isinstance(hist, list) and hist and all(isinstance(h, dict) for h in hist)
+                and all(isinstance(v, (int, float)) for v in (last, best, r.get("train_seconds")))):
+            raise PoisonlabError(f"--import-results {path}: row {key} is malformed")
+        write_json(grid.cell_path(key), {
+            "key": key, "cell": asdict(wanted[key]), "data_id": grid.data_id, "device": str(r.get("device")),
+            "train_size": r.get("train_size"), "test_size": r.get("test_size"), "history": hist,
+            "last_acc": last, "best_acc": best, "best_epoch": r.get("best_epoch"),
+            "train_seconds": r["train_seconds"], "defense_seconds": r.get("defense_seconds"), "protection": None,
+            "imported_from": str(path)})
+        n += 1
+    return n
+
+
 def select(cells, only):
     if not only:
         return cells
@@ -210,10 +239,11 @@ def select(cells, only):
 
 
 def run_grid(cfg: GridConfig | str | Path, out=None, cache=None, device="auto", only=None, report_only=False,
-             progress=None, log=print, list_only=False, overrides=(), executor=None) -> dict:
+             progress=None, log=print, list_only=False, overrides=(), executor=None, import_from=None) -> dict:
     """Run (or, with report_only, just report) a grid. Returns {"rows": [...], "trained": n, "cached": n}.
     overrides: dotted "key=value" settings applied over the config file (e.g. "train.epochs=1").
-    executor: who runs the protect -> train graph (poisonlab.bench.executors; default LocalExecutor)."""
+    executor: who runs the protect -> train graph (poisonlab.bench.executors; default LocalExecutor).
+    import_from: a published results.json whose rows fill the cache where their keys match (import_results)."""
     if not isinstance(cfg, GridConfig):
         cfg = load_config(cfg, overrides)
     grid = Grid(cfg, out, cache, device, progress, log)
@@ -221,6 +251,8 @@ def run_grid(cfg: GridConfig | str | Path, out=None, cache=None, device="auto", 
     cells = select(cfg.cells(), only)
     if only and not cells:
         raise PoisonlabError(f"no cell matches --only {only!r}")
+    if import_from:
+        log(f"imported {import_results(grid, import_from, cells)} cached cells from {import_from}")
     if list_only:
         for c in cells:
             state = "cached" if grid.cached(c) is not None else "to train"

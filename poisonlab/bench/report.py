@@ -126,6 +126,11 @@ def tables_markdown(grid, rows):
     out.append(f"Cells finished: {n_done}/{n_cells}; victim training time {secs / 60:.1f} min"
                f"{', protection generation ' + format(sum(gen.values()) / 60, '.1f') + ' min' if gen else ''}"
                f" on {', '.join(devices) or '—'}. Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n")
+    imported = sorted({rec["imported_from"] for rec in done if rec.get("imported_from")})
+    if imported:
+        n_imp = len({rec["key"] for rec in done if rec.get("imported_from")})
+        out.append(f"{n_imp} of these cells were not retrained: their results were imported from "
+                   f"{', '.join(imported)} (same cache keys: same data, protection options and training settings).\n")
     out.append("Entries: clean test accuracy (%) of the victim after the last epoch (lower = stronger protection); "
                "'early stop' reports the best epoch instead. '—' = not run yet.\n")
     for e in cfg.experiments:
