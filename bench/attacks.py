@@ -34,12 +34,13 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 from poisonlab.attacks import create_attack
-from poisonlab.attacks.evaluate import attack_success_rate, rate, saved_roundtrip, targeted_hits
+from poisonlab.attacks.evaluate import attack_success_rate, outputs, predict, rate, saved_roundtrip, targeted_hits
 from poisonlab.data import ImageSet, load_dataset
 from poisonlab.fileio import atomic_write, read_json, write_json
 from poisonlab.models import create_model
@@ -113,16 +114,21 @@ class Bench:
         g = torch.Generator().manual_seed(seed)
         order = self.pool_idx[torch.randperm(len(self.pool_idx), generator=g)]
         x, y = self.full_test.images[order[:400]], self.full_test.labels[order[:400]]
-        from poisonlab.attacks.evaluate import predict
         ok = torch.nonzero(predict(surrogate, x) == y).flatten()[:n]
         adv = (y[ok] + torch.randint(1, self.k, (len(ok),), generator=g)) % self.k
         return order[ok], x[ok], y[ok], adv
 
     # ----- stages --------------------------------------------------------------------------------
-    def clean(self):
-        _, s = self.model(0)
+    def clean(self, surrogate=True):
         _, v = self.model(1)
-        return {"surrogate_acc": s["last_acc"], "clean_acc": v["last_acc"]}
+        out = {"clean_acc": v["last_acc"], "train_acc": self.train_acc(self.model(1)[0])}
+        if surrogate:
+            out["surrogate_acc"] = self.model(0)[1]["last_acc"]
+        return out
+
+    def train_acc(self, model):
+        """Accuracy on the scale's own (clean) training images, no augmentation: does the victim fit?"""
+        return round(float((predict(model, self.train.images) == self.train.labels).float().mean() * 100), 2)
 
     def badnets(self, kind="badnets", rate_=0.01):
         attack, kw = BACKDOORS[kind]
@@ -134,7 +140,10 @@ class Bench:
             tx, _ = atk.triggered_test(self.test.images, self.test.labels)
             clean_model, _ = self.model(1)
             torch.save(tx, self.work / f"{kind}-triggered-test.pt")
-            return {"attack": kind, "poison_rate": res.meta["poison_rate"], "poisoned": res.poisoned.tolist(),
+            # does the victim learn the trigger on its own training poisons (as trained: triggered, relabelled)?
+            fit = attack_success_rate(model, saved[res.poisoned], 0)
+            return {"attack": kind, "scale": self.scale, "poison_rate": res.meta["poison_rate"],
+                    "poisoned": res.poisoned.tolist(), "train_poisons_fit": fit, "train_acc": self.train_acc(model),
                     "clean_acc": acc, "asr": attack_success_rate(model, tx, 0),
                     "clean_model_asr": attack_success_rate(clean_model, tx, 0), "saved_check": check}
         return self.cached(f"{kind}-{rate_:g}", run)
@@ -181,8 +190,10 @@ class Bench:
 
     def gm_ft(self, groups, per_group):
         """Witches' Brew against the fine-tuning victim (same targets and settings as `gm`), and its random
-        control (all groups' bases with random +-eps noise, one fine-tuning)."""
+        control (all groups' bases with random +-eps noise, one fine-tuning). Besides hits, the target's
+        margin logit[adversarial] - logit[true] before (surrogate) and after fine-tuning, attack vs control."""
         surrogate, _ = self.model(0)
+        tag = gm_tag()
         ids, xt, yt, adv = self.gm_targets(groups * per_group)
         rows = []
         ctrl_images = self.train.images
@@ -193,22 +204,27 @@ class Bench:
                                     target_ids=ids[sl].tolist(), seed=g, **GM)
                 res = atk(self.train.images, self.train.labels)
                 saved, check = saved_roundtrip(self.train.images, res.images, res.meta["bound"])
-                with atomic_write(self.work / f"gm-ft-g{g}-poisons.pt") as f:  # for diagnostics (alignment on victims)
+                with atomic_write(self.work / f"{tag}-g{g}-poisons.pt") as f:  # for diagnostics (alignment on victims)
                     torch.save({"index": res.poisoned, "images": saved[res.poisoned]}, f)
                 model, acc = self.finetune(saved, res.labels)
                 return {"targets": ids[sl].tolist(), "adversarial": adv[sl].tolist(),
-                        "hits": targeted_hits(model, xt[sl], adv[sl]).tolist(), "clean_acc": acc, "saved_check": check}
-            log(f"gm-ft group {g}")
-            rows.append(self.cached(f"gm-ft-g{g}", run))
+                        "hits": targeted_hits(model, xt[sl], adv[sl]).tolist(), "clean_acc": acc, "saved_check": check,
+                        "margin": margins(model, xt[sl], yt[sl], adv[sl]), "craft_seconds": res.meta.get("generation_seconds"),
+                        "alignment": [t.get("alignment_loss") for t in res.meta["targets"]]}
+            log(f"{tag} group {g}")
+            rows.append(self.cached(f"{tag}-g{g}", run))
             ctrl = create_attack("random-poison", target_images=xt[sl], adversarial_labels=adv[sl], eps=GM["eps"],
                                  budget=GM["budget"], seed=g)(ctrl_images, self.train.labels)
             ctrl_images, _ = saved_roundtrip(ctrl_images, ctrl.images, ctrl.meta["bound"])
         def control():
             model, acc = self.finetune(ctrl_images, self.train.labels)
-            return {"hits": targeted_hits(model, xt, adv).tolist(), "clean_acc": acc}
-        c = self.cached("gm-ft-control", control)
+            return {"hits": targeted_hits(model, xt, adv).tolist(), "clean_acc": acc, "margin": margins(model, xt, yt, adv)}
+        c = self.cached(f"{tag}-control", control)
         hits = [h for r in rows for h in r["hits"]]
-        return {"runs": rows, "control": c, "summary": {
+        mean = lambda v: round(sum(v) / len(v), 4)  # noqa: E731
+        margin = {"surrogate": mean(margins(surrogate, xt, yt, adv)), "control": mean(c["margin"]),
+                  "witches-brew": mean([m for r in rows for m in r["margin"]])} if "margin" in c else {}
+        return {"runs": rows, "control": c, "steps": GM["steps"], "mean_margin": margin, "summary": {
             "witches-brew": {**rate(sum(hits), len(hits)), "clean_acc_mean": sum(r["clean_acc"] for r in rows) / len(rows)},
             "random-poison": {**rate(sum(c["hits"]), len(c["hits"])), "clean_acc": c["clean_acc"]}}}
 
@@ -222,17 +238,15 @@ class Bench:
         out = {f"{m}/{v}": [] for m in models for v in ("crafted", "clean")}
         drops = {k: [] for k in out}
         for g in range(groups):
-            path = self.work / f"gm-ft-g{g}-poisons.pt"
+            path = self.work / f"{gm_tag()}-g{g}-poisons.pt"
             if not path.exists():
                 continue
             crafted = self.train.images.clone()
             p = torch.load(path, weights_only=True)
             crafted[p["index"]] = p["images"]
             sl = slice(g * per_group, (g + 1) * per_group)
-            sel = create_attack("random-poison", target_images=xt[sl], adversarial_labels=adv[sl], eps=GM["eps"],
-                                budget=GM["budget"], seed=g)(self.train.images, self.train.labels)
-            for t, info in enumerate(sel.meta["targets"]):
-                idx = torch.tensor(info["poisons"])
+            # the attack's own poisons, target by target (its result concatenates equal shares in target order)
+            for t, idx in enumerate(p["index"].chunk(per_group)):
                 x_t, y_a = xt[sl][t:t + 1].float() / 255, adv[sl][t:t + 1]
                 for mname, m in models.items():
                     target_loss = F.cross_entropy(m(x_t), y_a)
@@ -256,7 +270,6 @@ class Bench:
         res = {k: {"mean_cosine": round(sum(v) / len(v), 4), "mean_target_loss_drop_one_step": round(sum(drops[k]) / len(drops[k]), 6),
                    "n": len(v)} for k, v in out.items() if v}
         with torch.no_grad():  # how well the victims fit their training set (no augmentation)
-            from poisonlab.attacks.evaluate import predict
             res["train_acc"] = {k: round(float((predict(m, self.train.images) == self.train.labels).float().mean() * 100), 2)
                                 for k, m in models.items()}
         return res
@@ -293,10 +306,22 @@ class Bench:
         return out
 
 
+def gm_tag():
+    """Cache prefix of the fine-tuning runs: the first run (40 steps) kept its names."""
+    return "gm-ft" if GM["steps"] == 40 else f"gm-ft-m{GM['steps']}"
+
+
+def margins(model, x, true, adv):
+    """Per target: logit[adversarial] - logit[true class] (> 0: the target is lost)."""
+    z = outputs(model, x)
+    return (z.gather(1, adv.view(-1, 1)) - z.gather(1, true.view(-1, 1))).flatten().tolist()
+
+
 FT = dict(epochs=4, lr=0.01)  # fine-tuning victims: 4 more epochs from the pretrained surrogate
 # name -> (attack, options); the trigger seed is fixed here so that reruns use the same secret pattern
 BACKDOORS = {"badnets": ("badnets", {"trigger_seed": 1}), "badnets-5": ("badnets", {"trigger_seed": 1, "trigger_size": 5}),
-             "blended": ("blended", {"trigger_seed": 1})}
+             "blended": ("blended", {"trigger_seed": 1}),
+             "badnets-cb": ("badnets", {"trigger_seed": 1, "trigger_pattern": "checkerboard"})}
 UNTARGETED = {  # generative attacks vs the same-budget control (random +-eps noise on the same 10%)
     "autoencoder-poison": dict(fraction=0.1, eps=8 / 255, steps=200, surrogate_width=0.25),
     "pgan": dict(poison_class=0, fraction=0.05, steps=300, surrogate_width=0.25),
@@ -401,6 +426,88 @@ def transfer(b, n_targets, binary=False, other=None):
     return {"rows": rows, "summary": summary}
 
 
+# Poison Frogs' transfer setting at CPU scale: a two-class head (target's class vs adversarial class) on a
+# few training images per class, so that the head, like the paper's on 2048-d InceptionV3 features, can fit
+# every training point (here 2 x 50 images + the poisons in 128 dimensions); paper budgets (PF: 1 poison,
+# unbounded, 1000 its; CP: 5 poisons, eps 0.1); each control = the same bases with random signs of the
+# attack's own measured L-inf size (per target).
+FEWSHOT = dict(head_per_class=50, probe_epochs=500)
+FEWSHOT_RECIPES = {"poison-frogs": dict(num_poisons=1, eps=1.0, iterations=1000),
+                   "poison-frogs-5": dict(num_poisons=5, eps=1.0, iterations=1000),
+                   "convex-polytope": dict(num_poisons=5, eps=0.1, iterations=500)}
+
+
+def transfer_fewshot(b, n_targets, other):
+    """Feature collision and convex polytope in the few-shot two-class transfer setting (FEWSHOT), each
+    against its own random control; extractors: the attacker's (seed 0, 'seen') and an unseen one (seed 1).
+    Convex polytope crafts on seed 0 and `other`."""
+    from poisonlab.attacks.evaluate import features, linear_probe, penultimate
+    s0, s1 = b.model(0)[0], b.model(1)[0]
+    ids, xt, yt, adv = b.targets(n_targets, seed=1)
+    extract = {"seen": penultimate(s0), "unseen": penultimate(s1)}
+    base = {k: features(f, b.train.images) for k, f in extract.items()}
+    models = {"poison-frogs": s0, "poison-frogs-5": s0, "convex-polytope": [s0, other]}
+    rows = []
+
+    def probe(t, res, head_idx):
+        """Per extractor: does a two-class head trained on head_idx (poisoned features) call the target adv?"""
+        out = {}
+        y = (res.labels[head_idx] == adv[t]).long()  # 1 = adversarial class
+        for k, f in extract.items():
+            feats = base[k][head_idx].clone()
+            pos = torch.isin(head_idx, res.poisoned)
+            if pos.any():
+                feats[pos] = features(f, res.images[head_idx[pos]])
+            head = linear_probe(feats, y, 2, epochs=FEWSHOT["probe_epochs"], weight_decay=0.0)
+            out[k] = bool(head(features(f, xt[t:t + 1])).argmax(1).item() == 1)
+        return out
+
+    for t in range(len(ids)):
+        def run(t=t):
+            g = torch.Generator().manual_seed(1000 + t)
+            out = {"id": int(ids[t]), "true": int(yt[t]), "adversarial": int(adv[t])}
+            ft = features(extract["seen"], xt[t:t + 1])
+            rel = lambda a: round(float(((a - ft).norm(dim=1) / ft.norm()).mean()), 4)  # noqa: E731
+            for name, kw in FEWSHOT_RECIPES.items():
+                atk = create_attack(name.removesuffix("-5"), model=models[name], target_images=xt[t:t + 1],
+                                    adversarial_labels=adv[t:t + 1], target_ids=[int(ids[t])], seed=t, **kw)
+                t0 = time.time()
+                res = atk(b.train.images, b.train.labels)
+                saved, check = saved_roundtrip(b.train.images, res.images, res.meta["bound"], res.poisoned)
+                res.images = saved
+                levels = max(1, check["max_levels_changed"])
+                ctrl = create_attack("random-poison", target_images=xt[t:t + 1], adversarial_labels=adv[t:t + 1],
+                                     num_poisons=kw["num_poisons"], eps=levels / 255, seed=t)(b.train.images, b.train.labels)
+                if not torch.equal(ctrl.poisoned, res.poisoned):
+                    raise RuntimeError("the control must perturb the attack's own bases")
+                ctrl.images, _ = saved_roundtrip(b.train.images, ctrl.images, ctrl.meta["bound"], ctrl.poisoned)
+                head_idx = []  # head_per_class clean images of each of the two classes, plus the poisons
+                for c in (int(yt[t]), int(adv[t])):
+                    pool = torch.nonzero((b.train.labels == c) & ~torch.isin(torch.arange(len(b.train)), res.poisoned)).flatten()
+                    head_idx.append(pool[torch.randperm(len(pool), generator=g)[:FEWSHOT["head_per_class"]]])
+                head_idx = torch.cat(head_idx + [res.poisoned])
+                out[name] = {"craft_seconds": round(time.time() - t0, 1), "max_levels": check["max_levels_changed"],
+                             "poisons": res.poisoned.tolist(), **probe(t, res, head_idx),
+                             "control": probe(t, ctrl, head_idx),
+                             "feature_distance": {"bases": rel(base["seen"][res.poisoned]),
+                                                  "poisons": rel(features(extract["seen"], saved[res.poisoned])),
+                                                  "control": rel(features(extract["seen"], ctrl.images[res.poisoned]))}}
+            no_poison = SimpleNamespace(labels=b.train.labels, images=b.train.images, poisoned=torch.zeros(0, dtype=torch.long))
+            out["clean-head"] = probe(t, no_poison, head_idx[:-len(res.poisoned)])
+            return out
+        log(f"transfer-fewshot target {t}")
+        rows.append(b.cached(f"transfer-fewshot-t{t}", run))
+    summary = {}
+    for name in FEWSHOT_RECIPES:
+        summary[name] = {k: rate(sum(r[name][k] for r in rows), len(rows)) for k in extract}
+        summary[name + " control"] = {k: rate(sum(r[name]["control"][k] for r in rows), len(rows)) for k in extract}
+        fd = [r[name]["feature_distance"] for r in rows]
+        summary[name]["feature_distance"] = {k: round(sum(d[k] for d in fd) / len(fd), 4) for k in fd[0]}
+        summary[name]["max_levels_mean"] = round(sum(r[name]["max_levels"] for r in rows) / len(rows), 1)
+    summary["clean-head"] = {k: rate(sum(r["clean-head"][k] for r in rows), len(rows)) for k in extract}
+    return {"rows": rows, "summary": summary, "settings": {**FEWSHOT, "recipes": FEWSHOT_RECIPES}}
+
+
 def fc_diagnose(b, n_targets=2):
     """How close feature collision gets: the relative feature distance ||f(x_p) - f(x_t)|| / ||f(x_t)|| of the
     bases and of the poisons (eps 16/255 and unbounded, 300 iterations) against the distance of the target
@@ -499,9 +606,10 @@ def report(results) -> str:
     return "\n".join(lines) + "\n"
 
 
-STAGE_SCALE = {"clean": "main", "badnets": "main", "badnets-5": "main", "badnets-control": "main", "blended": "main",
+STAGE_SCALE = {"badnets-cb": "main", "badnets-cb-control": "main", "clean": "main", "badnets": "main", "badnets-5": "main", "badnets-control": "main", "blended": "main",
                "clean-small": "small", "gm": "small", "gm-control": "small", "gm-ft": "small", "gm-diagnose": "small", "transfer": "small",
-               "meta": "small", "generative": "small", "transfer-binary": "main", "fc-diagnose": "main"}
+               "meta": "small", "generative": "small", "transfer-binary": "main", "fc-diagnose": "main",
+               "transfer-fewshot": "main"}
 
 
 def main():
@@ -551,8 +659,8 @@ def main():
             results[stage] = b.clean()
         elif stage in BACKDOORS:
             results[stage] = b.badnets(stage, 0.01)
-        elif stage == "badnets-control":
-            results[stage] = b.badnets_control()
+        elif stage.endswith("-control") and stage.removesuffix("-control") in BACKDOORS:
+            results[stage] = b.badnets_control(stage.removesuffix("-control"))
         elif stage == "gm":
             results[stage] = b.gm(args.gm_groups, args.gm_per_group)
         elif stage == "gm-diagnose":
@@ -566,6 +674,9 @@ def main():
         elif stage == "transfer-binary":  # convex polytope's second extractor: the small scale's surrogate
             other = (benches.get("small") or Bench(args, "small", full_train, full_test)).model(0)[0]
             results[stage] = transfer(b, args.transfer_targets, binary=True, other=other)
+        elif stage == "transfer-fewshot":  # convex polytope's second extractor: the small scale's surrogate
+            other = (benches.get("small") or Bench(args, "small", full_train, full_test)).model(0)[0]
+            results[stage] = transfer_fewshot(b, args.transfer_targets, other)
         elif stage == "fc-diagnose":
             results[stage] = fc_diagnose(b)
         elif stage == "meta":

@@ -72,6 +72,17 @@ def test_badnets_poison_rate_trigger_and_secret():
     assert (yt != 1).all() and len(xt) == 150
 
 
+def test_checkerboard_trigger_alternates_and_survives_a_flip():
+    t = make_trigger("patch", (3, 12, 12), size=3, design="checkerboard", seed=5)
+    patch = t.pattern[:, 8:11, 8:11]
+    assert ((patch[:, 1:] + patch[:, :-1]) == 1).all() and ((patch[:, :, 1:] + patch[:, :, :-1]) == 1).all()
+    assert torch.equal(patch, patch.flip(-1))  # the same pattern after the victim's horizontal flip
+    r = create_attack("badnets", poison_rate=0.1, trigger_pattern="checkerboard", trigger_seed=5)(*data(50))
+    assert torch.equal(r.secrets["trigger"].pattern, t.pattern)
+    with pytest.raises(PoisonlabError, match="design"):
+        make_trigger("patch", (3, 12, 12), design="stripes")
+
+
 def test_blended_and_trigger_file_is_private(tmp_path):
     x, y = data(100)
     r = create_attack("blended", poison_rate=0.05, trigger_seed=3)(x, y)

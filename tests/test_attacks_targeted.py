@@ -64,6 +64,15 @@ def test_random_control_uses_same_budget_without_a_model(trained):
     assert int(r.noise.abs().max()) == 16
 
 
+def test_attack_and_same_seed_control_perturb_the_same_bases(trained):
+    """Bases are drawn before crafting consumes the generator: the control is comparable target by target."""
+    m, x, y = trained
+    kw = dict(target_images=x[y == 1][:3], adversarial_labels=[3, 0, 3], budget=0.05, seed=4)
+    wb = create_attack("witches-brew", model=m, steps=2, restarts=1, **kw)(x, y)
+    ctrl = create_attack("random-poison", **kw)(x, y)
+    assert [t["poisons"] for t in wb.meta["targets"]] == [t["poisons"] for t in ctrl.meta["targets"]]
+
+
 def test_selection_by_gradient_norm_and_influence(trained):
     m, x, y = trained
     cand = torch.nonzero(y == 1).flatten()

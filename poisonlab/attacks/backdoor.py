@@ -37,10 +37,13 @@ class Trigger:
         return {"kind": self.kind, "pixels": int(on.sum()), "max_alpha": round(float(self.alpha.max()), 4)}
 
 
-def make_trigger(kind, shape, *, seed=0, size=3, alpha=None, location="bottom-right") -> Trigger:
-    """kind "patch" (BadNets, Gu et al. 2017): a size x size random black/white patch, one pixel from the
-    `location` corner, pasted opaquely (alpha 1). kind "blend" (Chen et al. 2017): a full-image uniform
-    noise pattern mixed in with weight alpha (0.2 by default). The pattern comes from `seed`: keep it secret."""
+def make_trigger(kind, shape, *, seed=0, size=3, alpha=None, location="bottom-right", design="random") -> Trigger:
+    """kind "patch" (BadNets, Gu et al. 2017): a size x size black/white patch, one pixel from the `location`
+    corner, pasted opaquely (alpha 1); design "random" draws each pixel from `seed`, "checkerboard" is the
+    paper-like high-contrast alternating pattern (its phase drawn from `seed`), which every pixel pair
+    contrasts and which a random draw can miss (e.g. 7 of 9 pixels white). kind "blend" (Chen et al. 2017):
+    a full-image uniform noise pattern mixed in with weight alpha (0.2 by default). The pattern comes from
+    `seed`: keep it secret."""
     c, h, w = shape
     g = torch.Generator().manual_seed(int(seed))
     if kind == "patch":
@@ -52,7 +55,14 @@ def make_trigger(kind, shape, *, seed=0, size=3, alpha=None, location="bottom-ri
         c0 = 1 if "left" in location else w - 1 - size
         if location not in ("bottom-right", "bottom-left", "top-right", "top-left"):
             raise PoisonlabError(f"trigger location {location!r}: use bottom-right, bottom-left, top-right, top-left")
-        patch = (torch.rand(1, size, size, generator=g) < 0.5).float().expand(c, size, size)
+        if design == "checkerboard":
+            phase = int(torch.randint(0, 2, (), generator=g))
+            ij = torch.arange(size)
+            patch = ((ij[:, None] + ij[None, :] + phase) % 2).float().expand(c, size, size)
+        elif design == "random":
+            patch = (torch.rand(1, size, size, generator=g) < 0.5).float().expand(c, size, size)
+        else:
+            raise PoisonlabError(f"trigger design {design!r}: use random or checkerboard")
         pattern[:, r0:r0 + size, c0:c0 + size] = patch
         mask[:, r0:r0 + size, c0:c0 + size] = 1.0 if alpha is None else float(alpha)
         return Trigger(pattern, mask, "patch")
@@ -99,7 +109,7 @@ class Backdoor(Attack):
     trigger_kind = "patch"
 
     def __init__(self, *, target_class=0, poison_rate=0.1, trigger_seed=None, trigger_size=3, trigger_alpha=None,
-                 location="bottom-right", trigger=None, **kw):
+                 location="bottom-right", trigger_pattern="random", trigger=None, **kw):
         super().__init__(**kw)
         if not 0 < float(poison_rate) <= 1:
             raise PoisonlabError(f"poison_rate must lie in (0, 1], got {poison_rate}")
@@ -107,6 +117,7 @@ class Backdoor(Attack):
         # The trigger seed is secret material: by default drawn from the OS, never derived from `seed`.
         self.trigger_seed = trigger_seed if trigger_seed is not None else int.from_bytes(os.urandom(7), "big")
         self.trigger_size, self.trigger_alpha, self.location = int(trigger_size), trigger_alpha, location
+        self.trigger_pattern = trigger_pattern
         self.trigger = trigger
 
     def params(self):
@@ -117,7 +128,7 @@ class Backdoor(Attack):
     def make(self, shape) -> Trigger:
         if self.trigger is None:
             self.trigger = make_trigger(self.trigger_kind, shape, seed=self.trigger_seed, size=self.trigger_size,
-                                        alpha=self.trigger_alpha, location=self.location)
+                                        alpha=self.trigger_alpha, location=self.location, design=self.trigger_pattern)
         return self.trigger
 
     def candidates(self, labels):

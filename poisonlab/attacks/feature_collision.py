@@ -27,7 +27,8 @@ class PoisonFrogs(TargetedAttack):
 
     by the paper's forward-backward splitting: a gradient step on the feature term, then the proximal step
     x = (x_hat + lr*beta*x_b) / (1 + lr*beta) of the image term; the step shrinks when the objective grows.
-    beta = beta0 * 2048^2 / dim(x_b)^2 with beta0 = 0.25 (the paper's scaling by input size); one poison per
+    beta = beta0 * dim(f)^2 / dim(x_b)^2 with beta0 = 0.25: the paper's rule, whose 2048 is the feature
+    dimension of its InceptionV3 extractor, here the extractor's own feature dimension; one poison per
     target in the transfer setting (num_poisons=1); `opacity` > 0 first blends the target into the bases
     (the paper's watermarking, 30% for end-to-end training). eps (default 1: unbounded, as in the paper)
     adds an L-inf projection around the clean base, watermark included, so that the attack can be compared
@@ -49,7 +50,7 @@ class PoisonFrogs(TargetedAttack):
         with torch.no_grad():
             ft = f(x_t)
         base = (1 - self.opacity) * x_p + self.opacity * x_t if self.opacity else x_p
-        beta = self.beta0 * 2048 ** 2 / float(x_p[0].numel()) ** 2
+        beta = self.beta0 * float(ft.shape[1]) ** 2 / float(x_p[0].numel()) ** 2
         x = base.clone()
         step, prev = None, None
         for _ in range(self.iterations):

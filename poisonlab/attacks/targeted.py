@@ -61,17 +61,23 @@ class TargetedAttack(PerturbationAttack):
         device = model_device(models[0]) if models else pick_device(self.device)
         gen = self.generator()
         per = self.num_poisons or max(1, round(self.budget * len(labels)))
+        pair = lambda t: (xt[t:t + 1].to(device).float().div(255), yt[t:t + 1].to(device))  # noqa: E731
+        # Every target's bases are drawn before any crafting consumes `gen`, so an attack and its same-seed
+        # control (random-poison) perturb the very same images.
         used = torch.zeros(len(labels), dtype=torch.bool)
-        index, deltas, info = [], [], []
+        picks = []
         for t in range(len(xt)):
-            x_t = xt[t:t + 1].to(device).float().div(255)
-            y_adv = yt[t:t + 1].to(device)
+            x_t, y_adv = pair(t)
             cand = torch.nonzero((labels == yt[t]) & ~used).flatten()
             if len(cand) == 0:
                 raise PoisonlabError(f"no unused training image of class {int(yt[t])} is left to poison")
             idx = select_indices(cand, per, how=self.select, model=models[0] if models else None, images=images, labels=labels,
                                  target_loss=lambda m: F.cross_entropy(m(x_t).float(), y_adv), gen=gen)
             used[idx] = True
+            picks.append(idx)
+        index, deltas, info = [], [], []
+        for t, idx in enumerate(picks):
+            x_t, y_adv = pair(t)
             x_p = images[idx].to(device).float().div(255)
             delta = self.craft_target(models, x_p, labels[idx].to(device), x_t, y_adv, gen)
             index.append(idx)
