@@ -18,7 +18,7 @@ from poisonlab import PoisonlabError
 from poisonlab.models import create_model
 from poisonlab.ownership import (OwnershipKey, load_key, load_model, make_keys, save_model, verify)
 from poisonlab.ownership import stats
-from poisonlab.ownership.verify import parse_answers
+from poisonlab.ownership.verify import Answers, key_ranks, parse_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 8, 8)
@@ -163,6 +163,36 @@ def test_null_of_the_top_k_test_holds_for_any_model():
     assert abs(np.mean(hits3) - 3.0) < 0.5
 
 
+def test_rank_sum_test_is_exact_and_reduces_to_the_binomial_at_one_answer():
+    for h in range(11):  # censored at 1 answer, the rank sum is 2K - hits: the same test as binomial top-1
+        ranks = [1] * h + [2] * (10 - h)
+        assert stats.rank_sum_test(ranks, 10, censor=1).p_value == pytest.approx(
+            stats.binomial_test(h, 10, 1, 10).p_value, abs=1e-12)
+    # two keys, 3 classes: P(S <= 3) = P(1,1) + P(1,2) + P(2,1) = 3/9
+    assert stats.rank_sum_test([1, 2], 3).p_value == pytest.approx(3 / 9)
+    assert stats.rank_sum_test([1] * 10, 10).p_value == pytest.approx(1e-10)
+    rng = np.random.default_rng(0)  # randomized p-values of null rank sums are U(0, 1)
+    ps = [stats.randomized_rank_pvalue(int(rng.integers(1, 11, 30).sum()), 30, 10, rng.random()) for _ in range(2000)]
+    assert st.kstest(ps, "uniform").pvalue > 0.01
+    with pytest.raises(PoisonlabError):
+        stats.rank_sum_test([1, 5], 10, censor=3)  # a rank beyond the known answers + 1
+
+
+def test_rank_verdict_from_probabilities_and_from_labels_only():
+    key = taggant_key(n=10)
+    v = verify(key, KeyLookup(key.images, key.labels, 10), test="rank")
+    assert v.marked and v.test == "rank-sum" and v.detail["mean_rank"] == 1 and "ranked" in v.summary()
+    torch.manual_seed(0)
+    model = create_model("smallcnn", 10, 3, 0.25).eval()
+    ranks = [verify(taggant_key(n=10, seed=300 + s), model, test="rank").statistic for s in range(100)]
+    assert abs(np.mean(ranks) / 10 - 5.5) < 0.6  # mean rank of a random label among 10 classes
+    top = torch.tensor([[3, 1], [0, 2], [5, 4]])  # label-only: ranks beyond the 2 answers are censored at 3
+    r, censor = key_ranks(torch.tensor([1, 0, 9]), Answers(top))
+    assert r.tolist() == [2, 1, 3] and censor == 2
+    with pytest.raises(PoisonlabError):
+        verify(key, model, test="median")
+
+
 def test_model_files_state_dicts_and_torchscript(tmp_path):
     torch.manual_seed(0)
     model = create_model("smallcnn", 10, 3, 0.25).eval()
@@ -263,7 +293,7 @@ def test_answer_queries_speaks_the_protocol(tmp_path, capsys):
 
 
 def test_black_box_replies_are_checked():
-    assert parse_answers('{"topk": [[1, 2], [3, 4]]}', 2, 1).topk.tolist() == [[1], [3]]
+    assert parse_answers('{"topk": [[1, 2], [3, 4]]}', 2, 1).topk.tolist() == [[1, 2], [3, 4]]  # all kept
     a = parse_answers('{"probs": [[0.1, 0.9], [0.8, 0.2]]}', 2, 1)
     assert a.topk.tolist() == [[1], [0]] and a.probs is not None
     for bad in ("not json", "[1, 2]", '{"topk": [[1]]}', '{"topk": [["a"], ["b"]]}', '{"probs": [[1, NaN], [0, 1]]}',

@@ -116,6 +116,9 @@ def test_verify_black_box_command_marked_exit_zero(tmp_path, capsys):
                           lookup_command(tmp_path, key), "--print-json")
     assert rc == 0, err
     assert "MARKED: the model was trained" in stdout and '"hits": 10' in stdout
+    rc, stdout, err = run(capsys, "verify", "--key-file", str(tmp_path / "k.key"), "--model-cmd",
+                          lookup_command(tmp_path, key), "--test", "rank", "--print-json")
+    assert rc == 0 and "rank-sum" in stdout and '"mean_rank": 1.0' in stdout, err
 
 
 def test_library_mark_returns_images_labels_and_key_without_publishing(tree):

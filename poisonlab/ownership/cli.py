@@ -1,5 +1,7 @@
 """`poisonlab mark` and `poisonlab verify` (added to the main parser by poisonlab.cli)."""
 
+import json
+
 from .. import PoisonlabError
 from ..fileio import write_json
 from ..options import parse_opts
@@ -28,14 +30,13 @@ def cmd_mark(args):
 
 
 def cmd_verify(args):
-    import json
     given = [x for x in (args.model, args.model_cmd, args.model_url) if x is not None]
     if len(given) != 1:
         raise PoisonlabError("give one suspect: --model FILE, --model-cmd COMMAND or --model-url URL")
     if args.model_url is not None and not args.model_url.startswith(("http://", "https://")):
         raise PoisonlabError(f"--model-url must start with http:// or https://, got {args.model_url!r}")
     v = verify(args.key_file, args.model, command=args.model_cmd or args.model_url, alpha=args.alpha, top_k=args.top_k,
-               arch=args.arch, width=args.width, device=args.device)
+               test=args.test, arch=args.arch, width=args.width, device=args.device)
     print(v.summary())
     if args.json:
         write_json(args.json, v.to_dict())
@@ -76,6 +77,9 @@ def add_parsers(sub):
     v.add_argument("--width", type=float, default=None, help="width multiplier of a bare state dict")
     v.add_argument("--alpha", type=float, default=0.01, help="significance level of the verdict (default 0.01)")
     v.add_argument("--top-k", type=int, default=None, help="taggants: k of the top-k test (default: the key's)")
+    v.add_argument("--test", default="binomial", choices=["binomial", "rank"],
+                   help="taggants: binomial top-k (the paper's, default) or rank (rank-sum of the key labels; "
+                        "more power at few classes, exact too; see docs/ownership.md)")
     v.add_argument("--device", default="cpu")
     v.add_argument("--json", default=None, help="also write the verdict as JSON here")
     v.add_argument("--print-json", action="store_true", help="also print the verdict as one JSON line")

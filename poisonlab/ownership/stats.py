@@ -4,6 +4,13 @@ Taggants (Bouaziz et al. 2024): with K keys whose labels are uniform and indepen
 number of keys whose label is among the suspect's top-k answers is Binomial(K, k / C) for any model that
 did not learn the keys. The p-value P(X >= hits) is computed exactly (scipy.stats.binom).
 
+Rank-sum variant (an addition, not in the paper): the rank of a key's label among the suspect's answers is
+uniform on 1..C for such a model, independently across keys, so the sum of the ranks has an exact null (the
+K-fold convolution of a discrete uniform). It uses every answer, not only whether the label is in the top k,
+which matters at few classes (C = 10: a top-1 hit has chance 10%, the paper's top-10 of 1000 classes 1%).
+A label-only black box gives ranks up to its k answers; ranks beyond are censored at k + 1, whose null
+probability is (C - k) / C, so the test stays exact (k = 1 gives back the binomial test).
+
 Backdoor watermark (DVBW, Li et al. 2022): on m benign images, P_b = the suspect's probability of the target
 class, P_w = the same on the triggered copies; a one-sided paired t-test of H0: P_w <= P_b + tau against
 H1: P_w > P_b + tau (tau = margin, 0.2 in the paper).
@@ -40,6 +47,45 @@ def binomial_test(hits: int, trials: int, top_k: int, num_classes: int) -> TestR
     return TestResult(float(hits), min(1.0, p), "binomial top-k",
                       {"hits": int(hits), "trials": int(trials), "top_k": int(top_k), "null_rate": p0,
                        "expected_hits": trials * p0})
+
+
+def _censored_rank_pmf(num_classes: int, censor: int | None) -> np.ndarray:
+    """pmf of one null rank on 1..c+1: ranks 1..c have 1/C each, the last value is "beyond c" (the suspect
+    answered only c labels) or rank C itself when nothing is censored."""
+    c = num_classes - 1 if censor is None or censor >= num_classes else int(censor)
+    one = np.full(c + 1, 1.0 / num_classes)
+    one[c] = (num_classes - c) / num_classes
+    return one
+
+
+def rank_sum_null(trials: int, num_classes: int, censor: int | None = None) -> np.ndarray:
+    """pmf of the sum of `trials` independent null ranks (index i is the sum trials + i)."""
+    one, pmf = _censored_rank_pmf(num_classes, censor), np.ones(1)
+    for _ in range(int(trials)):
+        pmf = np.convolve(pmf, one)
+    return pmf
+
+
+def rank_sum_test(ranks, num_classes: int, censor: int | None = None) -> TestResult:
+    """One-sided exact test that the key labels rank better (smaller) than chance: p = P(S_null <= sum).
+    ranks: 1 = the suspect's first answer; with `censor` = c answers known, an unknown rank is c + 1."""
+    r = np.asarray(ranks, dtype=np.int64).reshape(-1)
+    one = _censored_rank_pmf(num_classes, censor)
+    if len(r) < 1 or r.min() < 1 or r.max() > len(one):
+        raise PoisonlabError(f"ranks must be in [1, {len(one)}], got {r.min()}..{r.max()}")
+    total = int(r.sum())
+    p = float(rank_sum_null(len(r), num_classes, censor)[:total - len(r) + 1].sum())
+    return TestResult(float(total), min(1.0, p), "rank-sum",
+                      {"rank_sum": total, "trials": int(len(r)), "num_classes": int(num_classes),
+                       "censor": len(one) - 1 if len(one) < num_classes else None, "mean_rank": float(r.mean()),
+                       "expected_mean_rank": float(np.arange(1, len(one) + 1) @ one), "hits": int((r == 1).sum())})
+
+
+def randomized_rank_pvalue(rank_sum: int, trials: int, num_classes: int, u: float, censor=None) -> float:
+    """P(S < s) + u * P(S = s) under the rank-sum null: exactly U(0, 1) under the null."""
+    pmf = rank_sum_null(trials, num_classes, censor)
+    i = int(rank_sum) - int(trials)
+    return float(pmf[:i].sum() + u * pmf[i])
 
 
 def randomized_pvalue(hits: int, trials: int, p0: float, u: float) -> float:

@@ -34,12 +34,13 @@ import torch
 from .. import PoisonlabError
 from ..fileio import atomic_write
 from .keys import OwnershipKey, load_key
-from .stats import binomial_test, paired_t_test
+from .stats import binomial_test, paired_t_test, rank_sum_test
 from ..models import create_model
 from ..attacks.backdoor import Trigger, apply_trigger
 
 MODEL_FORMAT = "poisonlab-model/1"
 EXIT_MARKED, EXIT_NOT_MARKED, EXIT_ERROR = 0, 1, 2
+TAGGANT_TESTS = ("binomial", "rank")  # the paper's top-k test; the rank-sum variant (poisonlab.ownership.stats)
 
 
 # ---------------------------------------------------------------------------------------- model files
@@ -204,7 +205,7 @@ def parse_answers(text: str, n: int, k: int) -> Answers:
             raise PoisonlabError(f"black-box 'topk' must be {n} rows of at least {k} labels")
     else:
         topk = probs.topk(min(k, probs.shape[1]), 1).indices
-    return Answers(topk[:, :k], probs)
+    return Answers(topk, probs)  # every answer given: the rank test uses them all, top-k tests slice
 
 
 def answer_queries(path, predict, top_k: int = 10, file=None):
@@ -259,7 +260,10 @@ class Verdict:
 
     def summary(self) -> str:
         d = self.detail
-        if self.method == "taggants":
+        if self.test == "rank-sum":
+            stat = (f"key labels ranked {d['mean_rank']:.2f} on average among {d['num_classes']} classes "
+                    f"(expected {d['expected_mean_rank']:.2f} by chance), {d['hits']}/{d['trials']} first")
+        elif self.method == "taggants":
             stat = (f"{d['hits']}/{d['trials']} keys answered with their label in the top-{d['top_k']} "
                     f"(expected {d['expected_hits']:.1f} by chance)")
         else:
@@ -270,18 +274,23 @@ class Verdict:
         return f"{self.test}: {stat}\np-value {self.p_value:.3g} (alpha {self.alpha:g})\n{word}"
 
 
-def verify(key, suspect=None, *, command=None, alpha: float = 0.01, top_k: int | None = None, arch=None,
-           width=None, device="cpu") -> Verdict:
+def verify(key, suspect=None, *, command=None, alpha: float = 0.01, top_k: int | None = None, test="binomial",
+           arch=None, width=None, device="cpu") -> Verdict:
     """Test whether `suspect` (a model, a model file, or with command= a black-box command) learned the key.
 
-    key: an OwnershipKey or a key file path. Returns a Verdict (marked = p < alpha)."""
+    key: an OwnershipKey or a key file path; test (taggants): "binomial" (the paper's top-k test) or "rank"
+    (rank-sum of the key labels, exact too; uses the probabilities, or a label-only suspect's answers).
+    Returns a Verdict (marked = p < alpha)."""
     if not 0 < alpha < 1:
         raise PoisonlabError(f"alpha must be in (0, 1), got {alpha}")
+    if test not in TAGGANT_TESTS:
+        raise PoisonlabError(f"test must be one of {', '.join(TAGGANT_TESTS)}, got {test!r}")
     key = key if isinstance(key, OwnershipKey) else load_key(key)
     s = open_suspect(suspect, command, arch=arch, width=width, device=device, key=key)
     if key.method == "taggants":
         k = int(top_k or key.top_k)
-        res = taggant_test(key, s(key.images, k).topk, k)
+        answers = s(key.images, k)
+        res = taggant_test(key, answers.topk, k) if test == "binomial" else rank_test(key, answers)
     else:
         res = backdoor_test(key, s)
     return Verdict(key.method, bool(res.p_value < alpha), res.p_value, float(alpha), res.statistic, res.name,
@@ -291,6 +300,23 @@ def verify(key, suspect=None, *, command=None, alpha: float = 0.01, top_k: int |
 def taggant_test(key: OwnershipKey, topk: torch.Tensor, k: int):
     hits = int((topk[:, :k] == key.labels[:, None]).any(1).sum())
     return binomial_test(hits, len(key.labels), k, key.num_classes)
+
+
+def key_ranks(labels: torch.Tensor, answers: Answers):
+    """(rank of each key label, censor): 1 = first answer. With probabilities every rank is known (ties count
+    against the owner, so they can only raise p); with labels only, a label beyond the c answers is c + 1."""
+    if answers.probs is not None:
+        p = answers.probs.double()
+        return (p >= p.gather(1, labels.view(-1, 1))).sum(1), None
+    top = answers.topk
+    found = top == labels.view(-1, 1)
+    pos = torch.where(found.any(1), found.double().argmax(1) + 1, torch.full_like(labels, top.shape[1] + 1))
+    return pos, int(top.shape[1])
+
+
+def rank_test(key: OwnershipKey, answers: Answers):
+    ranks, censor = key_ranks(key.labels, answers)
+    return rank_sum_test(ranks.numpy(), key.num_classes, censor)
 
 
 def backdoor_test(key: OwnershipKey, suspect):
