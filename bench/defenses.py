@@ -10,7 +10,10 @@ seed=0)), clean accuracy on a 2,000-image stratified test subset; victims smallc
             3x3 patch and relabelled to class 0 (ABL's poisoning rate); flip: 20% of the labels flipped
             y -> y + 1 mod 10
   defenses  none; abl (gamma 0.5, isolation 1%, turning epoch 5 of 15, then the GGA objective on the rest
-            minus the isolated (loss capped at 5), then 5 unlearning epochs at lr 5e-4); itlm (alpha 0.8, 3 re-selections after a 3-epoch warm-up, one run);
+            minus the isolated (loss capped at 5), then 5 unlearning epochs at lr 5e-4); itlm (the paper's
+            alternation: alpha 0.8, 3 retrainings from scratch on the flip, 1 on the other attacks;
+            itlm-hook: the one-run approximation, 3 re-selections after a 3-epoch warm-up); oracle (retrain
+            without every poison: the ceiling of any removal defense);
             dpa (k = 10 hash partitions of 500 images, smallcnn width 0.5, 20 epochs, batch 64);
             detection on the undefended model: spectral signatures (eps 0.1) and activation clustering
             (PCA-10, 2-means, size threshold 0.35), precision/recall against the true poisons;
@@ -41,9 +44,9 @@ from poisonlab.data import ImageSet, load_dataset  # noqa: E402
 from poisonlab.defenses.abl import ABL  # noqa: E402
 from poisonlab.defenses.detect import ActivationClustering, SpectralSignatures  # noqa: E402
 from poisonlab.defenses.dpa import DPA, aggregate  # noqa: E402
-from poisonlab.defenses.itlm import ITLM  # noqa: E402
+from poisonlab.defenses.itlm import ITLM, lowest_loss  # noqa: E402
 from poisonlab.attacks.evaluate import attack_success_rate  # noqa: E402
-from poisonlab.defenses.probe import accuracy, precision_recall, train_cached  # noqa: E402
+from poisonlab.defenses.probe import accuracy, per_sample_loss, precision_recall, train_cached  # noqa: E402
 from poisonlab.defenses.unlearn import SSD, GradientAscent, RetrainWithout, timed  # noqa: E402
 from poisonlab.fileio import atomic_write, read_json, write_json  # noqa: E402
 from poisonlab.hashing import digest  # noqa: E402
@@ -56,11 +59,44 @@ VICTIM = dict(model="smallcnn", width=0.5, epochs=15)
 ATTACKS = {"badnets": ("badnets", dict(target_class=0, poison_rate=0.1, trigger_seed=20261126, seed=0)),
            "flip": ("label-flip", dict(fraction=0.2, seed=0))}
 ABL_KW = dict(gamma=0.5, ratio=0.01, turning_epoch=5, gga=True, cap=5.0, unlearn_epochs=5, unlearn_lr=5e-4)
-ITLM_KW = dict(alpha=0.8, rounds=3)
+ITLM_KW = dict(alpha=0.8, rounds=3)  # the fit form on the label flip: 3 retrainings from scratch
+ITLM_GRID_KW = dict(alpha=0.8, rounds=1)  # the other attacks: one retraining (CPU budget)
+ITLM_HOOK_KW = dict(alpha=0.8, rounds=3)  # the one-run hook approximation
 DPA_K, DPA_VICTIM = 10, dict(VICTIM, epochs=20, batch_size=64)
 FOUND = (0.1, 1.0)
 UNLEARN = {"retrain": None, "negrad+": dict(epochs=5, lr=0.01, batch_size=16, retain_weight=1.0, cap=5.0), "ssd": dict()}
-STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "extra")  # in order of priority
+STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "trace", "grid", "extra")  # by priority
+
+
+def trimmed_of(kept, n) -> torch.Tensor:
+    return torch.nonzero(~torch.isin(torch.arange(n), kept)).flatten()
+
+
+class LossTrace:
+    """train_victim hook: after every epoch, the precision of the highest-loss fraction against the poisons
+    (global and per label class). Only reads the model; the training run is the undefended one."""
+
+    def __init__(self, data: ImageSet, poisons):
+        self.data, self.poisons, self.rows = data, poisons, []
+
+    def spec(self):
+        return "loss-trace"
+
+    def after_epoch(self, epoch, record, state):
+        loss = per_sample_loss(state.model, self.data)
+        frac = 1 - len(self.poisons) / len(self.data)
+        row = {"epoch": epoch + 1}
+        for key, groups in (("global", None), ("per_class", self.data.labels)):
+            row[key] = round(precision_recall(trimmed_of(lowest_loss(loss, frac, groups), len(loss)),
+                                              self.poisons)["precision"], 1)
+        self.rows.append(row)
+
+    def state_dict(self):
+        return {"rows": torch.tensor([[r["epoch"], r["global"], r["per_class"]] for r in self.rows]).reshape(-1, 3)}
+
+    def load_state_dict(self, d):
+        self.rows = [{"epoch": int(e), "global": round(float(g), 1), "per_class": round(float(c), 1)}
+                     for e, g, c in d["rows"].tolist()]
 
 
 def log(msg):
@@ -138,29 +174,60 @@ class Bench:
                     "seconds": round(res["trained"]["train_seconds"] + unlearn_s, 1)}
         return self.cell(f"{attack}/abl", {"victim": VICTIM, "attack": ATTACKS.get(attack), "abl": ABL_KW}, run)
 
-    def itlm(self, attack):
+    def itlm(self, attack, kw=None):
+        """ITLM as the paper runs it: round 0 is the undefended run (cached), then kw["rounds"] retrainings
+        from scratch, each on the alpha fraction with the lowest loss under the previous round's model."""
         data, poisons = self.sets[attack]
-
-        def run():
-            hook = ITLM(**ITLM_KW).hook(data)
-            r = train_cached(data, self.test, self.cfg, self.ckpt, hooks=[hook])
-            trimmed = torch.nonzero(~torch.isin(torch.arange(len(data)), hook.kept)).flatten()
-            return {**self.metrics(r["model"], attack), "seconds": round(r["train_seconds"], 1),
-                    "trimmed": precision_recall(trimmed, poisons), "selections": hook.selections}
-        return self.cell(f"{attack}/itlm", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": ITLM_KW}, run)
-
-    def itlm_fit(self, attack):
-        """ITLM's retraining form: round 0 is the undefended run (cached), then `rounds` retrainings."""
-        data, poisons = self.sets[attack]
-        kw = dict(ITLM_KW, rounds=1)
+        kw = kw or (ITLM_KW if attack == "flip" else ITLM_GRID_KW)
 
         def run():
             out = ITLM(**kw).fit(data, self.test, self.cfg, checkpoints=self.ckpt, log=log)
-            trimmed = torch.nonzero(~torch.isin(torch.arange(len(data)), out["kept"])).flatten()
-            return {**self.metrics(out["model"], attack), "rounds": out["rounds"],
-                    "seconds": round(sum(r["train_seconds"] for r in out["rounds"]), 1),
-                    "trimmed": precision_recall(trimmed, poisons)}
-        return self.cell(f"{attack}/itlm-retrain", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": kw}, run)
+            rounds = out["rounds"]
+            for r, kept in zip(rounds[1:], out["selections"]):
+                r["trimmed"] = precision_recall(trimmed_of(kept, len(data)), poisons)
+            return {**self.metrics(out["model"], attack), "rounds": rounds, "trimmed": rounds[-1]["trimmed"],
+                    "seconds": round(sum(r["train_seconds"] for r in rounds), 1)}
+        return self.cell(f"{attack}/itlm", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": kw,
+                                            "form": "fit"}, run)
+
+    def itlm_hook(self, attack):
+        """ITLM's one-run approximation: re-selections inside one training run, no re-initialisation."""
+        data, poisons = self.sets[attack]
+
+        def run():
+            hook = ITLM(**ITLM_HOOK_KW).hook(data)
+            r = train_cached(data, self.test, self.cfg, self.ckpt, hooks=[hook])
+            return {**self.metrics(r["model"], attack), "seconds": round(r["train_seconds"], 1),
+                    "trimmed": precision_recall(trimmed_of(hook.kept, len(data)), poisons),
+                    "selections": hook.selections}
+        return self.cell(f"{attack}/itlm-hook", {"victim": VICTIM, "attack": ATTACKS.get(attack),
+                                                 "itlm": ITLM_HOOK_KW}, run)
+
+    def oracle(self, attack):
+        """Reference: retrain without every poison, what a perfect detector plus retraining would give (the
+        ceiling of any defense that removes samples)."""
+        data, poisons = self.sets[attack]
+
+        def run():
+            fn = RetrainWithout(self.cfg, test=self.test, folder=self.ckpt)
+            model = fn(None, data, poisons)
+            return {**self.metrics(model, attack), "removed": len(poisons),
+                    "seconds": round(fn.result["train_seconds"], 1)}
+        return self.cell(f"{attack}/oracle", {"victim": VICTIM, "attack": ATTACKS.get(attack)}, run)
+
+    def trace(self, attack="flip"):
+        """How well low loss separates the poisons along one undefended run: after every epoch, the share of
+        poisons among the |poisons| samples with the highest loss, over the whole set and per label class
+        (what ITLM would trim with alpha = the clean fraction, selecting with that epoch's model)."""
+        data, poisons = self.sets[attack]
+
+        def run():
+            hook = LossTrace(data, poisons)
+            r = train_cached(data, self.test, self.cfg, self.ckpt, hooks=[hook])
+            return {"clean_acc": round(r["last_acc"], 2), "seconds": round(r["train_seconds"], 1),
+                    "epochs": [{**row, "test_acc": h["test_acc"], "train_acc": round(h["train_acc"], 2)}
+                               for row, h in zip(hook.rows, r["history"])]}
+        return self.cell(f"{attack}/loss-trace", {"victim": VICTIM, "attack": ATTACKS.get(attack)}, run)
 
     def detect(self, attack):
         data, poisons = self.sets[attack]
@@ -244,7 +311,7 @@ def tables(res: dict) -> str:
         base = res.get(f"{attack}/none")
         if base is None:
             continue
-        for d in ("none", "abl", "abl-nogga", "itlm", "itlm-retrain", "dpa"):
+        for d in ("none", "oracle", "abl", "abl-nogga", "itlm", "itlm-hook", "dpa"):
             r = res.get(f"{attack}/{d}")
             if r is None:
                 continue
@@ -253,9 +320,17 @@ def tables(res: dict) -> str:
                 iso = r["isolation"]
                 notes.append(f"isolated {iso['flagged']}, precision {_fmt(iso['precision'])}%; before unlearning: "
                              f"acc {r['before_unlearning']['clean_acc']}, ASR {_fmt(r['before_unlearning'].get('asr'))}")
-            if d.startswith("itlm"):
+            if d == "itlm":
+                notes.append(f"{len(r['rounds']) - 1} retraining(s) from scratch, trained on "
+                             + "/".join(str(q["train_size"]) for q in r["rounds"]))
+            if d.startswith("itlm") and r["trimmed"]["poisons"]:
                 t = r["trimmed"]
                 notes.append(f"trimmed {t['flagged']}: precision {_fmt(t['precision'])}%, recall {_fmt(t['recall'])}%")
+            if d == "oracle":
+                notes.append(f"all {r['removed']} poisons removed, retrained from scratch")
+            if attack == "flip" and d != "none" and clean is not None and clean > base["clean_acc"]:
+                notes.append(f"recovers {_fmt(100 * (r['clean_acc'] - base['clean_acc']) / (clean - base['clean_acc']), 0)}% "
+                             "of the flip's damage")
             if d == "dpa":
                 notes.append(f"k={r['k']}, base classifiers {min(r['base_acc'])}-{max(r['base_acc'])}%; "
                              f"certified acc at radius 1/2/5: " + "/".join(
@@ -263,6 +338,29 @@ def tables(res: dict) -> str:
                                  for q in (1, 2, 5)))
             lines.append(f"| {attack} | {d} | {r['clean_acc']} | {_fmt(r.get('asr'))} | {base['clean_acc']} | "
                          f"{_fmt(base.get('asr'))} | {clean} | {r['seconds']} | {'; '.join(notes)} |")
+    itlm = {a: res[f"{a}/itlm"] for a in ("flip", "badnets", "clean") if f"{a}/itlm" in res}
+    if itlm:
+        lines += ["", "ITLM round by round (round 0 = the undefended run on everything; each later round retrains "
+                      "from scratch on the samples the previous round's model gives the lowest loss):", "",
+                  "| attack | round | trained on | of which poisons | test acc | trimmed: precision % | recall % | seconds |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for a, r in itlm.items():
+            for q in r["rounds"]:
+                t = q.get("trimmed")
+                bad = f"{t['poisons'] - t['found']}" if t else str(r["trimmed"]["poisons"])
+                t = t if t and t["poisons"] else None
+                lines.append(f"| {a} | {q['round']} | {q['train_size']} | {bad} | {q['last_acc']} | "
+                             f"{_fmt(t['precision']) if t else '-'} | {_fmt(t['recall']) if t else '-'} | "
+                             f"{round(q['train_seconds'], 1)} |")
+    trace = res.get("flip/loss-trace")
+    if trace:
+        lines += ["", "Undefended run on the flip, after every epoch: share of flipped labels among the "
+                      f"{round(ATTACKS['flip'][1]['fraction'] * SCALE['train']):,} highest-loss samples (what ITLM with alpha 0.8 would "
+                      "trim with that epoch's model; chance 20%), over the whole set and within every label class:",
+                  "", "| epoch | test acc | train acc (poisoned labels) | precision %, global | per class |",
+                  "|---|---|---|---|---|"]
+        for e in trace["epochs"]:
+            lines.append(f"| {e['epoch']} | {e['test_acc']} | {e['train_acc']} | {e['global']} | {e['per_class']} |")
     dpa = {a: res[f"{a}/dpa"] for a in ("clean", "flip", "badnets") if f"{a}/dpa" in res}
     if dpa:
         radii = [c["radius"] for c in max(dpa.values(), key=lambda r: len(r["curve"]))["curve"]]
@@ -341,11 +439,19 @@ def _save(fig, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "defenses")
+    ap.add_argument("--work", type=Path, default=None, help="cache folder (default runs/defenses, "
+                    "runs/defenses-N with --train N)")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {', '.join(STAGES)}")
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--smoke", action="store_true", help="tiny scale (400/200 images, 2 epochs) to check the pipeline")
+    ap.add_argument("--train", type=int, default=SCALE["train"],
+                    help="training images; another size than 5000 gets its own cache and report files (-N)")
+    ap.add_argument("--itlm-rounds", type=int, default=ITLM_KW["rounds"], help="ITLM retrainings on the flip")
     args = ap.parse_args(argv)
+    suffix = "" if args.train == SCALE["train"] else f"-{args.train}"
+    SCALE.update(train=args.train)
+    ITLM_KW.update(rounds=args.itlm_rounds)
+    args.work = args.work or ROOT / "runs" / f"defenses{suffix}"
     if args.smoke:
         global DPA_K
         SCALE.update(train=400, test=200)
@@ -366,6 +472,7 @@ def main(argv=None):
             b.abl(s)
         elif s == "flip":
             b.itlm(s)
+            b.oracle(s)
         elif s == "dpa":
             b.dpa("clean")
         elif s == "detect":
@@ -373,24 +480,31 @@ def main(argv=None):
                 b.detect(a)
         elif s == "unlearn":
             b.unlearn("badnets", retrain_all=False)
+        elif s == "trace":
+            b.trace("flip")
+        elif s == "grid":  # the rest of attacks x defenses, cheapest first
+            b.itlm_hook("flip")
+            b.oracle("badnets")
+            b.itlm("badnets")
+            b.itlm("clean")
+            b.abl("flip")
+            b.abl("clean")
         elif s == "extra":
             b.unlearn("badnets")
-            b.itlm_fit("flip")
-            b.itlm("badnets")
-            b.abl("flip")
             b.dpa("badnets")
             b.dpa("flip")
     res = {}
     for p in sorted((args.work / "cells").glob("*.json"), key=lambda q: q.stat().st_mtime):  # newest settings win
         r = read_json(p)
         res[r["name"]] = r
-    write_json(args.out / "results" / "defenses.json", {"scale": SCALE, "victim": VICTIM, "attacks": ATTACKS,
-                                                       "abl": ABL_KW, "itlm": ITLM_KW, "dpa": {"k": DPA_K, **DPA_VICTIM},
+    write_json(args.out / "results" / f"defenses{suffix}.json", {"scale": SCALE, "victim": VICTIM, "attacks": ATTACKS,
+                                                       "abl": ABL_KW, "itlm": ITLM_KW, "itlm_grid": ITLM_GRID_KW,
+                                                       "itlm_hook": ITLM_HOOK_KW, "dpa": {"k": DPA_K, **DPA_VICTIM},
                                                        "torch": torch.__version__, "cells": res})
-    with atomic_write(args.out / "results" / "defenses_tables.md", "w") as f:
+    with atomic_write(args.out / "results" / f"defenses_tables{suffix}.md", "w") as f:
         f.write(tables(res))
     plots(res, args.out / "defenses")
-    log(f"report: {args.out / 'results' / 'defenses_tables.md'}")
+    log(f"report: {args.out / 'results' / f'defenses_tables{suffix}.md'}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,13 @@ def test_lowest_loss_keeps_the_smallest_with_stable_ties():
         ITLM(alpha=0)
 
 
+def test_lowest_loss_per_group_keeps_the_fraction_of_every_group():
+    loss = torch.tensor([0.9, 0.8, 0.7, 0.1, 5.0, 6.0, 7.0, 4.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    assert lowest_loss(loss, 0.5).tolist() == [0, 1, 2, 3]  # globally group 1 would be trimmed away
+    assert lowest_loss(loss, 0.5, groups).tolist() == [2, 3, 4, 7]
+
+
 def test_itlm_hook_trims_mostly_flipped_labels():
     clean, bad, flipped = _flipped()
     hook = ITLM(alpha=0.8, rounds=2, warmup=2).hook(bad)
@@ -50,6 +57,7 @@ def test_itlm_fit_retrains_on_the_kept_set(tmp_path):
     clean, bad, _ = _flipped(60, 12)
     out = ITLM(alpha=0.75, rounds=1).fit(bad, clean, TrainConfig(epochs=2, **CFG), checkpoints=tmp_path)
     assert [r["train_size"] for r in out["rounds"]] == [60, 45] and len(out["kept"]) == 45
+    assert len(out["selections"]) == 1 and torch.equal(out["selections"][0], out["kept"])
     again = ITLM(alpha=0.75, rounds=1).fit(bad, clean, TrainConfig(epochs=2, **CFG), checkpoints=tmp_path)
     assert torch.equal(again["kept"], out["kept"])  # loaded from the checkpoints, same selection
 
@@ -105,7 +113,7 @@ def test_itlm_is_a_registered_training_defense():
     from poisonlab.defenses import parse_defense
     clean, bad, _ = _flipped(48, 8)
     d = parse_defense("itlm:alpha=0.75,rounds=1,warmup=1")
-    assert d.kind == "train" and d.spec() == "itlm:alpha=0.75,rounds=1,warmup=1"
+    assert d.kind == "train" and d.spec() == "itlm:alpha=0.75,per_class=False,rounds=1,warmup=1"
     with pytest.raises(PoisonlabError, match="apply"):
         d.hooks()
     hooks = d.hooks() if d.apply(bad) is bad else None

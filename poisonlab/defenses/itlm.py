@@ -9,11 +9,18 @@ the high-loss tail and are trimmed. alpha should be at most the clean fraction (
 below 1 - the corruption rate).
 
 Two forms:
-* `ITLM(...).hook(train)`: a `select` hook for train_victim, one run. The first `warmup` epochs use every
-  sample; then the kept set is re-chosen `rounds` times, evenly spaced over the remaining epochs, from
-  the losses of the current model on the whole training set (eval mode, no augmentation).
-* `ITLM(...).fit(train, test, cfg)`: the paper's alternation with retraining: one run on everything, then
-  `rounds` runs from a fresh initialisation on the kept set (rounds + 1 runs in all).
+* `ITLM(...).fit(train, test, cfg)`: the paper's alternation. Round 0 trains on everything; each of the
+  `rounds` further rounds re-initialises the model and trains it from scratch on the samples the previous
+  round's model gives the lowest loss (rounds + 1 runs). The authors' code (facts read, not copied)
+  re-initialises every round, trims over the whole set (not per class) and runs up to 8 rounds.
+* `ITLM(...).hook(train)`: a cheaper one-run approximation, a `select` hook for train_victim: the first
+  `warmup` epochs use every sample, then the kept set is re-chosen `rounds` times, evenly spaced over the
+  remaining epochs, from the losses of the current model (no re-initialisation). Its early selections come
+  from a barely trained model, which ranks flipped labels far worse than a trained one (docs/defenses.md).
+
+Losses for the selection: the current model in eval mode, no augmentation, on the whole training set.
+per_class=True trims the same fraction inside every (possibly poisoned) label class instead of over the
+whole set, so no class loses more than its share.
 """
 
 import math
@@ -27,16 +34,22 @@ from .base import Defense
 from .probe import per_sample_loss, train_cached
 
 
-def lowest_loss(loss: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Sorted indices of the floor(fraction * n) (at least one) smallest losses; ties go to the lower index."""
+def lowest_loss(loss: torch.Tensor, fraction: float, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Sorted indices of the floor(fraction * n) (at least one) smallest losses; ties go to the lower index.
+    With groups (a label per sample), the fraction is kept inside every group."""
+    if groups is not None:
+        parts = [g[lowest_loss(loss[g], fraction)] for g in (torch.nonzero(groups == c).flatten()
+                                                             for c in groups.unique())]
+        return torch.cat(parts).sort().values
     keep = max(1, math.floor(fraction * len(loss) + 1e-9))
     return torch.sort(loss, stable=True).indices[:keep].sort().values
 
 
 @DEFENSES.register
 class ITLM(Defense):
-    """alpha: fraction kept; rounds: number of re-selections (hook) or retrainings (fit); warmup: epochs on
-    all data before the first selection in the hook form (default: an equal share, epochs // (rounds + 1)).
+    """alpha: fraction kept; rounds: number of retrainings (fit) or re-selections (hook); per_class: trim
+    inside every label class; warmup: epochs on all data before the first selection in the hook form
+    (default: an equal share, epochs // (rounds + 1)).
 
     Registered as the training-time defense "itlm" ("itlm:0.8", "itlm:alpha=0.7,rounds=2"): `apply(train)`
     remembers the training set, whose losses the hook re-reads, and `hooks()` returns the hook."""
@@ -45,8 +58,8 @@ class ITLM(Defense):
     aliases = ("trimmed-loss",)
     kind = "train"
 
-    def __init__(self, alpha: float = 0.8, rounds: int = 3, warmup: int | None = None):
-        self.alpha, self.rounds, self.warmup = float(alpha), int(rounds), warmup
+    def __init__(self, alpha: float = 0.8, rounds: int = 3, warmup: int | None = None, per_class: bool = False):
+        self.alpha, self.rounds, self.warmup, self.per_class = float(alpha), int(rounds), warmup, bool(per_class)
         if not 0 < self.alpha <= 1:
             raise PoisonlabError(f"ITLM alpha must be in (0, 1], got {alpha}")
         if self.rounds < 1:
@@ -56,7 +69,7 @@ class ITLM(Defense):
         self._train = None
 
     def display(self) -> str:
-        return f"ITLM-{self.alpha:g}"
+        return f"ITLM-{self.alpha:g}{'-per-class' if self.per_class else ''}"
 
     def apply(self, data: ImageSet) -> ImageSet:
         self._train = data
@@ -68,7 +81,7 @@ class ITLM(Defense):
         return [self.hook(self._train)]
 
     def select(self, model, data: ImageSet) -> torch.Tensor:
-        return lowest_loss(per_sample_loss(model, data), self.alpha)
+        return lowest_loss(per_sample_loss(model, data), self.alpha, data.labels if self.per_class else None)
 
     def hook(self, train: ImageSet) -> "TrimmedLossHook":
         return TrimmedLossHook(self, train)
@@ -76,8 +89,9 @@ class ITLM(Defense):
     def fit(self, train: ImageSet, test: ImageSet | None, cfg, checkpoints=None, log=None) -> dict:
         """The alternation with retraining. Round 0 trains on all of train (the undefended run, shared with
         a baseline checkpointed in the same folder); rounds 1..R retrain from scratch on the kept samples.
-        Returns {"rounds": [per-round summary], "kept": last kept indices, "model", "result"}."""
-        kept, rounds, result = torch.arange(len(train)), [], None
+        Returns {"rounds": [per-round summary], "kept": last kept indices, "selections": the kept indices
+        of rounds 1..R (what each round trained on), "model", "result"}."""
+        kept, rounds, selections, result = torch.arange(len(train)), [], [], None
         for r in range(self.rounds + 1):
             part = train.subset(kept) if r else train
             result = train_cached(part, test, cfg, checkpoints)
@@ -87,7 +101,8 @@ class ITLM(Defense):
                 log(f"itlm round {r}: {len(part)} samples, test acc {result['last_acc']:.2f}")
             if r < self.rounds:
                 kept = self.select(result["model"], train)
-        return {"rounds": rounds, "kept": kept, "model": result["model"], "result": result}
+                selections.append(kept)
+        return {"rounds": rounds, "kept": kept, "selections": selections, "model": result["model"], "result": result}
 
 
 class TrimmedLossHook:
