@@ -18,14 +18,23 @@ class PGD:
     eot: number of random augmentations the gradient is averaged over (expectation over
     transformations); augment: callable(x, gen) applied after adding delta (differentiable);
     loss_fn: callable(logits, y) -> scalar (default cross-entropy).
+    eot_batching: how the eot copies go through the model. The copies are always drawn as one stacked
+    batch (the same augmentations, the same random stream); "stacked" forwards them as one eot x B batch,
+    "separate" as eot passes of B (the same objective: the mean of the passes' mean losses), "auto"
+    (default) separate on CPU and stacked elsewhere: on CPU one large batch costs more than its parts
+    (bench/speed.py), while a GPU wants the large batch.
     """
 
     norm = None
+    EOT_BATCHING = ("auto", "stacked", "separate")
 
     def __init__(self, eps, alpha=None, steps=10, random_start=True, minimize=False, eot=1,
-                 augment=None, loss_fn=None):
+                 augment=None, loss_fn=None, *, eot_batching="auto"):
         if eps < 0 or steps < 0:
             raise PoisonlabError("PGD needs eps >= 0 and steps >= 0")
+        if eot_batching not in self.EOT_BATCHING:
+            raise PoisonlabError(f"eot_batching must be one of {self.EOT_BATCHING}, got {eot_batching!r}")
+        self.eot_batching = eot_batching
         self.eps, self.steps, self.random_start = float(eps), int(steps), random_start
         self.alpha = float(alpha) if alpha is not None else self.default_alpha()
         self.minimize, self.eot, self.augment = minimize, max(1, int(eot)), augment
@@ -46,13 +55,22 @@ class PGD:
 
     # --- the shared loop -------------------------------------------------------------------------
     def loss(self, model, x_pert, y, gen, inner=None):
-        if self.eot > 1:  # one batched forward over eot augmented copies
+        if self.eot > 1:  # eot augmented copies, drawn as one stacked batch
             x_pert, y = x_pert.repeat(self.eot, 1, 1, 1), y.repeat(self.eot, *([1] * (y.ndim - 1)))
         if self.augment is not None:
             x_pert = self.augment(x_pert, gen)
+        if self.eot == 1 or not self.separate_passes(x_pert.device):
+            return self._pass_loss(model, x_pert, y, inner)
+        parts = zip(x_pert.chunk(self.eot), y.chunk(self.eot))
+        return sum(self._pass_loss(model, xc, yc, inner) for xc, yc in parts) / self.eot
+
+    def _pass_loss(self, model, x_pert, y, inner):
         if inner is not None:  # e.g. REM: an adversary acts on the augmented protected image
             x_pert = x_pert + inner(x_pert.detach(), y)
         return self.loss_fn(model(x_pert), y)
+
+    def separate_passes(self, device) -> bool:
+        return self.eot_batching == "separate" or (self.eot_batching == "auto" and torch.device(device).type == "cpu")
 
     def __call__(self, model, x, y, delta=None, gen=None, inner=None, mask=None):
         """Return the perturbation (detached). delta: warm start; inner: optional callable(x_aug, y) -> an

@@ -15,23 +15,51 @@ from ..runtime import autocast
 from .surrogate import Batches, SurrogateMethod, cross_entropy, quantize
 
 
+ADVERSARIES = ("pgd", "fgsm")
+FGSM_ALPHA = 1.25  # FGSM step = 1.25 x adv_eps after a uniform random start (Wong et al., ICLR 2020)
+# Options added after manifests and checkpoint keys existed: recorded only when set (see params()).
+_LATER_OPTIONS = {"warm_start": False, "adversary": "pgd"}
+
+
 class InterleavedMethod(SurrogateMethod):
     """Shared parameters: train_steps surrogate updates (step-decayed lr: x lr_decay every
     lr_decay_every steps); noise PGD (noise_steps, noise_step_size, random start, eot augmented copies);
-    adversarial PGD (adv_eps, adv_steps, adv_step_size)."""
+    adversarial PGD (adv_eps, adv_steps, adv_step_size).
+
+    Cheaper generation (issue 15; both off by default, measured in docs/scale.md):
+    warm_start: each noise update starts from the image's stored noise (uniform random in the box before
+    its first visit) instead of a fresh random point, so noise_steps is a short refresh and the noise's
+    travel adds up over the image's visits; the final pass refreshes the stored noise the same way.
+    adversary: "pgd" (adv_steps of adv_step_size) or "fgsm": one step of 1.25 x adv_eps from a uniform
+    random start in the adv_eps ball ("Fast is better than free", Wong, Rice, Kolter, ICLR 2020);
+    adv_steps and adv_step_size are then unused.
+    """
 
     def __init__(self, eps=None, seed=0, device="auto", surrogate="resnet18", width=1.0, batch_size=128,
                  lr=0.1, momentum=0.9, weight_decay=5e-4, augment=True, eot=5, train_steps=5000,
                  lr_decay_every=2000, lr_decay=0.1, noise_steps=10, noise_step_size=1.6 / 255,
-                 adv_eps=4 / 255, adv_steps=10, adv_step_size=0.8 / 255):
+                 adv_eps=4 / 255, adv_steps=10, adv_step_size=0.8 / 255, *, warm_start: bool = False,
+                 adversary: str = "pgd"):
         super().__init__(eps, seed, device, surrogate, width, batch_size, lr, momentum, weight_decay, augment, eot)
         self.train_steps, self.lr_decay_every, self.lr_decay = int(train_steps), int(lr_decay_every), float(lr_decay)
         self.noise_steps, self.noise_step_size = int(noise_steps), parse_budget(noise_step_size, "noise_step_size")
         self.adv_eps, self.adv_steps = parse_budget(adv_eps, "adv_eps"), int(adv_steps)
         self.adv_step_size = parse_budget(adv_step_size, "adv_step_size")
+        if adversary not in ADVERSARIES:
+            raise PoisonlabError(f"adversary must be one of {ADVERSARIES}, got {adversary!r}")
+        self.warm_start, self.adversary = bool(warm_start), adversary
         if self.adv_eps >= self.eps:
             # REM's analysis (and seed 001, Sec. 3.2): with rho_a >= rho_u the noise cannot suppress learning.
             raise PoisonlabError(f"adv_eps ({self.adv_eps * 255:.1f}/255) must be smaller than eps ({self.eps * 255:.1f}/255)")
+
+    def params(self) -> dict:
+        # Left out at their defaults, so that runs made before these options existed keep their manifests'
+        # settings and checkpoint keys (protect's resume key, the demo's reuse check).
+        p = super().params()
+        for k, default in _LATER_OPTIONS.items():
+            if p.get(k) == default:
+                p.pop(k)
+        return p
 
     @property
     def surrogate_info(self):
@@ -39,7 +67,9 @@ class InterleavedMethod(SurrogateMethod):
                 "adversarial_training_eps": self.adv_eps}
 
     # ----- method-specific parts ------------------------------------------------------------------
-    def noise_update(self, model, x, y, gen):
+    def noise_update(self, model, x, y, gen, delta=None):
+        """The batch's new noise; delta: where to start (the stored noise under warm_start, else None:
+        a fresh random start). Called without delta when warm_start is off."""
         raise NotImplementedError
 
     def extra_loss(self, model, x, y, gen):
@@ -49,8 +79,13 @@ class InterleavedMethod(SurrogateMethod):
     def perturb(self, data, ckpt):
         model, opt, gen, images, labels = self.setup(data)
         self.noise_pgd = self.linf(self.eps, self.noise_step_size, self.noise_steps, True, self.eot, self.aug)
-        self.adv_pgd = self.linf(self.adv_eps, self.adv_step_size, self.adv_steps, False)
+        if self.adversary == "fgsm":
+            self.adv_pgd = self.linf(self.adv_eps, FGSM_ALPHA * self.adv_eps, 1, False)
+        else:
+            self.adv_pgd = self.linf(self.adv_eps, self.adv_step_size, self.adv_steps, False)
         noise = torch.zeros(images.shape, device=self.device_)
+        if self.warm_start:  # the first visit starts where a restart would: uniform in the box
+            noise = quantize(self.noise_pgd.init_delta(noise, gen))
         batches = Batches(len(images), self.batch_size, gen)
         state = ckpt.load() or {}
         start = 0
@@ -71,7 +106,8 @@ class InterleavedMethod(SurrogateMethod):
                 x, y = self.batch(images, idx), labels[idx]
                 with autocast(self.device_):
                     net.eval()  # noise and adversary are computed with frozen BN statistics
-                    noise[idx] = quantize(self.noise_update(net, x, y, gen))
+                    old = noise[idx]
+                    noise[idx] = quantize(self.noise_update(net, x, y, gen, **self._start(old)))
                     x_def = x + noise[idx]
                     if self.aug is not None:
                         x_def = self.aug(x_def, gen)
@@ -87,7 +123,8 @@ class InterleavedMethod(SurrogateMethod):
                 if step % 20 == 0 or step == self.train_steps - 1:
                     # Kept on the device; read at checkpoints and at the end, so the loop never waits on the host.
                     acc = (logits.argmax(1) == y).float().mean() * 100
-                    self._pending.append((step + 1, loss.detach(), acc, None if extra is None else extra.detach()))
+                    moved = (noise[idx] - old).abs().mean() * 255  # how far a visit moves the noise, in levels
+                    self._pending.append((step + 1, loss.detach(), acc, None if extra is None else extra.detach(), moved))
                 if self.holdout is not None and self.diagnostic_due(step + 1, self.train_steps):
                     self._flush_history(bar)
                     self.history.append({"step": step + 1, **self.heldout_accuracy(net)})
@@ -97,15 +134,28 @@ class InterleavedMethod(SurrogateMethod):
         if state.get("stage") != "final":
             state = self._state(model, opt, gen, noise, self.train_steps, "train", batches)
             ckpt.save(state, force=True)
-        noise = self.noise_pass(images, labels, noise, lambda x, y, idx: self.noise_update(net, x, y, gen),
-                                ckpt, state, "final", f"{self.name} final noise")
+        moved = []
+
+        def final(x, y, idx):
+            old = noise[idx]
+            new = self.noise_update(net, x, y, gen, **self._start(old))
+            moved.append((quantize(new.clone()) - old).abs().mean() * 255)
+            return new
+
+        noise = self.noise_pass(images, labels, noise, final, ckpt, state, "final", f"{self.name} final noise")
         self.record_diagnostics(net, images, labels, noise, self.history)
+        if moved:  # mean change of the final pass over the noise the surrogate loop left (batches run here)
+            self.diagnostics_["final_pass_change_levels"] = round(torch.stack(moved).mean().item(), 3)
         return noise.cpu()
+
+    def _start(self, stored):
+        return {"delta": stored} if self.warm_start else {}
 
     def _flush_history(self, bar=None):
         """Move the logged device values into the history (one host sync for all of them)."""
-        for step, loss, acc, extra in self._pending:
-            rec = {"step": step, "loss": round(loss.item(), 4), "adv_acc": round(acc.item(), 2)}
+        for step, loss, acc, extra, moved in self._pending:
+            rec = {"step": step, "loss": round(loss.item(), 4), "adv_acc": round(acc.item(), 2),
+                   "noise_change_levels": round(moved.item(), 3)}
             if extra is not None:
                 rec["extra"] = round(extra.item(), 5)
             self.history.append(rec)

@@ -65,9 +65,10 @@ class MinMaxMin(InterleavedMethod):
     def param_names(cls):
         return super().param_names() | InterleavedMethod.param_names()
 
-    def noise_update(self, model, x, y, gen):
-        # Eq. 2: error-minimising noise for the current (robust) surrogate, from a fresh random start.
-        return self.noise_pgd(model, x, y, gen=gen)
+    def noise_update(self, model, x, y, gen, delta=None):
+        # Eq. 2: error-minimising noise for the current (robust) surrogate, from a fresh random start
+        # (or, under warm_start, from the image's stored noise).
+        return self.noise_pgd(model, x, y, delta, gen=gen)
 
     def extra_loss(self, model, x, y, gen):
         # Eq. 7/8: the surrogate's predictions on clean (augmented) images should look like random guessing.

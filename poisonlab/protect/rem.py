@@ -19,6 +19,6 @@ class REM(InterleavedMethod):
 
     name = "rem"
 
-    def noise_update(self, model, x, y, gen):
+    def noise_update(self, model, x, y, gen, delta=None):
         adversary = lambda x_aug, y_rep: self.adv_pgd(model, x_aug, y_rep, gen=gen)  # noqa: E731
-        return self.noise_pgd(model, x, y, gen=gen, inner=adversary)
+        return self.noise_pgd(model, x, y, delta, gen=gen, inner=adversary)

@@ -8,9 +8,14 @@ a 3-step adversary of 1.6/255) lost the robustness entirely: the noise could not
 box and the adversary it was made against was weaker than the victim's. A preset keeps these ratios:
 
 1. noise travel: noise_steps x noise_step_size >= 2 x eps (the paper: 10 x 1.6/255 = 2 x 8/255), because
-   REM and min-max-min restart their noise from a random point at every surrogate step;
+   REM and min-max-min restart their noise from a random point at every surrogate step. Under
+   warm_start the noise is carried from one visit of an image to the next, so its travel adds up over
+   the visits: counted over the visits after the learning-rate decay (passes x (1 - decay fraction),
+   the stretch where the surrogate settles), that travel must still be >= 2 x eps, i.e. the noise can
+   cross its box after the surrogate's last large change;
 2. the generation adversary at least as strong as the victim's adversarial training: radius >= the
-   victim's, steps >= the victim's, and travel (steps x step size) >= the victim's travel;
+   victim's, steps >= the victim's, and travel (steps x step size) >= the victim's travel (an FGSM
+   adversary counts as 1 step of 1.25 x its radius, so it is flagged against a multi-step victim);
 3. expectation over augmentations kept: eot >= 2;
 4. surrogate length counted in passes over the data (the paper: 5,000 x 128 / 50,000 = 12.8 passes, lr
    x0.1 after 40% of them), converted to steps for the data set at hand; at least MIN_PASSES.
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from .. import PoisonlabError
 from ..budget import parse_budget
 from ..registry import METHODS
+from .interleaved import FGSM_ALPHA
 
 PAPER_PASSES = 5000 * 128 / 50000  # 12.8
 PAPER_DECAY_FRACTION = 2000 / 5000  # lr x0.1 after 40% of the steps
@@ -90,7 +96,16 @@ def check(method: str, params: dict, n: int | None = None, victims=()) -> list[s
             bad.append(f"noise travel per pass {_lv(travel)} < eps {_lv(eps)} (pgd_steps x step_size)")
         return bad
     travel = int(p["noise_steps"]) * _b(p, "noise_step_size", 1.6 / 255)
-    if travel < MIN_TRAVEL_RATIO * eps - 1e-9:
+    if p.get("warm_start"):
+        if n:  # the noise is carried over visits: count its travel over the visits after the lr decay
+            settle = max(int(p["train_steps"]) - int(p["lr_decay_every"]), 0)
+            visits = passes(settle, int(p["batch_size"]), n)
+            if visits * travel < MIN_TRAVEL_RATIO * eps - 1e-9:
+                bad.append(f"warm-started noise travel {_lv(visits * travel)} over the {visits:.1f} visits after the lr "
+                           f"decay ({_lv(travel)} per visit) < {MIN_TRAVEL_RATIO:g} x eps = {_lv(MIN_TRAVEL_RATIO * eps)}")
+        elif travel <= 0:
+            bad.append("warm-started noise never moves (noise_steps x noise_step_size = 0)")
+    elif travel < MIN_TRAVEL_RATIO * eps - 1e-9:
         bad.append(f"noise travel {_lv(travel)} (noise_steps x noise_step_size) < {MIN_TRAVEL_RATIO:g} x eps = "
                    f"{_lv(MIN_TRAVEL_RATIO * eps)}: the noise restarts at random every step and cannot reach its box's corners")
     if int(p["eot"]) < MIN_EOT:
@@ -101,6 +116,8 @@ def check(method: str, params: dict, n: int | None = None, victims=()) -> list[s
             bad.append(f"surrogate trains {k:.1f} passes over {n} images < {MIN_PASSES:g} (the paper: {PAPER_PASSES:.1f})")
     adv_eps, adv_steps = _b(p, "adv_eps", 4 / 255), int(p["adv_steps"])
     adv_travel = adv_steps * _b(p, "adv_step_size", 0.8 / 255)
+    if p.get("adversary") == "fgsm":
+        adv_steps, adv_travel = 1, FGSM_ALPHA * adv_eps
     for v in victims:
         if v.eps >= eps:
             continue  # rho_a >= rho_u: the method itself expects no protection there (REM; seed 001 Sec. 3.2)
@@ -177,9 +194,12 @@ def describe(params: dict, n: int | None = None) -> str:
     t = int(params["noise_steps"]) * _b(params, "noise_step_size", 0)
     a = int(params["adv_steps"]) * _b(params, "adv_step_size", 0)
     k = f", {passes(int(params['train_steps']), int(params.get('batch_size', 128)), n):.1f} passes" if n else ""
-    return (f"noise {params['noise_steps']} x {_lv(_b(params, 'noise_step_size', 0))} = {t / eps:.1f} x eps, "
-            f"eot {params['eot']}; adversary {_lv(_b(params, 'adv_eps', 0))} with {params['adv_steps']} x "
-            f"{_lv(_b(params, 'adv_step_size', 0))} (travel {_lv(a)}); {params['train_steps']} steps{k}")
+    warm = " per visit, warm start" if params.get("warm_start") else ""
+    adv = (f"FGSM at {_lv(_b(params, 'adv_eps', 0))} (random start, 1 step of {FGSM_ALPHA:g} x eps)"
+           if params.get("adversary") == "fgsm" else
+           f"{_lv(_b(params, 'adv_eps', 0))} with {params['adv_steps']} x {_lv(_b(params, 'adv_step_size', 0))} (travel {_lv(a)})")
+    return (f"noise {params['noise_steps']} x {_lv(_b(params, 'noise_step_size', 0))} = {t / eps:.1f} x eps{warm}, "
+            f"eot {params['eot']}; adversary {adv}; {params['train_steps']} steps{k}")
 
 
 def _defaults(cls) -> dict:

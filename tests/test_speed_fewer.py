@@ -1,0 +1,93 @@
+"""Fewer passes per protection (issue 15): warm-started noise and the FGSM generation adversary of
+REM / min-max-min. Off by default, so the defaults' settings record (manifests, checkpoint keys) is
+unchanged; each option changes exactly the passes it claims to; the scale-down rule counts them."""
+
+import pytest
+import torch
+
+from poisonlab import PoisonlabError, create_method
+from poisonlab.protect.checkpoint import Checkpoint
+from poisonlab.protect.scaledown import VictimAT, check
+
+from test_checkpoint_noise import bits
+from test_protect import SETTINGS, TINY, tiny_set
+
+STEP = dict(TINY, train_steps=4, lr_decay_every=2, noise_steps=2, eot=2, adv_steps=3)
+
+
+def counted_run(data, **kw):
+    """(float noise, diagnostics, images forwarded with gradients through the surrogate, the method)."""
+    m = create_method("minmaxmin", seed=1, **{**STEP, **kw})
+    seen, make = [0], m.new_surrogate
+
+    def hooked(d):
+        model = make(d)
+        model.register_forward_pre_hook(lambda mod, a: seen.__setitem__(0, seen[0] + a[0].shape[0] * torch.is_grad_enabled()))
+        return model
+
+    m.new_surrogate = hooked
+    noise = m.perturb(data, Checkpoint(None, "k"))
+    return noise, m.diagnostics_, seen[0], m
+
+
+def test_defaults_record_the_same_settings_and_options_are_recorded_when_set():
+    plain = create_method("minmaxmin", **STEP).params()
+    assert "warm_start" not in plain and "adversary" not in plain  # earlier manifests and resume keys still match
+    made = create_method("rem", **STEP, warm_start="true", adversary="fgsm").params()  # typed from text, as the CLI
+    assert made["warm_start"] is True and made["adversary"] == "fgsm"
+    with pytest.raises(PoisonlabError, match="adversary"):
+        create_method("minmaxmin", adversary="cw")
+
+
+def test_each_option_spends_the_passes_it_claims():
+    data = tiny_set(n=32)  # 2 batches of 16: every image visited twice by 4 steps
+    per_step = {"default": 2 * 2 + 3 + 1 + 1, "warm1": 1 * 2 + 3 + 1 + 1, "fgsm": 2 * 2 + 1 + 1 + 1}
+    final = {"default": 2 * 2, "warm1": 1 * 2, "fgsm": 2 * 2}  # final pass: noise steps x eot per image
+    for name, kw in (("default", {}), ("warm1", dict(warm_start=True, noise_steps=1)), ("fgsm", dict(adversary="fgsm"))):
+        noise, diag, passes, m = counted_run(data, **kw)
+        assert passes == 4 * 16 * per_step[name] + 32 * final[name], name
+        assert noise.abs().max() <= 8 / 255 + 1e-6 and diag["final_pass_change_levels"] > 0
+    assert (m.adv_pgd.steps, m.adv_pgd.random_start) == (1, True) and m.adv_pgd.alpha == pytest.approx(1.25 * 4 / 255)
+
+
+def test_warm_start_carries_the_noise_between_visits():
+    data = tiny_set(n=32)
+    still, diag, _, _ = counted_run(data, warm_start=True, noise_steps=0)
+    # No refresh steps: the noise stays at its uniform start, which a restart would have thrown away.
+    assert (still != 0).float().mean() > 0.8 and still.abs().max() <= 8 / 255 + 1e-6
+    assert diag["final_pass_change_levels"] == 0
+    assert torch.count_nonzero(counted_run(data, noise_steps=0)[0]) == 0
+
+
+def test_warm_started_run_resumes_bit_identical(tmp_path, monkeypatch):
+    data, opts = tiny_set(n=32), dict(SETTINGS["minmaxmin"], warm_start=True, noise_steps=1, adversary="fgsm")
+    straight = create_method("minmaxmin", seed=3, **opts).generate(data, Checkpoint(None, "k"))
+    real, saves = Checkpoint.save, []
+
+    def stop_after_three(self, state, force=False):
+        real(self, state, force)
+        saves.append(1)
+        if len(saves) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", stop_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        create_method("minmaxmin", seed=3, **opts).generate(data, Checkpoint(tmp_path / "s.pt", "k", every_seconds=0))
+    monkeypatch.setattr(Checkpoint, "save", real)
+    resumed = create_method("minmaxmin", seed=3, **opts).generate(data, Checkpoint(tmp_path / "s.pt", "k", every_seconds=0))
+    assert torch.equal(bits(straight.float()), bits(resumed.float()))
+
+
+def test_scaledown_rule_counts_warm_travel_over_visits_and_fgsm_as_one_step():
+    rule = dict(surrogate="smallcnn", train_steps=500, lr_decay_every=200, batch_size=128, noise_steps=5,
+                noise_step_size=3.2 / 255, eot=2, adv_eps=4 / 255, adv_steps=3, adv_step_size=10 / 255 / 3)
+    victim = [VictimAT(4 / 255, 3)]
+    assert check("minmaxmin", rule, 5000, victim) == []
+    # 1 step of 3.2/255 per visit, 7.7 visits after the lr decay: 24.6/255 >= 16/255.
+    assert check("minmaxmin", dict(rule, warm_start=True, noise_steps=1), 5000, victim) == []
+    # A restart with that one step could not cross the box.
+    assert any("restarts" in r for r in check("minmaxmin", dict(rule, noise_steps=1), 5000, victim))
+    slow = check("minmaxmin", dict(rule, warm_start=True, noise_steps=1, noise_step_size=1 / 255), 5000, victim)
+    assert len(slow) == 1 and "visits after the lr decay" in slow[0]
+    fgsm = check("rem", dict(rule, adversary="fgsm"), 5000, victim)
+    assert any("1 steps" in r for r in fgsm) and any("travel 5.00/255" in r for r in fgsm)
