@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from . import PoisonlabError
+from .errors import LockedError
 
 
 @contextlib.contextmanager
@@ -126,7 +127,7 @@ def exclusive_lock(target, what="output"):
             held[1] += 1
             nested = True
         elif held is not None:
-            raise PoisonlabError(f"another poisonlab run (pid {os.getpid()}) is writing {what} {target} "
+            raise LockedError(f"another poisonlab run (pid {os.getpid()}) is writing {what} {target} "
                                  f"(lock {path}); wait for it to finish or choose another path")
         else:
             nested = False
@@ -166,7 +167,7 @@ def _flock(path: Path, target, what) -> int:
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise PoisonlabError(f"another poisonlab run{_read_holder(path)} is writing {what} {target} "
+            raise LockedError(f"another poisonlab run{_read_holder(path)} is writing {what} {target} "
                                  f"(lock {path}); wait for it to finish or choose another path") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino

@@ -219,3 +219,31 @@ def test_import_results_fills_only_matching_cells(tmp_path, monkeypatch):
         run_grid(cfg_path, out=tmp_path / "c", progress=False, log=lambda *a: None, import_from=bad)
     assert cli_main(["bench", "--config", str(cfg_path), "--out", str(tmp_path / "d"),
                      "--import-results", str(tmp_path / "nothing.json")]) == 2
+
+
+def test_a_cell_locked_by_another_run_is_skipped_then_trained(tmp_path):
+    import threading
+    from poisonlab.fileio import exclusive_lock
+    cfg = tiny_config(tmp_path, experiments=[{"name": "t", "layout": "at-radius", "methods": ["clean"],
+                                               "defenses": ["none"]}])
+    grid = Grid(cfg, out=tmp_path / "o", progress=False, log=lambda *a: None)
+    cell = cfg.cells()[0]
+    held, release = threading.Event(), threading.Event()
+
+    def other_run():  # another grid on the same cache, busy with this cell
+        with exclusive_lock(grid.cell_path(grid.key(cell)), "grid cell"):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=other_run)
+    t.start()
+    held.wait(30)
+    logs = []
+    try:
+        res = run_grid(cfg, out=tmp_path / "o", progress=False, log=logs.append)
+    finally:
+        release.set()
+        t.join()
+    assert res["missing"] == 1 and any("skipped: another run" in line for line in logs)
+    again = run_grid(cfg, out=tmp_path / "o", progress=False, log=lambda *a: None)
+    assert again["missing"] == 0 and again["trained"] == 1

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .. import PoisonlabError
+from ..errors import LockedError
 from ..runtime import set_threads
 from .config import Cell
 
@@ -51,11 +52,15 @@ def plan(grid, cells) -> list:
 
 def run_task(grid, task: Task):
     """Do one task against the cache (both executors call this): protect makes the set (resuming its
-    checkpoint, or nothing when the folder is complete); train returns the cell's record."""
-    if task.kind == "protect":
-        grid.protected(task.cell.method, task.cell.budget)
+    checkpoint, or nothing when the folder is complete); train returns the cell's record, or None when another
+    run sharing the cache holds that set or cell (it is left to that run; a later run reports it)."""
+    try:
+        if task.kind == "protect":
+            grid.protected(task.cell.method, task.cell.budget)
+            return None
+        return grid.cached(task.cell) or grid.run_cell(task.cell)
+    except LockedError:
         return None
-    return grid.cached(task.cell) or grid.run_cell(task.cell)
 
 
 def _report(log, rec, head=None):
@@ -80,6 +85,8 @@ class LocalExecutor:
             if rec is not None:
                 records.append(rec)
                 _report(log, rec)
+            elif t.kind == "train":
+                log("    skipped: another run sharing this cache is making it")
         return records
 
 

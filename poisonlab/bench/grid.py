@@ -20,7 +20,7 @@ import torch
 from .. import PoisonlabError
 from ..data import ImageSet, load_dataset
 from ..defenses import parse_defense
-from ..fileio import read_json, write_json
+from ..fileio import exclusive_lock, read_json, write_json
 from ..hashing import bytes_hash, digest, tensor_hash
 from ..protect.pipeline import protect
 from ..registry import METHODS
@@ -174,6 +174,13 @@ class Grid:
         return mix_partial(prot, train, cell.fraction, cell.seed), manifest
 
     def run_cell(self, cell: Cell) -> dict:
+        """Train one cell under a lock on its record, so two grids sharing a cache never train it twice (the
+        second gets LockedError and moves on; the record, once written, serves both)."""
+        path = self.cell_path(self.key(cell))
+        with exclusive_lock(path, "grid cell"):
+            return self.cached(cell) or self._train_cell(cell)
+
+    def _train_cell(self, cell: Cell) -> dict:
         key = self.key(cell)
         path = self.cell_path(key)
         d = parse_defense(cell.defense)
