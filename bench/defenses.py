@@ -62,10 +62,11 @@ ABL_KW = dict(gamma=0.5, ratio=0.01, turning_epoch=5, gga=True, cap=5.0, unlearn
 ITLM_KW = dict(alpha=0.8, rounds=3)  # the fit form on the label flip: 3 retrainings from scratch
 ITLM_GRID_KW = dict(alpha=0.8, rounds=1)  # the other attacks: one retraining (CPU budget)
 ITLM_HOOK_KW = dict(alpha=0.8, rounds=3)  # the one-run hook approximation
+ITLM_LOW_KW = dict(alpha=0.7, rounds=1)  # trimming more than the flipped fraction (stage "alpha")
 DPA_K, DPA_VICTIM = 10, dict(VICTIM, epochs=20, batch_size=64)
 FOUND = (0.1, 1.0)
 UNLEARN = {"retrain": None, "negrad+": dict(epochs=5, lr=0.01, batch_size=16, retain_weight=1.0, cap=5.0), "ssd": dict()}
-STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "grid", "trace", "cost", "extra")  # by priority
+STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "extra")
 
 
 def trimmed_of(kept, n) -> torch.Tensor:
@@ -174,7 +175,7 @@ class Bench:
                     "seconds": round(res["trained"]["train_seconds"] + unlearn_s, 1)}
         return self.cell(f"{attack}/abl", {"victim": VICTIM, "attack": ATTACKS.get(attack), "abl": ABL_KW}, run)
 
-    def itlm(self, attack, kw=None):
+    def itlm(self, attack, kw=None, name="itlm"):
         """ITLM as the paper runs it: round 0 is the undefended run (cached), then kw["rounds"] retrainings
         from scratch, each on the alpha fraction with the lowest loss under the previous round's model."""
         data, poisons = self.sets[attack]
@@ -187,8 +188,8 @@ class Bench:
                 r["trimmed"] = precision_recall(trimmed_of(kept, len(data)), poisons)
             return {**self.metrics(out["model"], attack), "rounds": rounds, "trimmed": rounds[-1]["trimmed"],
                     "seconds": round(sum(r["train_seconds"] for r in rounds), 1)}
-        return self.cell(f"{attack}/itlm", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": kw,
-                                            "form": "fit"}, run)
+        return self.cell(f"{attack}/{name}", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": kw,
+                                              "form": "fit"}, run)
 
     def itlm_hook(self, attack):
         """ITLM's one-run approximation: re-selections inside one training run, no re-initialisation."""
@@ -313,7 +314,7 @@ def tables(res: dict) -> str:
         base = res.get(f"{attack}/none")
         if base is None:
             continue
-        for d in ("none", "oracle", "abl", "abl-nogga", "itlm", "itlm-hook", "dpa"):
+        for d in ("none", "oracle", "abl", "abl-nogga", "itlm", "itlm-a0.7", "itlm-hook", "dpa"):
             r = res.get(f"{attack}/{d}")
             if r is None:
                 continue
@@ -322,8 +323,8 @@ def tables(res: dict) -> str:
                 iso = r["isolation"]
                 notes.append(f"isolated {iso['flagged']}, precision {_fmt(iso['precision'])}%; before unlearning: "
                              f"acc {r['before_unlearning']['clean_acc']}, ASR {_fmt(r['before_unlearning'].get('asr'))}")
-            if d == "itlm":
-                notes.append(f"{len(r['rounds']) - 1} retraining(s) from scratch, trained on "
+            if d.startswith("itlm") and "rounds" in r:
+                notes.append(f"alpha {r['settings']['itlm']['alpha']}, {len(r['rounds']) - 1} retraining(s) from scratch, trained on "
                              + "/".join(str(q["train_size"]) for q in r["rounds"]))
             if d.startswith("itlm") and r["trimmed"]["poisons"]:
                 t = r["trimmed"]
@@ -341,7 +342,8 @@ def tables(res: dict) -> str:
                                  for q in (1, 2, 5)))
             lines.append(f"| {attack} | {d} | {r['clean_acc']} | {_fmt(r.get('asr'))} | {base['clean_acc']} | "
                          f"{_fmt(base.get('asr'))} | {clean} | {r['seconds']} | {'; '.join(notes)} |")
-    itlm = {a: res[f"{a}/itlm"] for a in ("flip", "badnets", "clean") if f"{a}/itlm" in res}
+    itlm = {f"{a} ({d})": res[f"{a}/{d}"] for a in ("flip", "badnets", "clean") for d in ("itlm", "itlm-a0.7")
+            if f"{a}/{d}" in res}
     if itlm:
         lines += ["", "ITLM round by round (round 0 = the undefended run on everything; each later round retrains "
                       "from scratch on the samples the previous round's model gives the lowest loss):", "",
@@ -490,6 +492,8 @@ def main(argv=None):
             b.oracle("badnets")
             b.itlm("badnets")
             b.abl("flip")
+        elif s == "alpha":
+            b.itlm("flip", ITLM_LOW_KW, name="itlm-a0.7")
         elif s == "cost":  # the defenses on clean data
             b.itlm("clean")
             b.abl("clean")
@@ -503,7 +507,7 @@ def main(argv=None):
         res[r["name"]] = r
     write_json(args.out / "results" / f"defenses{suffix}.json", {"scale": SCALE, "victim": VICTIM, "attacks": ATTACKS,
                                                        "abl": ABL_KW, "itlm": ITLM_KW, "itlm_grid": ITLM_GRID_KW,
-                                                       "itlm_hook": ITLM_HOOK_KW, "dpa": {"k": DPA_K, **DPA_VICTIM},
+                                                       "itlm_hook": ITLM_HOOK_KW, "itlm_low": ITLM_LOW_KW, "dpa": {"k": DPA_K, **DPA_VICTIM},
                                                        "torch": torch.__version__, "cells": res})
     with atomic_write(args.out / "results" / f"defenses_tables{suffix}.md", "w") as f:
         f.write(tables(res))
