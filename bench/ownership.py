@@ -62,8 +62,10 @@ TAGGANTS = dict(n_keys=10, budget=float(os.environ.get("OWNERSHIP_BUDGET", 0.02)
                 key_kind=os.environ.get("OWNERSHIP_KEY_KIND", "grating"))
 # 30 keys (issue 14): at 10 classes a top-1 hit is worth little (chance 10%; the paper's top-10 of 1,000 classes
 # is 1%), so 10 keys need 5 hits for p < 0.01; 30 keys need 8. 1% per key (20 images; 600 of 2,000 marked):
-# with 30 i.i.d. uniform labels one class gets 7 keys (key seed 0), and 7 x 40 images exceed its 200.
-TAGGANTS30 = dict(TAGGANTS, n_keys=30, budget=0.01)
+# with 30 i.i.d. uniform labels one class gets 7 keys (key seed 0), and 7 x 40 images exceed its 200. 60
+# signed-Adam steps (paper 250): matching costs ~0.2 CPU-s per key and step here, and the shared core allowed
+# about 400 CPU-s for marking.
+TAGGANTS30 = dict(TAGGANTS, n_keys=30, budget=0.01, steps=60)
 MARK_SEED = 0  # one marked copy (keys, marked images, surrogate clean-s10); victims seeds 0..9 train on it
 BACKDOOR = dict(trigger=os.environ.get("OWNERSHIP_TRIGGER", "blend"), rate=0.1, margin=0.2, n_verify=100)
 # marked copies: cache name -> (marking method, settings)
@@ -247,11 +249,11 @@ def null_fresh_keys(models, n_keys: int, num_classes: int, shape) -> dict:
 
 def stage_null(b: Bench) -> dict:
     """Clean models against keys they never learned. Taggants: each clean model with NULL_KEYSETS fresh key
-    sets of 10 and of 30 keys, both tests (binomial top-1 and rank-sum), and every clean model with the real
+    sets of 10 (and, with --null-keys 10,30, of 30) keys, both tests (binomial top-1 and rank-sum), and every clean model with the real
     marking keys; backdoor: the real watermark key on every clean model."""
     models = null_models(b)
     out = {"clean_models": [n for n, _ in models], "keysets_per_model": NULL_KEYSETS,
-           "fresh_keys": {str(k): null_fresh_keys(models, k, b.train.num_classes, b.train.shape) for k in (10, 30)}}
+           "fresh_keys": {str(k): null_fresh_keys(models, k, b.train.num_classes, b.train.shape) for k in b.null_keys}}
     for copy, (kind, _) in COPIES.items():
         if not (b.cache / "marks" / f"{copy}-s{MARK_SEED}.key").exists():
             continue
@@ -309,7 +311,7 @@ def copy_rows(b: Bench, copy: str) -> list:
         c, vc = M(f"clean-s{s}"), V(f"{copy}-on-clean-s{s}")
         vr, vcr = V(f"{copy}-s{s}-rank"), V(f"{copy}-on-clean-s{s}-rank")
         rows.append({"seed": s, "acc_marked": m["last_acc"], "p_value": v["p_value"], "statistic": v["statistic"],
-                     "p_rank": vr and vr["p_value"], "mean_rank": vr and vr["mean_rank"],
+                     "p_rank": vr and vr["p_value"], "mean_rank": vr and vr["mean_rank"], "ranks": vr and vr.get("ranks"),
                      "acc_clean": c and c["last_acc"], "p_clean_model": vc and vc["p_value"],
                      "p_rank_clean_model": vcr and vcr["p_value"]})
     return rows
@@ -358,6 +360,22 @@ def report_copy(b: Bench, copy: str, md: list) -> dict | None:
                        "with the same per-key budget): P(detected at p < 0.01) = " +
                        ", ".join(f"{v['power']:.2f} with {n} keys (needs {v['critical_hits']} hits)"
                                  for n, v in power.items()) + ".")
+            per_k = {}  # the other statistics compared when the rank-sum test was chosen, from the same ranks
+            for kk in (2, 3):
+                per_k[kk] = sum(binom.sf(sum(x <= kk for x in r["ranks"]) - 1, k, kk / 10) < 0.01
+                                for r in ranked if r["ranks"])
+            if ranked and all(r["ranks"] for r in ranked):
+                out["detected_topk_p<0.01"] = per_k
+                md[-1] += (" From the same ranks, the binomial test on the top-2 (chance 0.2) detects "
+                           f"{per_k[2]}/{len(ranked)} and on the top-3 {per_k[3]}/{len(ranked)}.")
+            ranks = [x for r in ranked for x in (r["ranks"] or [])]
+            if ranks:  # the same projection for the rank-sum test: keys resampled from the measured ranks
+                rng = np.random.default_rng(0)
+                rp = {n: float(np.mean([stats.rank_sum_test(rng.choice(ranks, n), 10).p_value < 0.01
+                                        for _ in range(2000)])) for n in (10, 20, 30)}
+                out["projected_rank_power_at_0.01"] = rp
+                md[-1] += (" The same projection for the rank-sum test (keys resampled from the measured ranks): " +
+                           ", ".join(f"{v:.2f} with {n} keys" for n, v in rp.items()) + ".")
     else:
         detected = f"**{det}/{len(rows)}**"
         md += [f"### {copy}: detection and harmlessness", "",
@@ -467,6 +485,7 @@ def main(argv=None):
                                                    "fine-tune, jpeg, blur, at, arch")
     ap.add_argument("--robust-copies", default="taggants30,backdoor", help="marked copies for the robust stage")
     ap.add_argument("--robust-seeds", default="0", help="comma-separated victim seeds for the robust stage")
+    ap.add_argument("--null-keys", default="10", help="key-set sizes of the null stage's fresh keys (e.g. 10,30)")
     args = ap.parse_args(argv)
     set_threads()
     b = Bench(Path(args.cache))
@@ -475,6 +494,7 @@ def main(argv=None):
     b.robust = args.robust.split(",") if args.robust else None
     b.robust_copies = args.robust_copies.split(",")
     b.robust_seeds = [int(x) for x in args.robust_seeds.split(",")]
+    b.null_keys = [int(x) for x in args.null_keys.split(",")]
     names = list(STAGES) if args.stage == "all" else args.stage.split(",")
     for n in names:
         log(f"stage {n}")

@@ -78,7 +78,8 @@ def rank_sum_test(ranks, num_classes: int, censor: int | None = None) -> TestRes
     return TestResult(float(total), min(1.0, p), "rank-sum",
                       {"rank_sum": total, "trials": int(len(r)), "num_classes": int(num_classes),
                        "censor": len(one) - 1 if len(one) < num_classes else None, "mean_rank": float(r.mean()),
-                       "expected_mean_rank": float(np.arange(1, len(one) + 1) @ one), "hits": int((r == 1).sum())})
+                       "expected_mean_rank": float(np.arange(1, len(one) + 1) @ one), "hits": int((r == 1).sum()),
+                       "ranks": r.tolist()})
 
 
 def randomized_rank_pvalue(rank_sum: int, trials: int, num_classes: int, u: float, censor=None) -> float:
