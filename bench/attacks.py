@@ -49,6 +49,9 @@ from poisonlab.train import TrainConfig, evaluate, train_victim
 
 CIFAR = "../shared/datasets/cifar10-jpg.tar.gz"
 SCALES = {"main": dict(n=4000, victim=dict(model="smallcnn", width=0.5, epochs=12)),
+          # the main scale's victim without crop+flip: in 12 epochs it fits its training set (with crop+flip it
+          # fits about 60% of it and only 3 of its 40 training poisons; see docs/attacks.md)
+          "noaug": dict(n=4000, victim=dict(model="smallcnn", width=0.5, epochs=12, augment="none")),
           "small": dict(n=2000, victim=dict(model="smallcnn", width=0.25, epochs=12))}
 GM = dict(steps=40, restarts=1, tau=0.1, eps=16 / 255, budget=0.01)  # paper: M=250, R=8 (see docs)
 # Transfer setting: 5 poisons per target for both (Poison Frogs' paper uses 1, convex polytope 5), eps 16/255.
@@ -321,7 +324,10 @@ FT = dict(epochs=4, lr=0.01)  # fine-tuning victims: 4 more epochs from the pret
 # name -> (attack, options); the trigger seed is fixed here so that reruns use the same secret pattern
 BACKDOORS = {"badnets": ("badnets", {"trigger_seed": 1}), "badnets-5": ("badnets", {"trigger_seed": 1, "trigger_size": 5}),
              "blended": ("blended", {"trigger_seed": 1}),
-             "badnets-cb": ("badnets", {"trigger_seed": 1, "trigger_pattern": "checkerboard"})}
+             "badnets-cb": ("badnets", {"trigger_seed": 1, "trigger_pattern": "checkerboard"}),
+             "badnets-cb5": ("badnets", {"trigger_seed": 1, "trigger_pattern": "checkerboard", "trigger_size": 5}),
+             "badnets-na": ("badnets", {"trigger_seed": 1}),
+             "badnets-cb-na": ("badnets", {"trigger_seed": 1, "trigger_pattern": "checkerboard"})}
 UNTARGETED = {  # generative attacks vs the same-budget control (random +-eps noise on the same 10%)
     "autoencoder-poison": dict(fraction=0.1, eps=8 / 255, steps=200, surrogate_width=0.25),
     "pgan": dict(poison_class=0, fraction=0.05, steps=300, surrogate_width=0.25),
@@ -433,7 +439,6 @@ def transfer(b, n_targets, binary=False, other=None):
 # attack's own measured L-inf size (per target).
 FEWSHOT = dict(head_per_class=50, probe_epochs=500)
 FEWSHOT_RECIPES = {"poison-frogs": dict(num_poisons=1, eps=1.0, iterations=1000),
-                   "poison-frogs-5": dict(num_poisons=5, eps=1.0, iterations=1000),
                    "convex-polytope": dict(num_poisons=5, eps=0.1, iterations=500)}
 
 
@@ -446,7 +451,7 @@ def transfer_fewshot(b, n_targets, other):
     ids, xt, yt, adv = b.targets(n_targets, seed=1)
     extract = {"seen": penultimate(s0), "unseen": penultimate(s1)}
     base = {k: features(f, b.train.images) for k, f in extract.items()}
-    models = {"poison-frogs": s0, "poison-frogs-5": s0, "convex-polytope": [s0, other]}
+    models = {"poison-frogs": s0, "convex-polytope": [s0, other]}
     rows = []
 
     def probe(t, res, head_idx):
@@ -469,7 +474,7 @@ def transfer_fewshot(b, n_targets, other):
             ft = features(extract["seen"], xt[t:t + 1])
             rel = lambda a: round(float(((a - ft).norm(dim=1) / ft.norm()).mean()), 4)  # noqa: E731
             for name, kw in FEWSHOT_RECIPES.items():
-                atk = create_attack(name.removesuffix("-5"), model=models[name], target_images=xt[t:t + 1],
+                atk = create_attack(name, model=models[name], target_images=xt[t:t + 1],
                                     adversarial_labels=adv[t:t + 1], target_ids=[int(ids[t])], seed=t, **kw)
                 t0 = time.time()
                 res = atk(b.train.images, b.train.labels)
@@ -545,18 +550,22 @@ def report(results) -> str:
     scales = results.get("scales", {})
     for k, v in scales.items():
         lines.append(f"- scale **{k}**: {v['train']} training images, {v['victim']['model']} width {v['victim']['width']}, "
-                     f"{v['victim']['epochs']} epochs; clean accuracy on {v['test']} test images")
-    lines += ["", "## Backdoors (main scale, 1% poison rate, target class 0)", "",
-              "| attack | clean acc. (%) | ASR (%) +- s.e. | control ASR: same images relabelled, no trigger | clean model ASR |",
-              "|---|---|---|---|---|"]
-    clean = results.get("clean", {}).get("clean_acc")
-    ctrl = results.get("badnets-control", {})
-    for k in BACKDOORS:
+                     f"{v['victim']['epochs']} epochs, augmentation {v['victim'].get('augment', 'crop+flip')}; clean accuracy on {v['test']} test images")
+    lines += ["", "## Backdoors (1% poison rate, target class 0; scale main = crop+flip, noaug = the same victim without)", "",
+              "| attack (trigger) | clean acc. (%) | ASR (%) +- s.e. | control ASR: same images relabelled, no trigger "
+              "| clean model ASR | training poisons the victim fits | victim train acc. (%) |",
+              "|---|---|---|---|---|---|---|"]
+    for k, (_, kw) in BACKDOORS.items():
         if k in results:
             r = results[k]
-            c = ctrl.get("asr", {}).get(k)
-            lines.append(f"| {k} | {r['clean_acc']:.2f} (clean training {clean:.2f}) | {pct(r['asr'])} | "
-                         f"{pct(c) if c else '-'} | {pct(r['clean_model_asr'])} |")
+            scale = r.get("scale", "main")
+            clean = results.get("clean" if scale == "main" else f"clean-{scale}", {}).get("clean_acc", float("nan"))
+            c = (results.get(f"{k}-control") or results.get("badnets-control", {})).get("asr", {}).get(k)
+            trig = f"{kw.get('trigger_size', 3)}x{kw.get('trigger_size', 3)} {kw.get('trigger_pattern', 'random')}" \
+                if BACKDOORS[k][0] == "badnets" else "blend 0.2"
+            fit = pct(r["train_poisons_fit"]) if "train_poisons_fit" in r else "-"
+            lines.append(f"| {k} ({trig}; {scale}) | {r['clean_acc']:.2f} (clean training {clean:.2f}) | {pct(r['asr'])} | "
+                         f"{pct(c) if c else '-'} | {pct(r['clean_model_asr'])} | {fit} | {r.get('train_acc', '-')} |")
     lines += ["", "## Targeted clean-label attacks (small scale; success = target classified as its adversarial class)",
               "", "| attack | victim | success (%) +- s.e. | same-budget random control | victim clean acc. (%) |",
               "|---|---|---|---|---|"]
@@ -577,10 +586,30 @@ def report(results) -> str:
             for k in ("seen", "unseen"):
                 lines.append(f"| {name} | {setting}, {k} extractor | {pct(t[name][k])} | "
                              f"{pct(t['random-poison'][k])} | probe {t['probe_clean_acc'][k]:.2f}{note} |")
+    if "gm-ft" in results and results["gm-ft"].get("mean_margin"):
+        m = results["gm-ft"]["mean_margin"]
+        lines.append(f"\nWitches' Brew, fine-tuning ({results['gm-ft']['steps']} steps): mean target margin logit[adv] - "
+                     f"logit[true]: surrogate before fine-tuning {m['surrogate']}, after fine-tuning on the poisons "
+                     f"{m['witches-brew']}, on the random control {m['control']}.\n")
     if "meta" in results:
         m = results["meta"]["summary"]
         lines.append(f"| metapoison | from scratch | {pct(m['metapoison'])} | {pct(m['random-poison'])} | "
                      f"{m['metapoison']['clean_acc']:.2f} (control {m['random-poison']['clean_acc']:.2f}) |")
+    if "transfer-fewshot" in results:
+        t, st = results["transfer-fewshot"]["summary"], results["transfer-fewshot"]["settings"]
+        lines += ["", f"## Feature collision in Poison Frogs' transfer setting (main scale's extractors; a two-class head "
+                      f"on {st['head_per_class']} images per class + the poisons, no weight decay, {st['probe_epochs']} "
+                      "full-batch Adam steps)", "",
+                  "| attack | poisons, budget | extractor | success (%) +- s.e. | control: same bases, random signs of "
+                  "the attack's own L-inf size | clean head | poison-target feature distance (bases -> poisons; control) |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, kw in st["recipes"].items():
+            fd = t[name]["feature_distance"]
+            budget = "unbounded" if kw["eps"] >= 1 else f"eps {kw['eps']:g}"
+            for k in ("seen", "unseen"):
+                lines.append(f"| {name} | {kw['num_poisons']}, {budget} (mean max change {t[name]['max_levels_mean']}/255) "
+                             f"| {k} | {pct(t[name][k])} | {pct(t[name + ' control'][k])} | {pct(t['clean-head'][k])} | "
+                             f"{fd['bases']} -> {fd['poisons']}; {fd['control']} |")
     if "generative" in results:
         lines += ["", "## Untargeted attacks (small scale): clean accuracy drop vs clean training", "",
                   "| attack | poisoned images | clean acc. (%) | drop (points) |", "|---|---|---|---|"]
@@ -606,7 +635,8 @@ def report(results) -> str:
     return "\n".join(lines) + "\n"
 
 
-STAGE_SCALE = {"badnets-cb": "main", "badnets-cb-control": "main", "clean": "main", "badnets": "main", "badnets-5": "main", "badnets-control": "main", "blended": "main",
+STAGE_SCALE = {"clean-noaug": "noaug", "badnets-na": "noaug", "badnets-cb-na": "noaug", "badnets-na-control": "noaug",
+               "badnets-cb": "main", "badnets-cb5": "main", "badnets-cb5-control": "main", "clean": "main", "badnets": "main", "badnets-5": "main", "badnets-control": "main", "blended": "main",
                "clean-small": "small", "gm": "small", "gm-control": "small", "gm-ft": "small", "gm-diagnose": "small", "transfer": "small",
                "meta": "small", "generative": "small", "transfer-binary": "main", "fc-diagnose": "main",
                "transfer-fewshot": "main"}
@@ -655,8 +685,8 @@ def main():
             benches[scale] = Bench(args, scale, full_train, full_test)
         b = benches[scale]
         log(f"stage {stage} ({scale})")
-        if stage in ("clean", "clean-small"):
-            results[stage] = b.clean()
+        if stage in ("clean", "clean-small", "clean-noaug"):
+            results[stage] = b.clean(surrogate=scale != "noaug")
         elif stage in BACKDOORS:
             results[stage] = b.badnets(stage, 0.01)
         elif stage.endswith("-control") and stage.removesuffix("-control") in BACKDOORS:
