@@ -8,13 +8,17 @@ Scale: configs/cpu.json's grid scale: a class-balanced 5,000-image subset of the
 min-max-min (L2 randomness form) on a smallcnn width-0.5 surrogate with the rule's schedule (500 steps =
 12.8 passes, lr x0.1 after 200, 5 noise steps of 3.2/255, eot 2, adversary 4/255 with 3 steps of 3.33/255);
 victims smallcnn width 0.5, 5 epochs (SGD lr 0.1 cosine, batch 128, crop+flip), standard training and PGD
-AT at 4/255 with 3 steps, tested on the full 10,000-image test set. Passes = images forwarded with
-gradients through the surrogate (each is one forward + backward), counted by a hook on the surrogate.
-Every stage is cached under --work and resumes.
+AT at 4/255 with 3 steps, tested on the grid's class-balanced 1,000-image test subset. Passes = images
+forwarded with gradients through the surrogate (each is one forward + backward), counted by a hook on the
+surrogate (the schedule's count where a run was resumed or the set made elsewhere). Every stage is cached
+under --work and resumes; with --grid-cache, a victim the grid (configs/cpu.json) already trained on the
+same protected set with the same settings is read from the grid's cache instead of trained again.
 """
 
 import argparse
+import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,7 +32,8 @@ from poisonlab.runtime import set_threads
 from poisonlab.train import TrainConfig, train_victim
 
 CIFAR = "../shared/datasets/cifar10-jpg.tar.gz"
-N = 5000
+N, N_TEST = 5000, 1000
+GRID_DEFENSE = {"st": "none", "at2": "at:2/255", "at4": "at:4/255"}  # the grid's names of the regimes
 # configs/cpu.json's minmaxmin row: the scale-down rule at the paper's ratios for 5k images
 BASE = dict(surrogate="smallcnn", width=0.5, train_steps=500, lr_decay_every=200, noise_steps=5,
             noise_step_size="16/1275", eot=2, adv_eps="4/255", adv_steps=3, adv_step_size="2/153", eps="8/255")
@@ -40,11 +45,16 @@ VARIANTS = {
     "warm1-fgsm": dict(warm_start=True, noise_steps=1, adversary="fgsm"),
     "warm2-fgsm": dict(warm_start=True, noise_steps=2, adversary="fgsm"),
 }
-VICTIM = dict(model="smallcnn", width=0.5, epochs=5, batch_size=128, lr=0.1, schedule="cosine", augment="standard")
-REGIMES = {"st": {}, "at4": dict(adv_eps=4 / 255, adv_steps=3)}
+VICTIM = dict(model="smallcnn", width=0.5, epochs=5, batch_size=128, lr=0.1, schedule="cosine", augment="standard",
+              adv_steps=3)  # configs/cpu.json's train row
+REGIMES = {"st": {}, "at2": dict(adv_eps=2 / 255), "at4": dict(adv_eps=4 / 255)}  # in the order they run
 # Equal strength: the variant's victims end within this many points of the baseline's (above it = weaker), in
-# every regime; the margin issue 9 allows the random control against clean data (one seed each).
+# every judged regime; the margin issue 9 allows the random control against clean data (one seed each).
 TOLERANCE = 2.0
+# Judged where the baseline protects by more than the tolerance. At this scale AT 4/255 does not: the grid's
+# clean victim ends at 39.6% (docs/bench, table3) and the baseline's at 37.5%, a 2.1-point drop, so "within 2
+# points" there would hold for no protection at all; ST (47.7 -> 17.8) and AT 2/255 (42.8 -> 27.3) can tell.
+JUDGED = ("st", "at2")
 
 
 class PassCounter:
@@ -98,12 +108,35 @@ def protected(work, name, train):
     return load_dataset(target, "train")
 
 
-def victim(work, name, regime, data, test):
+def _plain(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def from_grid(cache, name, regime, cfg):
+    """A cell of the grid's cache trained with this victim's settings on this variant's protected set, or None."""
+    params = None if name == "clean" else _plain(create_method("minmaxmin", seed=0, **{**BASE, **VARIANTS[name]}).params())
+    want = {k: v for k, v in _plain(asdict(cfg)).items() if k not in ("device", "extra")}
+    for f in sorted(Path(cache, "cells").glob("*.json")):
+        d = read_json(f)
+        c, tc = d.get("cell") or {}, d.get("train_config") or {}
+        if (c.get("method") == ("clean" if name == "clean" else "minmaxmin") and c.get("defense") == GRID_DEFENSE[regime]
+                and c.get("fraction") == 1.0 and d.get("train_size") == N and d.get("test_size") == N_TEST
+                and {k: v for k, v in tc.items() if k not in ("device", "extra")} == want
+                and (d.get("protection") or {}).get("params") == params):
+            return {**d, "source": f"grid cell {f.name}"}
+    return None
+
+
+def victim(work, name, regime, data, test, grid=None):
     path = work / "victims" / f"{name}-{regime}.json"
     if path.exists():
         return read_json(path)
-    print(f"== victim {name} {regime}", flush=True)
     cfg = TrainConfig(**VICTIM, **REGIMES[regime], seed=0)
+    if grid and (r := from_grid(grid, name, regime, cfg)):
+        write_json(path, r)
+        print(f"{name}-{regime}: last {r['last_acc']:.2f} ({r['source']})", flush=True)
+        return r
+    print(f"== victim {name} {regime}", flush=True)
     t0 = time.time()
     r = train_victim(data, test, cfg, progress=False, checkpoint=work / "victims" / f"{name}-{regime}.pt")
     r["wall_seconds"] = time.time() - t0
@@ -147,23 +180,22 @@ def collect(work) -> dict:
     for row in rows.values():
         if base and row is not base and "passes" in row and "passes" in base:
             row["fewer_passes"] = round(base["passes"] / row["passes"], 2)
-            common = [r for r in REGIMES if r in row["last_acc"] and r in base["last_acc"]]
-            row["equal_strength"] = bool(common) and len(common) == len(REGIMES) and all(
-                row["last_acc"][r] <= base["last_acc"][r] + TOLERANCE for r in common)
+            if all(r in row["last_acc"] and r in base["last_acc"] for r in JUDGED):
+                row["equal_strength"] = all(row["last_acc"][r] <= base["last_acc"][r] + TOLERANCE for r in JUDGED)
     return {"scale": __doc__.split("Scale: ", 1)[1].split("\n\n")[0].replace("\n", " "), "tolerance_points": TOLERANCE,
-            "rows": list(rows.values())}
+            "judged_regimes": list(JUDGED), "rows": list(rows.values())}
 
 
 def table(result) -> str:
-    lines = ["| variant | options | passes (M) | fewer passes than baseline | victim ST: last | victim AT 4/255: last | "
-             "noise at +-eps | final pass change (levels) | generation (s) | equal strength (within "
-             f"{result['tolerance_points']:g} points) |", "|" + "---|" * 10]
+    lines = ["| variant | options | passes (M) | fewer passes than baseline | victim ST: last | victim AT 2/255: last | "
+             "victim AT 4/255: last | noise at +-eps | final pass change (levels) | generation (s) | equal strength "
+             f"({' and '.join(result['judged_regimes'])}, within {result['tolerance_points']:g} points) |", "|" + "---|" * 11]
     for r in result["rows"]:
         acc = r["last_acc"]
         passes = f"{r['passes'] / 1e6:.2f}" + ("" if r.get("passes_counted", True) else " (scheduled)") if "passes" in r else "-"
         edge = f"{r['edge_fraction'] * 100:.0f}%" if r.get("edge_fraction") is not None else "-"
         lines.append(f"| {r['variant']} | {r.get('options') or '-'} | {passes} | {r.get('fewer_passes', '-')} | "
-                     f"{acc.get('st', '-')} | {acc.get('at4', '-')} | {edge} | {_or_dash(r.get('final_pass_change_levels'))} | "
+                     f"{acc.get('st', '-')} | {acc.get('at2', '-')} | {acc.get('at4', '-')} | {edge} | {_or_dash(r.get('final_pass_change_levels'))} | "
                      f"{r.get('generation_seconds', '-')} | {'-' if 'equal_strength' not in r else ('yes' if r['equal_strength'] else 'no')} |")
     return "\n".join(lines) + "\n"
 
@@ -179,6 +211,7 @@ def main(argv=None):
     ap.add_argument("--work", default="runs/fewer")
     ap.add_argument("--out", default="docs/results/fewer.json")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--grid-cache", default=None, help="the grid's cache of configs/cpu.json, e.g. runs/bench/cpu-5k")
     args = ap.parse_args(argv)
     work = Path(args.work)
     bad = [v for v in args.variants if v != "clean" and v not in VARIANTS]
@@ -187,11 +220,11 @@ def main(argv=None):
     if not args.report_only:
         set_threads()
         train = load_dataset(args.data, "train").stratified(N, seed=0)
-        test = load_dataset(args.data, "test")
+        test = load_dataset(args.data, "test").stratified(N_TEST, seed=0)
         for name in args.variants:
             data = train if name == "clean" else protected(work, name, train)
             for regime in REGIMES:
-                victim(work, name, regime, data, test)
+                victim(work, name, regime, data, test, args.grid_cache)
     result = collect(work)
     write_json(args.out, result)
     Path(args.out).with_suffix(".md").write_text(table(result))

@@ -2,6 +2,9 @@
 REM / min-max-min. Off by default, so the defaults' settings record (manifests, checkpoint keys) is
 unchanged; each option changes exactly the passes it claims to; the scale-down rule counts them."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,6 +14,9 @@ from poisonlab.protect.scaledown import VictimAT, check
 
 from test_checkpoint_noise import bits
 from test_protect import SETTINGS, TINY, tiny_set
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import fewer  # noqa: E402  (bench/fewer.py, a script)
 
 STEP = dict(TINY, train_steps=4, lr_decay_every=2, noise_steps=2, eot=2, adv_steps=3)
 
@@ -46,6 +52,7 @@ def test_each_option_spends_the_passes_it_claims():
     for name, kw in (("default", {}), ("warm1", dict(warm_start=True, noise_steps=1)), ("fgsm", dict(adversary="fgsm"))):
         noise, diag, passes, m = counted_run(data, **kw)
         assert passes == 4 * 16 * per_step[name] + 32 * final[name], name
+        assert passes == fewer.scheduled_passes({**STEP, **kw}, n=32), name  # the study's count for resumed runs
         assert noise.abs().max() <= 8 / 255 + 1e-6 and diag["final_pass_change_levels"] > 0
     assert (m.adv_pgd.steps, m.adv_pgd.random_start) == (1, True) and m.adv_pgd.alpha == pytest.approx(1.25 * 4 / 255)
 
@@ -91,3 +98,22 @@ def test_scaledown_rule_counts_warm_travel_over_visits_and_fgsm_as_one_step():
     assert len(slow) == 1 and "visits after the lr decay" in slow[0]
     fgsm = check("rem", dict(rule, adversary="fgsm"), 5000, victim)
     assert any("1 steps" in r for r in fgsm) and any("travel 5.00/255" in r for r in fgsm)
+
+
+def test_study_report_gives_the_passes_ratio_and_the_verdict(tmp_path):
+    (tmp_path / "victims").mkdir()
+    (tmp_path / "passes").mkdir()
+    (tmp_path / "protected" / "baseline").mkdir(parents=True)
+    for name, st, at2 in (("baseline", 17.8, 27.3), ("warm1-fgsm", 19.0, 30.3), ("warm1", 18.0, 28.5)):
+        for regime, acc in (("st", st), ("at2", at2), ("at4", 37.5)):
+            (tmp_path / "victims" / f"{name}-{regime}.json").write_text(f'{{"last_acc": {acc}}}')
+    (tmp_path / "protected" / "baseline" / "manifest.json").write_text('{"generation_seconds": 9, "diagnostics": {}}')
+    for name, n in (("warm1-fgsm", 330240), ("warm1", 100)):
+        (tmp_path / "passes" / f"{name}.json").write_text(
+            f'{{"passes_grad": {n}, "maybe_resumed": {"true" if name == "warm1" else "false"}, "wall_seconds": 5}}')
+    rows = {r["variant"]: r for r in fewer.collect(tmp_path)["rows"]}
+    assert rows["baseline"]["passes"] == fewer.scheduled_passes(fewer.BASE) and not rows["baseline"]["passes_counted"]
+    assert rows["warm1-fgsm"]["fewer_passes"] == round(rows["baseline"]["passes"] / 330240, 2)
+    assert rows["warm1-fgsm"]["equal_strength"] is False  # 3 points weaker under AT 2/255
+    assert rows["warm1"]["equal_strength"] is True and rows["warm1"]["passes"] == rows["warm1"]["scheduled_passes"]
+    assert "| warm1-fgsm |" in fewer.table(fewer.collect(tmp_path))
