@@ -304,7 +304,7 @@ def copy_rows(b: Bench, copy: str) -> list:
     M = lambda n: _read(b.cache / "models" / f"{n}.json")  # noqa: E731
     V = lambda n: _read(b.cache / "verify" / f"{n}.json")  # noqa: E731
     rows = []
-    for s in range(N_MARKED):
+    for s in range(N_MARKED + 20):  # seeds >= N_MARKED: further victims (see report_copy)
         m, v = M(f"{copy}-s{s}"), V(f"{copy}-s{s}")
         if m is None or v is None:
             continue
@@ -324,13 +324,14 @@ def report_copy(b: Bench, copy: str, md: list) -> dict | None:
     kind, settings = COPIES[copy]
     taggants = kind == "taggants"
     meta = read_json(b.cache / "marks" / f"{copy}-s{MARK_SEED}.json")
+    rows, extra = [r for r in rows if r["seed"] < N_MARKED], [r for r in rows if r["seed"] >= N_MARKED]
     det = sum(r["p_value"] < 0.01 for r in rows)
     ranked = [r for r in rows if r["p_rank"] is not None]
     det_rank = sum(r["p_rank"] < 0.01 for r in ranked)
     paired = [r for r in rows if r["acc_clean"] is not None]
     diff = [r["acc_marked"] - r["acc_clean"] for r in paired]
     mean, se = _mean_se(diff) if diff else (None, None)
-    out = {"settings": settings, "rows": rows, "victims": len(rows), "detected_p<0.01": det,
+    out = {"settings": settings, "rows": rows, "victims": len(rows), "detected_p<0.01": det, "further_rows": extra,
            "acc_marked_mean": float(np.mean([r["acc_marked"] for r in rows])), "paired_twins": len(paired),
            "acc_clean_mean": float(np.mean([r["acc_clean"] for r in paired])) if paired else None,
            "acc_diff_mean": mean, "acc_diff_se": se,
@@ -345,7 +346,7 @@ def report_copy(b: Bench, copy: str, md: list) -> dict | None:
                f"| rank-sum p | clean twin: binomial p, rank-sum p |", "|---|---|---|---|---|---|---|---|"]
         md += [f"| {r['seed']} | {f(r['acc_clean'], '.2f')} | {r['acc_marked']:.2f} | {r['statistic']:.0f} | "
                f"{r['p_value']:.3g} | {f(r['mean_rank'], '.2f')} | {f(r['p_rank'], '.3g')} | "
-               f"{f(r['p_clean_model'], '.3g')}, {f(r['p_rank_clean_model'], '.3g')} |" for r in rows]
+               f"{f(r['p_clean_model'], '.3g')}, {f(r['p_rank_clean_model'], '.3g')} |" for r in rows + extra]
         rate = sum(r["statistic"] for r in rows) / (k * len(rows))  # pooled per-key top-1 hit rate
         out["pooled_key_hit_rate"] = rate
         detected = f"binomial top-1 **{det}/{len(rows)}**" + (f", rank-sum **{det_rank}/{len(ranked)}**" if ranked else "")
@@ -385,7 +386,14 @@ def report_copy(b: Bench, copy: str, md: list) -> dict | None:
                f"{r['p_value']:.3g} | {f(r['p_clean_model'], '.3g')} |" for r in rows]
     harm = (f"paired difference (marked - clean twin, {len(paired)} seeds) {mean:+.2f} ± {se:.2f} points "
             f"(mean ± s.e.; s.d. {out['acc_diff_sd']:.2f})" if len(diff) > 1 else "no clean twins")
-    md += ["", f"Detected at p < 0.01: {detected}. Accuracy of the marked-data victims "
+    if extra:
+        xr = [r for r in extra if r["p_rank"] is not None]
+        out["further_detected_p<0.01"] = sum(r["p_value"] < 0.01 for r in extra)
+        out["further_detected_rank_p<0.01"] = sum(r["p_rank"] < 0.01 for r in xr)
+        detected += (f"; further victims (seeds {N_MARKED}+, trained after the rank-sum test was chosen): binomial "
+                     f"top-1 **{out['further_detected_p<0.01']}/{len(extra)}**, rank-sum "
+                     f"**{out['further_detected_rank_p<0.01']}/{len(xr)}**")
+    md += ["", f"Detected at p < 0.01 (victims 0..{N_MARKED - 1}): {detected}. Accuracy of the marked-data victims "
            f"{_mean_sd([r['acc_marked'] for r in rows])} (mean ± s.d.); {harm}. Marking: "
            f"{meta.get('marked_images')} images in {meta.get('seconds', 0):.0f}s.", ""]
     return out
