@@ -4,9 +4,10 @@ Trimmed Loss Minimization", ICML 2019).
     min_theta  min_{S : |S| = floor(alpha n)}  sum_{(x, y) in S} loss(x, y; theta)
 
 solved by alternation: (a) keep the floor(alpha n) samples with the lowest loss under the current model,
-(b) train on them. Bad samples (flipped labels, backdoors) are learned later than clean ones, so they sit in
-the high-loss tail and are trimmed. alpha should be at most the clean fraction (the paper sets it a little
-below 1 - the corruption rate).
+(b) train on them. Bad samples (flipped labels, in the paper also backdoors) are learned later than clean
+ones, so they sit in the high-loss tail and are trimmed (a BadNets patch is learned faster instead: ABL's
+premise). alpha should be at most the clean fraction; trimming more also drops
+clean samples (alpha 0.7 on a 20% flip was worse than 0.8, docs/defenses.md).
 
 Two forms:
 * `ITLM(...).fit(train, test, cfg)`: the paper's alternation. Round 0 trains on everything; each of the
