@@ -442,10 +442,12 @@ FEWSHOT_RECIPES = {"poison-frogs": dict(num_poisons=1, eps=1.0, iterations=1000)
                    "convex-polytope": dict(num_poisons=5, eps=0.1, iterations=500)}
 
 
-def transfer_fewshot(b, n_targets, other):
+def transfer_fewshot(b, n_targets, other, recipes=None):
     """Feature collision and convex polytope in the few-shot two-class transfer setting (FEWSHOT), each
     against its own random control; extractors: the attacker's (seed 0, 'seen') and an unseen one (seed 1).
-    Convex polytope crafts on seed 0 and `other`."""
+    Convex polytope crafts on seed 0 and `other`. recipes: names of FEWSHOT_RECIPES to craft for targets not
+    cached yet (all by default); each attack's rate counts the targets it ran on."""
+    recipes = {k: v for k, v in FEWSHOT_RECIPES.items() if recipes is None or k in recipes}
     from poisonlab.attacks.evaluate import features, linear_probe, penultimate
     s0, s1 = b.model(0)[0], b.model(1)[0]
     ids, xt, yt, adv = b.targets(n_targets, seed=1)
@@ -468,12 +470,26 @@ def transfer_fewshot(b, n_targets, other):
         return out
 
     for t in range(len(ids)):
-        def run(t=t):
+        def head(g, t, poisons):
+            """head_per_class clean images of each of the two classes, plus the poisons."""
+            idx = []
+            for c in (int(yt[t]), int(adv[t])):
+                pool = torch.nonzero((b.train.labels == c) & ~torch.isin(torch.arange(len(b.train)), poisons)).flatten()
+                idx.append(pool[torch.randperm(len(pool), generator=g)[:FEWSHOT["head_per_class"]]])
+            return torch.cat(idx + [poisons])
+
+        def run(t, out=None):
+            """Craft the requested recipes missing from `out` (a cached row); the head samples are drawn in
+            FEWSHOT_RECIPES order (cached recipes replayed), so they equal a run of all recipes at once."""
             g = torch.Generator().manual_seed(1000 + t)
-            out = {"id": int(ids[t]), "true": int(yt[t]), "adversarial": int(adv[t])}
+            out = out or {"id": int(ids[t]), "true": int(yt[t]), "adversarial": int(adv[t])}
             ft = features(extract["seen"], xt[t:t + 1])
             rel = lambda a: round(float(((a - ft).norm(dim=1) / ft.norm()).mean()), 4)  # noqa: E731
             for name, kw in FEWSHOT_RECIPES.items():
+                if name in out:
+                    head(g, t, torch.tensor(out[name]["poisons"]))
+                if name in out or name not in recipes:
+                    continue
                 atk = create_attack(name, model=models[name], target_images=xt[t:t + 1],
                                     adversarial_labels=adv[t:t + 1], target_ids=[int(ids[t])], seed=t, **kw)
                 t0 = time.time()
@@ -486,29 +502,34 @@ def transfer_fewshot(b, n_targets, other):
                 if not torch.equal(ctrl.poisoned, res.poisoned):
                     raise RuntimeError("the control must perturb the attack's own bases")
                 ctrl.images, _ = saved_roundtrip(b.train.images, ctrl.images, ctrl.meta["bound"], ctrl.poisoned)
-                head_idx = []  # head_per_class clean images of each of the two classes, plus the poisons
-                for c in (int(yt[t]), int(adv[t])):
-                    pool = torch.nonzero((b.train.labels == c) & ~torch.isin(torch.arange(len(b.train)), res.poisoned)).flatten()
-                    head_idx.append(pool[torch.randperm(len(pool), generator=g)[:FEWSHOT["head_per_class"]]])
-                head_idx = torch.cat(head_idx + [res.poisoned])
+                head_idx = head(g, t, res.poisoned)
                 out[name] = {"craft_seconds": round(time.time() - t0, 1), "max_levels": check["max_levels_changed"],
                              "poisons": res.poisoned.tolist(), **probe(t, res, head_idx),
                              "control": probe(t, ctrl, head_idx),
                              "feature_distance": {"bases": rel(base["seen"][res.poisoned]),
                                                   "poisons": rel(features(extract["seen"], saved[res.poisoned])),
                                                   "control": rel(features(extract["seen"], ctrl.images[res.poisoned]))}}
-            no_poison = SimpleNamespace(labels=b.train.labels, images=b.train.images, poisoned=torch.zeros(0, dtype=torch.long))
-            out["clean-head"] = probe(t, no_poison, head_idx[:-len(res.poisoned)])
+            if "clean-head" not in out:
+                no_poison = SimpleNamespace(labels=b.train.labels, images=b.train.images, poisoned=torch.zeros(0, dtype=torch.long))
+                out["clean-head"] = probe(t, no_poison, head_idx[:-len(res.poisoned)])
             return out
-        log(f"transfer-fewshot target {t}")
-        rows.append(b.cached(f"transfer-fewshot-t{t}", run))
+        path = b.work / f"transfer-fewshot-t{t}.json"
+        row = read_json(path) if path.exists() else None
+        if row is None or any(n not in row for n in recipes):
+            log(f"transfer-fewshot target {t}")
+            row = run(t, row)
+            write_json(path, row)
+        rows.append(row)
     summary = {}
     for name in FEWSHOT_RECIPES:
-        summary[name] = {k: rate(sum(r[name][k] for r in rows), len(rows)) for k in extract}
-        summary[name + " control"] = {k: rate(sum(r[name]["control"][k] for r in rows), len(rows)) for k in extract}
-        fd = [r[name]["feature_distance"] for r in rows]
+        ran = [r[name] for r in rows if name in r]
+        if not ran:
+            continue
+        summary[name] = {k: rate(sum(r[k] for r in ran), len(ran)) for k in extract}
+        summary[name + " control"] = {k: rate(sum(r["control"][k] for r in ran), len(ran)) for k in extract}
+        fd = [r["feature_distance"] for r in ran]
         summary[name]["feature_distance"] = {k: round(sum(d[k] for d in fd) / len(fd), 4) for k in fd[0]}
-        summary[name]["max_levels_mean"] = round(sum(r[name]["max_levels"] for r in rows) / len(rows), 1)
+        summary[name]["max_levels_mean"] = round(sum(r["max_levels"] for r in ran) / len(ran), 1)
     summary["clean-head"] = {k: rate(sum(r["clean-head"][k] for r in rows), len(rows)) for k in extract}
     return {"rows": rows, "summary": summary, "settings": {**FEWSHOT, "recipes": FEWSHOT_RECIPES}}
 
@@ -604,6 +625,8 @@ def report(results) -> str:
                   "the attack's own L-inf size | clean head | poison-target feature distance (bases -> poisons; control) |",
                   "|---|---|---|---|---|---|---|"]
         for name, kw in st["recipes"].items():
+            if name not in t:
+                continue
             fd = t[name]["feature_distance"]
             budget = "unbounded" if kw["eps"] >= 1 else f"eps {kw['eps']:g}"
             for k in ("seen", "unseen"):
@@ -655,6 +678,7 @@ def main():
     ap.add_argument("--gm-per-group", type=int, default=10)
     ap.add_argument("--transfer-targets", type=int, default=20)
     ap.add_argument("--meta-targets", type=int, default=4)
+    ap.add_argument("--fewshot-recipes", default=None, help="comma-separated FEWSHOT_RECIPES for targets not cached yet")
     ap.add_argument("--epochs", type=int, default=None, help="override victim epochs (smoke tests)")
     ap.add_argument("--gm-steps", type=int, default=GM["steps"])
     ap.add_argument("--report-only", action="store_true", help="write the markdown tables from the JSON; run nothing")
@@ -706,7 +730,8 @@ def main():
             results[stage] = transfer(b, args.transfer_targets, binary=True, other=other)
         elif stage == "transfer-fewshot":  # convex polytope's second extractor: the small scale's surrogate
             other = (benches.get("small") or Bench(args, "small", full_train, full_test)).model(0)[0]
-            results[stage] = transfer_fewshot(b, args.transfer_targets, other)
+            results[stage] = transfer_fewshot(b, args.transfer_targets, other,
+                                              args.fewshot_recipes.split(",") if args.fewshot_recipes else None)
         elif stage == "fc-diagnose":
             results[stage] = fc_diagnose(b)
         elif stage == "meta":
