@@ -672,8 +672,9 @@ def main():
     ap.add_argument("--test-n", type=int, default=2000)
     ap.add_argument("--work", default="runs/attacks")
     ap.add_argument("--out", default="docs/results/attacks.json")
-    ap.add_argument("--stages", default="clean,badnets,badnets-5,blended,badnets-control,clean-small,gm,gm-control,"
-                                        "gm-ft,gm-diagnose,transfer,fc-diagnose,generative,meta")
+    ap.add_argument("--stages", default="clean,badnets,badnets-5,blended,badnets-control,badnets-cb,badnets-cb5,"
+                                        "badnets-na,clean-noaug,badnets-na-control,clean-small,gm,gm-control,"
+                                        "gm-ft,gm-diagnose,transfer,transfer-fewshot,fc-diagnose,generative,meta")
     ap.add_argument("--gm-groups", type=int, default=2)
     ap.add_argument("--gm-per-group", type=int, default=10)
     ap.add_argument("--transfer-targets", type=int, default=20)
