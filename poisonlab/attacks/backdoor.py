@@ -21,6 +21,7 @@ from ..budget import parse_budget
 from ..protect.base import apply_noise
 from ..pgd import LinfPGD
 from .surrogates import surrogate_models
+from ..runtime import to_float_batch
 
 
 @dataclass
@@ -223,6 +224,6 @@ class CleanLabelBackdoor(Backdoor):
         device = next(model.parameters()).device
         model.eval()
         pgd = LinfPGD(self.eps, alpha=2.5 * self.eps / self.pgd_steps, steps=self.pgd_steps)
-        x = images[index].to(device).float().div(255)
+        x = to_float_batch(images[index], device)
         delta = torch.cat([pgd(model, xb, yb) for xb, yb in zip(x.split(256), labels[index].to(device).split(256))])
         return apply_noise(images[index], delta, "linf", self.eps)

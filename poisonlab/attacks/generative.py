@@ -20,7 +20,7 @@ from torch.func import functional_call
 
 from .. import PoisonlabError
 from ..models import create_model
-from ..runtime import pick_device
+from ..runtime import pick_device, to_float_batch
 from .attack import Attack, AttackResult, PerturbationAttack, pick_indices, register_attack
 
 
@@ -43,7 +43,7 @@ class _Generative:
     def batch(self, images, labels, pool=None):
         pool = torch.arange(len(images)) if pool is None else pool
         idx = pool[torch.randint(0, len(pool), (min(self.batch_size, len(pool)),), generator=self.gen_)]
-        return images[idx].to(self.device_).float().div(255), labels[idx].to(self.device_)
+        return to_float_batch(images[idx], self.device_), labels[idx].to(self.device_)
 
 
 @register_attack
@@ -94,7 +94,7 @@ class AutoencoderPoison(_Generative, PerturbationAttack):
             (-reward).backward()
             opt_g.step()
         with torch.no_grad():
-            out = torch.cat([self.generate(g_net, images[i].to(self.device_).float().div(255)).cpu()
+            out = torch.cat([self.generate(g_net, to_float_batch(images[i], self.device_)).cpu()
                              for i in index.split(256)])
         poisoned, noise = self.apply(images, index, out - images[index].float().div(255))
         return AttackResult(poisoned, labels.clone(), index, noise=noise, meta={"fraction": len(index) / len(labels)})

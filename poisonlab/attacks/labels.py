@@ -5,6 +5,7 @@ import torch
 
 from .. import PoisonlabError
 from .attack import Attack, AttackResult, pick_indices, register_attack
+from ..runtime import to_float_batch
 
 
 def _fraction(p, name="fraction"):
@@ -113,7 +114,7 @@ def _most_plausible_wrong(model, images, labels, batch_size=256):
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        logits = model(images[i:i + batch_size].to(device).float().div(255)).float().cpu()
+        logits = model(to_float_batch(images[i:i + batch_size], device)).float().cpu()
         logits[torch.arange(len(logits)), labels[i:i + batch_size]] = -float("inf")
         out.append(logits.argmax(1))
     return torch.cat(out)

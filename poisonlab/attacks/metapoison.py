@@ -17,6 +17,7 @@ from ..augment import Augment
 from ..models import create_model
 from .attack import register_attack
 from .targeted import TargetedAttack
+from ..runtime import to_float_batch
 
 
 class _Member:
@@ -76,7 +77,7 @@ class MetaPoison(TargetedAttack):
 
         def clean_batch():
             idx = torch.randint(0, len(images), (self.batch_size,), generator=g)
-            return images[idx].to(device).float().div(255), labels[idx].to(device)
+            return to_float_batch(images[idx], device), labels[idx].to(device)
 
         def sgd(member, params, x, y, create_graph):
             loss = member.loss(params, aug(x, g), y)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from .. import PoisonlabError
+from ..runtime import to_float_batch
 
 SELECTIONS = ("random", "gradient-norm", "influence")
 
@@ -54,7 +55,7 @@ def select_indices(candidates, k, *, how="random", model=None, images=None, labe
     if model is None:
         raise PoisonlabError(f"selection {how!r} needs a (surrogate) model")
     device = next(model.parameters()).device
-    x = images[candidates].to(device).float().div(255)
+    x = to_float_batch(images[candidates], device)
     g = per_sample_grads(model, x, labels[candidates].to(device))
     if how == "gradient-norm":
         score = g.norm(dim=1)

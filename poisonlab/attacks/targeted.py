@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import PoisonlabError
-from ..runtime import pick_device
+from ..runtime import pick_device, to_float_batch
 from .attack import AttackResult, PerturbationAttack, as_uint8, register_attack
 from .selection import SELECTIONS, select_indices
 from .surrogates import model_device, surrogate_models
@@ -61,7 +61,7 @@ class TargetedAttack(PerturbationAttack):
         device = model_device(models[0]) if models else pick_device(self.device)
         gen = self.generator()
         per = self.num_poisons or max(1, round(self.budget * len(labels)))
-        pair = lambda t: (xt[t:t + 1].to(device).float().div(255), yt[t:t + 1].to(device))  # noqa: E731
+        pair = lambda t: (to_float_batch(xt[t:t + 1], device), yt[t:t + 1].to(device))  # noqa: E731
         # Every target's bases are drawn before any crafting consumes `gen`, so an attack and its same-seed
         # control (random-poison) perturb the very same images.
         used = torch.zeros(len(labels), dtype=torch.bool)
@@ -78,7 +78,7 @@ class TargetedAttack(PerturbationAttack):
         index, deltas, info = [], [], []
         for t, idx in enumerate(picks):
             x_t, y_adv = pair(t)
-            x_p = images[idx].to(device).float().div(255)
+            x_p = to_float_batch(images[idx], device)
             delta = self.craft_target(models, x_p, labels[idx].to(device), x_t, y_adv, gen)
             index.append(idx)
             deltas.append(delta.detach().cpu())
