@@ -184,11 +184,11 @@ def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path, monkeypatch)
     calls = {"n": 0}
     real_update = MinMaxMin.noise_update
 
-    def dying_update(self, model, x, y, gen):
+    def dying_update(self, model, x, y, gen, delta=None):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt
-        return self.noise_pgd(model, x, y, gen=gen)
+        return self.noise_pgd(model, x, y, delta, gen=gen)
 
     monkeypatch.setattr("poisonlab.protect.minmaxmin.MinMaxMin.noise_update", dying_update)
     with pytest.raises(KeyboardInterrupt):

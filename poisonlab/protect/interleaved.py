@@ -69,7 +69,7 @@ class InterleavedMethod(SurrogateMethod):
     # ----- method-specific parts ------------------------------------------------------------------
     def noise_update(self, model, x, y, gen, delta=None):
         """The batch's new noise; delta: where to start (the stored noise under warm_start, else None:
-        a fresh random start). Called without delta when warm_start is off."""
+        a fresh random start)."""
         raise NotImplementedError
 
     def extra_loss(self, model, x, y, gen):
@@ -104,11 +104,13 @@ class InterleavedMethod(SurrogateMethod):
                     g["lr"] = self.lr * self.lr_decay ** (step // max(self.lr_decay_every, 1))
                 idx = batches.next()
                 x, y = self.batch(images, idx), labels[idx]
+                logged = step % 20 == 0 or step == self.train_steps - 1
+                old = noise[idx] if self.warm_start or logged else None  # a gather only when it is used
                 with autocast(self.device_):
                     net.eval()  # noise and adversary are computed with frozen BN statistics
-                    old = noise[idx]
-                    noise[idx] = quantize(self.noise_update(net, x, y, gen, **self._start(old)))
-                    x_def = x + noise[idx]
+                    new = quantize(self.noise_update(net, x, y, gen, old if self.warm_start else None))
+                    noise[idx] = new
+                    x_def = x + new
                     if self.aug is not None:
                         x_def = self.aug(x_def, gen)
                     x_adv = x_def + self.adv_pgd(net, x_def, y, gen=gen)
@@ -120,10 +122,10 @@ class InterleavedMethod(SurrogateMethod):
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 opt.step()
-                if step % 20 == 0 or step == self.train_steps - 1:
+                if logged:
                     # Kept on the device; read at checkpoints and at the end, so the loop never waits on the host.
                     acc = (logits.argmax(1) == y).float().mean() * 100
-                    moved = (noise[idx] - old).abs().mean() * 255  # how far a visit moves the noise, in levels
+                    moved = (new - old).abs().mean() * 255  # how far a visit moves the noise, in levels
                     self._pending.append((step + 1, loss.detach(), acc, None if extra is None else extra.detach(), moved))
                 if self.holdout is not None and self.diagnostic_due(step + 1, self.train_steps):
                     self._flush_history(bar)
@@ -138,7 +140,7 @@ class InterleavedMethod(SurrogateMethod):
 
         def final(x, y, idx):
             old = noise[idx]
-            new = self.noise_update(net, x, y, gen, **self._start(old))
+            new = self.noise_update(net, x, y, gen, old if self.warm_start else None)
             moved.append((quantize(new.clone()) - old).abs().mean() * 255)
             return new
 
@@ -147,9 +149,6 @@ class InterleavedMethod(SurrogateMethod):
         if moved:  # mean change of the final pass over the noise the surrogate loop left (batches run here)
             self.diagnostics_["final_pass_change_levels"] = round(torch.stack(moved).mean().item(), 3)
         return noise.cpu()
-
-    def _start(self, stored):
-        return {"delta": stored} if self.warm_start else {}
 
     def _flush_history(self, bar=None):
         """Move the logged device values into the history (one host sync for all of them)."""
