@@ -33,7 +33,7 @@ from poisonlab.train import TrainConfig, train_victim
 
 CIFAR = "../shared/datasets/cifar10-jpg.tar.gz"
 VICTIM_AT = VictimAT(4 / 255, 3)
-METHODS = ("minmaxmin", "em", "rem")  # min-max-min first: the figure that matters most if time runs out
+METHODS = ("minmaxmin", "rem", "em")  # the order they run: the figures that matter most first
 
 
 def settings(n, surrogate, width, batch_size, tiny=False):
@@ -55,12 +55,18 @@ def main(argv=None):
     ap.add_argument("--out", default="docs/results/gpu_repro.json")
     ap.add_argument("--epochs", type=int, default=6, help="victim epochs")
     ap.add_argument("--batch-size", type=int, default=512, help="surrogates and victims")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, in the order to run")
+    ap.add_argument("--deadline", type=float, default=None, metavar="S",
+                    help="start no new stage after S seconds (the stages left resume on the next call)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the surrogates (CUDA)")
     ap.add_argument("--tiny", type=int, nargs="?", const=256, default=0, metavar="N",
                     help="N (256) training and test images, small CNNs, 1 epoch: a test of the path")
     args = ap.parse_args(argv)
     set_threads()
     device = pick_device(args.device)
+    methods = args.methods.split(",")
+    if any(m not in METHODS for m in methods):
+        ap.error(f"methods from {', '.join(METHODS)}")
     train, test = load_dataset(args.data, "train"), load_dataset(args.data, "test")
     surrogate, width, victim_model = ("smallcnn", 0.25, dict(model="smallcnn", width=0.25)) if args.tiny else \
         ("resnet18", 1.0, dict(model="resnet18", width=1.0))
@@ -69,21 +75,41 @@ def main(argv=None):
         args.epochs = 1
     recipes = settings(len(train), surrogate, width, args.batch_size, args.tiny)
     work, t_start = Path(args.work), time.time()
-    data, seconds, diagnostics = {"clean": train}, {}, {}
-    for name in METHODS:
-        target = work / "protected" / name
-        if not (target / "manifest.json").exists():
-            print(f"== {name}: {describe(recipes[name], len(train)) if name != 'em' else recipes[name]}", flush=True)
-            method = create_method(name, seed=0, device=args.device, **recipes[name])
-            method.holdout = test.stratified(1000, seed=0)
-            method.compile_model = args.compile
-            protect(method, train, target, overwrite=True, resume=True, progress=False)
-        manifest = read_json(target / "manifest.json")
-        seconds[name], diagnostics[name] = manifest["generation_seconds"], manifest.get("diagnostics")
-        data[name] = load_dataset(target, "train")
-        print(f"   {name}: {seconds[name]:.0f} s", flush=True)
-    runs = {}
-    for name, ds in data.items():
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    state = {"seconds": {}, "diagnostics": {}, "runs": {}, "left": []}
+
+    def report():
+        """Written after every stage, so a run cut short still leaves what it finished."""
+        result = {"device": gpu, "tiny": bool(args.tiny), "compile": args.compile,
+                  "wall_seconds": round(time.time() - t_start, 1), "complete": not state["left"],
+                  "stages_left": state["left"],
+                  "scale": {"train_images": len(train), "test_images": len(test), "surrogate": [surrogate, width],
+                            "victim": dict(victim_model, epochs=args.epochs, batch_size=args.batch_size),
+                            "adversarial_training": {"at4": {"adv_eps": VICTIM_AT.eps, "adv_steps": VICTIM_AT.steps}},
+                            "methods": {m: recipes[m] for m in methods}},
+                  "generation_seconds": state["seconds"], "diagnostics": state["diagnostics"], "runs": state["runs"]}
+        write_json(args.out, result)
+        Path(args.out).with_suffix(".md").write_text(table(result))
+        return result
+
+    # Clean victims first, then each method's protection and its victims: the most telling rows come first.
+    for name in ["clean", *methods]:
+        if args.deadline is not None and time.time() - t_start > args.deadline:
+            state["left"].append(name)
+            continue
+        data = train
+        if name != "clean":
+            target = work / "protected" / name
+            if not (target / "manifest.json").exists():
+                print(f"== {name}: {describe(recipes[name], len(train)) if name != 'em' else recipes[name]}", flush=True)
+                method = create_method(name, seed=0, device=args.device, **recipes[name])
+                method.holdout = test.stratified(1000, seed=0)  # diagnostics only: nothing is chosen on it
+                method.compile_model = args.compile
+                protect(method, train, target, overwrite=True, resume=True, progress=False)
+            manifest = read_json(target / "manifest.json")
+            state["seconds"][name], state["diagnostics"][name] = manifest["generation_seconds"], manifest.get("diagnostics")
+            data = load_dataset(target, "train")
+            print(f"   {name}: {state['seconds'][name]:.0f} s", flush=True)
         for regime, adv in (("st", {}), ("at4", dict(adv_eps=VICTIM_AT.eps, adv_steps=VICTIM_AT.steps))):
             key = name if regime == "st" else f"{name}-{regime}"
             path = work / "victims" / f"{key}.json"
@@ -91,32 +117,27 @@ def main(argv=None):
                 cfg = TrainConfig(**victim_model, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
                                   seed=0, **adv)
                 t0 = time.time()
-                r = train_victim(ds, test, cfg, progress=False, checkpoint=work / "victims" / f"{key}.pt")
+                r = train_victim(data, test, cfg, progress=False, checkpoint=work / "victims" / f"{key}.pt")
                 r["wall_seconds"] = time.time() - t0
                 write_json(path, r)
                 (work / "victims" / f"{key}.pt").unlink(missing_ok=True)
             r = read_json(path)
-            runs[key] = {"last_acc": r["last_acc"], "best_acc": r["best_acc"], "best_epoch": r["best_epoch"],
-                         "curve": [h["test_acc"] for h in r["history"]], "wall_seconds": r.get("wall_seconds")}
-            print(f"{key:16s} last {r['last_acc']:6.2f}  best {r['best_acc']:6.2f}", flush=True)
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
-    result = {"device": gpu, "tiny": bool(args.tiny), "compile": args.compile, "wall_seconds": round(time.time() - t_start, 1),
-              "scale": {"train_images": len(train), "test_images": len(test), "surrogate": [surrogate, width],
-                        "victim": dict(victim_model, epochs=args.epochs, batch_size=args.batch_size),
-                        "adversarial_training": {"at4": {"adv_eps": VICTIM_AT.eps, "adv_steps": VICTIM_AT.steps}},
-                        "methods": recipes},
-              "generation_seconds": seconds, "diagnostics": diagnostics, "runs": runs}
-    write_json(args.out, result)
-    Path(args.out).with_suffix(".md").write_text(table(result))
+            state["runs"][key] = {"last_acc": r["last_acc"], "best_acc": r["best_acc"], "best_epoch": r["best_epoch"],
+                                  "curve": [h["test_acc"] for h in r["history"]], "wall_seconds": r.get("wall_seconds")}
+            print(f"{key:16s} last {r['last_acc']:6.2f}  best {r['best_acc']:6.2f}  ({r.get('wall_seconds') or 0:.0f} s)",
+                  flush=True)
+            report()
+    result = report()
     print(table(result))
     return result
 
 
 def table(result):
     runs = result["runs"]
-    lines = [f"{result['device']}, {result['scale']['train_images']} training images, wall {result['wall_seconds']:.0f} s",
+    left = f"; not run yet: {', '.join(result['stages_left'])}" if result.get("stages_left") else ""
+    lines = [f"{result['device']}, {result['scale']['train_images']} training images, wall {result['wall_seconds']:.0f} s{left}",
              "", "| data | gen. time (s) | ST: last (best) | drop | AT 4/255: last (best) | drop |", "|---|---|---|---|---|---|"]
-    for name in ["clean", *METHODS]:
+    for name in ["clean", *result["scale"]["methods"]]:
         cells = [name, f"{result['generation_seconds'][name]:.0f}" if name in result["generation_seconds"] else "-"]
         for key in (name, f"{name}-at4"):
             r, base = runs.get(key), runs.get("clean" if key == name else "clean-at4")

@@ -107,6 +107,8 @@ def main():
     ap.add_argument("--regimes", default="st,at2,at4", help="victim regimes, in the order to run")
     ap.add_argument("--skip-clean", action="store_true", help="no clean baseline (when run beside another job)")
     ap.add_argument("--report-only", action="store_true", help="tabulate the cached results; train nothing")
+    ap.add_argument("--protect-only", action="store_true",
+                    help="make the protected sets and stop (e.g. on a GPU; the victims then train where the table's others did)")
     args = ap.parse_args()
     set_threads()
     full = load_dataset(args.data, "train")
@@ -142,12 +144,16 @@ def main():
                 method = create_method(name.split("-")[0], seed=0, **recipes[name])
                 method.holdout = val  # held-out diagnostics on the validation split, never on the test set
                 protect(method, train, target, overwrite=True, resume=True, source=args.data, progress=False)
+            if args.protect_only:
+                continue
             data[name] = load_dataset(target, "train")
         for regime in regimes:
             if regime != "st" and name not in AT_METHODS:
                 continue
-            if not args.report_only:
+            if not (args.report_only or args.protect_only):
                 victim(work, cache_name(name, suffix), regime, data[name], test, val)
+    if args.protect_only:
+        return
     result = collect(work, suffix, recipes, len(train), len(test), len(val))
     write_json(args.out, result)
     Path(args.out).with_suffix(".md").write_text(table(result))
