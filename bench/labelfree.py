@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,9 +29,12 @@ from modelbased import SURROGATE, VICTIM, claim, methods_for  # noqa: E402  (bas
 
 from poisonlab import PoisonlabError  # noqa: E402
 from poisonlab.data import ImageSet, load_dataset  # noqa: E402
-from poisonlab.fileio import read_json, write_json  # noqa: E402
+from poisonlab.fileio import atomic_write, read_json, write_json  # noqa: E402
+from poisonlab.kmeans import kmeans  # noqa: E402
+from poisonlab.models import create_model  # noqa: E402
 from poisonlab.protect import protect  # noqa: E402
-from poisonlab.protect.unlearnable_clusters import Embedder  # noqa: E402
+from poisonlab.protect.unlearnable_clusters import Embedder, UnlearnableClusters, label_table  # noqa: E402
+from poisonlab.publishing import noise_path  # noqa: E402
 from poisonlab.runtime import set_threads  # noqa: E402
 from poisonlab.train import TrainConfig, train_victim  # noqa: E402
 
@@ -46,7 +50,10 @@ LABELLINGS = {
 # shallower generator (paper: ngf 64, 6 blocks) trained for 20 epochs at Adam 1e-3 (paper: 50 at 1e-4), cosine
 # decay. Two label-free surrogates: "uc" a small CNN trained on OTHER images (a disjoint CIFAR-10 subset: the
 # CPU stand-in for the paper's ImageNet/CLIP encoder), "uc-rotation" one pretrained on the protected images
-# themselves by rotation prediction (no labels anywhere).
+# themselves by rotation prediction (no labels anywhere). "uc-40k": the stronger surrogate (the same small CNN
+# trained on the 40,000 training images outside the protected and the probe's subsets), k-means on its
+# penultimate features as the paper; "uc-40k-softmax": the same surrogate, k-means on its softmax outputs
+# (cluster_space="softmax"), whose clusters follow the classes more closely (runs/17 purity measurements).
 # Victims: bench/modelbased's small CNN for 6 epochs instead of 10 (the CPU this run had allowed no more).
 EXPLOITER = dict(VICTIM, epochs=6)
 UC = dict(SURROGATE, clusters=10, ngf=32, blocks=3, gen_epochs=20, gen_lr=1e-3, gen_batch_size=256)
@@ -56,9 +63,17 @@ def recipes(n, work="runs/labelfree"):
     """name -> (method, options, owner's labelling used to generate). EM keeps bench/modelbased's settings;
     min-max-min takes its "short" preset (the default "rule" preset costs about 3x the CPU this run had)."""
     short = methods_for("short", n)
+    weights = {name: str(Path(work) / "other" / f"{name}.pt") for name in ("uc-surrogate", "uc-surrogate-40k")}
     return {
         "random": ("random", {}, None),
-        "uc": ("unlearnable_clusters", dict(UC, surrogate_weights=str(Path(work) / "other" / "uc-surrogate.pt")), None),
+        "uc": ("unlearnable_clusters", dict(UC, surrogate_weights=weights["uc-surrogate"]), None),
+        "uc-40k": ("unlearnable_clusters", dict(UC, surrogate_weights=weights["uc-surrogate-40k"]), None),
+        "uc-40k-softmax": ("unlearnable_clusters", dict(UC, surrogate_weights=weights["uc-surrogate-40k"], embedding="output",
+                                                         cluster_space="softmax"), None),
+        # the paper's budget, 16/255, with its own random control
+        "random-16": ("random", {"eps": 16 / 255}, None),
+        "uc-40k-softmax-16": ("unlearnable_clusters", dict(UC, surrogate_weights=weights["uc-surrogate-40k"], embedding="output",
+                                                            cluster_space="softmax", eps=16 / 255), None),
         "uc-rotation": ("unlearnable_clusters", dict(UC, surrogate_pretrain="rotation", surrogate_epochs=15), None),
         "em": ("em", short["em"], "10-class"),
         "em-owner2": ("em", short["em"], "2-way"),
@@ -102,33 +117,44 @@ def protected_sets(args, full_train, train, names):
                 continue
             print(f"== protecting with {name} ({time.strftime('%H:%M')})", flush=True)
             data = relabel(train, owner) if owner else train
-            if "surrogate_weights" in opts:
-                other_model(args, full_train, train, "uc-surrogate")
+            if "surrogate_weights" in opts:  # the surrogate trained on other images, named by its file
+                other_model(args, full_train, train, Path(opts["surrogate_weights"]).stem)
             protect(method, data, target, overwrite=True, resume=True, seed=0, source=args.data, progress=False, **opts)
         manifest = read_json(target / "manifest.json")
         check_recipe(manifest, method, opts)
         info[name] = {"method": method, "owner_labels": owner, "generation_seconds": manifest["generation_seconds"],
                       "diagnostics": manifest.get("diagnostics") or {}}
         out[name] = aligned(load_dataset(target, "train"), train)
-    if args.oracle and "uc" in out:
-        path = Path(args.work) / "victims" / f"uc-oracle--{args.oracle}.json"
+    for purity in (args.oracle_purity if args.oracle and "uc" in out else ()):
+        name = oracle_name(purity)
+        path = Path(args.work) / "victims" / f"{name}--{args.oracle}.json"
         if not args.report_only and not path.exists():
-            out["uc-oracle"] = uc_oracle(args, train)
+            out[name] = uc_oracle(args, train, purity)
         elif path.exists():
-            out["uc-oracle"] = None  # tabulated from the cache
+            out[name] = None  # tabulated from the cache
     return out, info
 
 
-def uc_oracle(args, train):
+def oracle_name(purity: float) -> str:
+    return "uc-oracle" if purity == 1 else f"uc-oracle-{purity:.2f}"
+
+
+def oracle_assignment(labels, classes, purity, seed=0):
+    """Pattern index per image: its own class's with probability `purity`, else a uniformly drawn other
+    class's (a cluster purity of about `purity` under the 10 classes; 1: pattern j exactly on class j)."""
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(len(labels), generator=g) < purity
+    other = (labels + torch.randint(1, classes, (len(labels),), generator=g)) % classes
+    return torch.where(keep, labels, other)
+
+
+def uc_oracle(args, train, purity=1.0):
     """Diagnostic: UC's own 10 noise patterns, re-assigned by the true CIFAR-10 class instead of by cluster
-    (pattern j to class j; a cluster purity of 1). Separates 'the noise is not a learnable shortcut' from 'the
-    clusters do not line up with the exploiter's labels'. The clusters are recomputed with the method's own
-    code and checked against its recorded label table; the patterns are the per-pixel median of each
-    cluster's saved noise (clipping at 0/255 only ever shrinks a member's copy)."""
-    import numpy as np
-    from poisonlab.kmeans import kmeans
-    from poisonlab.protect.unlearnable_clusters import UnlearnableClusters, label_table
-    from poisonlab.publishing import noise_path
+    (pattern j to class j, for a share `purity` of the images; the rest get another class's pattern).
+    Separates 'the noise is not a learnable shortcut' from 'the clusters do not line up with the exploiter's
+    labels', and measures how class-consistent the patterns must be to act as one. The clusters are
+    recomputed with the method's own code and checked against its recorded label table; the patterns are the
+    per-pixel median of each cluster's saved noise (clipping at 0/255 only ever shrinks a member's copy)."""
     target = Path(args.work) / "protected" / "uc"
     m = UnlearnableClusters(**recipes(args.n, args.work)["uc"][1], device="cpu")
     m.device_ = torch.device("cpu")
@@ -142,14 +168,15 @@ def uc_oracle(args, train):
         raise PoisonlabError("recomputed UC clusters differ from the recorded ones")
     noise = torch.from_numpy(np.load(noise_path(target)).astype(np.int16))  # in the order protect() got: train's
     patterns = torch.stack([noise[assign == j].median(0).values for j in range(m.clusters)])
-    images = (train.images.to(torch.int16) + patterns[train.labels]).clamp(0, 255).to(torch.uint8)
+    which = oracle_assignment(train.labels, m.clusters, purity)
+    images = (train.images.to(torch.int16) + patterns[which]).clamp(0, 255).to(torch.uint8)
     return train.with_images(images)
 
 
 def victims(args, sets, test):
     runs = {}
     for name, ds in sets.items():
-        for lab in ([args.oracle] if name == "uc-oracle" else LABELLINGS):
+        for lab in ([args.oracle] if name.startswith("uc-oracle") else LABELLINGS):
             key = f"{name}--{lab}"
             path = Path(args.work) / "victims" / f"{key}.json"
             if not path.exists():
@@ -170,25 +197,32 @@ def victims(args, sets, test):
 
 
 # ----------------------------------------------------------------------------------- linear probe
-OTHER = {"probe-extractor": 1, "uc-surrogate": 2}  # name -> seed; each trained on its own clean images
+# Models trained (10 classes, clean) on images of the training split outside the protected subset: "other
+# data". name -> (seed, images: None = --n of them, "rest" = every image not excluded, epochs: None = VICTIM's,
+# the earlier models whose images it must not share). uc-surrogate-40k: the stronger UC surrogate (all 40,000
+# images outside the protected and the probe's subsets, 10 epochs).
+OTHER = {"probe-extractor": (1, None, None, ()), "uc-surrogate": (2, None, None, ("probe-extractor",)),
+         "uc-surrogate-40k": (3, "rest", 10, ("probe-extractor",))}
+
+
+def other_images(args, full_train, train, name):
+    """The images of OTHER[name]: disjoint from the protected subset and from its excluded models' images."""
+    stem = lambda n: str(Path(n).with_suffix(""))  # noqa: E731
+    seed, size, _, exclude = OTHER[name]
+    taken = {stem(n) for n in train.names}
+    for other in exclude:  # earlier models' images stay out too (same draw: same seed, same pool)
+        taken |= {stem(n) for n in other_images(args, full_train, train, other).names}
+    pool = full_train.subset([i for i, n in enumerate(full_train.names) if stem(n) not in taken])
+    return pool if size == "rest" else pool.stratified(size or args.n, seed=seed)
 
 
 def other_model(args, full_train, train, name):
-    """A small CNN trained (10 classes, clean) on images of the training split outside the protected subset and
-    outside every other such model's images: 'other data'. Cached as a state dict; returns the model."""
-    from poisonlab.fileio import atomic_write
-    from poisonlab.models import create_model
+    """A small CNN trained on OTHER[name]'s clean images. Cached as a state dict; returns the model."""
     path = Path(args.work) / "other" / f"{name}.pt"
-    cfg = TrainConfig(**VICTIM, seed=OTHER[name])
+    seed, _, epochs, _ = OTHER[name]
+    cfg = TrainConfig(**dict(VICTIM, epochs=epochs or VICTIM["epochs"]), seed=seed)
     if not path.exists():
-        taken = {str(Path(n).with_suffix("")) for n in train.names}
-        for other in OTHER:  # earlier models' images stay out too (same draw: same seed, same pool)
-            if other == name:
-                break
-            pool = full_train.subset([i for i, n in enumerate(full_train.names) if str(Path(n).with_suffix("")) not in taken])
-            taken |= {str(Path(n).with_suffix("")) for n in pool.stratified(args.n, seed=OTHER[other]).names}
-        pool = full_train.subset([i for i, n in enumerate(full_train.names) if str(Path(n).with_suffix("")) not in taken])
-        data = pool.stratified(args.n, seed=OTHER[name])
+        data = other_images(args, full_train, train, name)
         print(f"== {name}: small CNN on {len(data)} other clean images ({time.strftime('%H:%M')})", flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         r = train_victim(data, None, cfg, progress=False, return_model=True, checkpoint=path.with_suffix(".ckpt"))
@@ -229,7 +263,7 @@ def linear_probe(xtr, ytr, xte, yte, k, steps=300):
 def probes(args, sets, full_train, test):
     path = Path(args.work) / "probe" / "results.json"
     done = read_json(path) if path.exists() else {}
-    todo = [n for n in sets if n != "uc-oracle" and any(f"{n}--{lab}" not in done for lab in LABELLINGS)]
+    todo = [n for n in sets if not n.startswith("uc-oracle") and any(f"{n}--{lab}" not in done for lab in LABELLINGS)]
     if todo and not args.report_only:
         model = other_model(args, full_train, sets["clean"], "probe-extractor")
         fte = features(model, test)
@@ -247,9 +281,12 @@ def table(result):
     runs, probe, labs = result["victims"], result["probe"], list(LABELLINGS)
     head = ["data", "owner's labels"] + [f"victim {lab}" for lab in labs] + [f"probe {lab}" for lab in labs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    oracle = ["uc-oracle"] if any(k.startswith("uc-oracle--") for k in runs) else []
+    oracle = sorted({k.split("--")[0] for k in runs if k.startswith("uc-oracle")}, key=lambda n: n != "uc-oracle")
     for name in ["clean", *result["protected"], *oracle]:
-        owner = result["protected"].get(name, {}).get("owner_labels") or {"clean": "-", "uc-oracle": "(UC's patterns by class)"}.get(name, "none")
+        owner = result["protected"].get(name, {}).get("owner_labels") or ("-" if name == "clean" else "none")
+        if name.startswith("uc-oracle"):
+            share = 1.0 if name == "uc-oracle" else float(name.rsplit("-", 1)[1])
+            owner = "(UC's patterns by class)" if share == 1 else f"(UC's patterns by class for {share:.0%}, else another class's)"
         cells = [name, owner]
         for lab in labs:
             r, c = runs.get(f"{name}--{lab}"), runs.get(f"clean--{lab}")
@@ -294,6 +331,8 @@ def main():
     ap.add_argument("--no-probe", action="store_true", help="skip the linear probe")
     ap.add_argument("--oracle", choices=sorted(LABELLINGS), default=None,
                     help="also train a victim under this labelling on UC's patterns assigned by class (diagnostic)")
+    ap.add_argument("--oracle-purity", type=lambda t: [float(v) for v in t.split(",")], default=[1.0],
+                    help="comma-separated shares of images given their class's pattern, e.g. 1,0.7,0.5 (with --oracle)")
     ap.add_argument("--report-only", action="store_true", help="tabulate what is cached; compute nothing")
     args = ap.parse_args()
     set_threads()

@@ -102,7 +102,7 @@ def test_uc_is_registered_label_free_and_validates():
     m = METHODS.create("unlearnable_clusters")
     assert m.clusters == 10 and m.target_offset == 1 and abs(m.eps - 8 / 255) < 1e-9 and m.gen_lr == 1e-4
     for bad in (dict(clusters=1), dict(target_offset=10), dict(embedding="x"), dict(surrogate_pretrain="x"),
-                dict(surrogate=3), dict(ngf=0)):
+                dict(surrogate=3), dict(ngf=0), dict(cluster_space="logits")):
         with pytest.raises(PoisonlabError):
             UnlearnableClusters(**bad)
 
@@ -143,6 +143,23 @@ def test_uc_takes_a_users_module_and_hands_it_back_unchanged():
     assert "Encoder" in str(r.meta["params"]["surrogate"])
     assert enc.training and all(p.requires_grad for p in enc.parameters())
     assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())  # never trained
+
+
+def test_uc_softmax_space_clusters_by_the_surrogates_posterior():
+    class Brightness(nn.Module):  # a "classifier" whose logits say which of three brightness groups an image is in
+        def forward(self, x):
+            m = x.mean((1, 2, 3), keepdim=False).unsqueeze(1)
+            return -200 * (m - torch.tensor([0.2, 0.5, 0.8])) ** 2
+    g = torch.Generator().manual_seed(0)
+    group = torch.arange(24) % 3
+    x = (torch.tensor([51, 128, 204])[group].view(-1, 1, 1, 1) + torch.randint(-8, 9, (24, 3, 8, 8), generator=g)).to(torch.uint8)
+    m = UnlearnableClusters(**dict(TINY, surrogate=Brightness(), embedding="output", cluster_space="softmax"))
+    r = m(x, group)
+    d = r.meta["diagnostics"]
+    assert d["label_purity"] == 1.0 and sorted(d["cluster_sizes"]) == [8, 8, 8]  # one cluster per group
+    assert r.meta["surrogate"]["cluster_space"] == "softmax"
+    assert all(v >= 0 and v == v for v in d["generator_loss"])  # KL to a probability vector: finite, >= 0
+    assert len(torch.unique(r.noise.flatten(1), dim=0)) <= 3
 
 
 def test_uc_surrogate_weights_file(tmp_path):

@@ -27,7 +27,7 @@ from ..augment import Augment
 from ..checks import check_model_input
 from ..kmeans import kmeans
 from ..models import create_model
-from ..runtime import autocast, pick_device, prepare_model, seed_everything
+from ..runtime import autocast, pick_device, prepare_model, seed_everything, to_float_batch
 from ..data import ImageSet
 from ..data.unlabelled import UNLABELLED
 from ..registry import METHODS
@@ -37,6 +37,7 @@ from .surrogate import Batches
 
 EMBEDDINGS = ("auto", "penultimate", "output")
 PRETRAIN = ("rotation", "none")
+SPACES = ("embedding", "softmax")
 
 
 # ----------------------------------------------------------------------------------- the generator
@@ -155,6 +156,10 @@ class UnlearnableClusters(Protection):
       images themselves by predicting rotations (Gidaris et al., ICLR 2018) for surrogate_epochs epochs;
       "none" uses it as it is (random features).
     embedding: auto | penultimate | output (see Embedder). clusters/target_offset: p and the cluster shift.
+    cluster_space: "embedding" (the paper) runs k-means on the embeddings and targets softmax(center);
+      "softmax" runs it on softmax(embedding) and targets the center itself (a mean probability vector).
+      With embedding="output" and a classifier trained on other data, "softmax" clusters by the surrogate's
+      class posterior, which follows classes more closely than its penultimate features do (docs/labelfree.md).
     ngf/blocks: generator width/depth; gen_epochs/gen_lr/gen_batch_size: its training.
     Each generator is fit on its own cluster's images (the paper's objective; the official code draws its
     batches from the whole set), all p at once: one grouped network, one pass per minibatch.
@@ -167,8 +172,8 @@ class UnlearnableClusters(Protection):
 
     def __init__(self, eps=None, seed=0, device="auto", surrogate="resnet18", width=1.0, surrogate_weights=None,
                  surrogate_pretrain="rotation", surrogate_epochs=20, surrogate_lr=0.1, embedding="auto",
-                 clusters=10, target_offset=1, kmeans_restarts=3, ngf=64, blocks=6, gen_epochs=50, gen_lr=1e-4,
-                 gen_batch_size=256, augment=True):
+                 cluster_space="embedding", clusters=10, target_offset=1, kmeans_restarts=3, ngf=64, blocks=6,
+                 gen_epochs=50, gen_lr=1e-4, gen_batch_size=256, augment=True):
         super().__init__(eps, seed, device)
         if not isinstance(surrogate, (str, nn.Module)):
             raise PoisonlabError("surrogate must be a model name or an nn.Module")
@@ -176,6 +181,9 @@ class UnlearnableClusters(Protection):
             raise PoisonlabError(f"surrogate_pretrain must be one of {PRETRAIN}, got {surrogate_pretrain!r}")
         if embedding not in EMBEDDINGS:
             raise PoisonlabError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+        if cluster_space not in SPACES:
+            raise PoisonlabError(f"cluster_space must be one of {SPACES}, got {cluster_space!r}")
+        self.cluster_space = cluster_space
         self.surrogate, self.width, self.surrogate_weights = surrogate, float(width), surrogate_weights
         self.surrogate_pretrain, self.surrogate_epochs = surrogate_pretrain, int(surrogate_epochs)
         self.surrogate_lr, self.embedding = float(surrogate_lr), embedding
@@ -196,7 +204,8 @@ class UnlearnableClusters(Protection):
             model, how = f"custom:{type(self.surrogate).__name__}", "given module"
         else:
             model, how = self.surrogate, "weights file" if self.surrogate_weights else self.surrogate_pretrain
-        return {"model": model, "width": self.width, "pretrain": how, "embedding": self.embedding}
+        return {"model": model, "width": self.width, "pretrain": how, "embedding": self.embedding,
+                "cluster_space": self.cluster_space}
 
     # ----- labels are optional: images alone are a complete input
     def __call__(self, images, labels=None, *, classes=None, names=None, checkpoint=None):
@@ -280,8 +289,7 @@ class UnlearnableClusters(Protection):
         return torch.cat(out)
 
     def batch(self, images, idx):
-        x = images[idx].float().div_(255)
-        return x.contiguous(memory_format=torch.channels_last) if self.device_.type != "mps" else x
+        return to_float_batch(images[idx], self.device_)
 
     # ----- the whole method
     def perturb(self, data, ckpt):
@@ -311,6 +319,8 @@ class UnlearnableClusters(Protection):
                 gen.set_state(state["gen_clustered"])
             else:
                 feats = self.embed_all(embed, images)
+                if self.cluster_space == "softmax":
+                    feats = F.softmax(feats, dim=1)
                 centers, assign, _ = kmeans(feats, self.clusters, n_init=self.kmeans_restarts, seed=self.seed)
                 state = {**state, "stage": "clustered", "centers": centers.cpu(), "assign": assign.cpu(),
                          "gen_clustered": gen.get_state()}
@@ -342,7 +352,8 @@ class UnlearnableClusters(Protection):
         steps_per_epoch = math.ceil(len(images) / bs)
         total = self.gen_epochs * steps_per_epoch
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total, eta_min=min(1e-6, self.gen_lr))
-        target = F.softmax(centers[(torch.arange(p, device=centers.device) + self.target_offset) % p].float(), dim=1)
+        target = centers[(torch.arange(p, device=centers.device) + self.target_offset) % p].float()
+        target = target if self.cluster_space == "softmax" else F.softmax(target, dim=1)  # softmax centers: distributions
         batches, start, self.history = Batches(len(images), bs, gen), 0, []
         if state.get("stage") == "generators":
             nets.load_state_dict(state["nets"])
