@@ -1,6 +1,6 @@
 """The speed ratios of issue 15, measured side by side in one run (one command).
 
-    POISONLAB_THREADS=1 nice -n 5 .venv/bin/python bench/speed.py
+    POISONLAB_THREADS=1 nice -n 5 .venv/bin/python bench/speed.py [--official PATH_TO_AUTHORS_CHECKOUT]
 
 Each timed comparison alternates its sides over --rounds rounds, so that load from other processes on a
 shared machine falls on both alike (the median is reported):
@@ -12,25 +12,37 @@ shared machine falls on both alike (the median is reported):
   * checkpoint: the noise of a data set saved as float32 (before) against int8 levels of the 8-bit grid
     (bytes on disk and seconds per save including the packing, through poisonlab.fileio.save_state);
   * host syncs: victim training steps with two `.item()` reads per batch against sums kept on the device.
+  * official (with --official PATH, the user's checkout of the authors' min-max-min code,
+    EuterpeK/Rethinking-Data-Availability-Attacks, which seed 001 names): their generate.py's main() against
+    poisonlab's min-max-min at the same schedule, model and images (equal work: the forward/backward passes
+    are counted on both sides by a hook on the surrogate and must agree). Their code is imported from PATH,
+    never copied; the harness hands it the same uint8 images in place of torchvision's CIFAR-10 download,
+    lets its one unconditional `.cuda()` be a no-op on CPU, and for a model spec NAME:WIDTH gives both
+    loops poisonlab's model (their code builds only full-width models); a bare NAME their code knows
+    (resnet18) is each side's own. Their code needs torchvision (and imports cv2 and timm).
 Then, from docs/results/fewer.json (bench/fewer.py, hours of CPU, not rerun here): the passes each
 variant spends against the baseline's, and whether its victims' accuracy is equal (protection strength).
-The authors' code is not on this machine, so no official-vs-poisonlab ratio is measured (it says so).
 Writes docs/results/speed.json (raw numbers and the command).
 """
 
 import argparse
+import importlib
+import logging
 import os
 import shlex
 import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from types import SimpleNamespace
+from unittest.mock import patch
 
 import torch
 import torch.nn.functional as F
 
-from poisonlab import create_method
+from poisonlab import PoisonlabError, create_method
 from poisonlab.augment import Augment
 from poisonlab.data import ImageSet
 from poisonlab.fileio import load_state, read_json, save_state, write_json
@@ -41,7 +53,11 @@ from poisonlab.runtime import pick_device, prepare_model, set_threads, to_float_
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from fewer import BASE, VARIANTS, counted  # noqa: E402  (a sibling script, not a package)
+from fewer import BASE, VARIANTS, PassCounter, counted  # noqa: E402  (a sibling script, not a package)
+
+OFFICIAL_OWN = ("resnet18",)  # models the authors' generate.py builds itself (a bare name: each side its own)
+OFFICIAL_MODULES = ("generate", "utils", "attacks", "models")  # their top-level names
+SECTIONS = ["eot", "generation", "checkpoint", "syncs", "official", "protection"]
 
 
 def timed(fn, device):
@@ -107,6 +123,115 @@ def bench_generation(args, device):
     for k in sides:
         print(f"generation {k}: {passes[k]} passes in {med[k]:.2f}s ({out['passes_per_second'][k]:.0f} passes/s): "
               f"{out['passes_ratio'][k]:.2f}x fewer passes, {out['wall_ratio'][k]:.2f}x less wall than baseline", flush=True)
+    return out
+
+
+def official_generate(path):
+    """The authors' generate.py (min-max-min) imported from the user's checkout at path."""
+    path = Path(path).expanduser().resolve()
+    if not (path / "generate.py").is_file() or not (path / "attacks" / "robust_workers.py").is_file():
+        raise PoisonlabError(f"--official {path}: not a checkout of the authors' min-max-min code "
+                             "(generate.py and attacks/robust_workers.py expected)")
+    for name in list(sys.modules):  # their generic top-level names: never a same-named module from elsewhere
+        mod = sys.modules[name]
+        if name.split(".")[0] in OFFICIAL_MODULES and not str(getattr(mod, "__file__", "") or "").startswith(str(path)):
+            del sys.modules[name]
+    sys.path.insert(0, str(path))
+    try:
+        return importlib.import_module("generate")
+    except ImportError as e:
+        raise PoisonlabError(f"--official: the authors' code does not import here ({e}); it needs torchvision, "
+                             "cv2 and timm (their requirements)") from None
+
+
+def official_schedule(args):
+    """One schedule for both sides, in the authors' CLI (noise radius 8, adversary 4, step sizes in /255
+    units as in their run.sh) and as poisonlab's options."""
+    theirs = ["--dataset", "cifar10", "--train-steps", args.official_steps, "--batch-size", args.official_batch,
+              "--optim", "sgd", "--lr", 0.1, "--lr-decay-rate", 0.1, "--lr-decay-freq", 2000, "--weight-decay",
+              5e-4, "--momentum", 0.9, "--pgd-radius", 8, "--pgd-steps", args.official_noise_steps,
+              "--pgd-step-size", 1.6, "--pgd-random-start", "--atk-pgd-radius", 4, "--atk-pgd-steps",
+              args.official_adv_steps, "--atk-pgd-step-size", 0.8, "--atk-pgd-random-start", "--samp-num",
+              args.official_eot, "--report-freq", 10**9, "--save-freq", 10**9, "--defender", "pgd",
+              "--weight", 1.0, "--random", 0]
+    ours = dict(eps="8/255", train_steps=args.official_steps, batch_size=args.official_batch, lr=0.1,
+                lr_decay_every=2000, lr_decay=0.1, weight_decay=5e-4, momentum=0.9,
+                noise_steps=args.official_noise_steps, noise_step_size="8/1275", eot=args.official_eot,
+                adv_eps="4/255", adv_steps=args.official_adv_steps, adv_step_size="4/1275", randomness_weight=1.0)
+    return [str(a) for a in theirs], ours
+
+
+def run_official(generate, argv, data, spec, device):
+    """One run of their main() on data's images: (seconds, passes counter)."""
+    utils = sys.modules["utils"]
+    name, _, width = spec.partition(":")
+    hwc, targets = data.images.permute(0, 2, 3, 1).numpy(), data.labels.tolist()
+    counter = PassCounter()
+
+    def arch(arch_name, dataset):
+        model = create_model(name, 10, 3, float(width)) if width else their_arch(arch_name, dataset)
+        model.register_forward_pre_hook(counter)
+        return model
+
+    their_arch = utils.get_arch
+    with ExitStack() as stack:
+        out = stack.enter_context(tempfile.TemporaryDirectory())
+        stack.enter_context(patch.object(sys, "argv", ["generate.py", "--arch", name if not width else "resnet18",
+                                                       *argv, "--save-dir", out, "--save-name", "bench",
+                                                       *(["--cpu"] if device.type == "cpu" else [])]))
+        their_args = generate.get_args()
+        # the same uint8 images instead of torchvision's CIFAR-10 (their loader reads .data HWC and .targets)
+        stack.enter_context(patch.object(utils.data, "datasetCIFAR10",
+                                         lambda root, train, transform: SimpleNamespace(data=hwc, targets=targets)))
+        stack.enter_context(patch.object(utils, "get_arch", arch))
+        if device.type == "cpu":  # their loop moves the stored noise with an unconditional .cuda()
+            stack.enter_context(patch.object(torch.Tensor, "cuda", lambda self, *a, **k: self))
+        log = logging.getLogger("poisonlab.bench.official")
+        log.propagate, log.handlers = False, [logging.NullHandler()]
+        seconds = timed(lambda: generate.main(their_args, log), device)  # their pickles land in out, unread
+    return seconds, counter
+
+
+def bench_official(args, device):
+    """The authors' generation loop against poisonlab's at equal work, per model spec, alternating sides."""
+    generate = official_generate(args.official)
+    argv, ours = official_schedule(args)
+    n = args.official_images - args.official_images % args.official_batch  # their final pass drops a last partial batch
+    g = torch.Generator().manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                    torch.arange(n) % 10, [str(c) for c in range(10)])
+    out = {"checkout": str(Path(args.official).resolve()), "images": n, "their_argv": argv, "poisonlab_options": ours}
+
+    def poisonlab(spec):
+        name, _, width = spec.partition(":")
+        m = create_method("minmaxmin", seed=0, device=str(device), surrogate=name, width=float(width or 1), **ours)
+        counter = counted(m)
+        return timed(lambda: m(data), device), counter
+
+    sides = {"official": lambda spec: run_official(generate, argv, data, spec, device), "poisonlab": poisonlab}
+    for spec in args.official_models:
+        if ":" not in spec and spec not in OFFICIAL_OWN:
+            raise PoisonlabError(f"--official-models {spec}: their code builds only {OFFICIAL_OWN}; "
+                                 "NAME:WIDTH runs poisonlab's model in both loops")
+        runs, passes = {k: [] for k in sides}, {}
+        for label, side in sides.items():  # warm-up (imports, kernel creation), and the pass counts
+            counter = side(spec)[1]
+            passes[label] = {"grad": counter.grad, "nograd": counter.nograd}
+        for _ in range(args.rounds):
+            for label, side in sides.items():
+                runs[label].append(side(spec)[0])
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        equal = passes["official"]["grad"] == passes["poisonlab"]["grad"]
+        ratio = med["official"] / med["poisonlab"]
+        out[spec] = {"models": "each side its own" if ":" not in spec else "poisonlab's in both loops",
+                     "seconds": runs, "median": med, "passes": passes, "equal_work": equal,
+                     "poisonlab_throughput_over_official": ratio,
+                     "passes_per_second": {k: passes[k]["grad"] / med[k] for k in sides}}
+        print(f"official {spec} ({out[spec]['models']}): authors' loop {med['official']:.2f}s, poisonlab "
+              f"{med['poisonlab']:.2f}s for {passes['poisonlab']['grad']} forward/backward passes each (equal work: "
+              f"{equal}) -> poisonlab runs at {ratio:.2f}x the official throughput", flush=True)
+        if not equal:
+            print(f"official {spec}: passes differ: {passes}", flush=True)
     return out
 
 
@@ -198,15 +323,27 @@ def main(argv=None):
     p.add_argument("--gen-images", type=int, default=256)
     p.add_argument("--gen-steps", type=int, default=4, help="surrogate steps per timed generation")
     p.add_argument("--variants", nargs="+", default=["warm1-fgsm", "warm1", "fgsm"], choices=sorted(VARIANTS))
-    p.add_argument("--sections", nargs="+", default=["eot", "generation", "checkpoint", "syncs", "protection"],
-                   choices=["eot", "generation", "checkpoint", "syncs", "protection"])
+    p.add_argument("--sections", nargs="+", default=None, choices=SECTIONS,
+                   help="default: all (official only with --official)")
+    p.add_argument("--official", metavar="PATH", help="your checkout of the authors' min-max-min code "
+                   "(EuterpeK/Rethinking-Data-Availability-Attacks); needs torchvision")
+    p.add_argument("--official-models", nargs="+", default=["smallcnn:1", "resnet18:0.25", "resnet18"],
+                   help="resnet18: each side its own ResNet-18; NAME:WIDTH: poisonlab's model in both loops")
+    p.add_argument("--official-images", type=int, default=64)
+    p.add_argument("--official-batch", type=int, default=32)
+    p.add_argument("--official-steps", type=int, default=2, help="surrogate steps (then the final pass)")
+    p.add_argument("--official-noise-steps", type=int, default=2)
+    p.add_argument("--official-eot", type=int, default=2, help="augmented copies per noise step (their samp-num)")
+    p.add_argument("--official-adv-steps", type=int, default=2)
     p.add_argument("--study", default=str(ROOT / "docs" / "results" / "fewer.json"))
     p.add_argument("--out", default=str(ROOT / "docs" / "results" / "speed.json"))
     args = p.parse_args(argv)
+    if args.sections is None:
+        args.sections = [k for k in SECTIONS if k != "official" or args.official]
     set_threads()
     device = pick_device(args.device)
-    command = "POISONLAB_THREADS={} nice -n 5 .venv/bin/python {}".format(
-        os.environ.get("POISONLAB_THREADS", "(unset)"),
+    command = "POISONLAB_THREADS={} nice -n {} .venv/bin/python {}".format(
+        os.environ.get("POISONLAB_THREADS", "(unset)"), os.nice(0),
         shlex.join([os.path.relpath(sys.argv[0], ROOT)] + (sys.argv[1:] if argv is None else argv)))
     t0, load0 = time.time(), os.getloadavg()
     result = {"command": command, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -214,19 +351,23 @@ def main(argv=None):
               "settings": vars(args), "load_average_start": load0}
     sections = {"eot": lambda: bench_eot(args, device), "generation": lambda: bench_generation(args, device),
                 "checkpoint": lambda: bench_checkpoint(args), "syncs": lambda: bench_syncs(args, device),
-                "protection": lambda: protection(args.study)}
+                "official": lambda: bench_official(args, device), "protection": lambda: protection(args.study)}
     # Sections not run this time are carried over from the file, each with the date it was measured.
     earlier = read_json(args.out) if Path(args.out).exists() else {}
     for name in sections:
         if name in args.sections:
-            result[name] = sections[name]()
+            try:
+                result[name] = sections[name]()
+            except PoisonlabError as e:
+                print(f"poisonlab: error: {e}", file=sys.stderr)
+                sys.exit(2)
             result.setdefault("measured", {})[name] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         elif name in earlier:
             result[name] = earlier[name]
             result.setdefault("measured", {})[name] = earlier.get("measured", {}).get(name, earlier.get("date"))
-    result["official"] = ("not measured: the authors' code is not on this machine (no checkout, no network); "
-                          "the issue's 0.92x-1.09x come from a session whose harness is not in the repository")
-    print(f"official code: {result['official']}", flush=True)
+    if not isinstance(result.get("official"), dict):
+        result["official"] = "not measured: run with --official PATH (a checkout of the authors' code)"
+        print(f"official code: {result['official']}", flush=True)
     result["load_average_end"], result["wall_seconds"] = os.getloadavg(), time.time() - t0
     write_json(args.out, result)
     print(f"wrote {args.out}")

@@ -1,0 +1,104 @@
+"""bench/speed.py's side-by-side with the authors' min-max-min code (issue 15): the harness imports their
+generate.py from a checkout path (never copied), hands it the same images, counts the passes of both loops
+and reports the ratio. Their code needs torchvision, which is not installed here, so these tests drive a
+stand-in checkout written below with the same interface (get_args(), main(args, logger), utils.get_arch,
+utils.data.datasetCIFAR10, one unconditional .cuda()) and the same passes per step as min-max-min."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from poisonlab import PoisonlabError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import speed  # noqa: E402  (bench/speed.py, a script)
+
+GENERATE = '''
+import argparse
+import torch
+import utils
+
+def get_args():
+    p = argparse.ArgumentParser()
+    for name in ("--arch", "--save-dir", "--save-name"):
+        p.add_argument(name)
+    for name in ("--train-steps", "--batch-size", "--pgd-steps", "--samp-num", "--atk-pgd-steps"):
+        p.add_argument(name, type=int)
+    p.add_argument("--cpu", action="store_true")
+    return p.parse_known_args()[0]
+
+def main(args, logger):
+    model = utils.get_arch(args.arch, "cifar10")
+    data = utils.data.datasetCIFAR10(root=None, train=True, transform=None)
+    x = torch.tensor(data.data).permute(0, 3, 1, 2).float() / 255
+    y = torch.tensor(data.targets)
+    b = args.batch_size
+    SEEN.append((tuple(data.data.shape), str(data.data.dtype)))
+
+    def noise(xb, yb):  # pgd steps x samples, each a forward/backward of the batch
+        d = torch.zeros_like(xb, requires_grad=True)
+        for _ in range(args.pgd_steps * args.samp_num):
+            torch.nn.functional.cross_entropy(model(xb + d), yb).backward()
+
+    for step in range(args.train_steps):
+        xb, yb = x[step * b:(step + 1) * b], y[step * b:(step + 1) * b]
+        noise(xb, yb)
+        xb = xb + torch.zeros(1).cuda()  # as theirs: the stored noise moved with an unconditional .cuda()
+        for _ in range(args.atk_pgd_steps):
+            model(xb.requires_grad_())
+        (model(xb).sum() + model(xb).sum()).backward()  # the adversarial and the randomness terms
+    for i in range(len(x) // b):
+        noise(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b])
+
+SEEN = []
+'''
+
+UTILS = '''
+from . import data
+
+def get_arch(arch, dataset):
+    raise AssertionError("a NAME:WIDTH spec must not build their model")
+'''
+
+
+@pytest.fixture
+def checkout(tmp_path, monkeypatch):
+    root = tmp_path / "official"
+    (root / "utils").mkdir(parents=True)
+    (root / "attacks").mkdir()
+    (root / "generate.py").write_text(GENERATE)
+    (root / "utils" / "__init__.py").write_text(UTILS)
+    (root / "utils" / "data.py").write_text("def datasetCIFAR10(root, train, transform):\n    raise OSError('download')\n")
+    (root / "attacks" / "__init__.py").write_text("")
+    (root / "attacks" / "robust_workers.py").write_text("")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield root
+    for name in list(sys.modules):  # their generic names must not leak into other tests
+        if name.split(".")[0] in speed.OFFICIAL_MODULES:
+            del sys.modules[name]
+
+
+def test_official_side_by_side_counts_equal_work(checkout, tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    speed.main(["--sections", "official", "--official", str(checkout), "--official-models", "smallcnn:0.25",
+                "--official-images", "9", "--official-batch", "4", "--official-steps", "2", "--official-noise-steps", "2",
+                "--official-eot", "1", "--official-adv-steps", "1", "--rounds", "1", "--device", "cpu", "--out", str(out)])
+    row = speed.read_json(out)["official"]["smallcnn:0.25"]
+    # 8 images (9 cut to whole batches: their final pass drops a partial one); per step 4 x (2 x 1 + 1 + 2) = 20;
+    # the final pass 8 x 2
+    assert row["passes"]["official"]["grad"] == row["passes"]["poisonlab"]["grad"] == 2 * 20 + 16
+    assert row["equal_work"] and row["poisonlab_throughput_over_official"] > 0
+    assert len(row["seconds"]["official"]) == len(row["seconds"]["poisonlab"]) == 1
+    assert sys.modules["generate"].SEEN[0] == ((8, 32, 32, 3), "uint8")  # our images, HWC as their loader reads
+    assert "poisonlab runs at" in capsys.readouterr().out
+
+
+def test_official_refuses_what_it_cannot_run(checkout, tmp_path):
+    with pytest.raises(PoisonlabError, match="not a checkout"):
+        speed.official_generate(tmp_path)
+    args = speed.argparse.Namespace(official=str(checkout), official_models=["smallcnn"], official_images=4,
+                                    official_batch=4, official_steps=1, official_noise_steps=1, official_eot=1,
+                                    official_adv_steps=1, rounds=1)
+    with pytest.raises(PoisonlabError, match="builds only"):
+        speed.bench_official(args, speed.torch.device("cpu"))
