@@ -49,7 +49,7 @@ from poisonlab.attacks.evaluate import attack_success_rate  # noqa: E402
 from poisonlab.defenses.probe import accuracy, per_sample_loss, precision_recall, train_cached  # noqa: E402
 from poisonlab.defenses.unlearn import SSD, GradientAscent, RetrainWithout, timed  # noqa: E402
 from poisonlab.fileio import atomic_write, read_json, write_json  # noqa: E402
-from poisonlab.hashing import digest  # noqa: E402
+from poisonlab.hashing import bytes_hash, digest  # noqa: E402
 from poisonlab.runtime import set_threads  # noqa: E402
 from poisonlab.train import TrainConfig  # noqa: E402
 
@@ -63,10 +63,12 @@ ITLM_KW = dict(alpha=0.8, rounds=3)  # the fit form on the label flip: 3 retrain
 ITLM_GRID_KW = dict(alpha=0.8, rounds=1)  # the other attacks: one retraining (CPU budget)
 ITLM_HOOK_KW = dict(alpha=0.8, rounds=3)  # the one-run hook approximation
 ITLM_LOW_KW = dict(alpha=0.7, rounds=1)  # trimming more than the flipped fraction (stage "alpha")
+ITLM_CV_KW = [dict(alpha=0.8, rounds=r, folds=2) for r in (1, 2)]  # held-out judges (stage "cv")
+VAL = 2000  # held-out clean CIFAR-10 training images: ITLM's settings are chosen on them, never on test
 DPA_K, DPA_VICTIM = 10, dict(VICTIM, epochs=20, batch_size=64)
 FOUND = (0.1, 1.0)
 UNLEARN = {"retrain": None, "negrad+": dict(epochs=5, lr=0.01, batch_size=16, retain_weight=1.0, cap=5.0), "ssd": dict()}
-STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "extra")
+STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "cv", "extra")
 
 
 def trimmed_of(kept, n) -> torch.Tensor:
@@ -100,6 +102,15 @@ class LossTrace:
                      for e, g, c in d["rows"].tolist()]
 
 
+def held_out(full: ImageSet, train: ImageSet, n: int) -> ImageSet:
+    """n class-balanced images of full that are not in train (stratified() deals round-robin, so
+    stratified(len(train) + n) holds train; the rest is matched out by content)."""
+    seen = {bytes_hash(a.tobytes(), length=32) for a in train.images.numpy()}
+    big = full.stratified(len(train) + n, seed=0)
+    keep = [i for i, a in enumerate(big.images.numpy()) if bytes_hash(a.tobytes(), length=32) not in seen]
+    return big.subset(torch.tensor(keep))
+
+
 def log(msg):
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
@@ -113,9 +124,12 @@ class Bench:
         self.work = work
         self.ckpt = work / "ckpt"
         t0 = time.perf_counter()
-        self.train = load_dataset(str(CIFAR), "train").stratified(SCALE["train"], seed=0)
+        full = load_dataset(str(CIFAR), "train")
+        self.train = full.stratified(SCALE["train"], seed=0)
+        self.val = held_out(full, self.train, VAL)
         self.test = load_dataset(str(CIFAR), "test").stratified(SCALE["test"], seed=0)
-        log(f"data: {len(self.train)} train / {len(self.test)} test in {time.perf_counter() - t0:.1f}s")
+        log(f"data: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test in "
+            f"{time.perf_counter() - t0:.1f}s")
         self.cfg = TrainConfig(**VICTIM)
         self.sets = {"clean": (self.train, torch.empty(0, dtype=torch.long))}
         self.attacks = {}
@@ -158,7 +172,11 @@ class Bench:
             r = self.victim(attack)
             return {**self.metrics(r["model"], attack), "seconds": round(r["train_seconds"], 1),
                     "history": [h["test_acc"] for h in r["history"]]}
-        return self.cell(f"{attack}/none", {"victim": VICTIM, "attack": ATTACKS.get(attack)}, run)
+        rec = self.cell(f"{attack}/none", {"victim": VICTIM, "attack": ATTACKS.get(attack)}, run)
+        if "val_acc" not in rec:  # cells from before the validation split: add it from the checkpoint
+            rec["val_acc"] = round(accuracy(self.victim(attack)["model"], self.val), 2)
+            write_json(self.work / "cells" / f"{attack}__none-{settings_hash(rec['settings'])}.json", rec)
+        return rec
 
     def abl(self, attack):
         data, poisons = self.sets[attack]
@@ -182,14 +200,14 @@ class Bench:
         kw = kw or (ITLM_KW if attack == "flip" else ITLM_GRID_KW)
 
         def run():
-            out = ITLM(**kw).fit(data, self.test, self.cfg, checkpoints=self.ckpt, log=log)
+            out = ITLM(**kw).fit(data, self.test, self.cfg, checkpoints=self.ckpt, log=log, val=self.val)
             rounds = out["rounds"]
             for r, kept in zip(rounds[1:], out["selections"]):
                 r["trimmed"] = precision_recall(trimmed_of(kept, len(data)), poisons)
-            return {**self.metrics(out["model"], attack), "rounds": rounds, "trimmed": rounds[-1]["trimmed"],
-                    "seconds": round(sum(r["train_seconds"] for r in rounds), 1)}
+            return {**self.metrics(out["model"], attack), "val_acc": rounds[-1]["val_acc"], "rounds": rounds,
+                    "trimmed": rounds[-1]["trimmed"], "seconds": round(sum(r["train_seconds"] for r in rounds), 1)}
         return self.cell(f"{attack}/{name}", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": kw,
-                                              "form": "fit"}, run)
+                                              "form": "fit", "val": VAL}, run)
 
     def itlm_hook(self, attack):
         """ITLM's one-run approximation: re-selections inside one training run, no re-initialisation."""
@@ -302,6 +320,42 @@ def _fmt(v, nd=1):
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def itlm_candidates(res: dict) -> list[dict]:
+    """Every ITLM setting tried on the flip (each round of the paper form counts as a setting of `rounds`),
+    plus no defense, with validation and test accuracy; the choice is the best validation accuracy."""
+    out = []
+    if "val_acc" in res.get("flip/none", {}):
+        out.append({"name": "none", "val": res["flip/none"]["val_acc"], "test": res["flip/none"]["clean_acc"]})
+    for d in ("itlm", "itlm-a0.7", "itlm-cv1", "itlm-cv2"):
+        r = res.get(f"flip/{d}")
+        if not r or "val_acc" not in r:
+            continue
+        kw = r["settings"]["itlm"]
+        rounds = r["rounds"] if kw.get("folds", 1) == 1 else r["rounds"][-1:]
+        for q in rounds[1:] if kw.get("folds", 1) == 1 else rounds:
+            folds = f", {kw['folds']}-fold held-out judges" if kw.get("folds", 1) > 1 else ""
+            out.append({"name": f"{d}: alpha {kw['alpha']}, rounds {q['round']}{folds}", "val": q["val_acc"],
+                        "test": q["last_acc"], "trimmed": q.get("trimmed")})
+    return out
+
+
+def choice(res: dict) -> list[str]:
+    cands, clean, base = itlm_candidates(res), res.get("clean/none", {}).get("clean_acc"), res.get("flip/none")
+    if len(cands) < 2 or clean is None or base is None:
+        return []
+    best = max(cands, key=lambda c: c["val"])
+    lines = ["", "ITLM settings on the flip, chosen by accuracy on the validation split (2,000 held-out CIFAR-10 "
+                 "training images; the test set plays no part in the choice). Damage recovered = (test acc - "
+                 f"undefended {base['clean_acc']}) / (clean-data {clean} - undefended):", "",
+             "| setting | val acc | test acc | damage recovered % | trimmed precision % | chosen |", "|---|---|---|---|---|---|"]
+    for c in cands:
+        t = c.get("trimmed")
+        lines.append(f"| {c['name']} | {c['val']} | {c['test']} | "
+                     f"{_fmt(100 * (c['test'] - base['clean_acc']) / (clean - base['clean_acc']), 0)} | "
+                     f"{_fmt(t['precision']) if t else '-'} | {'**yes**' if c is best else ''} |")
+    return lines
+
+
 def tables(res: dict) -> str:
     """Markdown tables: defenses x attacks with the undefended baseline in the same row."""
     lines = [f"Scale: CIFAR-10 {SCALE['train']} train / {SCALE['test']} test (stratified), smallcnn width 0.5, "
@@ -314,7 +368,7 @@ def tables(res: dict) -> str:
         base = res.get(f"{attack}/none")
         if base is None:
             continue
-        for d in ("none", "oracle", "abl", "abl-nogga", "itlm", "itlm-a0.7", "itlm-hook", "dpa"):
+        for d in ("none", "oracle", "abl", "abl-nogga", "itlm", "itlm-a0.7", "itlm-cv1", "itlm-cv2", "itlm-hook", "dpa"):
             r = res.get(f"{attack}/{d}")
             if r is None:
                 continue
@@ -324,8 +378,11 @@ def tables(res: dict) -> str:
                 notes.append(f"isolated {iso['flagged']}, precision {_fmt(iso['precision'])}%; before unlearning: "
                              f"acc {r['before_unlearning']['clean_acc']}, ASR {_fmt(r['before_unlearning'].get('asr'))}")
             if d.startswith("itlm") and "rounds" in r:
-                notes.append(f"alpha {r['settings']['itlm']['alpha']}, {len(r['rounds']) - 1} retraining(s) from scratch, trained on "
-                             + "/".join(str(q["train_size"]) for q in r["rounds"]))
+                folds = r["settings"]["itlm"].get("folds", 1)
+                notes.append(f"alpha {r['settings']['itlm']['alpha']}, {len(r['rounds']) - 1} "
+                             + (f"selection(s) by {folds}-fold held-out judges" if folds > 1 else
+                                "retraining(s) from scratch")
+                             + ", trained on " + "/".join(str(q["train_size"]) for q in r["rounds"]))
             if d.startswith("itlm") and r["trimmed"]["poisons"]:
                 t = r["trimmed"]
                 notes.append(f"trimmed {t['flagged']}: precision {_fmt(t['precision'])}%, recall {_fmt(t['recall'])}%")
@@ -342,21 +399,26 @@ def tables(res: dict) -> str:
                                  for q in (1, 2, 5)))
             lines.append(f"| {attack} | {d} | {r['clean_acc']} | {_fmt(r.get('asr'))} | {base['clean_acc']} | "
                          f"{_fmt(base.get('asr'))} | {clean} | {r['seconds']} | {'; '.join(notes)} |")
-    itlm = {f"{a} ({d})": res[f"{a}/{d}"] for a in ("flip", "badnets", "clean") for d in ("itlm", "itlm-a0.7")
-            if f"{a}/{d}" in res}
+    itlm = {f"{a} ({d})": res[f"{a}/{d}"] for a in ("flip", "badnets", "clean")
+            for d in ("itlm", "itlm-a0.7", "itlm-cv1", "itlm-cv2") if f"{a}/{d}" in res}
     if itlm:
-        lines += ["", "ITLM round by round (round 0 = the undefended run on everything; each later round retrains "
-                      "from scratch on the samples the previous round's model gives the lowest loss):", "",
-                  "| attack | round | trained on | of which poisons | test acc | trimmed: precision % | recall % | seconds |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "ITLM round by round. Paper form (itlm, itlm-a0.7): round 0 = the undefended run on everything; "
+                      "each later round retrains from scratch on the samples the previous round's model gives the "
+                      "lowest loss. Held-out judges (itlm-cv*): rounds before the last train two judges, each on the "
+                      "kept samples outside its hash fold, scoring its fold; the last round trains the model on "
+                      "the last selection. Val = 2,000 held-out CIFAR-10 training images:", "",
+                  "| attack | round | trained on | of which poisons | test acc | val acc | trimmed: precision % | "
+                  "recall % | seconds |", "|---|---|---|---|---|---|---|---|---|"]
         for a, r in itlm.items():
             for q in r["rounds"]:
                 t = q.get("trimmed")
                 bad = f"{t['poisons'] - t['found']}" if t else str(r["trimmed"]["poisons"])
                 t = t if t and t["poisons"] else None
-                lines.append(f"| {a} | {q['round']} | {q['train_size']} | {bad} | {q['last_acc']} | "
+                acc = q["last_acc"] if "last_acc" in q else "judges " + " / ".join(map(str, q["judge_acc"]))
+                lines.append(f"| {a} | {q['round']} | {q['train_size']} | {bad} | {acc} | {_fmt(q.get('val_acc'), 2)} | "
                              f"{_fmt(t['precision']) if t else '-'} | {_fmt(t['recall']) if t else '-'} | "
                              f"{round(q['train_seconds'], 1)} |")
+    lines += choice(res)
     trace = res.get("flip/loss-trace")
     if trace:
         lines += ["", "Undefended run on the flip, after every epoch: share of flipped labels among the "
@@ -370,11 +432,15 @@ def tables(res: dict) -> str:
     if dpa:
         radii = [c["radius"] for c in max(dpa.values(), key=lambda r: len(r["curve"]))["curve"]]
         lines += ["", f"DPA certified accuracy (%) against radius (k = {DPA_K} partitions; radius = poisoned "
-                      "training insertions/removals tolerated):", "",
-                  "| data | " + " | ".join(f"r={q}" for q in radii) + " |", "|---|" + "---|" * len(radii)]
+                      "training insertions/removals tolerated; r=0 is DPA's plain accuracy), beside the undefended "
+                      "single model trained on the same (poisoned) data; ASR on triggered test images:", "",
+                  "| data | no-defense acc | no-defense ASR | DPA ASR | " + " | ".join(f"r={q}" for q in radii) + " |",
+                  "|---|---|---|---|" + "---|" * len(radii)]
         for a, r in dpa.items():
             by = {c["radius"]: c["certified_accuracy"] for c in r["curve"]}
-            lines.append(f"| {a} | " + " | ".join(_fmt(by.get(q, 0.0)) for q in radii) + " |")
+            base = res.get(f"{a}/none", {})
+            lines.append(f"| {a} | {_fmt(base.get('clean_acc'))} | {_fmt(base.get('asr'))} | {_fmt(r.get('asr'))} | "
+                         + " | ".join(_fmt(by.get(q, 0.0)) for q in radii) + " |")
     lines += ["", "Detection on the undefended model (penultimate features), against the true poisons; chance = the "
               "precision of flagging at random (the poisoned fraction):", "",
               "| attack | detector | flagged | poisons | found | precision % | chance % | recall % | seconds |",
@@ -497,6 +563,9 @@ def main(argv=None):
         elif s == "cost":  # the defenses on clean data
             b.itlm("clean")
             b.abl("clean")
+        elif s == "cv":  # ITLM with held-out judges, then the choice on the validation split
+            for kw in ITLM_CV_KW:
+                b.itlm("flip", kw, name=f"itlm-cv{kw['rounds']}")
         elif s == "extra":
             b.unlearn("badnets")
             b.dpa("badnets")

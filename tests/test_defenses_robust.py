@@ -6,6 +6,7 @@ import torch
 from poisonlab import PoisonlabError
 from poisonlab.data import ImageSet
 from poisonlab.defenses.abl import ABL, lga
+from poisonlab.defenses.dpa import partition_of
 from poisonlab.defenses.itlm import ITLM, lowest_loss
 from poisonlab.defenses.probe import per_sample_loss
 from poisonlab.train import TrainConfig, train_victim
@@ -119,3 +120,23 @@ def test_itlm_is_a_registered_training_defense():
     hooks = d.hooks() if d.apply(bad) is bad else None
     r = train_victim(bad, clean, TrainConfig(epochs=2, **CFG), progress=False, hooks=hooks)
     assert r["hooks"] == [d.spec()] and len(hooks[0].kept) == 36
+
+
+def test_itlm_held_out_judges_score_every_sample_with_a_model_that_never_saw_it(tmp_path):
+    clean, bad, flipped = _flipped()
+    itlm = ITLM(alpha=0.8, rounds=2, folds=2)
+    assert itlm.spec().endswith("folds=2,per_class=False,rounds=2,warmup=None") and "folds" not in ITLM().spec()
+    cfg = TrainConfig(epochs=4, **CFG)
+    out = itlm.fit(bad, clean, cfg, checkpoints=tmp_path)
+    assert [r["train_size"] for r in out["rounds"]] == [120, 96, 96] and len(out["selections"]) == 2
+    assert len(out["rounds"][0]["judge_acc"]) == 2 and "last_acc" in out["rounds"][2]
+    assert out["result"]["train_size"] == 96
+    # The judges of the second selection trained on the kept samples outside their own fold only.
+    kept, fold = out["selections"][0], partition_of(bad.images, 2)
+    loss, runs = itlm.held_out_loss(bad, kept, None, cfg, tmp_path)
+    assert [r["train_size"] for r in runs] == [int((fold[kept] != f).sum()) for f in range(2)]
+    assert torch.equal(itlm.keep(loss, bad), out["selections"][1])
+    trimmed = set(range(len(bad))) - set(out["kept"].tolist())
+    assert len(trimmed & flipped) >= 12  # chance level would be ~5 of the 24 trimmed
+    with pytest.raises(PoisonlabError, match="fit"):
+        ITLM(folds=2).hooks()
