@@ -9,9 +9,9 @@ training and PGD adversarial training at 4/255 for clean, EM, REM and min-max-mi
 The reduced schedule (poisonlab.protect.scaledown.robust_recipe): surrogate training for MIN_PASSES (10)
 passes over the 50,000 images in batches of 512, 2 noise steps of 8/255 (travel 2 x eps) averaged over 2
 augmentations, the victim's adversary (4/255, 3 steps of 3.33/255); victims train 6 epochs (batch 512)
-with 3-step PGD at 4/255. Budget, in ResNet-18 forward+backward passes of one image: min-max-min 4.5 M,
-REM 10 M, EM about 2.5 M, the 8 victims 6 M; at an assumed 25-40k images/s (bf16, channels_last, 32x32)
-that is 10-15 minutes on one H100, not yet measured: --compile, or --epochs 4, trims it. EM: the paper's
+with 3-step PGD at 4/255. Measured on one H100 (session 5, docs/modelbased.md): a victim 12 s (ST) / 23 s
+(AT), the min-max-min surrogate 95 s, REM over 310 s (each noise step runs the 3-step adversary inside),
+so the whole run takes more than 10 minutes; --compile, or --epochs 4, trims it. EM: the paper's
 sample-wise setting with 5 PGD steps per pass, at most 10 rounds. Everything runs with the data resident on the device, bf16 autocast and channels_last (poisonlab.runtime);
 the method loops keep their logs on the device. Results: docs/results/gpu_repro.{json,md} with the GPU's
 name; stages are cached under --work and resume.
@@ -36,8 +36,8 @@ VICTIM_AT = VictimAT(4 / 255, 3)
 METHODS = ("minmaxmin", "rem", "em")  # the order they run: the figures that matter most first
 
 
-def settings(n, surrogate, width, batch_size, tiny=False):
-    robust = robust_recipe(n, VICTIM_AT, noise_steps=2, surrogate_passes=MIN_PASSES, batch_size=batch_size,
+def settings(n, surrogate, width, batch_size, tiny=False, noise_steps=2):
+    robust = robust_recipe(n, VICTIM_AT, noise_steps=noise_steps, surrogate_passes=MIN_PASSES, batch_size=batch_size,
                            surrogate=surrogate, width=width)
     em = dict(surrogate=surrogate, width=width, batch_size=batch_size, train_steps=10, pgd_steps=5,
               step_size=1.6 / 255, stop_acc=0.99, max_rounds=1 if tiny else 10)
@@ -58,6 +58,7 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, in the order to run")
     ap.add_argument("--deadline", type=float, default=None, metavar="S",
                     help="start no new stage after S seconds (the stages left resume on the next call)")
+    ap.add_argument("--noise-steps", type=int, default=2, help="REM/min-max-min noise steps of 2 x eps / N each")
     ap.add_argument("--compile", action="store_true", help="torch.compile the surrogates (CUDA)")
     ap.add_argument("--tiny", type=int, nargs="?", const=256, default=0, metavar="N",
                     help="N (256) training and test images, small CNNs, 1 epoch: a test of the path")
@@ -73,10 +74,10 @@ def main(argv=None):
     if args.tiny:
         train, test = train.stratified(args.tiny, seed=0), test.stratified(args.tiny, seed=0)
         args.epochs = 1
-    recipes = settings(len(train), surrogate, width, args.batch_size, args.tiny)
+    recipes = settings(len(train), surrogate, width, args.batch_size, args.tiny, args.noise_steps)
     work, t_start = Path(args.work), time.time()
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
-    state = {"seconds": {}, "diagnostics": {}, "runs": {}, "left": []}
+    state = {"seconds": {}, "diagnostics": {}, "runs": {}, "left": ["clean", *methods]}  # left: not finished yet
 
     def report():
         """Written after every stage, so a run cut short still leaves what it finished."""
@@ -95,7 +96,6 @@ def main(argv=None):
     # Clean victims first, then each method's protection and its victims: the most telling rows come first.
     for name in ["clean", *methods]:
         if args.deadline is not None and time.time() - t_start > args.deadline:
-            state["left"].append(name)
             continue
         data = train
         if name != "clean":
@@ -126,6 +126,8 @@ def main(argv=None):
                                   "curve": [h["test_acc"] for h in r["history"]], "wall_seconds": r.get("wall_seconds")}
             print(f"{key:16s} last {r['last_acc']:6.2f}  best {r['best_acc']:6.2f}  ({r.get('wall_seconds') or 0:.0f} s)",
                   flush=True)
+            if regime == "at4":
+                state["left"].remove(name)
             report()
     result = report()
     print(table(result))
@@ -135,7 +137,9 @@ def main(argv=None):
 def table(result):
     runs = result["runs"]
     left = f"; not run yet: {', '.join(result['stages_left'])}" if result.get("stages_left") else ""
-    lines = [f"{result['device']}, {result['scale']['train_images']} training images, wall {result['wall_seconds']:.0f} s{left}",
+    stages = sum(result["generation_seconds"].values()) + sum(r.get("wall_seconds") or 0 for r in runs.values())
+    lines = [f"{result['device']}, {result['scale']['train_images']} training images, wall {result['wall_seconds']:.0f} s "
+             f"(finished stages: {stages:.0f} s){left}",
              "", "| data | gen. time (s) | ST: last (best) | drop | AT 4/255: last (best) | drop |", "|---|---|---|---|---|---|"]
     for name in ["clean", *result["scale"]["methods"]]:
         cells = [name, f"{result['generation_seconds'][name]:.0f}" if name in result["generation_seconds"] else "-"]

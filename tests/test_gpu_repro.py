@@ -35,3 +35,14 @@ def test_tiny_run_writes_the_table(tmp_path):
     assert 0 <= saved["diagnostics"]["minmaxmin"]["edge_fraction"] <= 1
     assert saved["diagnostics"]["minmaxmin"]["heldout_size"] == 64
     assert "| minmaxmin |" in out.with_suffix(".md").read_text()
+    assert saved["complete"] and saved["stages_left"] == []
+
+
+def test_deadline_leaves_the_stages_for_the_next_call(tmp_path):
+    mod = _script()
+    out = tmp_path / "r.json"
+    mod.main(["--data", "bundled", "--tiny", "64", "--device", "cpu", "--work", str(tmp_path / "w"), "--out", str(out),
+              "--deadline", "0"])
+    saved = json.loads(out.read_text())
+    assert not saved["complete"] and saved["stages_left"] == ["clean", "minmaxmin", "rem", "em"] and saved["runs"] == {}
+    assert "not run yet: clean, minmaxmin, rem, em" in out.with_suffix(".md").read_text()
