@@ -18,6 +18,12 @@ correctly, each with a random other class as its adversarial class; victims use 
                    the poisoned set), and its random control
   generative       (small) autoencoder generator and pGAN: clean-accuracy drop vs
                    random +-8/255 noise on 10% of the images
+  gm-fit           (fit) Witches' Brew against victims that fit their training set (2,000 images, width 0.5,
+                   no crop+flip, 24 epochs), from scratch, with per-group same-bases random controls, margins
+                   and gradient cosines on the surrogate and on the trained victims
+  labels           (small) label flipping and p-tampering at 20% vs random labels on 20% (the control)
+  clean-label-na   (noaug) Turner et al.'s clean-label backdoor at 1%; -trigger-only: its control
+  blended-na       (noaug) the blended backdoor at 1%; blended-na-control: the same images relabelled
   meta             (small) MetaPoison on a few targets in one victim, vs random noise on the same bases
   transfer-binary  (main) the same in Poison Frogs' transfer setting: a two-class head (target class vs
                    adversarial class) trained to convergence on frozen features
@@ -40,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from poisonlab.attacks import create_attack
+from poisonlab.attacks.selection import flat_grad
 from poisonlab.attacks.evaluate import attack_success_rate, outputs, predict, rate, saved_roundtrip, targeted_hits
 from poisonlab.data import ImageSet, load_dataset
 from poisonlab.fileio import atomic_write, read_json, write_json
@@ -52,8 +59,14 @@ SCALES = {"main": dict(n=4000, victim=dict(model="smallcnn", width=0.5, epochs=1
           # the main scale's victim without crop+flip: in 12 epochs it fits its training set (with crop+flip it
           # fits about 60% of it and only 3 of its 40 training poisons; see docs/attacks.md)
           "noaug": dict(n=4000, victim=dict(model="smallcnn", width=0.5, epochs=12, augment="none")),
-          "small": dict(n=2000, victim=dict(model="smallcnn", width=0.25, epochs=12))}
+          "small": dict(n=2000, victim=dict(model="smallcnn", width=0.25, epochs=12)),
+          # Witches' Brew's victims fit their training set (ResNet-18, 40 epochs); the small scale's width-0.25
+          # net with crop+flip fits about half of it. This victim (same 2,000 images, width 0.5, no crop+flip,
+          # 24 epochs) does; surrogate and victims share its recipe, as in the paper (same architecture).
+          "fit": dict(n=2000, victim=dict(model="smallcnn", width=0.5, epochs=24, augment="none"))}
 GM = dict(steps=40, restarts=1, tau=0.1, eps=16 / 255, budget=0.01)  # paper: M=250, R=8 (see docs)
+# gm-fit: the paper's ratios (eps 16/255, 1% per target), no differentiable augmentation (the victim has none)
+GM_FIT = dict(steps=100, restarts=1, tau=0.1, eps=16 / 255, budget=0.01, augment=False)
 # Transfer setting: 5 poisons per target for both (Poison Frogs' paper uses 1, convex polytope 5), eps 16/255.
 FC = dict(num_poisons=5, eps=16 / 255, iterations=200)
 CP = dict(num_poisons=5, eps=16 / 255, iterations=200)
@@ -133,10 +146,12 @@ class Bench:
         """Accuracy on the scale's own (clean) training images, no augmentation: does the victim fit?"""
         return round(float((predict(model, self.train.images) == self.train.labels).float().mean() * 100), 2)
 
-    def badnets(self, kind="badnets", rate_=0.01):
+    def badnets(self, kind="badnets", rate_=0.01, surrogate=None):
+        """surrogate: the attacker's model, for the clean-label backdoor's PGD step."""
         attack, kw = BACKDOORS[kind]
         def run():
-            atk = create_attack(attack, target_class=0, poison_rate=rate_, seed=0, **kw)
+            extra = {"model": surrogate} if attack == "clean-label-backdoor" else {}
+            atk = create_attack(attack, target_class=0, poison_rate=rate_, seed=0, **kw, **extra)
             res = atk(self.train.images, self.train.labels)
             saved, check = saved_roundtrip(self.train.images, res.images, res.meta["bound"])
             model, acc = self.victim(saved, res.labels)
@@ -235,7 +250,6 @@ class Bench:
         """Why gradient matching does or does not carry over: the cosine between the poisons' training
         gradient and the target's adversarial gradient (all parameters, as matched), with the crafted poisons
         and with their clean bases, on the surrogate it was crafted on and on the clean victim (seed 1)."""
-        from poisonlab.attacks.selection import flat_grad
         ids, xt, yt, adv = self.gm_targets(groups * per_group)
         models = {"surrogate": self.model(0)[0], "victim": self.model(1)[0]}
         out = {f"{m}/{v}": [] for m in models for v in ("crafted", "clean")}
@@ -253,10 +267,9 @@ class Bench:
                 x_t, y_a = xt[sl][t:t + 1].float() / 255, adv[sl][t:t + 1]
                 for mname, m in models.items():
                     target_loss = F.cross_entropy(m(x_t), y_a)
-                    gt = flat_grad(target_loss, m)
                     for v, imgs in (("crafted", crafted), ("clean", self.train.images)):
-                        gp = flat_grad(F.cross_entropy(m(imgs[idx].float() / 255), self.train.labels[idx]), m)
-                        out[f"{mname}/{v}"].append(float(F.cosine_similarity(gp, gt, dim=0)))
+                        cos, gp, _ = poison_cosine(m, x_t, y_a, imgs[idx], self.train.labels[idx])
+                        out[f"{mname}/{v}"].append(cos)
                         # one small SGD step (lr 1e-3, the linear regime) on the poisons alone: target adv. loss drop
                         params = [q for q in m.parameters() if q.requires_grad]
                         with torch.no_grad():
@@ -276,6 +289,88 @@ class Bench:
             res["train_acc"] = {k: round(float((predict(m, self.train.images) == self.train.labels).float().mean() * 100), 2)
                                 for k, m in models.items()}
         return res
+
+    def gm_fit(self, groups, per_group):
+        """Witches' Brew against victims that fit their training set (scale `fit`), each group of targets (own
+        disjoint poisons) in one victim, and per group its same-budget control: the very same base images with
+        random +-eps signs, in a victim of its own. Two victims per poisoned set: trained from scratch (seed 1),
+        and the attacker's surrogate fine-tuned on it (FT). Measured per target: hits, the margin
+        logit[adv] - logit[true], the alignment reached on the surrogate (1 - cos, as crafted), and on the
+        trained victim the cosine of the poisons' and of their clean bases' gradient with the target's
+        adversarial gradient, and whether the victim fits its poisons."""
+        surrogate, _ = self.model(0)
+        ids, xt, yt, adv = self.gm_targets(groups * per_group)
+        tag = f"gm-fit-m{GM_FIT['steps']}-r{GM_FIT['restarts']}"
+        recipes = {"witches-brew": dict(GM_FIT, model=surrogate),
+                   "random-poison": dict(eps=GM_FIT["eps"], budget=GM_FIT["budget"])}
+        victims = {"scratch": ("", self.victim), "finetune": ("-ft", self.finetune)}
+        rows = {v: [] for v in victims}
+        for g in range(groups):
+            sl = slice(g * per_group, (g + 1) * per_group)
+
+            def poisoned(name, sl=sl, g=g):
+                """The group's poisoned training set (as decoded from the saved PNGs), crafted once and kept."""
+                path = self.work / f"{tag}-g{g}-{name}.pt"
+                if not path.exists():
+                    res = create_attack(name, target_images=xt[sl], adversarial_labels=adv[sl], target_ids=ids[sl].tolist(),
+                                        seed=g, **recipes[name])(self.train.images, self.train.labels)
+                    saved, check = saved_roundtrip(self.train.images, res.images, res.meta["bound"], res.poisoned)
+                    log(f"{tag} group {g}: {name} crafted in {res.meta['generation_seconds']} s")
+                    with atomic_write(path) as f:
+                        torch.save({"index": res.poisoned, "images": saved[res.poisoned],
+                                    "per_target": [t["poisons"] for t in res.meta["targets"]],
+                                    "alignment_loss": [t.get("alignment_loss") for t in res.meta["targets"]],
+                                    "generation_seconds": res.meta["generation_seconds"],
+                                    "max_levels": check["max_levels_changed"]}, f)
+                p = torch.load(path, weights_only=True)
+                images = self.train.images.clone()
+                images[p["index"]] = p["images"]
+                return images, p
+
+            def run(train, sl=sl):
+                out = {"targets": ids[sl].tolist(), "true": yt[sl].tolist(), "adversarial": adv[sl].tolist()}
+                for name in recipes:
+                    images, p = poisoned(name)
+                    if name == "random-poison" and p["index"].tolist() != out["witches-brew"]["poisons"]:
+                        raise RuntimeError("the control must perturb the attack's own bases")
+                    model, acc = train(images, self.train.labels)
+                    cos = {"poisons": [], "bases": []}
+                    for t, idx in enumerate(p["per_target"]):
+                        for v, imgs in (("poisons", images), ("bases", self.train.images)):
+                            cos[v].append(round(poison_cosine(model, xt[sl][t:t + 1], adv[sl][t:t + 1], imgs[idx],
+                                                              self.train.labels[idx])[0], 4))
+                    out[name] = {"hits": targeted_hits(model, xt[sl], adv[sl]).tolist(), "clean_acc": acc,
+                                 "train_acc": self.train_acc(model), "margin": margins(model, xt[sl], yt[sl], adv[sl]),
+                                 "poisons": p["index"].tolist(), "max_levels": p["max_levels"],
+                                 "poisons_fit": float((predict(model, images[p["index"]]) == self.train.labels[p["index"]]).float().mean()),
+                                 "victim_cosine": cos, "generation_seconds": p["generation_seconds"],
+                                 "alignment_loss": p["alignment_loss"]}
+                return out
+            for v, (suffix, train) in victims.items():
+                log(f"{tag}{suffix} group {g}")
+                rows[v].append(self.cached(f"{tag}{suffix}-g{g}", lambda train=train: run(train)))
+            if rows["scratch"][-1]["witches-brew"]["poisons"] != rows["finetune"][-1]["witches-brew"]["poisons"]:
+                raise RuntimeError("both victims must train on the same poisons")
+        clean_model, clean = self.model(1)
+        n = groups * per_group
+        mean = lambda v: round(sum(v) / len(v), 4)  # noqa: E731
+        summary = {"clean-victim": {**rate(int(targeted_hits(clean_model, xt, adv).sum()), n), "clean_acc": clean["last_acc"],
+                                    "margin_mean": mean(margins(clean_model, xt, yt, adv))},
+                   "surrogate": {**rate(int(targeted_hits(surrogate, xt, adv).sum()), n),
+                                 "margin_mean": mean(margins(surrogate, xt, yt, adv))}}
+        for v, vrows in rows.items():
+            summary[v] = {}
+            for name in recipes:
+                hits = [h for r in vrows for h in r[name]["hits"]]
+                summary[v][name] = {**rate(sum(hits), len(hits)), "clean_acc_mean": mean([r[name]["clean_acc"] for r in vrows]),
+                                    "train_acc_mean": mean([r[name]["train_acc"] for r in vrows]),
+                                    "margin_mean": mean([m for r in vrows for m in r[name]["margin"]]),
+                                    "victim_cosine": {k: mean([c for r in vrows for c in r[name]["victim_cosine"][k]])
+                                                      for k in ("poisons", "bases")},
+                                    "poisons_fit_mean": mean([r[name]["poisons_fit"] for r in vrows])}
+        losses = [a for r in rows["scratch"] for a in r["witches-brew"]["alignment_loss"] if a is not None]
+        summary["surrogate_cosine"] = round(1 - mean(losses), 4) if losses else None
+        return {"runs": rows, "settings": dict(GM_FIT, targets_per_victim=per_group, finetune=FT), "summary": summary}
 
     def badnets_control(self, kind="badnets", rate_=0.01):
         """The very same images relabelled to the target class without any trigger; its ASR is measured on
@@ -309,6 +404,15 @@ class Bench:
         return out
 
 
+def poison_cosine(model, x_t, y_adv, x_p, y_p):
+    """Cosine between the poisons' training gradient (mean CE over x_p) and the target's adversarial gradient,
+    over all parameters, as Witches' Brew matches them; images uint8 or float [0,1]."""
+    f = lambda x: x.float() / 255 if x.dtype == torch.uint8 else x  # noqa: E731
+    gt = flat_grad(F.cross_entropy(model(f(x_t)), y_adv), model)
+    gp = flat_grad(F.cross_entropy(model(f(x_p)), y_p), model)
+    return float(F.cosine_similarity(gp, gt, dim=0)), gp, gt
+
+
 def gm_tag():
     """Cache prefix of the fine-tuning runs: the first run (40 steps) kept its names."""
     return "gm-ft" if GM["steps"] == 40 else f"gm-ft-m{GM['steps']}"
@@ -327,7 +431,15 @@ BACKDOORS = {"badnets": ("badnets", {"trigger_seed": 1}), "badnets-5": ("badnets
              "badnets-cb": ("badnets", {"trigger_seed": 1, "trigger_pattern": "checkerboard"}),
              "badnets-cb5": ("badnets", {"trigger_seed": 1, "trigger_pattern": "checkerboard", "trigger_size": 5}),
              "badnets-na": ("badnets", {"trigger_seed": 1}),
-             "badnets-cb-na": ("badnets", {"trigger_seed": 1, "trigger_pattern": "checkerboard"})}
+             "badnets-cb-na": ("badnets", {"trigger_seed": 1, "trigger_pattern": "checkerboard"}),
+             # Turner et al.'s clean-label backdoor (target-class images only, PGD 8/255 on the attacker's
+             # surrogate, then the trigger) and its same-budget control: the very same images with the trigger
+             # alone (the paper's baseline); both on the victim that fits (noaug)
+             "blended-na": ("blended", {"trigger_seed": 1}),
+             "clean-label-na": ("clean-label-backdoor", {"trigger_seed": 1}),
+             "clean-label-na-trigger-only": ("clean-label-backdoor", {"trigger_seed": 1, "eps": 0})}
+# label attacks at a 20% budget; random labels on 20% is the same-budget random control of the other two
+LABELS = {"random-labels": dict(fraction=0.2), "label-flip": dict(fraction=0.2), "p-tampering": dict(p=0.2)}
 UNTARGETED = {  # generative attacks vs the same-budget control (random +-eps noise on the same 10%)
     "autoencoder-poison": dict(fraction=0.1, eps=8 / 255, steps=200, surrogate_width=0.25),
     "pgan": dict(poison_class=0, fraction=0.05, steps=300, surrogate_width=0.25),
@@ -336,10 +448,12 @@ META = dict(num_poisons=20, ensemble=2, unroll=2, outer_steps=20, reset_steps=10
             surrogate_width=0.25)  # paper: M=24, 60 outer steps
 
 
-def untargeted(b, name):
-    """Clean accuracy of a victim trained on the poisoned set; the drop is against the clean victim."""
+def untargeted(b, name, opts=None, model=None):
+    """Clean accuracy of a victim trained on the poisoned set; the drop is against the clean victim.
+    model: the attacker's surrogate (p-tampering's most plausible wrong class)."""
     def run():
-        atk = create_attack(name, seed=0, **UNTARGETED.get(name, {}))
+        extra = {"model": model} if model is not None else {}
+        atk = create_attack(name, seed=0, **(UNTARGETED.get(name, {}) if opts is None else opts), **extra)
         res = atk(b.train.images, b.train.labels)
         saved, check = saved_roundtrip(b.train.images, res.images, res.meta["bound"], res.poisoned)
         _, acc = b.victim(saved, res.labels)
@@ -565,15 +679,86 @@ def pct(r):
     return f"{100 * r['rate']:.1f} +- {100 * r['se']:.1f} ({r['successes']}/{r['n']})"
 
 
+def backdoor_control(results, k):
+    """ASR of a backdoor's same-budget control: the clean-label backdoor's is its trigger-only run; the dirty-
+    label backdoors' is the victim trained on the same images relabelled without any trigger."""
+    if f"{k}-trigger-only" in results:
+        return results[f"{k}-trigger-only"]["asr"]
+    ctrl = results.get(f"{k}-control") or results.get("badnets-na-control" if k.endswith("-na") else "badnets-control", {})
+    return ctrl.get("asr", {}).get(k)
+
+
+def acc_rate(acc, n):
+    """A test accuracy (percent) as a rate with its binomial standard error over the n test images."""
+    return rate(round(acc * n / 100), n)
+
+
+def grid(results) -> list:
+    """One row per attack: its success metric against its same-budget random control, with standard errors
+    (binomial: over targets, triggered test images, or test images for accuracies; one seed)."""
+    n_test = results.get("scales", {}).get("small", {}).get("test", 2000)
+    rows = []
+    def add(attack, setting, metric, a, c, control, ref, stage):
+        rows.append(f"| {attack} | {setting} | {metric} | {pct(a) if a else '-'} | {pct(c) if c else '-'} ({control}) | {ref} | `{stage}` |")
+    for k, attack, setting in (("badnets-na", "badnets", "1%, 3x3 patch; noaug victim"),
+                               ("blended-na", "blended", "1%, alpha 0.2; noaug victim"),
+                               ("clean-label-na", "clean-label-backdoor", "1% (target-class images), PGD 8/255; noaug victim")):
+        if k in results:
+            r = results[k]
+            add(attack, setting, "ASR", r["asr"], backdoor_control(results, k),
+                "the same images with the trigger only" if attack == "clean-label-backdoor" else "the same images relabelled, no trigger",
+                f"clean model ASR {pct(r['clean_model_asr'])}; clean acc. {r['clean_acc']:.2f} vs {results.get('clean-noaug', {}).get('clean_acc', float('nan')):.2f}",
+                f"{k},{k}-{'trigger-only' if attack == 'clean-label-backdoor' else 'control'}")
+    if "gm-fit" in results:
+        s, st = results["gm-fit"]["summary"], results["gm-fit"]["settings"]
+        for v, setting, ref in (("scratch", "from scratch", "clean-victim"), ("finetune", "fine-tuning the surrogate", "surrogate")):
+            add("witches-brew", f"1%, eps 16/255, {st['steps']} steps; fit victim, {setting}", "targets hit",
+                s[v]["witches-brew"], s[v]["random-poison"], "same bases, random +-eps",
+                f"{ref.replace('-', ' ')} {pct(s[ref])}", "gm-fit")
+    if "transfer-fewshot" in results:
+        t = results["transfer-fewshot"]["summary"]
+        for name, setting in (("poison-frogs", "1 poison, unbounded; few-shot head, seen extractor"),
+                              ("convex-polytope", "5 poisons, eps 0.1; few-shot head, seen extractor")):
+            if name in t:
+                add(name, setting, "targets hit", t[name]["seen"], t[name + " control"]["seen"],
+                    "same bases, random signs of its L-inf size", f"clean head {pct(t['clean-head']['seen'])}", "transfer-fewshot")
+    if "meta" in results:
+        m = results["meta"]["summary"]
+        add("metapoison", "1% (20 per target), eps 8/255, M=2; 4 targets (small subset)", "targets hit",
+            m["metapoison"], m["random-poison"], "same bases, random +-eps", "-", "meta")
+    clean = results.get("clean-small", {}).get("clean_acc")
+    ref = f"clean training {pct(acc_rate(clean, n_test))}" if clean else "-"
+    gen = results.get("generative", {}).get("summary", {})
+    for name, setting in (("autoencoder-poison", "10% of images, eps 8/255"), ("pgan", "5% of images replaced (class 0)")):
+        if name in gen:
+            c = gen.get("random-noise-control")
+            add(name, setting, "clean acc. (%)", acc_rate(gen[name]["clean_acc"], n_test),
+                acc_rate(c["clean_acc"], n_test) if c else None, "random +-8/255 on 10%", ref, "generative")
+    lab = results.get("labels", {}).get("summary", {})
+    for name, setting in (("label-flip", "20%, y -> y+1"), ("p-tampering", "p 0.2, surrogate's most plausible wrong class"),
+                          ("random-labels", "20% (the control itself)")):
+        if name in lab:
+            c = lab.get("random-labels")
+            add(name, setting, "clean acc. (%)", acc_rate(lab[name]["clean_acc"], n_test),
+                acc_rate(c["clean_acc"], n_test) if c else None, "random labels on 20%", ref, "labels")
+    return rows
+
+
 def report(results) -> str:
     """The markdown tables of docs/results/attacks.md, from the results JSON alone."""
     lines = ["# Poisoning attacks at CPU scale (generated by bench/attacks.py from docs/results/attacks.json)", ""]
+    rows = grid(results)
+    if rows:
+        lines += ["## Grid: every attack against its same-budget random control", "",
+                  "| attack | budget; setting | metric | attack +- s.e. | control +- s.e. (what) | reference | stages |",
+                  "|---|---|---|---|---|---|---|", *rows, ""]
     scales = results.get("scales", {})
     for k, v in scales.items():
         lines.append(f"- scale **{k}**: {v['train']} training images, {v['victim']['model']} width {v['victim']['width']}, "
                      f"{v['victim']['epochs']} epochs, augmentation {v['victim'].get('augment', 'crop+flip')}; clean accuracy on {v['test']} test images")
     lines += ["", "## Backdoors (1% poison rate, target class 0; scale main = crop+flip, noaug = the same victim without)", "",
               "| attack (trigger) | clean acc. (%) | ASR (%) +- s.e. | control ASR: same images relabelled, no trigger "
+              "(clean-label: the same images, trigger only) "
               "| clean model ASR | training poisons the victim fits | victim train acc. (%) |",
               "|---|---|---|---|---|---|---|"]
     for k, (_, kw) in BACKDOORS.items():
@@ -581,9 +766,10 @@ def report(results) -> str:
             r = results[k]
             scale = r.get("scale", "main")
             clean = results.get("clean" if scale == "main" else f"clean-{scale}", {}).get("clean_acc", float("nan"))
-            c = (results.get(f"{k}-control") or results.get("badnets-control", {})).get("asr", {}).get(k)
-            trig = f"{kw.get('trigger_size', 3)}x{kw.get('trigger_size', 3)} {kw.get('trigger_pattern', 'random')}" \
-                if BACKDOORS[k][0] == "badnets" else "blend 0.2"
+            c = backdoor_control(results, k)
+            trig = {"badnets": f"{kw.get('trigger_size', 3)}x{kw.get('trigger_size', 3)} {kw.get('trigger_pattern', 'random')}",
+                    "blended": "blend 0.2", "clean-label-backdoor": "3x3 random, target-class images, PGD "
+                    f"{round(kw.get('eps', 8 / 255) * 255)}/255"}[BACKDOORS[k][0]]
             fit = pct(r["train_poisons_fit"]) if "train_poisons_fit" in r else "-"
             lines.append(f"| {k} ({trig}; {scale}) | {r['clean_acc']:.2f} (clean training {clean:.2f}) | {pct(r['asr'])} | "
                          f"{pct(c) if c else '-'} | {pct(r['clean_model_asr'])} | {fit} | {r.get('train_acc', '-')} |")
@@ -612,6 +798,24 @@ def report(results) -> str:
         lines.append(f"\nWitches' Brew, fine-tuning ({results['gm-ft']['steps']} steps): mean target margin logit[adv] - "
                      f"logit[true]: surrogate before fine-tuning {m['surrogate']}, after fine-tuning on the poisons "
                      f"{m['witches-brew']}, on the random control {m['control']}.\n")
+    if "gm-fit" in results:
+        f, st = results["gm-fit"]["summary"], results["gm-fit"]["settings"]
+        lines += ["", f"## Witches' Brew against victims that fit their training set (scale fit; {st['steps']} signed-Adam "
+                      f"steps, {st['restarts']} restart(s), eps {round(st['eps'] * 255)}/255, {st['budget']:.0%} per target, "
+                      f"{st['targets_per_victim']} targets per victim)", "",
+                  "| victim | poisons | targets hit +- s.e. | mean margin logit[adv] - logit[true] | victim clean acc. (%) | "
+                  "victim train acc. (%) | poisons the victim fits | cosine(poison grad, target adv. grad) on the victim: "
+                  "poisons / their clean bases |", "|---|---|---|---|---|---|---|---|"]
+        for label, v in (("surrogate (the attacker's, clean)", f["surrogate"]), ("clean victim (seed 1)", f["clean-victim"])):
+            lines.append(f"| {label} | none | {pct(v)} | {v['margin_mean']} | {v.get('clean_acc', '-')} | - | - | - |")
+        for victim, vlabel in (("scratch", "from scratch (seed 1)"),
+                               ("finetune", f"surrogate fine-tuned {st['finetune']['epochs']} epochs, lr {st['finetune']['lr']}")):
+            for name, label in (("witches-brew", "witches-brew"), ("random-poison", "control: same bases, random +-eps")):
+                v = f[victim][name]
+                lines.append(f"| {vlabel} | {label} | {pct(v)} | {v['margin_mean']} | {v['clean_acc_mean']} | "
+                             f"{v['train_acc_mean']} | {v['poisons_fit_mean']} | "
+                             f"{v['victim_cosine']['poisons']} / {v['victim_cosine']['bases']} |")
+        lines.append(f"\nAlignment reached on the surrogate (cosine, as crafted, on the 8-bit poisons): {f['surrogate_cosine']}.\n")
     if "meta" in results:
         m = results["meta"]["summary"]
         lines.append(f"| metapoison | from scratch | {pct(m['metapoison'])} | {pct(m['random-poison'])} | "
@@ -662,7 +866,9 @@ STAGE_SCALE = {"clean-noaug": "noaug", "badnets-na": "noaug", "badnets-cb-na": "
                "badnets-cb": "main", "badnets-cb5": "main", "badnets-cb5-control": "main", "clean": "main", "badnets": "main", "badnets-5": "main", "badnets-control": "main", "blended": "main",
                "clean-small": "small", "gm": "small", "gm-control": "small", "gm-ft": "small", "gm-diagnose": "small", "transfer": "small",
                "meta": "small", "generative": "small", "transfer-binary": "main", "fc-diagnose": "main",
-               "transfer-fewshot": "main"}
+               "transfer-fewshot": "main", "gm-fit": "fit", "clean-fit": "fit", "labels": "small",
+               "clean-label-na": "noaug", "clean-label-na-trigger-only": "noaug", "blended-na": "noaug",
+               "blended-na-control": "noaug"}
 
 
 def main():
@@ -674,7 +880,9 @@ def main():
     ap.add_argument("--out", default="docs/results/attacks.json")
     ap.add_argument("--stages", default="clean,badnets,badnets-5,blended,badnets-control,badnets-cb,badnets-cb5,"
                                         "badnets-na,clean-noaug,badnets-na-control,clean-small,gm,gm-control,"
-                                        "gm-ft,gm-diagnose,transfer,transfer-fewshot,fc-diagnose,generative,meta")
+                                        "gm-ft,gm-diagnose,transfer,transfer-fewshot,fc-diagnose,generative,meta,"
+                                        "gm-fit,labels,clean-label-na,clean-label-na-trigger-only,blended-na,"
+                                        "blended-na-control")
     ap.add_argument("--gm-groups", type=int, default=2)
     ap.add_argument("--gm-per-group", type=int, default=10)
     ap.add_argument("--transfer-targets", type=int, default=20)
@@ -682,9 +890,12 @@ def main():
     ap.add_argument("--fewshot-recipes", default=None, help="comma-separated FEWSHOT_RECIPES for targets not cached yet")
     ap.add_argument("--epochs", type=int, default=None, help="override victim epochs (smoke tests)")
     ap.add_argument("--gm-steps", type=int, default=GM["steps"])
+    ap.add_argument("--gm-fit-steps", type=int, default=GM_FIT["steps"])
+    ap.add_argument("--gm-fit-restarts", type=int, default=GM_FIT["restarts"])
     ap.add_argument("--report-only", action="store_true", help="write the markdown tables from the JSON; run nothing")
     args = ap.parse_args()
     GM["steps"] = args.gm_steps
+    GM_FIT.update(steps=args.gm_fit_steps, restarts=args.gm_fit_restarts)
     set_threads()
     out_path = Path(args.out)
     if args.report_only:
@@ -699,7 +910,7 @@ def main():
     results = read_json(out_path) if out_path.exists() else {}
     results.pop("scale", None)  # layout of the first run
     results["scales"] = {k: {"train": args.n or v["n"], "test": args.test_n, "victim": v["victim"]} for k, v in SCALES.items()}
-    results["settings"] = {"gm": dict(GM), "finetune": FT, "fc": FC, "cp": CP, "meta": META, "untargeted": UNTARGETED, "gm_targets": args.gm_groups * args.gm_per_group,
+    results["settings"] = {"gm": dict(GM), "gm_fit": dict(GM_FIT), "finetune": FT, "fc": FC, "cp": CP, "meta": META, "untargeted": UNTARGETED, "gm_targets": args.gm_groups * args.gm_per_group,
                            "transfer_targets": args.transfer_targets}
     results["command"] = "nice -n 5 env POISONLAB_THREADS=1 .venv/bin/python bench/attacks.py"
     for stage in args.stages.split(","):
@@ -710,10 +921,15 @@ def main():
             benches[scale] = Bench(args, scale, full_train, full_test)
         b = benches[scale]
         log(f"stage {stage} ({scale})")
-        if stage in ("clean", "clean-small", "clean-noaug"):
+        if stage in ("clean", "clean-small", "clean-noaug", "clean-fit"):
             results[stage] = b.clean(surrogate=scale != "noaug")
-        elif stage in BACKDOORS:
-            results[stage] = b.badnets(stage, 0.01)
+        elif stage in BACKDOORS:  # the clean-label backdoor's PGD runs on the attacker's model (main scale, seed 0)
+            attacker = (benches.get("main") or Bench(args, "main", full_train, full_test)).model(0)[0] \
+                if BACKDOORS[stage][0] == "clean-label-backdoor" else None
+            results[stage] = b.badnets(stage, 0.01, surrogate=attacker)
+        elif stage == "labels":
+            results[stage] = {"summary": {n: untargeted(b, n, opts, b.model(0)[0] if n == "p-tampering" else None)
+                                          for n, opts in LABELS.items()}}
         elif stage.endswith("-control") and stage.removesuffix("-control") in BACKDOORS:
             results[stage] = b.badnets_control(stage.removesuffix("-control"))
         elif stage == "gm":
@@ -722,6 +938,8 @@ def main():
             results[stage] = b.gm_diagnose(args.gm_groups, args.gm_per_group)
         elif stage == "gm-ft":
             results[stage] = b.gm_ft(args.gm_groups, args.gm_per_group)
+        elif stage == "gm-fit":
+            results[stage] = b.gm_fit(args.gm_groups, args.gm_per_group)
         elif stage == "gm-control":
             results[stage] = b.gm_control(args.gm_groups, args.gm_per_group)
         elif stage == "transfer":
