@@ -40,7 +40,7 @@ AT_STEPS = 3
 REGIMES = {"st": 0.0, "at2": 2 / 255, "at4": 4 / 255}
 VICTIMS_AT = tuple(VictimAT(eps, AT_STEPS) for eps in REGIMES.values() if eps > 0)
 STRONGEST = max(VICTIMS_AT, key=lambda v: v.eps)
-AT_METHODS = ("clean", "random", "em", "rem", "minmaxmin", "minmaxmin-l2")
+AT_METHODS = ("clean", "random", "em", "rem", "minmaxmin", "minmaxmin-l2", "minmaxmin-none")
 # Methods whose protection does not depend on the preset share one cache.
 SHARED = ("random", "em", "em-classwise", "tap")
 VAL_SIZE = 1000
@@ -75,6 +75,8 @@ def methods_for(preset, n, surrogate=SURROGATE):
         "rem": robust,
         "minmaxmin": dict(robust, randomness_form="paper", randomness_weight=1.0),  # Eq. 7
         "minmaxmin-l2": dict(robust, randomness_form="l2", randomness_weight=1.0),  # the official code's CIFAR form
+        # ablation: min-max-min without the randomness term (surrogate AT + error-minimising noise)
+        "minmaxmin-none": dict(robust, randomness_form="none"),
     }
 
 
