@@ -66,10 +66,31 @@ TAGGANTS = dict(n_keys=10, budget=float(os.environ.get("OWNERSHIP_BUDGET", 0.02)
 # signed-Adam steps (paper 250): matching costs ~0.2 CPU-s per key and step here, and the shared core allowed
 # about 400 CPU-s for marking.
 TAGGANTS30 = dict(TAGGANTS, n_keys=30, budget=0.01, steps=60)
+# 20 keys at the 10-key copy's per-key settings (2%, 150 steps; 800 of 2,000 images marked), chosen on the
+# 10-key copy's victims (rank-sum projection 0.97 at 20 keys) and measured on a FRESH key draw (key seed 1,
+# surrogate clean-s11) with fresh victim seeds 20..29, none of which took part in choosing anything;
+# taggants20b: a second fresh key draw (key seed 2, surrogate clean-s12), victims 30..34.
+TAGGANTS20 = dict(TAGGANTS, n_keys=20)
 MARK_SEED = 0  # one marked copy (keys, marked images, surrogate clean-s10); victims seeds 0..9 train on it
 BACKDOOR = dict(trigger=os.environ.get("OWNERSHIP_TRIGGER", "blend"), rate=0.1, margin=0.2, n_verify=100)
+# Harmlessness control: the images the 10-key copy marked get random sign noise of the same budget instead
+# (+-16/255 per pixel, the largest random L-inf perturbation): does any perturbation of those 400 images
+# change the victims' accuracy, or only the gradient-matched one?
+NOISE = dict(eps=16 / 255, source="taggants")
+NOISE_IMAGES = 400
 # marked copies: cache name -> (marking method, settings)
-COPIES = {"taggants": ("taggants", TAGGANTS), "taggants30": ("taggants", TAGGANTS30), "backdoor": ("backdoor", BACKDOOR)}
+COPIES = {"taggants": ("taggants", TAGGANTS), "taggants30": ("taggants", TAGGANTS30),
+          "taggants20": ("taggants", TAGGANTS20), "taggants20b": ("taggants", TAGGANTS20), "backdoor": ("backdoor", BACKDOOR), "noise": ("noise", NOISE)}
+COPY_SEED = {"taggants20": 1, "taggants20b": 2}  # key seed of a copy (default MARK_SEED)
+COPY_VICTIMS = {"taggants20": range(20, 30), "taggants20b": range(30, 35)}  # reported victim seeds (default 0..9)
+
+
+def copy_seed(copy: str) -> int:
+    return COPY_SEED.get(copy, MARK_SEED)
+
+
+def copy_victims(copy: str) -> list:
+    return list(COPY_VICTIMS.get(copy, range(N_MARKED)))
 ROBUST = {  # tag -> (what the exploiter does, how the victim is changed); victim seed 0 of the marked copy
     "fine-tune": ("fine-tune on the clean data (4 epochs, lr 0.01)", dict(finetune=True)),
     "jpeg": ("JPEG quality 10 on the training images", dict(defense="jpeg:10")),
@@ -112,13 +133,29 @@ class Bench:
         return self.model(f"clean-s{seed}", self.train, seed=seed)
 
     # ----- cached marking ------------------------------------------------------------------------------
-    def marked(self, method: str, seed: int = MARK_SEED):
-        """(marked ImageSet, key, meta) for a seed; the key is cached as a key file, the images as .npz."""
+    def marked(self, method: str, seed: int | None = None):
+        """(marked ImageSet, key, meta) for a seed; the key is cached as a key file, the images as .npz.
+        The noise control has no key (None)."""
+        seed = copy_seed(method) if seed is None else seed
         base = self.cache / "marks" / f"{method}-s{seed}"
         kpath, ipath, mpath = base.with_suffix(".key"), base.with_suffix(".npz"), base.with_suffix(".json")
+        kind, settings = COPIES[method]
+        if kind == "noise" and not (ipath.exists() and mpath.exists()):
+            src, _, _ = self.marked(settings["source"])
+            changed = (src.images != self.train.images).flatten(1).any(1)
+            gen = torch.Generator().manual_seed(seed)
+            sign = torch.randint(0, 2, self.train.images[changed].shape, generator=gen) * 2 - 1
+            step = round(settings["eps"] * 255)
+            images = self.train.images.clone()
+            images[changed] = (images[changed].to(torch.int16) + step * sign).clamp(0, 255).to(torch.uint8)
+            np.savez(ipath, images=images.numpy(), labels=self.train.labels.numpy())
+            write_json(mpath, {"method": "noise", "params": settings, "marked_images": int(changed.sum()), "seconds": 0})
+        if kind == "noise":
+            with np.load(ipath) as z:
+                data = ImageSet(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), list(self.train.classes))
+            return data, None, read_json(mpath)
         if not (kpath.exists() and ipath.exists() and mpath.exists()):
             t0 = time.perf_counter()
-            kind, settings = COPIES[method]
             if kind == "taggants":
                 surrogate, _ = self.clean(10 + seed)
                 m = mark(kind, self.train, model=surrogate, key_seed=seed, seed=seed, device="cpu", **settings)
@@ -156,9 +193,12 @@ def stage_clean(b: Bench):
 def stage_marked(b: Bench, method: str):
     """Victims on the marked copy first (detection), then their clean twins (harmlessness, same seeds)."""
     data, key, _ = b.marked(method)
-    seeds = b.seeds or range(N_MARKED)
+    seeds = b.seeds or copy_victims(method)
     for s in seeds:
         model, res = b.model(f"{method}-s{s}", data, seed=s)
+        if key is None:  # the noise control: accuracy only
+            log(f"  {method} s{s}: acc {res['last_acc']:.2f}")
+            continue
         v = b.check(f"{method}-s{s}", key, model)
         extra = ""
         if key.method == "taggants":
@@ -167,6 +207,8 @@ def stage_marked(b: Bench, method: str):
     if b.twins:
         for s in seeds:
             clean, cres = b.clean(s)
+            if key is None:
+                continue
             v0 = b.check(f"{method}-on-clean-s{s}", key, clean)
             if key.method == "taggants":
                 b.check(f"{method}-on-clean-s{s}", key, clean, "rank")
@@ -175,7 +217,7 @@ def stage_marked(b: Bench, method: str):
 
 def stage_robust(b: Bench, method: str):
     """The victims of b.robust_seeds on a marked copy under each countermeasure (ROBUST)."""
-    if not (b.cache / "marks" / f"{method}-s{MARK_SEED}.key").exists() and COPIES[method][0] != "taggants":
+    if not (b.cache / "marks" / f"{method}-s{copy_seed(method)}.key").exists() and COPIES[method][0] != "taggants":
         return  # the backdoor copy is made by its own stage
     data, key, _ = b.marked(method)
     for seed in b.robust_seeds:
@@ -197,13 +239,17 @@ def stage_robust(b: Bench, method: str):
 STAGES = {"clean": stage_clean,
           "taggants": lambda b: stage_marked(b, "taggants"),
           "taggants30": lambda b: stage_marked(b, "taggants30"),
+          "taggants20": lambda b: stage_marked(b, "taggants20"),
+          "taggants20b": lambda b: stage_marked(b, "taggants20b"),
+          "noise": lambda b: stage_marked(b, "noise"),
           "backdoor": lambda b: stage_marked(b, "backdoor"),
           "robust": lambda b: [stage_robust(b, c) for c in b.robust_copies]}
 
 
 def null_keys(seed: int, num_classes: int, shape, n_keys: int = 10):
-    # fresh key sets: seeds 10_000.. for 10 keys (as measured first), 20_000.. for 30 keys
-    images, labels = make_keys(n_keys, shape, num_classes, seed=(10_000 if n_keys == 10 else 20_000) + seed)
+    # fresh key sets: seeds 10_000.. for 10 keys (as measured first), 20_000.. for 30 keys, 30_000.. for 20
+    base = {10: 10_000, 30: 20_000}.get(n_keys, 10_000 + 1000 * n_keys)
+    images, labels = make_keys(n_keys, shape, num_classes, seed=base + seed)
     return OwnershipKey("taggants", num_classes, shape, images=images, labels=labels, top_k=1)
 
 
@@ -223,15 +269,15 @@ def null_models(b: Bench):
     return models
 
 
-def null_fresh_keys(models, n_keys: int, num_classes: int, shape) -> dict:
-    """Each clean model against NULL_KEYSETS fresh key sets of n_keys: under the null the top-1 hits are
+def null_fresh_keys(models, n_keys: int, num_classes: int, shape, sets: int = NULL_KEYSETS) -> dict:
+    """Each clean model against `sets` fresh key sets of n_keys: under the null the top-1 hits are
     exactly Binomial(n_keys, 1/C) and the rank sums follow their exact null; p-values randomized for KS."""
     rng = np.random.default_rng(n_keys)
-    out = {}
+    out = {"models": len(models), "keysets_per_model": sets}
     for test in ("binomial", "rank"):
         first, pooled_rand, pooled_hits = [], [], []
         for s, (_, model) in enumerate(models):
-            for j in range(NULL_KEYSETS):
+            for j in range(sets):
                 v = verify(null_keys(s * NULL_KEYSETS + j, num_classes, shape, n_keys), model, alpha=0.05, test=test)
                 d = v.detail
                 if j == 0:
@@ -249,19 +295,75 @@ def null_fresh_keys(models, n_keys: int, num_classes: int, shape) -> dict:
 
 def stage_null(b: Bench) -> dict:
     """Clean models against keys they never learned. Taggants: each clean model with NULL_KEYSETS fresh key
-    sets of 10 (and, with --null-keys 10,30, of 30) keys, both tests (binomial top-1 and rank-sum), and every clean model with the real
+    sets of 10 (and, with --null-keys 10,20,30, of 20 and 30) keys, both tests (binomial top-1 and rank-sum), and every clean model with the real
     marking keys; backdoor: the real watermark key on every clean model."""
     models = null_models(b)
-    out = {"clean_models": [n for n, _ in models], "keysets_per_model": NULL_KEYSETS,
-           "fresh_keys": {str(k): null_fresh_keys(models, k, b.train.num_classes, b.train.shape) for k in b.null_keys}}
+    prev = _read(b.cache / "null.json") or {}
+    # key-set sizes not rerun keep their earlier rows (with the model count and sets they were measured on)
+    kept = {k: dict(v, models=v.get("models", len(prev["clean_models"])),
+                    keysets_per_model=v.get("keysets_per_model", prev["keysets_per_model"]))
+            for k, v in prev.get("fresh_keys", {}).items() if int(k) not in b.null_keys}
+    out = {"clean_models": [n for n, _ in models], "keysets_per_model": b.null_sets,
+           "fresh_keys": {**kept, **{str(k): null_fresh_keys(models, k, b.train.num_classes, b.train.shape,
+                                                             b.null_sets) for k in b.null_keys}}}
     for copy, (kind, _) in COPIES.items():
-        if not (b.cache / "marks" / f"{copy}-s{MARK_SEED}.key").exists():
+        if not (b.cache / "marks" / f"{copy}-s{copy_seed(copy)}.key").exists():
             continue
-        key = load_key(b.cache / "marks" / f"{copy}-s{MARK_SEED}.key")
+        key = load_key(b.cache / "marks" / f"{copy}-s{copy_seed(copy)}.key")
         for test in ("binomial", "rank") if kind == "taggants" else ("binomial",):
             ps = [b.check(f"{copy}-on-{name}", key, model, test)["p_value"] for name, model in models]
             out[f"{copy}_real_key_on_clean_models" + ("_rank" if test == "rank" else "")] = \
                 {"pvalues": ps, **stats.uniformity(ps)}
+    return out
+
+
+PAIR_SETS = 20  # fresh random key sets per victim in the pairs stage
+
+
+def stage_pairs(b: Bench) -> dict:
+    """Does the victim learn the key responses? For every cached victim of a taggants copy and its clean
+    twin: top-1 rate and mean rank of the key labels on the copy's own keys, and the same on PAIR_SETS fresh
+    random (key image, label) pairs of the same size (never marked anywhere: a marked victim should answer
+    them at chance, as a clean model does; if it did not, the marking would change the model in general
+    rather than teach it the keys). Per key as well: which keys are learned, against the clean twins."""
+    out, prev = {}, _read(b.cache / "pairs.json") or {}
+    for copy, (kind, settings) in COPIES.items():
+        kpath = b.cache / "marks" / f"{copy}-s{copy_seed(copy)}.key"
+        if kind != "taggants" or not kpath.exists():
+            continue
+        have = {who: sum((b.cache / "models" / f"{prefix}{s}.pt").exists() and
+                         (b.cache / "models" / f"{copy}-s{s}.pt").exists() for s in range(40))
+                for who, prefix in (("marked", f"{copy}-s"), ("clean twin", "clean-s"))}
+        if copy in prev and all(prev[copy].get(w, {}).get("models", 0) == n for w, n in have.items() if n):
+            out[copy] = prev[copy]  # the same models as last time: keep
+            continue
+        key, k = load_key(kpath), settings["n_keys"]
+        rec = {}
+        for who, prefix in (("marked", f"{copy}-s"), ("clean twin", "clean-s")):
+            own, fresh = [], []
+            for s in range(40):
+                mp = b.cache / "models" / f"{prefix}{s}.pt"
+                if not mp.exists() or not (b.cache / "models" / f"{copy}-s{s}.pt").exists():
+                    continue  # only seeds with a marked victim
+                model = load_model(mp)
+                own.append(verify(key, model, test="rank").detail["ranks"])
+                for j in range(PAIR_SETS):
+                    x, y = make_keys(k, b.train.shape, b.train.num_classes, kind=settings["key_kind"],
+                                     seed=90_000 + 100 * s + j)  # same kind as the copy's keys
+                    fk = OwnershipKey("taggants", b.train.num_classes, b.train.shape, images=x, labels=y, top_k=1)
+                    fresh.append(verify(fk, model, test="rank").detail["ranks"])
+            if own:
+                own, fresh = np.asarray(own), np.asarray(fresh)
+                rec[who] = {"models": len(own), "own_top1": float((own == 1).mean()), "own_mean_rank": float(own.mean()),
+                            "fresh_top1": float((fresh == 1).mean()), "fresh_mean_rank": float(fresh.mean()),
+                            "fresh_pairs": int(fresh.size), "per_key_mean_rank": own.mean(0).round(2).tolist(),
+                            "per_key_top1": (own == 1).mean(0).round(2).tolist()}
+        if rec:
+            out[copy] = rec
+            log(f"pairs {copy}: " + "; ".join(f"{w}: keys top-1 {r['own_top1']:.2f} rank {r['own_mean_rank']:.2f}, "
+                                               f"fresh pairs top-1 {r['fresh_top1']:.3f} rank {r['fresh_mean_rank']:.2f}"
+                                               for w, r in rec.items()))
+    write_json(b.cache / "pairs.json", out)
     return out
 
 
@@ -304,7 +406,7 @@ def copy_rows(b: Bench, copy: str) -> list:
     M = lambda n: _read(b.cache / "models" / f"{n}.json")  # noqa: E731
     V = lambda n: _read(b.cache / "verify" / f"{n}.json")  # noqa: E731
     rows = []
-    for s in range(N_MARKED + 20):  # seeds >= N_MARKED: further victims (see report_copy)
+    for s in range(40):  # seeds outside copy_victims(copy): further victims (see report_copy)
         m, v = M(f"{copy}-s{s}"), V(f"{copy}-s{s}")
         if m is None or v is None:
             continue
@@ -323,12 +425,16 @@ def report_copy(b: Bench, copy: str, md: list) -> dict | None:
         return None
     kind, settings = COPIES[copy]
     taggants = kind == "taggants"
-    meta = read_json(b.cache / "marks" / f"{copy}-s{MARK_SEED}.json")
-    rows, extra = [r for r in rows if r["seed"] < N_MARKED], [r for r in rows if r["seed"] >= N_MARKED]
+    meta = read_json(b.cache / "marks" / f"{copy}-s{copy_seed(copy)}.json")
+    main = copy_victims(copy)
+    rows, extra = [r for r in rows if r["seed"] in main], [r for r in rows if r["seed"] not in main]
+    if not rows:
+        return None
+    span = f"victims {main[0]}..{main[-1]}"
     det = sum(r["p_value"] < 0.01 for r in rows)
     ranked = [r for r in rows if r["p_rank"] is not None]
     det_rank = sum(r["p_rank"] < 0.01 for r in ranked)
-    paired = [r for r in rows if r["acc_clean"] is not None]
+    paired = [r for r in rows + extra if r["acc_clean"] is not None]  # every victim with a clean twin
     diff = [r["acc_marked"] - r["acc_clean"] for r in paired]
     mean, se = _mean_se(diff) if diff else (None, None)
     out = {"settings": settings, "rows": rows, "victims": len(rows), "detected_p<0.01": det, "further_rows": extra,
@@ -340,8 +446,9 @@ def report_copy(b: Bench, copy: str, md: list) -> dict | None:
     if taggants:
         k = settings["n_keys"]
         out["detected_rank_p<0.01"] = det_rank if ranked else None
-        md += [f"### {copy}: {k} keys, {meta.get('marked_per_key')} images per key "
-               f"({meta.get('marked_images')} of {TRAIN_N} marked): detection and harmlessness", "",
+        md += [f"### {copy}: {k} keys (key seed {copy_seed(copy)}), {meta.get('marked_per_key')} images per key "
+               f"({meta.get('marked_images')} of {TRAIN_N} marked), {settings['steps']} steps: detection and "
+               "harmlessness", "",
                f"| victim seed | clean acc (%) | marked-data acc (%) | hits (of {k}) | binomial p | mean key rank "
                f"| rank-sum p | clean twin: binomial p, rank-sum p |", "|---|---|---|---|---|---|---|---|"]
         md += [f"| {r['seed']} | {f(r['acc_clean'], '.2f')} | {r['acc_marked']:.2f} | {r['statistic']:.0f} | "
@@ -385,7 +492,8 @@ def report_copy(b: Bench, copy: str, md: list) -> dict | None:
         md += [f"| {r['seed']} | {f(r['acc_clean'], '.2f')} | {r['acc_marked']:.2f} | {r['statistic']:.3g} | "
                f"{r['p_value']:.3g} | {f(r['p_clean_model'], '.3g')} |" for r in rows]
     harm = (f"paired difference (marked - clean twin, {len(paired)} seeds) {mean:+.2f} ± {se:.2f} points "
-            f"(mean ± s.e.; s.d. {out['acc_diff_sd']:.2f})" if len(diff) > 1 else "no clean twins")
+            f"(mean ± s.e.; s.d. {out['acc_diff_sd']:.2f}; {sum(d > 0 for d in diff)} of {len(diff)} pairs favour "
+            "the marked data)" if len(diff) > 1 else "no clean twins")
     if extra:
         xr = [r for r in extra if r["p_rank"] is not None]
         out["further_detected_p<0.01"] = sum(r["p_value"] < 0.01 for r in extra)
@@ -393,10 +501,46 @@ def report_copy(b: Bench, copy: str, md: list) -> dict | None:
         detected += (f"; further victims (seeds {N_MARKED}+, trained after the rank-sum test was chosen): binomial "
                      f"top-1 **{out['further_detected_p<0.01']}/{len(extra)}**, rank-sum "
                      f"**{out['further_detected_rank_p<0.01']}/{len(xr)}**")
-    md += ["", f"Detected at p < 0.01 (victims 0..{N_MARKED - 1}): {detected}. Accuracy of the marked-data victims "
+    md += ["", f"Detected at p < 0.01 ({span}): {detected}. Accuracy of the marked-data victims "
            f"{_mean_sd([r['acc_marked'] for r in rows])} (mean ± s.d.); {harm}. Marking: "
            f"{meta.get('marked_images')} images in {meta.get('seconds', 0):.0f}s.", ""]
     return out
+
+
+def report_noise(b: Bench, md: list) -> dict | None:
+    """The harmlessness control: victims on the random-noise copy against their clean twins and against the
+    victims of the taggants copy it copies the marked images of (same seeds)."""
+    M = lambda n: _read(b.cache / "models" / f"{n}.json")  # noqa: E731
+    src = NOISE["source"]
+    rows = [{"seed": s, "acc_noise": M(f"noise-s{s}")["last_acc"], "acc_clean": M(f"clean-s{s}")["last_acc"],
+             "acc_marked": M(f"{src}-s{s}")["last_acc"]} for s in range(N_MARKED)
+            if M(f"noise-s{s}") and M(f"clean-s{s}") and M(f"{src}-s{s}")]
+    if len(rows) < 2:
+        return None
+    vs_clean = _mean_se([r["acc_noise"] - r["acc_clean"] for r in rows])
+    vs_marked = _mean_se([r["acc_marked"] - r["acc_noise"] for r in rows])
+    md += ["### Harmlessness control: random sign noise on the same images", "",
+           f"The {NOISE_IMAGES} images the `{src}` copy marked get random +-16/255 sign noise instead of the "
+           "gradient-matched perturbation; victims with the same seeds.", "",
+           "| victim seed | clean acc (%) | noise-copy acc (%) | taggants-copy acc (%) |", "|---|---|---|---|"]
+    md += [f"| {r['seed']} | {r['acc_clean']:.2f} | {r['acc_noise']:.2f} | {r['acc_marked']:.2f} |" for r in rows]
+    md += ["", f"Paired over {len(rows)} seeds (mean ± s.e.): noise copy - clean {vs_clean[0]:+.2f} ± {vs_clean[1]:.2f} "
+           f"points; taggants copy - noise copy {vs_marked[0]:+.2f} ± {vs_marked[1]:.2f} points.", ""]
+    return {"rows": rows, "noise_minus_clean": vs_clean, "taggants_minus_noise": vs_marked}
+
+
+def report_pairs(pairs: dict, md: list):
+    md += ["### Are the key responses learned? Own keys against fresh random pairs", "",
+           "Top-1 rate and mean rank of the key label (chance: 0.10 and 5.5) on the copy's own keys and on "
+           f"{PAIR_SETS} fresh random (grating image, random label) sets per model that were never marked.", "",
+           "| copy | models | own keys: top-1, mean rank | fresh pairs: top-1, mean rank | per-key mean rank (own keys) |",
+           "|---|---|---|---|---|"]
+    for copy, rec in pairs.items():
+        for who, r in rec.items():
+            md.append(f"| {copy}, {who} | {r['models']} | {r['own_top1']:.2f}, {r['own_mean_rank']:.2f} | "
+                      f"{r['fresh_top1']:.3f}, {r['fresh_mean_rank']:.2f} ({r['fresh_pairs']} pairs) | "
+                      f"{' '.join(f'{x:.1f}' for x in r['per_key_mean_rank'])} |")
+    md.append("")
 
 
 def report_null(nl: dict, md: list):
@@ -405,10 +549,13 @@ def report_null(nl: dict, md: list):
            "| test | p-values | FPR at 0.05 | FPR at 0.01 | KS vs U(0,1): D (p) |", "|---|---|---|---|---|"]
     rows = []
     for k, by_test in nl.get("fresh_keys", {}).items():
+        sets, models = by_test.get("keysets_per_model", nl["keysets_per_model"]), by_test.get("models", nm)
         for test, u in by_test.items():
+            if test not in ("binomial", "rank"):
+                continue
             name = "binomial top-1" if test == "binomial" else "rank-sum"
             rows += [(f"{name}, {k} keys, a fresh key set per clean model", u["one_per_model"]),
-                     (f"{name}, {k} keys, {nl['keysets_per_model']} fresh key sets x {nm} models, randomized p",
+                     (f"{name}, {k} keys, {sets} fresh key sets x {models} models, randomized p",
                       u["pooled_randomized"])]
     for copy in COPIES:
         for suffix, name in (("", "binomial" if COPIES[copy][0] == "taggants" else "t-test"), ("_rank", "rank-sum")):
@@ -430,7 +577,7 @@ def report_null(nl: dict, md: list):
 def report_robust(b: Bench, md: list) -> list:
     rows = []
     for copy in COPIES:
-        for seed in range(N_MARKED):
+        for seed in range(40):
             for tag, label in [("", "none (the victim itself)")] + [(t, lab) for t, (lab, _) in ROBUST.items()]:
                 name = f"{copy}-s{seed}" + (f"-{tag}" if tag else "")
                 m, v = _read(b.cache / "models" / f"{name}.json"), _read(b.cache / "verify" / f"{name}.json")
@@ -459,7 +606,7 @@ def report(b: Bench) -> dict:
     md = [f"Scale: CIFAR-10 JPEG, stratified {TRAIN_N} training / {TEST_N} test images; victims {VICTIM['model']} "
           f"width {VICTIM['width']}, {VICTIM['epochs']} epochs; one marked copy per setting (seed {MARK_SEED}), "
           f"victims trained from scratch with seeds 0..{N_MARKED - 1}; clean twins = the same seeds on clean data.", ""]
-    for copy in COPIES:
+    for copy in (c for c, (kind, _) in COPIES.items() if kind != "noise"):
         out = report_copy(b, copy, md)
         if out:
             res[copy] = out
@@ -469,6 +616,13 @@ def report(b: Bench) -> dict:
         md += ["### Key kinds: how distinct they are to a network", "",
                "Mean cosine between penultimate features of two keys (clean-s10; 5 sets of 10 keys): " +
                ", ".join(f"{k} {v['mean_cosine']:.2f}" for k, v in kj.items()) + ".", ""]
+    noise = report_noise(b, md)
+    if noise:
+        res["noise_control"] = noise
+    pairs = _read(b.cache / "pairs.json")
+    if pairs:
+        res["pairs"] = pairs
+        report_pairs(pairs, md)
     nl = _read(b.cache / "null.json")
     if nl and "fresh_keys" in nl:
         res["null"] = nl
@@ -493,7 +647,9 @@ def main(argv=None):
                                                    "fine-tune, jpeg, blur, at, arch")
     ap.add_argument("--robust-copies", default="taggants30,backdoor", help="marked copies for the robust stage")
     ap.add_argument("--robust-seeds", default="0", help="comma-separated victim seeds for the robust stage")
-    ap.add_argument("--null-keys", default="10", help="key-set sizes of the null stage's fresh keys (e.g. 10,30)")
+    ap.add_argument("--null-keys", default="10", help="key-set sizes of the null stage's fresh keys (e.g. 10,30); "
+                                                      "sizes not given keep their earlier rows")
+    ap.add_argument("--null-sets", type=int, default=NULL_KEYSETS, help="fresh key sets per clean model and size")
     args = ap.parse_args(argv)
     set_threads()
     b = Bench(Path(args.cache))
@@ -503,6 +659,7 @@ def main(argv=None):
     b.robust_copies = args.robust_copies.split(",")
     b.robust_seeds = [int(x) for x in args.robust_seeds.split(",")]
     b.null_keys = [int(x) for x in args.null_keys.split(",")]
+    b.null_sets = args.null_sets
     names = list(STAGES) if args.stage == "all" else args.stage.split(",")
     for n in names:
         log(f"stage {n}")
@@ -512,6 +669,8 @@ def main(argv=None):
             write_json(b.cache / "null.json", stage_null(b))
         elif n == "keys":
             stage_keys(b)
+        elif n == "pairs":
+            stage_pairs(b)
         elif n != "report":
             raise SystemExit(f"unknown stage {n!r}")
     if args.stage == "all" and not (b.cache / "null.json").exists():
