@@ -36,7 +36,7 @@ from poisonlab.protect import protect  # noqa: E402
 from poisonlab.protect.unlearnable_clusters import Embedder, UnlearnableClusters, label_table  # noqa: E402
 from poisonlab.publishing import noise_path  # noqa: E402
 from poisonlab.runtime import set_threads  # noqa: E402
-from poisonlab.train import TrainConfig, train_victim  # noqa: E402
+from poisonlab.train import TrainConfig, evaluate, train_victim  # noqa: E402
 
 CIFAR = "../shared/datasets/cifar10-jpg.tar.gz"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -139,6 +139,10 @@ def oracle_name(purity: float) -> str:
     return "uc-oracle" if purity == 1 else f"uc-oracle-{purity:.2f}"
 
 
+def oracle_share(name: str) -> float:
+    return 1.0 if name == "uc-oracle" else float(name.rsplit("-", 1)[1])
+
+
 def oracle_assignment(labels, classes, purity, seed=0):
     """Pattern index per image: its own class's with probability `purity`, else a uniformly drawn other
     class's (a cluster purity of about `purity` under the 10 classes; 1: pattern j exactly on class j)."""
@@ -200,9 +204,11 @@ def victims(args, sets, test):
 # Models trained (10 classes, clean) on images of the training split outside the protected subset: "other
 # data". name -> (seed, images: None = --n of them, "rest" = every image not excluded, epochs: None = VICTIM's,
 # the earlier models whose images it must not share). uc-surrogate-40k: the stronger UC surrogate (all 40,000
-# images outside the protected and the probe's subsets, 10 epochs).
+# images outside the protected and the probe's subsets, 3 epochs: the CPU of 24 epochs on 5,000 images);
+# uc-surrogate-40k-e10: the same for 10 epochs (not in the study yet: its run stopped at 7/10 epochs, resumable).
 OTHER = {"probe-extractor": (1, None, None, ()), "uc-surrogate": (2, None, None, ("probe-extractor",)),
-         "uc-surrogate-40k": (3, "rest", 10, ("probe-extractor",))}
+         "uc-surrogate-40k": (3, "rest", 3, ("probe-extractor",)),
+         "uc-surrogate-40k-e10": (3, "rest", 10, ("probe-extractor",))}
 
 
 def other_images(args, full_train, train, name):
@@ -235,8 +241,8 @@ def other_model(args, full_train, train, name):
 
 
 @torch.no_grad()
-def features(model, ds):
-    embed = Embedder(model, "penultimate")
+def features(model, ds, embedding="penultimate"):
+    embed = Embedder(model, embedding)
     try:
         return torch.cat([embed(ds.images[s:s + 500].float().div(255)) for s in range(0, len(ds), 500)])
     finally:
@@ -276,16 +282,61 @@ def probes(args, sets, full_train, test):
     return done
 
 
+# ----------------------------------------------------------------------------------- purity study
+# How well k-means clusters of the protected images follow each labelling, by UC surrogate: a random
+# initialisation, the small CNN on 5,000 other images, and on 40,000 other images (3 epochs);
+# in its penultimate features (the paper's space) and in its softmax outputs (cluster_space="softmax").
+PURITY_MODELS = ("random-init", "uc-surrogate", "uc-surrogate-40k")
+PURITY_SPACES = {"penultimate": "penultimate", "softmax": "output"}
+
+
+def purity_study(args, full_train, train, test):
+    path = Path(args.work) / "purity.json"
+    done = read_json(path) if path.exists() else {}
+    for name in PURITY_MODELS:
+        if name in done or args.report_only:
+            continue
+        if name == "random-init":
+            torch.manual_seed(0)
+            model = create_model(VICTIM["model"], 10, 3, VICTIM["width"]).eval()
+        else:
+            model = other_model(args, full_train, train, name)
+        row = {"test_acc": round(evaluate(model, test, torch.device("cpu")), 2)}
+        for space, embedding in PURITY_SPACES.items():
+            f = features(model, train, embedding)
+            f = f.softmax(1) if space == "softmax" else f
+            for p in (10, 50):
+                _, assign, _ = kmeans(f, p, n_init=3, seed=0)
+                table = label_table(assign, train.labels, p)["label_table"]
+                row[f"{space} p={p}"] = {lab: round(cluster_purity(table, lab), 3) for lab in LABELLINGS}
+        done[name] = row
+        print(f"purity {name}: {row}", flush=True)
+        write_json(path, done)
+    return done
+
+
+def purity_lines(study):
+    if not study:
+        return []
+    keys = [k for k in next(iter(study.values())) if k != "test_acc"]
+    out = ["", "| surrogate | its clean test acc. | " + " | ".join(f"{k}: " + " / ".join(LABELLINGS) for k in keys) + " |",
+           "|---|---|" + "---|" * len(keys)]
+    for name, row in study.items():
+        cells = [" / ".join(f"{row[k][lab]:.2f}" for lab in LABELLINGS) for k in keys]
+        out.append(f"| {name} | {row['test_acc']:.2f} | " + " | ".join(cells) + " |")
+    return out
+
+
 # ----------------------------------------------------------------------------------- report
 def table(result):
     runs, probe, labs = result["victims"], result["probe"], list(LABELLINGS)
     head = ["data", "owner's labels"] + [f"victim {lab}" for lab in labs] + [f"probe {lab}" for lab in labs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    oracle = sorted({k.split("--")[0] for k in runs if k.startswith("uc-oracle")}, key=lambda n: n != "uc-oracle")
+    oracle = sorted({k.split("--")[0] for k in runs if k.startswith("uc-oracle")}, key=oracle_share, reverse=True)
     for name in ["clean", *result["protected"], *oracle]:
         owner = result["protected"].get(name, {}).get("owner_labels") or ("-" if name == "clean" else "none")
         if name.startswith("uc-oracle"):
-            share = 1.0 if name == "uc-oracle" else float(name.rsplit("-", 1)[1])
+            share = oracle_share(name)
             owner = "(UC's patterns by class)" if share == 1 else f"(UC's patterns by class for {share:.0%}, else another class's)"
         cells = [name, owner]
         for lab in labs:
@@ -296,6 +347,7 @@ def table(result):
             cells.append("-" if p is None else f"{p:.2f}" + (f" ({p - c:+.2f})" if c is not None and name != "clean" else ""))
         lines.append("| " + " | ".join(cells) + " |")
     lines += cluster_lines(result["protected"], labs)
+    lines += purity_lines(result.get("purity"))
     chance = ", ".join(f"{lab} {100 / len(LABELLINGS[lab][1]):.0f}%" for lab in labs)
     return "\n".join(lines) + f"\n\nClean test accuracy (%), last epoch; in brackets the change from clean data. Chance: {chance}.\n"
 
@@ -333,6 +385,8 @@ def main():
                     help="also train a victim under this labelling on UC's patterns assigned by class (diagnostic)")
     ap.add_argument("--oracle-purity", type=lambda t: [float(v) for v in t.split(",")], default=[1.0],
                     help="comma-separated shares of images given their class's pattern, e.g. 1,0.7,0.5 (with --oracle)")
+    ap.add_argument("--purity", action="store_true",
+                    help="also measure k-means purity of the protected images by UC surrogate and feature space")
     ap.add_argument("--report-only", action="store_true", help="tabulate what is cached; compute nothing")
     args = ap.parse_args()
     set_threads()
@@ -347,7 +401,8 @@ def main():
                         "probe": "logistic regression on a small CNN trained on a disjoint clean subset of the same size",
                         "recipes": {n: recipes(args.n, args.work)[n][:2] for n in info}, "labellings": LABELLINGS},
               "protected": info, "victims": victims(args, sets, test),
-              "probe": {} if args.no_probe else probes(args, sets, full_train, test)}
+              "probe": {} if args.no_probe else probes(args, sets, full_train, test),
+              "purity": purity_study(args, full_train, train, test) if args.purity else {}}
     write_json(args.out, result)
     Path(args.out).with_suffix(".md").write_text(table(result))
     print(table(result))

@@ -53,3 +53,4 @@ def test_oracle_assignment_gives_the_asked_share_its_own_class():
     share = float((L.oracle_assignment(labels, 10, 0.7) == labels).float().mean())
     assert abs(share - 0.7) < 0.04
     assert L.oracle_name(1.0) == "uc-oracle" and L.oracle_name(0.7) == "uc-oracle-0.70"
+    assert [L.oracle_share(L.oracle_name(q)) for q in (1.0, 0.7)] == [1.0, 0.7]
