@@ -368,6 +368,11 @@ class Bench:
                                     "victim_cosine": {k: mean([c for r in vrows for c in r[name]["victim_cosine"][k]])
                                                       for k in ("poisons", "bases")},
                                     "poisons_fit_mean": mean([r[name]["poisons_fit"] for r in vrows])}
+            # paired per target: how far the poisons moved the target's margin beyond the control's
+            shift = [a - c for r in vrows for a, c in zip(r["witches-brew"]["margin"], r["random-poison"]["margin"])]
+            sd = (sum((x - sum(shift) / len(shift)) ** 2 for x in shift) / (len(shift) - 1)) ** 0.5 if len(shift) > 1 else 0.0
+            summary[v]["margin_shift"] = {"mean": mean(shift), "se": round(sd / len(shift) ** 0.5, 4),
+                                          "positive": sum(x > 0 for x in shift), "n": len(shift)}
         losses = [a for r in rows["scratch"] for a in r["witches-brew"]["alignment_loss"] if a is not None]
         summary["surrogate_cosine"] = round(1 - mean(losses), 4) if losses else None
         return {"runs": rows, "settings": dict(GM_FIT, targets_per_victim=per_group, finetune=FT), "summary": summary}
@@ -798,6 +803,10 @@ def report(results) -> str:
         lines.append(f"\nWitches' Brew, fine-tuning ({results['gm-ft']['steps']} steps): mean target margin logit[adv] - "
                      f"logit[true]: surrogate before fine-tuning {m['surrogate']}, after fine-tuning on the poisons "
                      f"{m['witches-brew']}, on the random control {m['control']}.\n")
+    if "meta" in results:
+        m = results["meta"]["summary"]
+        lines.append(f"| metapoison | from scratch | {pct(m['metapoison'])} | {pct(m['random-poison'])} | "
+                     f"{m['metapoison']['clean_acc']:.2f} (control {m['random-poison']['clean_acc']:.2f}) |")
     if "gm-fit" in results:
         f, st = results["gm-fit"]["summary"], results["gm-fit"]["settings"]
         lines += ["", f"## Witches' Brew against victims that fit their training set (scale fit; {st['steps']} signed-Adam "
@@ -815,11 +824,10 @@ def report(results) -> str:
                 lines.append(f"| {vlabel} | {label} | {pct(v)} | {v['margin_mean']} | {v['clean_acc_mean']} | "
                              f"{v['train_acc_mean']} | {v['poisons_fit_mean']} | "
                              f"{v['victim_cosine']['poisons']} / {v['victim_cosine']['bases']} |")
-        lines.append(f"\nAlignment reached on the surrogate (cosine, as crafted, on the 8-bit poisons): {f['surrogate_cosine']}.\n")
-    if "meta" in results:
-        m = results["meta"]["summary"]
-        lines.append(f"| metapoison | from scratch | {pct(m['metapoison'])} | {pct(m['random-poison'])} | "
-                     f"{m['metapoison']['clean_acc']:.2f} (control {m['random-poison']['clean_acc']:.2f}) |")
+        lines.append(f"\nAlignment reached on the surrogate (cosine, as crafted, on the 8-bit poisons): {f['surrogate_cosine']}. "
+                     "Paired per target, the poisons move the target's margin beyond the control's by " +
+                     "; ".join(f"{m['mean']:+.2f} +- {m['se']:.2f} (s.e.; larger on {m['positive']} of {m['n']} targets) {v}"
+                               for v, m in ((v, f[v].get("margin_shift")) for v in ("scratch", "finetune")) if m) + ".\n")
     if "transfer-fewshot" in results:
         t, st = results["transfer-fewshot"]["summary"], results["transfer-fewshot"]["settings"]
         lines += ["", f"## Feature collision in Poison Frogs' transfer setting (main scale's extractors; a two-class head "

@@ -55,3 +55,21 @@ def test_poison_cosine_is_one_for_the_target_itself():
     assert abs(cos - 1) < 1e-5 and torch.allclose(gp, gt)
     cos2, _, _ = A.poison_cosine(m, x, y, x.float() / 255, torch.tensor([4]))
     assert cos2 < 0.999
+
+
+def test_report_writes_the_gradient_matching_section():
+    arm = lambda k: {**r(k, 20), "clean_acc_mean": 55.0, "train_acc_mean": 97.0, "margin_mean": -5.0,  # noqa: E731
+                     "victim_cosine": {"poisons": 0.8, "bases": 0.6}, "poisons_fit_mean": 0.99}
+    res = results()
+    res["gm-fit"] = {"settings": {"steps": 100, "restarts": 1, "eps": 16 / 255, "budget": 0.01, "targets_per_victim": 10,
+                                  "finetune": {"epochs": 4, "lr": 0.01}},
+                     "summary": {"surrogate": {**r(0, 20), "margin_mean": -7.0},
+                                 "clean-victim": {**r(0, 20), "margin_mean": -6.0, "clean_acc": 54.5},
+                                 "scratch": {"witches-brew": arm(2), "random-poison": arm(1),
+                                             "margin_shift": {"mean": 2.24, "se": 0.57, "positive": 18, "n": 20}},
+                                 "finetune": {"witches-brew": arm(1), "random-poison": arm(1)},
+                                 "surrogate_cosine": 0.96}}
+    md = A.report(res)
+    assert "| from scratch (seed 1) | witches-brew | 10.0 +- 6.7 (2/20) | -5.0 |" in md
+    assert "+2.24 +- 0.57 (s.e.; larger on 18 of 20 targets) scratch." in md
+    assert md.index("## Grid") < md.index("## Witches' Brew against")
