@@ -352,7 +352,7 @@ def main(argv=None):
     sections = {"eot": lambda: bench_eot(args, device), "generation": lambda: bench_generation(args, device),
                 "checkpoint": lambda: bench_checkpoint(args), "syncs": lambda: bench_syncs(args, device),
                 "official": lambda: bench_official(args, device), "protection": lambda: protection(args.study)}
-    # Sections not run this time are carried over from the file, each with the date it was measured.
+    # Sections not run this time are carried over from the file, each with the date and command it was measured with.
     earlier = read_json(args.out) if Path(args.out).exists() else {}
     for name in sections:
         if name in args.sections:
@@ -362,9 +362,11 @@ def main(argv=None):
                 print(f"poisonlab: error: {e}", file=sys.stderr)
                 sys.exit(2)
             result.setdefault("measured", {})[name] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            result.setdefault("commands", {})[name] = command
         elif name in earlier:
             result[name] = earlier[name]
             result.setdefault("measured", {})[name] = earlier.get("measured", {}).get(name, earlier.get("date"))
+            result.setdefault("commands", {})[name] = earlier.get("commands", {}).get(name, earlier.get("command"))
     if not isinstance(result.get("official"), dict):
         result["official"] = "not measured: run with --official PATH (a checkout of the authors' code)"
         print(f"official code: {result['official']}", flush=True)
