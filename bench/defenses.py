@@ -12,14 +12,19 @@ seed=0)), clean accuracy on a 2,000-image stratified test subset; victims smallc
   defenses  none; abl (gamma 0.5, isolation 1%, turning epoch 5 of 15, then the GGA objective on the rest
             minus the isolated (loss capped at 5), then 5 unlearning epochs at lr 5e-4); itlm (the paper's
             alternation: alpha 0.8, 3 retrainings from scratch on the flip, 1 on the other attacks;
-            itlm-hook: the one-run approximation, 3 re-selections after a 3-epoch warm-up); oracle (retrain
-            without every poison: the ceiling of any removal defense);
+            itlm-hook: the one-run approximation, 3 re-selections after a 3-epoch warm-up; itlm-cv1/cv2: 1 or 2
+            selections by 2-fold held-out judges, stage "cv", with the loss separation of every judge and the
+            paper form's kept set less its poisons as a diagnostic); oracle (retrain without every poison: the
+            ceiling of any removal defense);
             dpa (k = 10 hash partitions of 500 images, smallcnn width 0.5, 20 epochs, batch 64);
             detection on the undefended model: spectral signatures (eps 0.1) and activation clustering
             (PCA-10, 2-means, size threshold 0.35), precision/recall against the true poisons;
             corrective unlearning of the undefended BadNets model given 10% or 100% of its poisons:
             retrain without them (reference), gradient ascent with retain descent (NegGrad+: 5 epochs, lr 0.01,
             batch 16, loss capped at 5), SSD (alpha 10, lambda 1)
+
+ITLM's settings on the flip are chosen by accuracy on a validation split: 2,000 class-balanced CIFAR-10
+training images outside the 5,000 (clean labels), never the test set.
 
 Every training run checkpoints every epoch under --work/ckpt and every finished cell is one JSON under
 --work/cells, so an interrupted run resumes and a rerun only rebuilds the report (docs/results/defenses.json,
@@ -63,11 +68,14 @@ ITLM_KW = dict(alpha=0.8, rounds=3)  # the fit form on the label flip: 3 retrain
 ITLM_GRID_KW = dict(alpha=0.8, rounds=1)  # the other attacks: one retraining (CPU budget)
 ITLM_HOOK_KW = dict(alpha=0.8, rounds=3)  # the one-run hook approximation
 ITLM_LOW_KW = dict(alpha=0.7, rounds=1)  # trimming more than the flipped fraction (stage "alpha")
+ITLM_HIGH_KW = dict(alpha=0.9, rounds=2)  # trimming less: keeps more of the hard clean samples (stage "alpha")
 ITLM_CV_KW = [dict(alpha=0.8, rounds=r, folds=2) for r in (1, 2)]  # held-out judges (stage "cv")
 VAL = 2000  # held-out clean CIFAR-10 training images: ITLM's settings are chosen on them, never on test
 DPA_K, DPA_VICTIM = 10, dict(VICTIM, epochs=20, batch_size=64)
 FOUND = (0.1, 1.0)
 UNLEARN = {"retrain": None, "negrad+": dict(epochs=5, lr=0.01, batch_size=16, retain_weight=1.0, cap=5.0), "ssd": dict()}
+ROWS = ("none", "oracle", "abl", "abl-nogga", "itlm", "itlm-a0.7", "itlm-a0.9", "itlm-cv1", "itlm-cv2", "itlm-kept-clean",
+        "itlm-hook", "dpa")  # the main table's defense rows, in order
 STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "cv", "extra")
 
 
@@ -100,6 +108,18 @@ class LossTrace:
     def load_state_dict(self, d):
         self.rows = [{"epoch": int(e), "global": round(float(g), 1), "per_class": round(float(c), 1)}
                      for e, g, c in d["rows"].tolist()]
+
+
+def separation_stats(loss: torch.Tensor, positive: torch.Tensor) -> dict:
+    """ROC AUC of the loss for telling positives (poisons) from the rest (0.5 = chance, 1 = every poison has a
+    higher loss than every clean sample), precision of the top-|positives| losses, and both groups' mean loss."""
+    rank = torch.empty(len(loss))
+    rank[torch.argsort(loss, stable=True)] = torch.arange(1, len(loss) + 1, dtype=torch.float)
+    p, n = int(positive.sum()), int((~positive).sum())
+    top = torch.topk(loss, p).indices
+    return {"n": len(loss), "poisons": p, "auc": round((rank[positive].sum().item() - p * (p + 1) / 2) / (p * n), 3),
+            "precision": round(100.0 * positive[top].float().mean().item(), 1),
+            "loss_clean": round(loss[~positive].mean().item(), 2), "loss_poison": round(loss[positive].mean().item(), 2)}
 
 
 def held_out(full: ImageSet, train: ImageSet, n: int) -> ImageSet:
@@ -208,6 +228,58 @@ class Bench:
                     "trimmed": rounds[-1]["trimmed"], "seconds": round(sum(r["train_seconds"] for r in rounds), 1)}
         return self.cell(f"{attack}/{name}", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": kw,
                                               "form": "fit", "val": VAL}, run)
+
+    def itlm_kept_clean(self, attack="flip"):
+        """Diagnostic: the paper form's last kept set with its remaining poisons removed (by the oracle). Splits
+        ITLM's gap to the oracle into what the poisons it kept cost and what the clean samples it trimmed cost."""
+        data, poisons = self.sets[attack]
+
+        def run():
+            out = ITLM(**ITLM_KW).fit(data, self.test, self.cfg, checkpoints=self.ckpt)  # cached rounds
+            kept = out["kept"][~torch.isin(out["kept"], poisons)]
+            r = train_cached(data.subset(kept), self.test, self.cfg, self.ckpt)
+            return {**self.metrics(r["model"], attack), "val_acc": round(accuracy(r["model"], self.val), 2),
+                    "train_size": len(kept), "removed": len(out["kept"]) - len(kept),
+                    "seconds": round(r["train_seconds"], 1)}
+        return self.cell(f"{attack}/itlm-kept-clean", {"victim": VICTIM, "attack": ATTACKS.get(attack),
+                                                       "itlm": ITLM_KW}, run)
+
+    def separation(self, attack="flip"):
+        """How well each judge's losses separate the poisons (ROC AUC of the loss, poisons = positives; the
+        mean loss of clean and poisoned samples), over all samples and split into the samples the judge trained
+        on ("seen") and the others: the paper form's round models, the held-out judges' losses of each
+        selection of `itlm-cv2`, and the oracle (trained without any poison). Reads cached models only."""
+        data, poisons = self.sets[attack]
+        bad = torch.zeros(len(data), dtype=torch.bool)
+        bad[poisons] = True
+
+        def row(name, loss, seen):
+            out = {"judge": name, "all": separation_stats(loss, bad)}
+            for key, mask in (("seen", seen), ("unseen", ~seen)):
+                if bad[mask].any() and (~bad[mask]).any():
+                    out[key] = separation_stats(loss[mask], bad[mask])
+            return out
+
+        def run():
+            rows, kept = [], torch.arange(len(data))
+            itlm = ITLM(**ITLM_KW)
+            for r in range(ITLM_KW["rounds"] + 1):
+                model = train_cached(data.subset(kept) if r else data, self.test, self.cfg, self.ckpt)["model"]
+                loss, seen = per_sample_loss(model, data), torch.isin(torch.arange(len(data)), kept)
+                rows.append(row(f"itlm round {r} model ({len(kept)} samples)", loss, seen))
+                kept = itlm.keep(loss, data)
+            cv, kept = ITLM(**ITLM_CV_KW[-1]), torch.arange(len(data))
+            for r in range(cv.rounds):
+                loss, _ = cv.held_out_loss(data, kept, self.test, self.cfg, self.ckpt)
+                rows.append(row(f"itlm-cv2 held-out judges, selection {r + 1} (from {len(kept)} kept)", loss,
+                                torch.zeros(len(data), dtype=torch.bool)))
+                kept = cv.keep(loss, data)
+            clean = torch.nonzero(~bad).flatten()
+            model = train_cached(data.subset(clean), self.test, self.cfg, self.ckpt)["model"]
+            rows.append(row("oracle (trained on the clean samples only)", per_sample_loss(model, data), ~bad))
+            return {"rows": rows}
+        return self.cell(f"{attack}/loss-separation", {"victim": VICTIM, "attack": ATTACKS.get(attack),
+                                                       "itlm": ITLM_KW, "cv": ITLM_CV_KW[-1], "v": 2}, run)
 
     def itlm_hook(self, attack):
         """ITLM's one-run approximation: re-selections inside one training run, no re-initialisation."""
@@ -326,7 +398,7 @@ def itlm_candidates(res: dict) -> list[dict]:
     out = []
     if "val_acc" in res.get("flip/none", {}):
         out.append({"name": "none", "val": res["flip/none"]["val_acc"], "test": res["flip/none"]["clean_acc"]})
-    for d in ("itlm", "itlm-a0.7", "itlm-cv1", "itlm-cv2"):
+    for d in ("itlm", "itlm-a0.7", "itlm-a0.9", "itlm-cv1", "itlm-cv2"):
         r = res.get(f"flip/{d}")
         if not r or "val_acc" not in r:
             continue
@@ -368,7 +440,7 @@ def tables(res: dict) -> str:
         base = res.get(f"{attack}/none")
         if base is None:
             continue
-        for d in ("none", "oracle", "abl", "abl-nogga", "itlm", "itlm-a0.7", "itlm-cv1", "itlm-cv2", "itlm-hook", "dpa"):
+        for d in ROWS:
             r = res.get(f"{attack}/{d}")
             if r is None:
                 continue
@@ -383,9 +455,12 @@ def tables(res: dict) -> str:
                              + (f"selection(s) by {folds}-fold held-out judges" if folds > 1 else
                                 "retraining(s) from scratch")
                              + ", trained on " + "/".join(str(q["train_size"]) for q in r["rounds"]))
-            if d.startswith("itlm") and r["trimmed"]["poisons"]:
+            if d.startswith("itlm") and r.get("trimmed", {}).get("poisons"):
                 t = r["trimmed"]
                 notes.append(f"trimmed {t['flagged']}: precision {_fmt(t['precision'])}%, recall {_fmt(t['recall'])}%")
+            if d == "itlm-kept-clean":
+                notes.append(f"diagnostic, not a defense: the last kept set of `itlm` ({r['train_size'] + r['removed']}) "
+                             f"less the {r['removed']} poisons it still held, retrained")
             if d == "oracle":
                 notes.append(f"all {r['removed']} poisons removed, retrained from scratch; its own {r['judge']['flagged']} "
                              f"highest-loss samples hold {_fmt(r['judge']['precision'])}% poisons")
@@ -400,9 +475,9 @@ def tables(res: dict) -> str:
             lines.append(f"| {attack} | {d} | {r['clean_acc']} | {_fmt(r.get('asr'))} | {base['clean_acc']} | "
                          f"{_fmt(base.get('asr'))} | {clean} | {r['seconds']} | {'; '.join(notes)} |")
     itlm = {f"{a} ({d})": res[f"{a}/{d}"] for a in ("flip", "badnets", "clean")
-            for d in ("itlm", "itlm-a0.7", "itlm-cv1", "itlm-cv2") if f"{a}/{d}" in res}
+            for d in ("itlm", "itlm-a0.7", "itlm-a0.9", "itlm-cv1", "itlm-cv2") if f"{a}/{d}" in res}
     if itlm:
-        lines += ["", "ITLM round by round. Paper form (itlm, itlm-a0.7): round 0 = the undefended run on everything; "
+        lines += ["", "ITLM round by round. Paper form (itlm, itlm-a0.7, itlm-a0.9): round 0 = the undefended run on everything; "
                       "each later round retrains from scratch on the samples the previous round's model gives the "
                       "lowest loss. Held-out judges (itlm-cv*): rounds before the last train two judges, each on the "
                       "kept samples outside its hash fold, scoring its fold; the last round trains the model on "
@@ -419,6 +494,21 @@ def tables(res: dict) -> str:
                              f"{_fmt(t['precision']) if t else '-'} | {_fmt(t['recall']) if t else '-'} | "
                              f"{round(q['train_seconds'], 1)} |")
     lines += choice(res)
+    sep = res.get("flip/loss-separation")
+    if sep:
+        p, n = sep["rows"][0]["all"]["poisons"], sep["rows"][0]["all"]["n"]
+        lines += ["", f"Loss separation on the flip: ROC AUC of each judge's per-sample loss for telling the {p:,} "
+                      f"flipped samples from the {n - p:,} clean ones (0.5 = chance), precision of its {p:,} highest "
+                      "losses (what alpha 0.8 trims), and the mean loss of clean / flipped samples, over all samples and "
+                      "split into those the judge trained on (seen) and the others (unseen):", "",
+                  f"| judge | AUC | top-{p:,} precision % | loss clean / flipped | seen: AUC, loss clean / flipped "
+                  "| unseen: AUC, loss clean / flipped |", "|---|---|---|---|---|---|"]
+        for q in sep["rows"]:
+            a = q["all"]
+            part = [f"{q[k]['auc']}, {q[k]['loss_clean']} / {q[k]['loss_poison']} ({q[k]['n']} samples)" if k in q
+                    else "-" for k in ("seen", "unseen")]
+            lines.append(f"| {q['judge']} | {a['auc']} | {a['precision']} | {a['loss_clean']} / {a['loss_poison']} | "
+                         f"{part[0]} | {part[1]} |")
     trace = res.get("flip/loss-trace")
     if trace:
         lines += ["", "Undefended run on the flip, after every epoch: share of flipped labels among the "
@@ -560,12 +650,15 @@ def main(argv=None):
             b.abl("flip")
         elif s == "alpha":
             b.itlm("flip", ITLM_LOW_KW, name="itlm-a0.7")
+            b.itlm("flip", ITLM_HIGH_KW, name="itlm-a0.9")
         elif s == "cost":  # the defenses on clean data
             b.itlm("clean")
             b.abl("clean")
         elif s == "cv":  # ITLM with held-out judges, then the choice on the validation split
             for kw in ITLM_CV_KW:
                 b.itlm("flip", kw, name=f"itlm-cv{kw['rounds']}")
+            b.itlm_kept_clean("flip")
+            b.separation("flip")
         elif s == "extra":
             b.unlearn("badnets")
             b.dpa("badnets")
@@ -576,7 +669,9 @@ def main(argv=None):
         res[r["name"]] = r
     write_json(args.out / "results" / f"defenses{suffix}.json", {"scale": SCALE, "victim": VICTIM, "attacks": ATTACKS,
                                                        "abl": ABL_KW, "itlm": ITLM_KW, "itlm_grid": ITLM_GRID_KW,
-                                                       "itlm_hook": ITLM_HOOK_KW, "itlm_low": ITLM_LOW_KW, "dpa": {"k": DPA_K, **DPA_VICTIM},
+                                                       "itlm_hook": ITLM_HOOK_KW, "itlm_low": ITLM_LOW_KW,
+                                                       "itlm_high": ITLM_HIGH_KW, "itlm_cv": ITLM_CV_KW, "val": VAL,
+                                                       "dpa": {"k": DPA_K, **DPA_VICTIM},
                                                        "torch": torch.__version__, "cells": res})
     with atomic_write(args.out / "results" / f"defenses_tables{suffix}.md", "w") as f:
         f.write(tables(res))
