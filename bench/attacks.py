@@ -21,6 +21,7 @@ correctly, each with a random other class as its adversarial class; victims use 
   gm-fit           (fit) Witches' Brew against victims that fit their training set (2,000 images, width 0.5,
                    no crop+flip, 24 epochs), from scratch, with per-group same-bases random controls, margins
                    and gradient cosines on the surrogate and on the trained victims
+  gm-fit-single    (fit) a few of gm-fit's targets each alone in a fine-tuned victim (do targets compete?)
   labels           (small) label flipping and p-tampering at 20% vs random labels on 20% (the control)
   clean-label-na   (noaug) Turner et al.'s clean-label backdoor at 1%; -trigger-only: its control
   blended-na       (noaug) the blended backdoor at 1%; blended-na-control: the same images relabelled
@@ -376,6 +377,32 @@ class Bench:
         losses = [a for r in rows["scratch"] for a in r["witches-brew"]["alignment_loss"] if a is not None]
         summary["surrogate_cosine"] = round(1 - mean(losses), 4) if losses else None
         return {"runs": rows, "settings": dict(GM_FIT, targets_per_victim=per_group, finetune=FT), "summary": summary}
+
+    def gm_fit_single(self, n_targets, per_group):
+        """Do the targets sharing a victim compete? The first n_targets of gm-fit's group 0, each alone: the
+        surrogate fine-tuned on the clean set plus only that target's 20 crafted poisons (taken from the
+        saved group), against the same target's margin in the 10-target fine-tuned victim."""
+        ids, xt, yt, adv = self.gm_targets(per_group)
+        tag = f"gm-fit-m{GM_FIT['steps']}-r{GM_FIT['restarts']}"
+        p = torch.load(self.work / f"{tag}-g0-witches-brew.pt", weights_only=True)
+        crafted = dict(zip(p["index"].tolist(), p["images"]))
+        shared = read_json(self.work / f"{tag}-ft-g0.json")
+        rows = []
+        for t in range(n_targets):
+            def run(t=t):
+                images = self.train.images.clone()
+                for i in p["per_target"][t]:
+                    images[i] = crafted[i]
+                model, acc = self.finetune(images, self.train.labels)
+                return {"target": int(ids[t]), "hit": bool(targeted_hits(model, xt[t:t + 1], adv[t:t + 1])[0]),
+                        "margin": margins(model, xt[t:t + 1], yt[t:t + 1], adv[t:t + 1])[0], "clean_acc": acc,
+                        "margin_shared": shared["witches-brew"]["margin"][t],
+                        "margin_control": shared["random-poison"]["margin"][t]}
+            log(f"{tag}-single target {t}")
+            rows.append(self.cached(f"{tag}-single-t{t}", run))
+        mean = lambda v: round(sum(v) / len(v), 4)  # noqa: E731
+        return {"rows": rows, "summary": {**rate(sum(r["hit"] for r in rows), len(rows)),
+                                          **{k: mean([r[k] for r in rows]) for k in ("margin", "margin_shared", "margin_control")}}}
 
     def badnets_control(self, kind="badnets", rate_=0.01):
         """The very same images relabelled to the target class without any trigger; its ASR is measured on
@@ -828,6 +855,11 @@ def report(results) -> str:
                      "Paired per target, the poisons move the target's margin beyond the control's by " +
                      "; ".join(f"{m['mean']:+.2f} +- {m['se']:.2f} (s.e.; larger on {m['positive']} of {m['n']} targets) {v}"
                                for v, m in ((v, f[v].get("margin_shift")) for v in ("scratch", "finetune")) if m) + ".\n")
+    if "gm-fit-single" in results:
+        g = results["gm-fit-single"]["summary"]
+        lines.append(f"One target per victim (gm-fit-single: the first {g['n']} targets of group 0, each alone in a "
+                     f"fine-tuned surrogate with its 20 poisons): {pct(g)} hit; mean margin {g['margin']} alone vs "
+                     f"{g['margin_shared']} with the 10 targets' poisons together (control {g['margin_control']}).\n")
     if "transfer-fewshot" in results:
         t, st = results["transfer-fewshot"]["summary"], results["transfer-fewshot"]["settings"]
         lines += ["", f"## Feature collision in Poison Frogs' transfer setting (main scale's extractors; a two-class head "
@@ -874,7 +906,7 @@ STAGE_SCALE = {"clean-noaug": "noaug", "badnets-na": "noaug", "badnets-cb-na": "
                "badnets-cb": "main", "badnets-cb5": "main", "badnets-cb5-control": "main", "clean": "main", "badnets": "main", "badnets-5": "main", "badnets-control": "main", "blended": "main",
                "clean-small": "small", "gm": "small", "gm-control": "small", "gm-ft": "small", "gm-diagnose": "small", "transfer": "small",
                "meta": "small", "generative": "small", "transfer-binary": "main", "fc-diagnose": "main",
-               "transfer-fewshot": "main", "gm-fit": "fit", "clean-fit": "fit", "labels": "small",
+               "transfer-fewshot": "main", "gm-fit": "fit", "gm-fit-single": "fit", "clean-fit": "fit", "labels": "small",
                "clean-label-na": "noaug", "clean-label-na-trigger-only": "noaug", "blended-na": "noaug",
                "blended-na-control": "noaug"}
 
@@ -889,7 +921,7 @@ def main():
     ap.add_argument("--stages", default="clean,badnets,badnets-5,blended,badnets-control,badnets-cb,badnets-cb5,"
                                         "badnets-na,clean-noaug,badnets-na-control,clean-small,gm,gm-control,"
                                         "gm-ft,gm-diagnose,transfer,transfer-fewshot,fc-diagnose,generative,meta,"
-                                        "gm-fit,labels,clean-label-na,clean-label-na-trigger-only,blended-na,"
+                                        "clean-fit,gm-fit,gm-fit-single,labels,clean-label-na,clean-label-na-trigger-only,blended-na,"
                                         "blended-na-control")
     ap.add_argument("--gm-groups", type=int, default=2)
     ap.add_argument("--gm-per-group", type=int, default=10)
@@ -900,6 +932,7 @@ def main():
     ap.add_argument("--gm-steps", type=int, default=GM["steps"])
     ap.add_argument("--gm-fit-steps", type=int, default=GM_FIT["steps"])
     ap.add_argument("--gm-fit-restarts", type=int, default=GM_FIT["restarts"])
+    ap.add_argument("--gm-single", type=int, default=5, help="gm-fit-single: how many of group 0's targets alone")
     ap.add_argument("--report-only", action="store_true", help="write the markdown tables from the JSON; run nothing")
     args = ap.parse_args()
     GM["steps"] = args.gm_steps
@@ -948,6 +981,8 @@ def main():
             results[stage] = b.gm_ft(args.gm_groups, args.gm_per_group)
         elif stage == "gm-fit":
             results[stage] = b.gm_fit(args.gm_groups, args.gm_per_group)
+        elif stage == "gm-fit-single":
+            results[stage] = b.gm_fit_single(args.gm_single, args.gm_per_group)
         elif stage == "gm-control":
             results[stage] = b.gm_control(args.gm_groups, args.gm_per_group)
         elif stage == "transfer":
