@@ -198,20 +198,23 @@ class Bench:
             write_json(self.work / "cells" / f"{attack}__none-{settings_hash(rec['settings'])}.json", rec)
         return rec
 
-    def abl(self, attack):
+    def abl(self, attack, seed=0):
         data, poisons = self.sets[attack]
+        cfg = TrainConfig(**{**VICTIM, "seed": seed}) if seed else self.cfg
 
         def run():
             abl, curve = ABL(**ABL_KW), []
             t0 = time.perf_counter()
-            res = abl.run(data, self.test, self.cfg, self.ckpt,
+            res = abl.run(data, self.test, cfg, self.ckpt,
                           on_epoch=lambda e, m: curve.append({"epoch": e, **self.metrics(m, attack)}))
             unlearn_s = time.perf_counter() - t0
             before = self.metrics(res["trained"]["model"], attack)
             return {**self.metrics(res["model"], attack), "before_unlearning": before, "unlearning_curve": curve,
                     "isolation": precision_recall(res["isolated"], poisons),
                     "seconds": round(res["trained"]["train_seconds"] + unlearn_s, 1)}
-        return self.cell(f"{attack}/abl", {"victim": VICTIM, "attack": ATTACKS.get(attack), "abl": ABL_KW}, run)
+        victim = {**VICTIM, "seed": seed} if seed else VICTIM  # seed 0 keeps the key it had
+        return self.cell(f"{attack}/abl" + (f"-seed{seed}" if seed else ""),
+                         {"victim": victim, "attack": ATTACKS.get(attack), "abl": ABL_KW}, run)
 
     def itlm(self, attack, kw=None, name="itlm"):
         """ITLM as the paper runs it: round 0 is the undefended run (cached), then kw["rounds"] retrainings
@@ -286,7 +289,7 @@ class Bench:
         result: clean data, the flip undefended, and ITLM, so the recovery has a second draw."""
         cfg, kw = TrainConfig(**{**VICTIM, "seed": seed}), kw or dict(alpha=0.8, rounds=1)
         out = {}
-        for attack in ("clean", "flip"):
+        for attack in ("clean", "flip", "badnets"):
             def run(attack=attack):
                 r = train_cached(self.sets[attack][0], self.test, cfg, self.ckpt)
                 return {**self.metrics(r["model"], attack), "val_acc": round(accuracy(r["model"], self.val), 2),
@@ -535,6 +538,18 @@ def tables(res: dict) -> str:
             lines.append(f"| {q} | {c['clean_acc']} | {n['clean_acc']} | {i['clean_acc']} | {_fmt(rec, 0)} | "
                          f"{_fmt(i['trimmed']['precision'])} | {_fmt(c.get('val_acc'), 2)} / {_fmt(n.get('val_acc'), 2)} / "
                          f"{_fmt(i.get('val_acc'), 2)} |")
+    abl_seeds = sorted({int(k.rsplit("seed", 1)[1]) for k in res if k.startswith("badnets/abl-seed")})
+    if abl_seeds and "badnets/abl" in res:
+        lines += ["", "ABL on BadNets under other victim seeds (same poisons and trigger), beside that seed's clean "
+                      "and undefended runs:", "",
+                  "| seed | clean-data acc | no-defense acc | no-defense ASR | ABL acc | ABL ASR | isolation precision % |",
+                  "|---|---|---|---|---|---|---|"]
+        for q in [0] + abl_seeds:
+            sfx = f"-seed{q}" if q else ""
+            c, n, a = res.get(f"clean/none{sfx}"), res.get(f"badnets/none{sfx}"), res.get(f"badnets/abl{sfx}")
+            if c and n and a:
+                lines.append(f"| {q} | {c['clean_acc']} | {n['clean_acc']} | {n['asr']} | {a['clean_acc']} | {a['asr']} | "
+                             f"{_fmt(a['isolation']['precision'])} |")
     sep = res.get("flip/loss-separation")
     if sep:
         p, n = sep["rows"][0]["all"]["poisons"], sep["rows"][0]["all"]["n"]
@@ -700,8 +715,9 @@ def main(argv=None):
                 b.itlm("flip", kw, name=f"itlm-cv{kw['rounds']}")
             b.itlm_kept_clean("flip")
             b.separation("flip")
-        elif s == "seed1":  # a second victim seed for the flip's ITLM recovery
+        elif s == "seed1":  # a second victim seed for the flip's ITLM recovery and ABL on BadNets
             b.reseeded(1)
+            b.abl("badnets", seed=1)
         elif s == "extra":
             b.unlearn("badnets")
             b.dpa("badnets")
