@@ -4,11 +4,14 @@ installed (not root, no apt-get), and fails in CI, where setup must have install
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+# Tests never write into the checkout: docs/screenshots is refreshed on purpose with
+# POISONLAB_SCREENSHOTS=docs/screenshots make test.
+SCREENSHOTS = Path(os.environ.get("POISONLAB_SCREENSHOTS") or Path(tempfile.gettempdir()) / "poisonlab-screenshots")
 # The closed network refuses Chromium's background connections; these flags keep it from trying.
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -45,6 +48,6 @@ def launch_browser():
     return pw, browser
 
 
-def screenshot(page, name: str):
+def screenshot(page, name: str, full_page: bool = True):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+    page.screenshot(path=str(SCREENSHOTS / name), full_page=full_page)

@@ -194,7 +194,7 @@ def test_reports_in_browser_sort_and_load_nothing(tmp_path):
         values = [float(v) for v in table.locator(f"tbody tr td:nth-child({idx + 1})").all_text_contents() if v.strip()]
         assert values == sorted(values, reverse=True)
         page.evaluate("() => window.scrollTo(0, 0)")
-        page.screenshot(path=str(ROOT / "docs" / "screenshots" / "report-grid.png"))  # the top: the page is long
+        screenshot(page, "report-grid.png", full_page=False)  # the top: the page is long
         assert all(u.startswith("file://") for u in requests), requests  # no network, no other file
     finally:
         browser.close()
