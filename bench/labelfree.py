@@ -74,6 +74,9 @@ def recipes(n, work="runs/labelfree"):
         "random-16": ("random", {"eps": 16 / 255}, None),
         "uc-40k-softmax-16": ("unlearnable_clusters", dict(UC, surrogate_weights=weights["uc-surrogate-40k"], embedding="output",
                                                             cluster_space="softmax", eps=16 / 255), None),
+        # EM at 16/255 made with the owner's 10 classes / 2 super-classes (step size eps / 5, as at 8/255)
+        "em-16": ("em", dict(short["em"], eps=16 / 255, step_size=3.2 / 255), "10-class"),
+        "em-owner2-16": ("em", dict(short["em"], eps=16 / 255, step_size=3.2 / 255), "2-way"),
         "uc-rotation": ("unlearnable_clusters", dict(UC, surrogate_pretrain="rotation", surrogate_epochs=15), None),
         "em": ("em", short["em"], "10-class"),
         "em-owner2": ("em", short["em"], "2-way"),
