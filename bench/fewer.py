@@ -54,6 +54,8 @@ TOLERANCE = 2.0
 # Judged where the baseline protects by more than the tolerance. At this scale AT 4/255 does not: the grid's
 # clean victim ends at 39.6% (docs/bench, table3) and the baseline's at 37.5%, a 2.1-point drop, so "within 2
 # points" there would hold for no protection at all; ST (47.7 -> 17.8) and AT 2/255 (42.8 -> 27.3) can tell.
+# (This study's own clean AT 4/255 victim ends at 40.0, a 2.5-point drop: still too thin to judge by, so AT
+# 4/255 is reported beside the verdict, not in it; docs/speed.md reads it.)
 JUDGED = ("st", "at2")
 
 

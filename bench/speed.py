@@ -248,7 +248,7 @@ def protection(path):
             verdict = "equal strength" if r.get("equal_strength") else "NOT equal strength"
             print(f"protection {r['variant']}: {r['fewer_passes']}x fewer passes than baseline; victims {acc} "
                   f"(baseline {', '.join(f'{k} {v}' for k, v in base['last_acc'].items())}): {verdict} "
-                  f"(within {study['tolerance_points']:g} points)", flush=True)
+                  f"(judged by {', '.join(study['judged_regimes'])}: within {study['tolerance_points']:g} points)", flush=True)
     return {"source": str(Path(path).relative_to(ROOT)) if Path(path).is_absolute() else str(path), "rows": study["rows"]}
 
 
