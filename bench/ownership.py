@@ -17,6 +17,10 @@ Stages (every model, marked copy and verification cached under --cache, so a kil
   null      20 cheap clean models (smallcnn w0.25, 3 epochs, 1,000 images) plus every full-scale clean model
             cached, against 50 fresh key sets each and against the real keys: FPR, KS, hits vs Binomial.
   robust    victim seed 0 under fine-tuning, JPEG, blur, adversarial training, another architecture.
+  taggants20  20 keys on a fresh key draw (key seed 1), victims 20..29 (taggants20b: key seed 2, 30..39).
+  noise     harmlessness control: random +-16/255 sign noise on the images the 10-key copy marked.
+  easier    those images, their originals and the noisy ones scored by the clean models clean-s0..9.
+  pairs     own keys against fresh random (key image, label) pairs, per key, marked victims and clean twins.
   report    tables -> docs/results/ownership.json and docs/results/ownership_tables.md
 
     POISONLAB_THREADS=1 nice -n 5 .venv/bin/python bench/ownership.py --stage all > runs/ownership.log 2>&1
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.stats import binom
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +74,8 @@ TAGGANTS30 = dict(TAGGANTS, n_keys=30, budget=0.01, steps=60)
 # 20 keys at the 10-key copy's per-key settings (2%, 150 steps; 800 of 2,000 images marked), chosen on the
 # 10-key copy's victims (rank-sum projection 0.97 at 20 keys) and measured on a FRESH key draw (key seed 1,
 # surrogate clean-s11) with fresh victim seeds 20..29, none of which took part in choosing anything;
-# taggants20b: a second fresh key draw (key seed 2, surrogate clean-s12), victims 30..34.
+# taggants20b: a second fresh key draw (key seed 2, surrogate clean-s12), victims 30..39 (30..34 were planned;
+# 35..39 were added when CPU time freed up, settings unchanged).
 TAGGANTS20 = dict(TAGGANTS, n_keys=20)
 MARK_SEED = 0  # one marked copy (keys, marked images, surrogate clean-s10); victims seeds 0..9 train on it
 BACKDOOR = dict(trigger=os.environ.get("OWNERSHIP_TRIGGER", "blend"), rate=0.1, margin=0.2, n_verify=100)
@@ -82,7 +88,7 @@ NOISE_IMAGES = 400
 COPIES = {"taggants": ("taggants", TAGGANTS), "taggants30": ("taggants", TAGGANTS30),
           "taggants20": ("taggants", TAGGANTS20), "taggants20b": ("taggants", TAGGANTS20), "backdoor": ("backdoor", BACKDOOR), "noise": ("noise", NOISE)}
 COPY_SEED = {"taggants20": 1, "taggants20b": 2}  # key seed of a copy (default MARK_SEED)
-COPY_VICTIMS = {"taggants20": range(20, 30), "taggants20b": range(30, 35)}  # reported victim seeds (default 0..9)
+COPY_VICTIMS = {"taggants20": range(20, 30), "taggants20b": range(30, 40)}  # reported victim seeds (default 0..9)
 
 
 def copy_seed(copy: str) -> int:
@@ -231,6 +237,8 @@ def stage_robust(b: Bench, method: str):
             else:
                 train = parse_defense(how["defense"]).apply(data) if "defense" in how else data
                 model, res = b.model(name, train, seed=seed, **how.get("train", {}))
+                if tag == "arch":  # its clean-data reference: the same architecture and seed on clean data
+                    b.model(f"clean-s{seed}-arch", b.train, seed=seed, **how["train"])
             v = b.check(name, key, model)
             extra = f"; rank-sum p={b.check(name, key, model, 'rank')['p_value']:.3g}" if key.method == "taggants" else ""
             log(f"  {name}: acc {res['last_acc']:.2f} p={v['p_value']:.3g}{extra}")
@@ -367,10 +375,32 @@ def stage_pairs(b: Bench) -> dict:
     return out
 
 
+def stage_easier(b: Bench) -> dict:
+    """Why the 10-key copy's victims gain accuracy: the images it marked, their originals and the noise
+    control's versions, scored by the clean models that took no part in marking (clean-s0..9; the
+    surrogate was clean-s10): accuracy and cross-entropy on the true labels."""
+    src, _, _ = b.marked(NOISE["source"])
+    noisy, _, _ = b.marked("noise")
+    idx = (src.images != b.train.images).flatten(1).any(1).nonzero().squeeze(1)
+    y = b.train.labels[idx]
+    versions = {"original": b.train.images[idx], "marked": src.images[idx], "noise": noisy.images[idx]}
+    per = {v: [] for v in versions}
+    for s in range(N_MARKED):
+        model, _ = b.clean(s)
+        for v, x in versions.items():
+            with torch.no_grad():
+                logits = model(x.float() / 255)
+            per[v].append((float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())))
+    out = {v: {"loss": float(np.mean([a for a, _ in r])), "acc": float(np.mean([c for _, c in r])), "models": len(r)}
+           for v, r in per.items()}
+    write_json(b.cache / "easier.json", out)
+    log(f"marked images under clean models: {out}")
+    return out
+
+
 def stage_keys(b: Bench) -> dict:
     """How distinct the key kinds are to a network: mean off-diagonal cosine of penultimate features
     (clean-s10, 5 key sets of 10 keys per kind)."""
-    import torch.nn.functional as F
     model, _ = b.clean(10)
     body = torch.nn.Sequential(model[0], *list(model[1].children())[:-1])
     out = {}
@@ -526,7 +556,14 @@ def report_noise(b: Bench, md: list) -> dict | None:
     md += [f"| {r['seed']} | {r['acc_clean']:.2f} | {r['acc_noise']:.2f} | {r['acc_marked']:.2f} |" for r in rows]
     md += ["", f"Paired over {len(rows)} seeds (mean ± s.e.): noise copy - clean {vs_clean[0]:+.2f} ± {vs_clean[1]:.2f} "
            f"points; taggants copy - noise copy {vs_marked[0]:+.2f} ± {vs_marked[1]:.2f} points.", ""]
-    return {"rows": rows, "noise_minus_clean": vs_clean, "taggants_minus_noise": vs_marked}
+    out = {"rows": rows, "noise_minus_clean": vs_clean, "taggants_minus_noise": vs_marked}
+    easier = _read(b.cache / "easier.json")
+    if easier:
+        out["images_under_clean_models"] = easier
+        md += [f"The {NOISE_IMAGES} images under {easier['original']['models']} clean models that took no part in "
+               "marking (clean-s0..9; `--stage easier`): " + ", ".join(
+                   f"{v} {e['acc']:.1%} correct (cross-entropy {e['loss']:.3f})" for v, e in easier.items()) + ".", ""]
+    return out
 
 
 def report_pairs(pairs: dict, md: list):
@@ -585,14 +622,18 @@ def report_robust(b: Bench, md: list) -> list:
                                                      for t in ROBUST):
                     continue
                 vr = _read(b.cache / "verify" / f"{name}-rank.json")
+                ref = _read(b.cache / "models" / f"clean-s{seed}{'-arch' if tag == 'arch' else ''}.json") \
+                    if tag in ("", "arch") else None  # the same model trained on clean data
                 rows.append({"copy": copy, "seed": seed, "countermeasure": label, "acc": m["last_acc"],
+                             "clean_acc": ref and ref["last_acc"],
                              "statistic": v["statistic"], "p_value": v["p_value"], "p_rank": vr and vr["p_value"]})
     if rows:
         f = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
         md += ["### Robustness: verification after each countermeasure", "",
-               "| marked copy | victim seed | countermeasure | acc (%) | statistic (hits or t) | p (binomial or t-test) "
-               "| rank-sum p |", "|---|---|---|---|---|---|---|"]
-        md += [f"| {r['copy']} | {r['seed']} | {r['countermeasure']} | {r['acc']:.1f} | {r['statistic']:.3g} | "
+               "| marked copy | victim seed | countermeasure | acc (%) | same model on clean data: acc (%) "
+               "| statistic (hits or t) | p (binomial or t-test) | rank-sum p |", "|---|---|---|---|---|---|---|---|"]
+        md += [f"| {r['copy']} | {r['seed']} | {r['countermeasure']} | {r['acc']:.1f} | "
+               f"{'-' if r['clean_acc'] is None else format(r['clean_acc'], '.1f')} | {r['statistic']:.3g} | "
                f"{f(r['p_value'])} | {f(r['p_rank'])} |" for r in rows]
         md.append("")
     return rows
@@ -671,6 +712,8 @@ def main(argv=None):
             stage_keys(b)
         elif n == "pairs":
             stage_pairs(b)
+        elif n == "easier":
+            stage_easier(b)
         elif n != "report":
             raise SystemExit(f"unknown stage {n!r}")
     if args.stage == "all" and not (b.cache / "null.json").exists():
