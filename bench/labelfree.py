@@ -183,15 +183,16 @@ def uc_oracle(args, train, purity=1.0):
 def victims(args, sets, test):
     runs = {}
     for name, ds in sets.items():
-        for lab in ([args.oracle] if name.startswith("uc-oracle") else LABELLINGS):
+        for lab in ([args.oracle] if name.startswith("uc-oracle") else args.labellings):
             key = f"{name}--{lab}"
-            path = Path(args.work) / "victims" / f"{key}.json"
+            # victim seed 0 keeps the original cache names; another seed gets its own files
+            path = Path(args.work) / "victims" / f"{key}{f'--seed{args.victim_seed}' if args.victim_seed else ''}.json"
             if not path.exists():
                 if args.report_only or not claim(path.with_suffix(".lock")):
                     continue
                 print(f"== victim {key} ({time.strftime('%H:%M')})", flush=True)
                 t0 = time.time()
-                r = train_victim(relabel(ds, lab), relabel(test, lab), TrainConfig(**EXPLOITER, seed=0), progress=False,
+                r = train_victim(relabel(ds, lab), relabel(test, lab), TrainConfig(**EXPLOITER, seed=args.victim_seed), progress=False,
                                  checkpoint=path.with_suffix(".pt"))
                 r["wall_seconds"] = time.time() - t0
                 write_json(path, r)
@@ -390,9 +391,14 @@ def main():
                     help="comma-separated shares of images given their class's pattern, e.g. 1,0.7,0.5 (with --oracle)")
     ap.add_argument("--purity", action="store_true",
                     help="also measure k-means purity of the protected images by UC surrogate and feature space")
+    ap.add_argument("--labellings", type=lambda t: t.split(","), default=list(LABELLINGS),
+                    help="comma-separated exploiter labellings for the victims (default: all)")
+    ap.add_argument("--victim-seed", type=int, default=0, help="the victims' seed (another seed: its own cache files)")
     ap.add_argument("--report-only", action="store_true", help="tabulate what is cached; compute nothing")
     args = ap.parse_args()
     set_threads()
+    if set(args.labellings) - set(LABELLINGS):
+        raise SystemExit(f"labelfree: error: unknown labelling(s) {sorted(set(args.labellings) - set(LABELLINGS))}")
     unknown = set(args.methods.split(",")) - set(recipes(args.n, args.work))
     if unknown:
         raise SystemExit(f"labelfree: error: unknown method(s) {sorted(unknown)}; have {sorted(recipes(args.n, args.work))}")
@@ -400,7 +406,7 @@ def main():
     train, test = full_train.stratified(args.n, seed=0), load_dataset(args.data, "test")
     test = test.stratified(args.test_n, seed=0) if args.test_n else test
     sets, info = protected_sets(args, full_train, train, args.methods.split(","))
-    result = {"scale": {"train_images": len(train), "test_images": len(test), "victim": EXPLOITER, "other_data_models": VICTIM,
+    result = {"scale": {"train_images": len(train), "test_images": len(test), "victim": dict(EXPLOITER, seed=args.victim_seed), "other_data_models": VICTIM,
                         "probe": "logistic regression on a small CNN trained on a disjoint clean subset of the same size",
                         "recipes": {n: recipes(args.n, args.work)[n][:2] for n in info}, "labellings": LABELLINGS},
               "protected": info, "victims": victims(args, sets, test),
