@@ -109,6 +109,9 @@ def main():
     ap.add_argument("--regimes", default="st,at2,at4", help="victim regimes, in the order to run")
     ap.add_argument("--skip-clean", action="store_true", help="no clean baseline (when run beside another job)")
     ap.add_argument("--report-only", action="store_true", help="tabulate the cached results; train nothing")
+    ap.add_argument("--victim-seed", type=int, default=0,
+                    help="victims' seed (same protected sets); seeds other than 0 are cached in victims-seedN/ and "
+                         "written to ...-seedN.json: the spread of one table")
     ap.add_argument("--protect-only", action="store_true",
                     help="make the protected sets and stop (e.g. on a GPU; the victims then train where the table's others did)")
     args = ap.parse_args()
@@ -129,7 +132,8 @@ def main():
         for w in caught:
             print(f"warning: {w.message}", flush=True)
     suffix = ("" if args.preset == "rule" else f"-{args.preset}") + tag
-    args.out = args.out or f"docs/results/modelbased{suffix}.json"
+    seed_tag = f"-seed{args.victim_seed}" if args.victim_seed else ""
+    args.out = args.out or f"docs/results/modelbased{suffix}{seed_tag}.json"
     work = Path(args.work)
     methods = (args.methods or ",".join(recipes)).split(",")
     regimes = args.regimes.split(",")
@@ -153,39 +157,44 @@ def main():
             if regime != "st" and name not in AT_METHODS:
                 continue
             if not (args.report_only or args.protect_only):
-                victim(work, cache_name(name, suffix), regime, data[name], test, val)
+                victim(work, cache_name(name, suffix), regime, data[name], test, val, args.victim_seed)
     if args.protect_only:
         return
-    result = collect(work, suffix, recipes, len(train), len(test), len(val))
+    result = collect(work, suffix, recipes, len(train), len(test), len(val), args.victim_seed)
     write_json(args.out, result)
     Path(args.out).with_suffix(".md").write_text(table(result))
     plot(result, Path(args.out).with_name(Path(args.out).stem + "-diagnostics.png"))
     print(table(result))
 
 
-def victim(work, cached, regime, data, test, val):
+def victims_dir(work, seed=0):
+    return work / ("victims" if not seed else f"victims-seed{seed}")
+
+
+def victim(work, cached, regime, data, test, val, seed=0):
     """Train (or reuse) the victim of one protected set under one regime; cached as victims/<run>.json."""
     key = run_name(cached, regime)
-    path = work / "victims" / f"{key}.json"
+    folder = victims_dir(work, seed)
+    path = folder / f"{key}.json"
     if path.exists():
         return
-    if not claim(work / "victims" / f"{key}.lock"):
+    if not claim(folder / f"{key}.lock"):
         print(f"== {key}: another process is training it; skipped here", flush=True)
         return
     print(f"== victim on {key}", flush=True)
     eps = REGIMES[regime]
-    cfg = TrainConfig(**VICTIM, **(dict(adv_eps=eps, adv_steps=AT_STEPS) if eps else {}), seed=0)
+    cfg = TrainConfig(**VICTIM, **(dict(adv_eps=eps, adv_steps=AT_STEPS) if eps else {}), seed=seed)
     t0 = time.time()
-    r = train_victim(data, test, cfg, progress=False, checkpoint=work / "victims" / f"{key}.pt", return_model=True)
+    r = train_victim(data, test, cfg, progress=False, checkpoint=folder / f"{key}.pt", return_model=True)
     r["val_acc"] = evaluate(r.pop("model"), val, pick_device(cfg.device))
     r["wall_seconds"] = time.time() - t0
     write_json(path, r)
-    (work / "victims" / f"{key}.pt").unlink(missing_ok=True)
-    (work / "victims" / f"{key}.lock").unlink(missing_ok=True)
+    (folder / f"{key}.pt").unlink(missing_ok=True)
+    (folder / f"{key}.lock").unlink(missing_ok=True)
     print(f"{key:24s} last {r['last_acc']:6.2f}  best {r['best_acc']:6.2f}  val {r['val_acc']:6.2f}", flush=True)
 
 
-def collect(work, suffix, recipes, n_train, n_test, n_val):
+def collect(work, suffix, recipes, n_train, n_test, n_val, seed=0):
     """Everything cached for this preset, in the layout of docs/results/modelbased.json."""
     runs, gen_seconds, diagnostics = {}, {}, {}
     for name in ["clean", *recipes]:
@@ -199,14 +208,14 @@ def collect(work, suffix, recipes, n_train, n_test, n_val):
             if m.get("diagnostics"):
                 diagnostics[name] = m["diagnostics"]
         for regime in REGIMES:
-            path = work / "victims" / f"{run_name(cached, regime)}.json"
+            path = victims_dir(work, seed) / f"{run_name(cached, regime)}.json"
             if path.exists():
                 r = read_json(path)
                 runs[run_name(name, regime)] = {
                     "last_acc": r["last_acc"], "best_acc": r["best_acc"], "best_epoch": r["best_epoch"],
                     "val_acc": r.get("val_acc"), "curve": [h["test_acc"] for h in r["history"]]}
     methods = {m: recipes[m] for m in gen_seconds}
-    return {"preset": suffix.lstrip("-") or "rule",  # with the surrogate tag when --surrogate was given
+    return {"preset": suffix.lstrip("-") or "rule", "victim_seed": seed,  # preset: with the surrogate tag, if any
             "scale": {"train_images": n_train, "test_images": n_test, "val_images": n_val, "victim": VICTIM,
                       "adversarial_training": {r: {"adv_eps": e, "adv_steps": AT_STEPS} for r, e in REGIMES.items() if e},
                       "methods": methods,
