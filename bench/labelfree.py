@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from modelbased import SURROGATE, VICTIM, claim, methods_for  # noqa: E402  (baselines' CPU-scale settings, unchanged)
+from modelbased import SURROGATE, VICTIM, cached_run, methods_for  # noqa: E402  (baselines' CPU-scale settings, unchanged)
 
 from poisonlab import PoisonlabError  # noqa: E402
 from poisonlab.data import ImageSet, load_dataset  # noqa: E402
@@ -187,18 +187,20 @@ def victims(args, sets, test):
             key = f"{name}--{lab}"
             # victim seed 0 keeps the original cache names; another seed gets its own files
             path = Path(args.work) / "victims" / f"{key}{f'--seed{args.victim_seed}' if args.victim_seed else ''}.json"
-            if not path.exists():
-                if args.report_only or not claim(path.with_suffix(".lock")):
-                    continue
+            if args.report_only and not path.exists():
+                continue
+
+            def make(ds=ds, key=key, lab=lab, path=path):
                 print(f"== victim {key} ({time.strftime('%H:%M')})", flush=True)
                 t0 = time.time()
-                r = train_victim(relabel(ds, lab), relabel(test, lab), TrainConfig(**EXPLOITER, seed=args.victim_seed), progress=False,
-                                 checkpoint=path.with_suffix(".pt"))
+                r = train_victim(relabel(ds, lab), relabel(test, lab), TrainConfig(**EXPLOITER, seed=args.victim_seed),
+                                 progress=False, checkpoint=path.with_suffix(".pt"))
                 r["wall_seconds"] = time.time() - t0
-                write_json(path, r)
-                path.with_suffix(".pt").unlink(missing_ok=True)
-                path.with_suffix(".lock").unlink(missing_ok=True)
-            r = read_json(path)
+                return r
+
+            r = cached_run(path, make)
+            if r is None:
+                continue
             runs[key] = {"last_acc": r["last_acc"], "best_acc": r["best_acc"], "curve": [round(h["test_acc"], 2) for h in r["history"]]}
             print(f"{key:28s} last {r['last_acc']:6.2f}  best {r['best_acc']:6.2f}", flush=True)
     return runs

@@ -19,13 +19,13 @@ interrupted run resumes where it stopped.
 """
 
 import argparse
-import os
 import time
 import warnings
 from pathlib import Path
 
 from poisonlab.data import load_dataset
-from poisonlab.fileio import read_json, write_json
+from poisonlab.errors import LockedError
+from poisonlab.fileio import exclusive_lock, read_json, write_json
 from poisonlab import create_method
 from poisonlab.protect import protect
 from poisonlab.protect.scaledown import MIN_PASSES, ScaleDownWarning, VictimAT, describe, enforce, robust_recipe
@@ -174,24 +174,25 @@ def victims_dir(work, seed=0):
 def victim(work, cached, regime, data, test, val, seed=0):
     """Train (or reuse) the victim of one protected set under one regime; cached as victims/<run>.json."""
     key = run_name(cached, regime)
-    folder = victims_dir(work, seed)
-    path = folder / f"{key}.json"
+    path = victims_dir(work, seed) / f"{key}.json"
     if path.exists():
         return
-    if not claim(folder / f"{key}.lock"):
+
+    def make():
+        print(f"== victim on {key}", flush=True)
+        eps = REGIMES[regime]
+        cfg = TrainConfig(**VICTIM, **(dict(adv_eps=eps, adv_steps=AT_STEPS) if eps else {}), seed=seed)
+        t0 = time.time()
+        r = train_victim(data, test, cfg, progress=False, checkpoint=path.with_suffix(".pt"), return_model=True)
+        r["val_acc"] = evaluate(r.pop("model"), val, pick_device(cfg.device))
+        r["wall_seconds"] = time.time() - t0
+        return r
+
+    r = cached_run(path, make)
+    if r is None:
         print(f"== {key}: another process is training it; skipped here", flush=True)
-        return
-    print(f"== victim on {key}", flush=True)
-    eps = REGIMES[regime]
-    cfg = TrainConfig(**VICTIM, **(dict(adv_eps=eps, adv_steps=AT_STEPS) if eps else {}), seed=seed)
-    t0 = time.time()
-    r = train_victim(data, test, cfg, progress=False, checkpoint=folder / f"{key}.pt", return_model=True)
-    r["val_acc"] = evaluate(r.pop("model"), val, pick_device(cfg.device))
-    r["wall_seconds"] = time.time() - t0
-    write_json(path, r)
-    (folder / f"{key}.pt").unlink(missing_ok=True)
-    (folder / f"{key}.lock").unlink(missing_ok=True)
-    print(f"{key:24s} last {r['last_acc']:6.2f}  best {r['best_acc']:6.2f}  val {r['val_acc']:6.2f}", flush=True)
+    else:
+        print(f"{key:24s} last {r['last_acc']:6.2f}  best {r['best_acc']:6.2f}  val {r['val_acc']:6.2f}", flush=True)
 
 
 def collect(work, suffix, recipes, n_train, n_test, n_val, seed=0):
@@ -223,21 +224,21 @@ def collect(work, suffix, recipes, n_train, n_test, n_val, seed=0):
             "generation_seconds": gen_seconds, "diagnostics": diagnostics, "runs": runs}
 
 
-def claim(lock: Path) -> bool:
-    """Let parallel invocations share the victim runs: one process per run (stale locks are taken over)."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    if lock.exists():
-        try:
-            os.kill(int(lock.read_text()), 0)
-            return False
-        except (ProcessLookupError, ValueError):
-            lock.unlink(missing_ok=True)
+def cached_run(path: Path, make):
+    """The result cached at path, made by make() (a dict) when missing. Parallel invocations share the runs:
+    poisonlab.fileio's lock on path lets one process make it (released even if that process dies); the
+    others get None and move on. make's checkpoint path.with_suffix(".pt") is removed once the result is saved."""
+    if path.exists():
+        return read_json(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(lock, "x") as f:
-            f.write(str(os.getpid()))
-        return True
-    except FileExistsError:
-        return False
+        with exclusive_lock(path, "victim run"):
+            if not path.exists():  # another invocation may have finished it meanwhile
+                write_json(path, make())
+                path.with_suffix(".pt").unlink(missing_ok=True)
+    except LockedError:
+        return None
+    return read_json(path)
 
 
 def table(result):
