@@ -22,6 +22,9 @@ correctly, each with a random other class as its adversarial class; victims use 
                    no crop+flip, 24 epochs), from scratch, with per-group same-bases random controls, margins
                    and gradient cosines on the surrogate and on the trained victims
   gm-fit-single    (fit) a few of gm-fit's targets each alone in a fine-tuned victim (do targets compete?)
+  gm-brew          (fit) Witches' Brew with the paper's levers as options (per-target budget, ensemble K, restarts,
+                   steps), on fresh targets (--gm-target-seed), several targets with distinct adversarial classes
+                   per victim, each group against the same bases with random +-eps signs
   labels           (small) label flipping and p-tampering at 20% vs random labels on 20% (the control)
   clean-label-na   (noaug) Turner et al.'s clean-label backdoor at 1%; -trigger-only: its control
   blended-na       (noaug) the blended backdoor at 1%; blended-na-control: the same images relabelled
@@ -68,6 +71,9 @@ SCALES = {"main": dict(n=4000, victim=dict(model="smallcnn", width=0.5, epochs=1
 GM = dict(steps=40, restarts=1, tau=0.1, eps=16 / 255, budget=0.01)  # paper: M=250, R=8 (see docs)
 # gm-fit: the paper's ratios (eps 16/255, 1% per target), no differentiable augmentation (the victim has none)
 GM_FIT = dict(steps=100, restarts=1, tau=0.1, eps=16 / 255, budget=0.01, augment=False)
+# gm-brew: GM_FIT with the paper's levers as options (per-target budget, restarts R, ensemble K, steps M) and
+# which victims to train; its targets come from --gm-target-seed (settings chosen on another seed's targets)
+GM_BREW = dict(GM_FIT, ensemble=1, victims=("scratch", "finetune"))
 # Transfer setting: 5 poisons per target for both (Poison Frogs' paper uses 1, convex polytope 5), eps 16/255.
 FC = dict(num_poisons=5, eps=16 / 255, iterations=200)
 CP = dict(num_poisons=5, eps=16 / 255, iterations=200)
@@ -124,12 +130,14 @@ class Bench:
                          TrainConfig(**self.victim_cfg, seed=seed, device="cpu"), progress=False, return_model=True)
         return r["model"].eval(), r["last_acc"]
 
-    def targets(self, n, seed=0):
-        """n test images (outside the accuracy subset) the surrogate classifies correctly, each with a random
-        adversarial class other than its own."""
+    def targets(self, n, seed=0, exclude=()):
+        """n test images (outside the accuracy subset and `exclude`, test indices) the surrogate classifies
+        correctly, each with a random adversarial class other than its own."""
         surrogate, _ = self.model(0)
         g = torch.Generator().manual_seed(seed)
         order = self.pool_idx[torch.randperm(len(self.pool_idx), generator=g)]
+        if exclude:
+            order = order[~torch.isin(order, torch.as_tensor(list(exclude), dtype=order.dtype))]
         x, y = self.full_test.images[order[:400]], self.full_test.labels[order[:400]]
         ok = torch.nonzero(predict(surrogate, x) == y).flatten()[:n]
         adv = (y[ok] + torch.randint(1, self.k, (len(ok),), generator=g)) % self.k
@@ -293,21 +301,46 @@ class Bench:
 
     def gm_fit(self, groups, per_group):
         """Witches' Brew against victims that fit their training set (scale `fit`), each group of targets (own
-        disjoint poisons) in one victim, and per group its same-budget control: the very same base images with
-        random +-eps signs, in a victim of its own. Two victims per poisoned set: trained from scratch (seed 1),
-        and the attacker's surrogate fine-tuned on it (FT). Measured per target: hits, the margin
-        logit[adv] - logit[true], the alignment reached on the surrogate (1 - cos, as crafted), and on the
-        trained victim the cosine of the poisons' and of their clean bases' gradient with the target's
-        adversarial gradient, and whether the victim fits its poisons."""
-        surrogate, _ = self.model(0)
+        disjoint poisons) in one victim, and per group its same-budget control (see `gm_victims`)."""
         ids, xt, yt, adv = self.gm_targets(groups * per_group)
-        tag = f"gm-fit-m{GM_FIT['steps']}-r{GM_FIT['restarts']}"
-        recipes = {"witches-brew": dict(GM_FIT, model=surrogate),
-                   "random-poison": dict(eps=GM_FIT["eps"], budget=GM_FIT["budget"])}
-        victims = {"scratch": ("", self.victim), "finetune": ("-ft", self.finetune)}
-        rows = {v: [] for v in victims}
-        for g in range(groups):
-            sl = slice(g * per_group, (g + 1) * per_group)
+        plan = [list(range(g * per_group, (g + 1) * per_group)) for g in range(groups)]
+        out = self.gm_victims(f"gm-fit-m{GM_FIT['steps']}-r{GM_FIT['restarts']}", (ids, xt, yt, adv), plan, GM_FIT,
+                              [self.model(0)[0]])
+        out["settings"] = dict(GM_FIT, targets_per_victim=per_group, finetune=FT)
+        return out
+
+    def gm_brew(self, n_targets, per_group, seed, settings, exclude=()):
+        """Witches' Brew at the fit scale with the paper's levers (stage `gm-brew`): `settings` (GM_BREW) sets
+        the per-target budget, restarts, steps and the ensemble size K (surrogates = fit-scale seeds 0, 2, 3, ...;
+        the victim's seed 1 is never one of them). Targets are drawn with `seed` (the settings were chosen on
+        another seed's targets), leaving out `exclude`; targets sharing a victim have distinct adversarial
+        classes, so that a large budget never runs out of base images."""
+        ids, xt, yt, adv = self.targets(n_targets, seed=seed, exclude=exclude)
+        plan = distinct_groups(adv.tolist(), per_group)
+        surrogates = [self.model(s)[0] for s in [0] + list(range(2, settings["ensemble"] + 1))]
+        tag = (f"gm-brew-t{seed}-b{settings['budget']:g}-m{settings['steps']}-r{settings['restarts']}"
+               f"-k{settings['ensemble']}")
+        recipe = {k: v for k, v in settings.items() if k not in ("ensemble", "victims")}
+        out = self.gm_victims(tag, (ids, xt, yt, adv), plan, recipe, surrogates, settings["victims"])
+        out["settings"] = dict(settings, target_seed=seed, groups=plan, finetune=FT, tag=tag)
+        return out
+
+    def gm_victims(self, tag, targets, plan, recipe, surrogates, victims=("scratch", "finetune")):
+        """Per group of targets (indices into `targets`; their poisons disjoint) one poisoned training set
+        crafted with `recipe` on `surrogates`, and its same-budget control: the very same base images with
+        random +-eps signs. Each trains a victim from scratch (seed 1) and/or the attacker's surrogate (seed 0)
+        fine-tuned on it (FT). Measured per target: hits, the margin logit[adv] - logit[true], the alignment
+        reached on the surrogates (1 - cos, as crafted), and on the trained victim the cosine of the poisons'
+        and of their clean bases' gradient with the target's adversarial gradient, and whether the victim fits
+        its poisons."""
+        ids, xt, yt, adv = targets
+        recipes = {"witches-brew": dict(recipe, model=surrogates if len(surrogates) > 1 else surrogates[0]),
+                   "random-poison": dict(eps=recipe["eps"], budget=recipe["budget"])}
+        trainers = {"scratch": ("", self.victim), "finetune": ("-ft", self.finetune)}
+        trainers = {v: trainers[v] for v in victims}
+        rows = {v: [] for v in trainers}
+        for g, members in enumerate(plan):
+            sl = torch.tensor(members, dtype=torch.long)
 
             def poisoned(name, sl=sl, g=g):
                 """The group's poisoned training set (as decoded from the saved PNGs), crafted once and kept."""
@@ -347,13 +380,14 @@ class Bench:
                                  "victim_cosine": cos, "generation_seconds": p["generation_seconds"],
                                  "alignment_loss": p["alignment_loss"]}
                 return out
-            for v, (suffix, train) in victims.items():
+            for v, (suffix, train) in trainers.items():
                 log(f"{tag}{suffix} group {g}")
                 rows[v].append(self.cached(f"{tag}{suffix}-g{g}", lambda train=train: run(train)))
-            if rows["scratch"][-1]["witches-brew"]["poisons"] != rows["finetune"][-1]["witches-brew"]["poisons"]:
+            if len(rows) > 1 and len({str(r[-1]["witches-brew"]["poisons"]) for r in rows.values()}) > 1:
                 raise RuntimeError("both victims must train on the same poisons")
+        surrogate = self.model(0)[0]
         clean_model, clean = self.model(1)
-        n = groups * per_group
+        n = len(ids)
         mean = lambda v: round(sum(v) / len(v), 4)  # noqa: E731
         summary = {"clean-victim": {**rate(int(targeted_hits(clean_model, xt, adv).sum()), n), "clean_acc": clean["last_acc"],
                                     "margin_mean": mean(margins(clean_model, xt, yt, adv))},
@@ -374,9 +408,10 @@ class Bench:
             sd = (sum((x - sum(shift) / len(shift)) ** 2 for x in shift) / (len(shift) - 1)) ** 0.5 if len(shift) > 1 else 0.0
             summary[v]["margin_shift"] = {"mean": mean(shift), "se": round(sd / len(shift) ** 0.5, 4),
                                           "positive": sum(x > 0 for x in shift), "n": len(shift)}
-        losses = [a for r in rows["scratch"] for a in r["witches-brew"]["alignment_loss"] if a is not None]
+        first = next(iter(rows.values()))
+        losses = [a for r in first for a in r["witches-brew"]["alignment_loss"] if a is not None]
         summary["surrogate_cosine"] = round(1 - mean(losses), 4) if losses else None
-        return {"runs": rows, "settings": dict(GM_FIT, targets_per_victim=per_group, finetune=FT), "summary": summary}
+        return {"runs": rows, "summary": summary}
 
     def gm_fit_single(self, n_targets, per_group):
         """Do the targets sharing a victim compete? The first n_targets of gm-fit's group 0, each alone: the
@@ -443,6 +478,26 @@ def poison_cosine(model, x_t, y_adv, x_p, y_p):
     gt = flat_grad(F.cross_entropy(model(f(x_t)), y_adv), model)
     gp = flat_grad(F.cross_entropy(model(f(x_p)), y_p), model)
     return float(F.cosine_similarity(gp, gt, dim=0)), gp, gt
+
+
+def gm_brew_exclude(b, args, seeds):
+    """Test indices gm-brew must not use as targets: gm-fit's (seed 0) and other gm-brew seeds' (the pilot's)."""
+    gm_fit = b.gm_targets(args.gm_groups * args.gm_per_group)[0].tolist()
+    other = [b.targets(args.gm_brew_targets, seed=s, exclude=gm_fit)[0].tolist() for s in seeds
+             if s not in (0, args.gm_target_seed)]
+    return set(gm_fit).union(*other) if 0 in seeds else set().union(*other)
+
+
+def distinct_groups(adversarial, per_group):
+    """Split targets (their adversarial classes, in order) into groups of at most per_group that share a victim,
+    no two targets of a group with the same adversarial class (their poisons come from that class)."""
+    groups = []
+    for t, a in enumerate(adversarial):
+        home = next((g for g in groups if len(g) < per_group and all(adversarial[u] != a for u in g)), None)
+        if home is None:
+            groups.append(home := [])
+        home.append(t)
+    return groups
 
 
 def gm_tag():
@@ -741,12 +796,16 @@ def grid(results) -> list:
                 "the same images with the trigger only" if attack == "clean-label-backdoor" else "the same images relabelled, no trigger",
                 f"clean model ASR {pct(r['clean_model_asr'])}; clean acc. {r['clean_acc']:.2f} vs {results.get('clean-noaug', {}).get('clean_acc', float('nan')):.2f}",
                 f"{k},{k}-{'trigger-only' if attack == 'clean-label-backdoor' else 'control'}")
-    if "gm-fit" in results:
-        s, st = results["gm-fit"]["summary"], results["gm-fit"]["settings"]
+    gm = [("gm-fit", "1%, eps 16/255, {steps} steps")] + [
+        (k, "{budget:.0%}, eps 16/255, K {ensemble}, R {restarts}, M {steps}; targets seed {target_seed}")
+        for k in sorted(results) if k.startswith("gm-brew-t")]
+    for key, budget in (g for g in gm if g[0] in results):
+        s, st = results[key]["summary"], results[key]["settings"]
         for v, setting, ref in (("scratch", "from scratch", "clean-victim"), ("finetune", "fine-tuning the surrogate", "surrogate")):
-            add("witches-brew", f"1%, eps 16/255, {st['steps']} steps; fit victim, {setting}", "targets hit",
-                s[v]["witches-brew"], s[v]["random-poison"], "same bases, random +-eps",
-                f"{ref.replace('-', ' ')} {pct(s[ref])}", "gm-fit")
+            if v in s:
+                add("witches-brew", f"{budget.format(**st)}; fit victim, {setting}", "targets hit",
+                    s[v]["witches-brew"], s[v]["random-poison"], "same bases, random +-eps",
+                    f"{ref.replace('-', ' ')} {pct(s[ref])}", key.split("-t")[0])
     if "transfer-fewshot" in results:
         t = results["transfer-fewshot"]["summary"]
         for name, setting in (("poison-frogs", "1 poison, unbounded; few-shot head, seen extractor"),
@@ -774,6 +833,30 @@ def grid(results) -> list:
             add(name, setting, "clean acc. (%)", acc_rate(lab[name]["clean_acc"], n_test),
                 acc_rate(c["clean_acc"], n_test) if c else None, "random labels on 20%", ref, "labels")
     return rows
+
+
+def gm_table(title, res):
+    """The table of a gradient-matching stage (gm-fit, gm-brew): per victim, the attack and its control."""
+    f, st = res["summary"], res["settings"]
+    lines = ["", f"## {title}", "",
+             "| victim | poisons | targets hit +- s.e. | mean margin logit[adv] - logit[true] | victim clean acc. (%) | "
+             "victim train acc. (%) | poisons the victim fits | cosine(poison grad, target adv. grad) on the victim: "
+             "poisons / their clean bases |", "|---|---|---|---|---|---|---|---|"]
+    for label, v in (("surrogate (the attacker's, clean)", f["surrogate"]), ("clean victim (seed 1)", f["clean-victim"])):
+        lines.append(f"| {label} | none | {pct(v)} | {v['margin_mean']} | {v.get('clean_acc', '-')} | - | - | - |")
+    labels = {"scratch": "from scratch (seed 1)",
+              "finetune": f"surrogate fine-tuned {st['finetune']['epochs']} epochs, lr {st['finetune']['lr']}"}
+    for victim in (v for v in labels if v in f):
+        for name, label in (("witches-brew", "witches-brew"), ("random-poison", "control: same bases, random +-eps")):
+            v = f[victim][name]
+            lines.append(f"| {labels[victim]} | {label} | {pct(v)} | {v['margin_mean']} | {v['clean_acc_mean']} | "
+                         f"{v['train_acc_mean']} | {v['poisons_fit_mean']} | "
+                         f"{v['victim_cosine']['poisons']} / {v['victim_cosine']['bases']} |")
+    lines.append(f"\nAlignment reached on the surrogate (cosine, as crafted, on the 8-bit poisons): {f['surrogate_cosine']}. "
+                 "Paired per target, the poisons move the target's margin beyond the control's by " +
+                 "; ".join(f"{m['mean']:+.2f} +- {m['se']:.2f} (s.e.; larger on {m['positive']} of {m['n']} targets) {v}"
+                           for v, m in ((v, f[v].get("margin_shift")) for v in ("scratch", "finetune") if v in f) if m) + ".\n")
+    return lines
 
 
 def report(results) -> str:
@@ -835,26 +918,16 @@ def report(results) -> str:
         lines.append(f"| metapoison | from scratch | {pct(m['metapoison'])} | {pct(m['random-poison'])} | "
                      f"{m['metapoison']['clean_acc']:.2f} (control {m['random-poison']['clean_acc']:.2f}) |")
     if "gm-fit" in results:
-        f, st = results["gm-fit"]["summary"], results["gm-fit"]["settings"]
-        lines += ["", f"## Witches' Brew against victims that fit their training set (scale fit; {st['steps']} signed-Adam "
-                      f"steps, {st['restarts']} restart(s), eps {round(st['eps'] * 255)}/255, {st['budget']:.0%} per target, "
-                      f"{st['targets_per_victim']} targets per victim)", "",
-                  "| victim | poisons | targets hit +- s.e. | mean margin logit[adv] - logit[true] | victim clean acc. (%) | "
-                  "victim train acc. (%) | poisons the victim fits | cosine(poison grad, target adv. grad) on the victim: "
-                  "poisons / their clean bases |", "|---|---|---|---|---|---|---|---|"]
-        for label, v in (("surrogate (the attacker's, clean)", f["surrogate"]), ("clean victim (seed 1)", f["clean-victim"])):
-            lines.append(f"| {label} | none | {pct(v)} | {v['margin_mean']} | {v.get('clean_acc', '-')} | - | - | - |")
-        for victim, vlabel in (("scratch", "from scratch (seed 1)"),
-                               ("finetune", f"surrogate fine-tuned {st['finetune']['epochs']} epochs, lr {st['finetune']['lr']}")):
-            for name, label in (("witches-brew", "witches-brew"), ("random-poison", "control: same bases, random +-eps")):
-                v = f[victim][name]
-                lines.append(f"| {vlabel} | {label} | {pct(v)} | {v['margin_mean']} | {v['clean_acc_mean']} | "
-                             f"{v['train_acc_mean']} | {v['poisons_fit_mean']} | "
-                             f"{v['victim_cosine']['poisons']} / {v['victim_cosine']['bases']} |")
-        lines.append(f"\nAlignment reached on the surrogate (cosine, as crafted, on the 8-bit poisons): {f['surrogate_cosine']}. "
-                     "Paired per target, the poisons move the target's margin beyond the control's by " +
-                     "; ".join(f"{m['mean']:+.2f} +- {m['se']:.2f} (s.e.; larger on {m['positive']} of {m['n']} targets) {v}"
-                               for v, m in ((v, f[v].get("margin_shift")) for v in ("scratch", "finetune")) if m) + ".\n")
+        st = results["gm-fit"]["settings"]
+        lines += gm_table(f"Witches' Brew against victims that fit their training set (scale fit; {st['steps']} signed-Adam "
+                          f"steps, {st['restarts']} restart(s), eps {round(st['eps'] * 255)}/255, {st['budget']:.0%} per target, "
+                          f"{st['targets_per_victim']} targets per victim)", results["gm-fit"])
+    for key in sorted(k for k in results if k.startswith("gm-brew-t")):
+        st = results[key]["settings"]
+        lines += gm_table(f"Witches' Brew with the paper's levers (stage gm-brew, scale fit; targets seed {st['target_seed']}: "
+                          f"{st['budget']:.0%} per target, K = {st['ensemble']}, R = {st['restarts']}, M = {st['steps']}, "
+                          f"eps {round(st['eps'] * 255)}/255, {len(st['groups'])} victims of {max(map(len, st['groups']))} "
+                          "targets or fewer, distinct adversarial classes)", results[key])
     if "gm-fit-single" in results:
         g = results["gm-fit-single"]["summary"]
         lines.append(f"One target per victim (gm-fit-single: the first {g['n']} targets of group 0, each alone in a "
@@ -906,7 +979,7 @@ STAGE_SCALE = {"clean-noaug": "noaug", "badnets-na": "noaug", "badnets-cb-na": "
                "badnets-cb": "main", "badnets-cb5": "main", "badnets-cb5-control": "main", "clean": "main", "badnets": "main", "badnets-5": "main", "badnets-control": "main", "blended": "main",
                "clean-small": "small", "gm": "small", "gm-control": "small", "gm-ft": "small", "gm-diagnose": "small", "transfer": "small",
                "meta": "small", "generative": "small", "transfer-binary": "main", "fc-diagnose": "main",
-               "transfer-fewshot": "main", "gm-fit": "fit", "gm-fit-single": "fit", "clean-fit": "fit", "labels": "small",
+               "transfer-fewshot": "main", "gm-fit": "fit", "gm-fit-single": "fit", "gm-brew": "fit", "clean-fit": "fit", "labels": "small",
                "clean-label-na": "noaug", "clean-label-na-trigger-only": "noaug", "blended-na": "noaug",
                "blended-na-control": "noaug"}
 
@@ -933,10 +1006,22 @@ def main():
     ap.add_argument("--gm-fit-steps", type=int, default=GM_FIT["steps"])
     ap.add_argument("--gm-fit-restarts", type=int, default=GM_FIT["restarts"])
     ap.add_argument("--gm-single", type=int, default=5, help="gm-fit-single: how many of group 0's targets alone")
+    ap.add_argument("--gm-brew-targets", type=int, default=20)
+    ap.add_argument("--gm-brew-per-victim", type=int, default=4, help="gm-brew: targets sharing one victim")
+    ap.add_argument("--gm-target-seed", type=int, default=12, help="gm-brew: which targets (11: the pilot's)")
+    ap.add_argument("--gm-exclude-seeds", default="0,11", help="gm-brew: leave out these seeds' gm-brew targets "
+                                                               "(0: gm-fit's 20 targets)")
+    ap.add_argument("--gm-budget", type=float, default=0.05, help="gm-brew: fraction of the training set per target")
+    ap.add_argument("--gm-ensemble", type=int, default=1, help="gm-brew: K surrogates")
+    ap.add_argument("--gm-brew-steps", type=int, default=100)
+    ap.add_argument("--gm-brew-restarts", type=int, default=1)
+    ap.add_argument("--gm-victims", default="scratch,finetune")
     ap.add_argument("--report-only", action="store_true", help="write the markdown tables from the JSON; run nothing")
     args = ap.parse_args()
     GM["steps"] = args.gm_steps
     GM_FIT.update(steps=args.gm_fit_steps, restarts=args.gm_fit_restarts)
+    GM_BREW.update(budget=args.gm_budget, ensemble=args.gm_ensemble, steps=args.gm_brew_steps,
+                   restarts=args.gm_brew_restarts, victims=tuple(args.gm_victims.split(",")))
     set_threads()
     out_path = Path(args.out)
     if args.report_only:
@@ -983,6 +1068,10 @@ def main():
             results[stage] = b.gm_fit(args.gm_groups, args.gm_per_group)
         elif stage == "gm-fit-single":
             results[stage] = b.gm_fit_single(args.gm_single, args.gm_per_group)
+        elif stage == "gm-brew":
+            results[f"{stage}-t{args.gm_target_seed}"] = b.gm_brew(
+                args.gm_brew_targets, args.gm_brew_per_victim, args.gm_target_seed, GM_BREW,
+                exclude=gm_brew_exclude(b, args, [int(s) for s in args.gm_exclude_seeds.split(",") if s]))
         elif stage == "gm-control":
             results[stage] = b.gm_control(args.gm_groups, args.gm_per_group)
         elif stage == "transfer":

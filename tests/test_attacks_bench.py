@@ -73,3 +73,51 @@ def test_report_writes_the_gradient_matching_section():
     assert "| from scratch (seed 1) | witches-brew | 10.0 +- 6.7 (2/20) | -5.0 |" in md
     assert "+2.24 +- 0.57 (s.e.; larger on 18 of 20 targets) scratch." in md
     assert md.index("## Grid") < md.index("## Witches' Brew against")
+
+
+def test_distinct_groups_never_share_an_adversarial_class():
+    groups = A.distinct_groups([1, 2, 1, 3, 4, 5, 1, 2], 4)
+    assert groups == [[0, 1, 3, 4], [2, 5, 7], [6]]
+    assert sorted(t for g in groups for t in g) == list(range(8))
+
+
+def test_gm_brew_crafts_on_an_ensemble_and_pairs_every_victim_with_its_control(tmp_path):
+    """The gm-brew stage end to end at toy scale: K = 2 surrogates, distinct adversarial classes per victim,
+    both victims, the control on the very same bases, excluded targets left out, every unit cached."""
+    from types import SimpleNamespace
+    from poisonlab.data import ImageSet
+    g = torch.Generator().manual_seed(0)
+
+    def imageset(n, prefix):
+        y = torch.arange(n) % 4
+        x = ((torch.rand(n, 3, 16, 16, generator=g) * 0.5 + y.view(-1, 1, 1, 1) / 8) * 255).round().to(torch.uint8)
+        return ImageSet(x, y, ["a", "b", "c", "d"], [f"{prefix}{i}.png" for i in range(n)])
+    args = SimpleNamespace(work=str(tmp_path), n=40, test_n=8, epochs=1, gm_groups=1, gm_per_group=2,
+                           gm_brew_targets=3, gm_target_seed=5)
+    b = A.Bench(args, "fit", imageset(40, "tr"), imageset(40, "te"))
+    excluded = b.pool_idx[:2].tolist()
+    pick = [i for i in b.pool_idx.tolist() if i not in excluded][:3]
+    asked = []
+
+    def targets(n, seed=0, exclude=()):  # fixed targets (a 1-epoch surrogate classifies few correctly)
+        asked.append((seed, set(exclude)))
+        x, y = b.full_test.images[pick[:n]], b.full_test.labels[pick[:n]]
+        return torch.tensor(pick[:n]), x, y, (y + 1) % 4
+    b.targets = targets
+    settings = dict(A.GM_BREW, budget=0.1, steps=2, ensemble=2)
+    out = b.gm_brew(3, 2, seed=5, settings=settings, exclude=excluded)
+    assert asked[0] == (5, set(excluded))
+    groups = out["settings"]["groups"]
+    adv = [(int(b.full_test.labels[i]) + 1) % 4 for i in pick]
+    assert all(len({adv[t] for t in grp}) == len(grp) <= 2 for grp in groups)
+    for victim in ("scratch", "finetune"):
+        for row in out["runs"][victim]:
+            assert row["witches-brew"]["poisons"] == row["random-poison"]["poisons"]
+            assert len(row["witches-brew"]["poisons"]) == 4 * len(row["targets"])  # 10% of 40 per target
+        s = out["summary"][victim]
+        assert s["witches-brew"]["n"] == 3 and s["margin_shift"]["n"] == 3
+    assert (tmp_path / "fit" / "model-clean-s2.pt").exists()  # the second ensemble member, never the victim's seed 1
+    tag = out["settings"]["tag"]
+    assert tag == "gm-brew-t5-b0.1-m2-r1-k2" and (tmp_path / "fit" / f"{tag}-ft-g0.json").exists()
+    again = b.gm_brew(3, 2, seed=5, settings=settings, exclude=excluded)  # resumed from the cache
+    assert again["runs"] == out["runs"]
