@@ -35,7 +35,7 @@ from poisonlab.models import create_model  # noqa: E402
 from poisonlab.protect import protect  # noqa: E402
 from poisonlab.protect.unlearnable_clusters import Embedder, UnlearnableClusters, label_table  # noqa: E402
 from poisonlab.publishing import noise_path  # noqa: E402
-from poisonlab.runtime import set_threads  # noqa: E402
+from poisonlab.runtime import set_threads, to_float_batch  # noqa: E402
 from poisonlab.train import TrainConfig, evaluate, train_victim  # noqa: E402
 
 CIFAR = "../shared/datasets/cifar10-jpg.tar.gz"
@@ -64,16 +64,18 @@ def recipes(n, work="runs/labelfree"):
     min-max-min takes its "short" preset (the default "rule" preset costs about 3x the CPU this run had)."""
     short = methods_for("short", n)
     weights = {name: str(Path(work) / "other" / f"{name}.pt") for name in ("uc-surrogate", "uc-surrogate-40k")}
+    soft = dict(UC, surrogate_weights=weights["uc-surrogate-40k"], embedding="output", cluster_space="softmax")
     return {
         "random": ("random", {}, None),
         "uc": ("unlearnable_clusters", dict(UC, surrogate_weights=weights["uc-surrogate"]), None),
         "uc-40k": ("unlearnable_clusters", dict(UC, surrogate_weights=weights["uc-surrogate-40k"]), None),
-        "uc-40k-softmax": ("unlearnable_clusters", dict(UC, surrogate_weights=weights["uc-surrogate-40k"], embedding="output",
-                                                         cluster_space="softmax"), None),
+        "uc-40k-softmax": ("unlearnable_clusters", soft, None),
         # the paper's budget, 16/255, with its own random control
         "random-16": ("random", {"eps": 16 / 255}, None),
-        "uc-40k-softmax-16": ("unlearnable_clusters", dict(UC, surrogate_weights=weights["uc-surrogate-40k"], embedding="output",
-                                                            cluster_space="softmax", eps=16 / 255), None),
+        "uc-40k-softmax-16": ("unlearnable_clusters", dict(soft, eps=16 / 255), None),
+        # the cheapest label-free change tried for the 2-way cell (judged on --validation, docs/labelfree.md):
+        # twice the clusters, so each universal perturbation serves ~250 images instead of ~500
+        "uc-40k-softmax-16-p20": ("unlearnable_clusters", dict(soft, eps=16 / 255, clusters=20), None),
         # EM at 16/255 made with the owner's 10 classes / 2 super-classes (step size eps / 5, as at 8/255)
         "em-16": ("em", dict(short["em"], eps=16 / 255, step_size=3.2 / 255), "10-class"),
         "em-owner2-16": ("em", dict(short["em"], eps=16 / 255, step_size=3.2 / 255), "2-way"),
@@ -82,6 +84,15 @@ def recipes(n, work="runs/labelfree"):
         "em-owner2": ("em", short["em"], "2-way"),
         "minmaxmin": ("minmaxmin", short["minmaxmin"], "10-class"),
     }
+
+
+def validation_split(full_test, reported, n):
+    """n class-balanced test images outside the reported subset: settings are chosen on these, never on the
+    images the tables report."""
+    taken = set(reported.names)
+    if not n or len(full_test) - len(taken) < n:
+        raise PoisonlabError(f"--validation needs {n} test images outside the reported {len(taken)}; lower --test-n")
+    return full_test.subset([i for i, name in enumerate(full_test.names) if name not in taken]).stratified(n, seed=1)
 
 
 def relabel(ds: ImageSet, labelling: str) -> ImageSet:
@@ -185,8 +196,9 @@ def victims(args, sets, test):
     for name, ds in sets.items():
         for lab in ([args.oracle] if name.startswith("uc-oracle") else args.labellings):
             key = f"{name}--{lab}"
-            # victim seed 0 keeps the original cache names; another seed gets its own files
-            path = Path(args.work) / "victims" / f"{key}{f'--seed{args.victim_seed}' if args.victim_seed else ''}.json"
+            # victim seed 0 keeps the original cache names; another seed or the validation split gets its own files
+            tail = (f"--seed{args.victim_seed}" if args.victim_seed else "") + ("--val" if args.validation else "")
+            path = Path(args.work) / "victims" / f"{key}{tail}.json"
             if args.report_only and not path.exists():
                 continue
 
@@ -333,6 +345,97 @@ def purity_lines(study):
     return out
 
 
+# ----------------------------------------------------------------------------------- why 2-way resists
+# Why the animal/vehicle victim loses little to any protection (docs/labelfree.md), measured per protected set
+# and labelling: how well a linear classifier predicts the labels from the noise alone and from the clean
+# pixels (held-out 20%), how far an independent clean model (the probe's extractor) is misled by the protected
+# training images, and how much a victim trained on them relies on the noise: the share of clean test images it
+# puts in class c once the noise of a random training image of class c is added (chance: 100 / classes; a
+# victim that reads only the noise: 100).
+SHORTCUT_SETS = ("clean", "random-16", "uc-40k-softmax-16", "em-16", "em-owner2-16")
+SHORTCUT_LABELLINGS = ("10-class", "2-way")
+
+
+def separability(x, labels, k, seed=0):
+    """Held-out accuracy (%) of linear_probe predicting labels from the rows of x (a seeded 80/20 split)."""
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    tr, te = perm[:int(0.8 * len(x))], perm[int(0.8 * len(x)):]
+    return linear_probe(x[tr], labels[tr], x[te], labels[te], k)
+
+
+def steering(model, test, noise, labels, k, seed=0):
+    """Mean over classes c of the % of test images the model assigns to c once the noise of a random training
+    image labelled c is added to them (noise: int16 (N,C,H,W) in pixel levels, labels: the training labels)."""
+    g, rates = torch.Generator().manual_seed(seed), []
+    for c in range(k):
+        pool = torch.nonzero(labels == c).flatten()
+        pick = pool[torch.randint(len(pool), (len(test),), generator=g)]
+        x = (test.images.to(torch.int16) + noise[pick]).clamp(0, 255).to(torch.uint8)
+        rates.append(evaluate(model, ImageSet(x, torch.full((len(test),), c), test.classes, test.names), torch.device("cpu")))
+    return sum(rates) / k
+
+
+def grouped_accuracy(model, ds, labelling):
+    """% of ds a 10-class model gets right under labelling (its softmax summed within each group)."""
+    mapping = torch.tensor(LABELLINGS[labelling][0])
+    with torch.no_grad():
+        prob = torch.cat([model(to_float_batch(ds.images[s:s + 500], torch.device("cpu"))).float().softmax(1)
+                          for s in range(0, len(ds), 500)])
+    grouped = torch.zeros(len(ds), int(mapping.max()) + 1).index_add_(1, mapping, prob)
+    return 100.0 * float((grouped.argmax(1) == mapping[ds.labels]).float().mean())
+
+
+def shortcut_study(args, sets, full_train, test):
+    path = Path(args.work) / f"shortcut{f'-seed{args.victim_seed}' if args.victim_seed else ''}.json"
+    done = read_json(path) if path.exists() else {}
+    names = [n for n in SHORTCUT_SETS if n in sets and sets[n] is not None]
+    if args.report_only or all(f"{n}--{lab}" in done for n in names for lab in SHORTCUT_LABELLINGS):
+        return done
+    clean = sets["clean"]
+    extractor = other_model(args, full_train, clean, "probe-extractor")
+    pixels = clean.images.flatten(1).float().div(255)
+    for name in names:
+        noise = sets[name].images.to(torch.int16) - clean.images.to(torch.int16)
+        for lab in SHORTCUT_LABELLINGS:
+            key = f"{name}--{lab}"
+            if key in done:
+                continue
+            ds, k = relabel(sets[name], lab), len(LABELLINGS[lab][1])
+            row = {"noise_separability": round(separability(noise.flatten(1).float().div(255), ds.labels, k), 2),
+                   "independent_model_acc": round(grouped_accuracy(extractor, sets[name], lab), 2)}
+            if name == "clean":
+                row["pixel_separability"] = round(separability(pixels, ds.labels, k), 2)
+            else:
+                print(f"== shortcut victim {key} ({time.strftime('%H:%M')})", flush=True)
+                r = train_victim(ds, relabel(test, lab), TrainConfig(**EXPLOITER, seed=args.victim_seed), progress=False,
+                                 return_model=True)
+                row.update(victim_last_acc=round(r["last_acc"], 2),
+                           steering=round(steering(r["model"].cpu().float(), relabel(test, lab), noise, ds.labels, k), 2))
+            done[key] = row
+            print(f"shortcut {key}: {row}", flush=True)
+            write_json(path, done)
+    return done
+
+
+def shortcut_lines(study, runs):
+    if not study:
+        return []
+    out = ["", "| data | labelling | labels from the noise alone (linear, held out) | an independent clean model on the "
+           "protected training images | victim's test acc. | victim steered by the noise (chance) |", "|---|---|---|---|---|---|"]
+    for key, row in study.items():
+        name, lab = key.split("--")
+        k = len(LABELLINGS[lab][1])
+        pix = f" (clean pixels: {row['pixel_separability']:.2f})" if "pixel_separability" in row else ""
+        steer = f"{row['steering']:.2f} ({100 / k:.0f})" if "steering" in row else "-"
+        acc = f"{row['victim_last_acc']:.2f}" if "victim_last_acc" in row else "-"
+        out.append(f"| {name} | {lab} | {row['noise_separability']:.2f}{pix} | {row['independent_model_acc']:.2f} | {acc} | {steer} |")
+    curves = [(lab, runs.get(f"clean--{lab}")) for lab in LABELLINGS]
+    out += ["", "| clean victim: test acc. by epoch | " + " | ".join(str(e + 1) for e in range(EXPLOITER["epochs"])) + " |",
+            "|---|" + "---|" * EXPLOITER["epochs"]]
+    out += [f"| {lab} | " + " | ".join(f"{a:.1f}" for a in r["curve"]) + " |" for lab, r in curves if r]
+    return out
+
+
 # ----------------------------------------------------------------------------------- report
 def table(result):
     runs, probe, labs = result["victims"], result["probe"], list(LABELLINGS)
@@ -354,6 +457,7 @@ def table(result):
         lines.append("| " + " | ".join(cells) + " |")
     lines += cluster_lines(result["protected"], labs)
     lines += purity_lines(result.get("purity"))
+    lines += shortcut_lines(result.get("shortcut"), runs)
     chance = ", ".join(f"{lab} {100 / len(LABELLINGS[lab][1]):.0f}%" for lab in labs)
     return "\n".join(lines) + f"\n\nClean test accuracy (%), last epoch; in brackets the change from clean data. Chance: {chance}.\n"
 
@@ -366,13 +470,25 @@ def cluster_purity(table, labelling):
     return float(merged.max(1).values.sum()) / float(t.sum())
 
 
+def target_crossing(table, labelling, offset=1):
+    """Share of images whose cluster's target (cluster i + offset, UC's loss) has another majority label under
+    the labelling: the images whose noise pushes them toward features of another class."""
+    mapping, names = LABELLINGS[labelling]
+    t = torch.tensor(table)
+    major = torch.zeros(len(t), len(names), dtype=torch.long).index_add_(1, torch.tensor(mapping), t).argmax(1)
+    crossing = major != major.roll(-offset)
+    return float(t.sum(1)[crossing].sum()) / float(t.sum())
+
+
 def cluster_lines(protected, labs):
     rows = [(n, p["diagnostics"]["label_table"]) for n, p in protected.items() if "label_table" in p["diagnostics"]]
     if not rows:
         return []
-    out = ["", "| UC clusters: purity under | " + " | ".join(labs) + " |", "|---|" + "---|" * len(labs)]
+    out = ["", "| UC clusters: purity (share whose target cluster has another majority label) under | " + " | ".join(labs) + " |",
+           "|---|" + "---|" * len(labs)]
     for name, table in rows:
-        out.append(f"| {name} | " + " | ".join(f"{cluster_purity(table, lab):.2f}" for lab in labs) + " |")
+        out.append(f"| {name} | " + " | ".join(f"{cluster_purity(table, lab):.2f} ({target_crossing(table, lab):.2f})"
+                                              for lab in labs) + " |")
     one = [torch.tensor(rows[0][1]).sum(0).tolist()]  # one cluster for everything: the largest class's share
     out.append("| (one cluster: no information) | " + " | ".join(f"{cluster_purity(one, lab):.2f}" for lab in labs) + " |")
     return out
@@ -396,24 +512,34 @@ def main():
     ap.add_argument("--labellings", type=lambda t: t.split(","), default=list(LABELLINGS),
                     help="comma-separated exploiter labellings for the victims (default: all)")
     ap.add_argument("--victim-seed", type=int, default=0, help="the victims' seed (another seed: its own cache files)")
+    ap.add_argument("--shortcut", action="store_true",
+                    help="also measure why a labelling resists: noise-only separability, noise reliance of victims")
+    ap.add_argument("--validation", action="store_true",
+                    help="score victims on test images outside the reported subset (for choosing settings; own cache files)")
     ap.add_argument("--report-only", action="store_true", help="tabulate what is cached; compute nothing")
     args = ap.parse_args()
     set_threads()
+    if args.validation and args.shortcut:
+        raise SystemExit("labelfree: error: --shortcut reports on the reported test images; run it without --validation")
     if set(args.labellings) - set(LABELLINGS):
         raise SystemExit(f"labelfree: error: unknown labelling(s) {sorted(set(args.labellings) - set(LABELLINGS))}")
     unknown = set(args.methods.split(",")) - set(recipes(args.n, args.work))
     if unknown:
         raise SystemExit(f"labelfree: error: unknown method(s) {sorted(unknown)}; have {sorted(recipes(args.n, args.work))}")
     full_train = load_dataset(args.data, "train")
-    train, test = full_train.stratified(args.n, seed=0), load_dataset(args.data, "test")
-    test = test.stratified(args.test_n, seed=0) if args.test_n else test
+    train, full_test = full_train.stratified(args.n, seed=0), load_dataset(args.data, "test")
+    test = full_test.stratified(args.test_n, seed=0) if args.test_n else full_test
+    if args.validation:
+        test = validation_split(full_test, test, args.test_n)
     sets, info = protected_sets(args, full_train, train, args.methods.split(","))
-    result = {"scale": {"train_images": len(train), "test_images": len(test), "victim": dict(EXPLOITER, seed=args.victim_seed), "other_data_models": VICTIM,
+    result = {"scale": {"train_images": len(train), "test_images": len(test), "victim": dict(EXPLOITER, seed=args.victim_seed),
+                        "test_split": "validation (outside the reported subset)" if args.validation else "reported", "other_data_models": VICTIM,
                         "probe": "logistic regression on a small CNN trained on a disjoint clean subset of the same size",
                         "recipes": {n: recipes(args.n, args.work)[n][:2] for n in info}, "labellings": LABELLINGS},
               "protected": info, "victims": victims(args, sets, test),
               "probe": {} if args.no_probe else probes(args, sets, full_train, test),
-              "purity": purity_study(args, full_train, train, test) if args.purity else {}}
+              "purity": purity_study(args, full_train, train, test) if args.purity else {},
+              "shortcut": shortcut_study(args, sets, full_train, test) if args.shortcut else {}}
     write_json(args.out, result)
     Path(args.out).with_suffix(".md").write_text(table(result))
     print(table(result))

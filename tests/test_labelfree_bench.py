@@ -4,11 +4,13 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import labelfree as L  # noqa: E402
 
+from poisonlab import PoisonlabError  # noqa: E402
 from poisonlab.data import ImageSet  # noqa: E402
 
 
@@ -54,3 +56,51 @@ def test_oracle_assignment_gives_the_asked_share_its_own_class():
     assert abs(share - 0.7) < 0.04
     assert L.oracle_name(1.0) == "uc-oracle" and L.oracle_name(0.7) == "uc-oracle-0.70"
     assert [L.oracle_share(L.oracle_name(q)) for q in (1.0, 0.7)] == [1.0, 0.7]
+
+
+def test_validation_split_is_disjoint_from_the_reported_test_images():
+    full = cifar_like(20)
+    reported = full.stratified(50, seed=0)
+    val = L.validation_split(full, reported, 50)
+    assert len(val) == 50 and not set(val.names) & set(reported.names)
+    assert torch.bincount(val.labels, minlength=10).tolist() == [5] * 10
+    with pytest.raises(PoisonlabError):
+        L.validation_split(full, reported, 151)  # only 150 left
+
+
+class _MeanReader(torch.nn.Module):
+    """Two classes read from the image's mean brightness: a model that has learnt only the noise."""
+
+    def forward(self, x):
+        m = x.mean((1, 2, 3))
+        return torch.stack([0.5 - m, m - 0.5], 1) * 100
+
+
+def test_steering_is_100_for_a_noise_reader_and_chance_for_a_constant_model():
+    test = ImageSet(torch.full((8, 3, 4, 4), 128, dtype=torch.uint8), torch.zeros(8, dtype=torch.long), ["a", "b"])
+    labels = torch.tensor([0, 0, 1, 1])
+    noise = torch.where(labels.view(-1, 1, 1, 1) == 1, 20, -20).expand(4, 3, 4, 4).to(torch.int16)
+    assert L.steering(_MeanReader(), test, noise, labels, 2) == 100.0
+    constant = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    torch.nn.init.zeros_(constant[1].weight)
+    constant[1].bias.data = torch.tensor([1.0, 0.0])
+    assert L.steering(constant, test, noise, labels, 2) == 50.0
+
+
+def test_separability_and_grouped_accuracy():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 5, generator=g)
+    assert L.separability(x, (x[:, 0] > 0).long(), 2) > 95
+    full = cifar_like(2)
+    always_airplane = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10))
+    torch.nn.init.zeros_(always_airplane[1].weight)
+    always_airplane[1].bias.data = torch.eye(10)[0] * 5
+    assert L.grouped_accuracy(always_airplane, full, "10-class") == pytest.approx(10.0)
+    assert L.grouped_accuracy(always_airplane, full, "2-way") == pytest.approx(40.0)  # the 4 vehicle classes of 10
+
+
+def test_target_crossing_counts_images_whose_target_cluster_has_another_majority():
+    # clusters: 0 = airplanes (vehicle), 1 = cats (animal), 2 = dogs (animal); targets 0->1, 1->2, 2->0
+    table = [[10] + [0] * 9, [0, 0, 0, 20] + [0] * 6, [0] * 5 + [30] + [0] * 4]
+    assert L.target_crossing(table, "10-class") == 1.0
+    assert L.target_crossing(table, "2-way") == (10 + 30) / 60  # cats -> dogs stays within the animals
