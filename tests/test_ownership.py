@@ -193,6 +193,52 @@ def test_rank_verdict_from_probabilities_and_from_labels_only():
         verify(key, model, test="median")
 
 
+class KeyBias(torch.nn.Module):
+    """A model whose answer on key i is a fixed per-key preference (the "natural" answer any model trained on
+    the same data gives that image) plus, when `learned`, a shift towards the key label too small to win."""
+
+    def __init__(self, key, shift=0.0, seed=0):
+        super().__init__()
+        self.images, self.bias = key.images.float().div(255), torch.randn(len(key.images), key.num_classes,
+                                                                          generator=torch.Generator().manual_seed(seed)) * 3
+        self.bias += shift * torch.nn.functional.one_hot(key.labels, key.num_classes)
+
+    def forward(self, x):
+        i = (self.images[None] - x[:, None]).abs().flatten(2).amax(2).argmin(1)
+        return self.bias[i]
+
+
+def test_reference_rank_sum_removes_the_natural_answers_and_keeps_the_null(tmp_path):
+    key = taggant_key(n=20, seed=7)
+    clean, marked = KeyBias(key), KeyBias(key, shift=1.5)  # the same natural answers; marked learned a little
+    plain = verify(key, marked, test="rank")
+    key.reference = torch.log_softmax(clean(key.images.float().div(255)), 1)  # the owner's surrogate
+    ref = verify(key, marked, test="reference")
+    assert ref.test == "reference rank-sum" and ref.detail["mean_rank"] == 1 and ref.p_value < 1e-15
+    assert plain.p_value > 1e-6 and "against the reference" in ref.summary()
+    assert not verify(key, clean, test="reference").marked  # the clean model itself: nothing learned
+    assert verify(key, marked, test="reference", reference=clean).p_value == ref.p_value  # a model, not the file
+    back = load_key(key.save(tmp_path / "k.key"))
+    assert torch.equal(back.reference, key.reference)
+    with pytest.raises(PoisonlabError, match="labels only"):
+        from poisonlab.ownership.verify import reference_test
+        reference_test(key, Answers(torch.zeros(20, 1, dtype=torch.int64)), key.reference)
+    with pytest.raises(PoisonlabError, match="reference must be"):
+        OwnershipKey("taggants", 10, SHAPE, images=key.images, labels=key.labels, reference=torch.zeros(3, 10))
+    with pytest.raises(PoisonlabError, match="holds no reference"):
+        verify(taggant_key(n=20, seed=7), marked, test="reference")
+    # null: a suspect that never saw the keys, ranked against another clean model: the rank sums follow the
+    # exact null (randomized p-values uniform), whatever either model prefers
+    torch.manual_seed(0)
+    suspect, other = create_model("smallcnn", 10, 3, 0.25).eval(), create_model("smallcnn", 10, 3, 0.25).eval()
+    rng = np.random.default_rng(0)
+    ps = []
+    for s in range(200):
+        d = verify(taggant_key(n=10, seed=2000 + s), suspect, test="reference", reference=other).detail
+        ps.append(stats.randomized_rank_pvalue(d["rank_sum"], 10, 10, rng.random()))
+    assert st.kstest(ps, "uniform").pvalue > 0.01
+
+
 def test_model_files_state_dicts_and_torchscript(tmp_path):
     torch.manual_seed(0)
     model = create_model("smallcnn", 10, 3, 0.25).eval()

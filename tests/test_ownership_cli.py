@@ -49,6 +49,11 @@ def test_mark_taggants_publishes_the_tree_and_keeps_the_key_private(tree, tmp_pa
     assert saved.names == orig.names and torch.equal(saved.labels, orig.labels)  # clean labels, same tree
     diff = (saved.images.to(torch.int16) - orig.images.to(torch.int16)).abs()
     assert int(diff.max()) <= 16 and int((diff.flatten(1).amax(1) > 0).sum()) == 6  # budget, on the saved PNGs
+    assert tuple(k.reference.shape) == (3, 4) and bool(torch.isfinite(k.reference).all())  # the surrogate's answers
+    save_model(create_model("smallcnn", 4, 3, 0.25), tmp_path / "suspect.pt", arch="smallcnn", num_classes=4, width=0.25)
+    rc, stdout, err = run(capsys, "verify", "--key-file", str(key), "--model", str(tmp_path / "suspect.pt"),
+                          "--test", "reference")
+    assert rc in (0, 1) and "reference rank-sum" in stdout and "p-value" in stdout, err
 
 
 def test_mark_refuses_a_key_inside_out_and_an_existing_key(tree, tmp_path, capsys):

@@ -36,7 +36,7 @@ def cmd_verify(args):
     if args.model_url is not None and not args.model_url.startswith(("http://", "https://")):
         raise PoisonlabError(f"--model-url must start with http:// or https://, got {args.model_url!r}")
     v = verify(args.key_file, args.model, command=args.model_cmd or args.model_url, alpha=args.alpha, top_k=args.top_k,
-               test=args.test, arch=args.arch, width=args.width, device=args.device)
+               test=args.test, arch=args.arch, width=args.width, device=args.device, reference=args.reference)
     print(v.summary())
     if args.json:
         write_json(args.json, v.to_dict())
@@ -77,9 +77,12 @@ def add_parsers(sub):
     v.add_argument("--width", type=float, default=None, help="width multiplier of a bare state dict")
     v.add_argument("--alpha", type=float, default=0.01, help="significance level of the verdict (default 0.01)")
     v.add_argument("--top-k", type=int, default=None, help="taggants: k of the top-k test (default: the key's)")
-    v.add_argument("--test", default="binomial", choices=["binomial", "rank"],
-                   help="taggants: binomial top-k (the paper's, default) or rank (rank-sum of the key labels; "
-                        "more power at few classes, exact too; see docs/ownership.md)")
+    v.add_argument("--test", default="binomial", choices=["binomial", "rank", "reference"],
+                   help="taggants: binomial top-k (the paper's, default), rank (rank-sum of the key labels; "
+                        "more power at few classes, exact too) or reference (rank-sum against the clean "
+                        "surrogate's answers stored in the key file: the most power; see docs/ownership.md)")
+    v.add_argument("--reference", default=None, help="taggants, --test reference: a clean model file of yours "
+                                                     "to rank against instead of the key file's reference")
     v.add_argument("--device", default="cpu")
     v.add_argument("--json", default=None, help="also write the verdict as JSON here")
     v.add_argument("--print-json", action="store_true", help="also print the verdict as one JSON line")

@@ -30,7 +30,7 @@ from .. import PoisonlabError
 
 FORMAT = "poisonlab-ownership-key/1"
 KEY_KINDS = ("grating", "pattern", "uniform")
-_ARRAYS = ("images", "labels", "trigger", "alpha", "verify_images", "verify_labels")
+_ARRAYS = ("images", "labels", "reference", "trigger", "alpha", "verify_images", "verify_labels")
 
 
 def fresh_seed() -> int:
@@ -87,7 +87,9 @@ def make_keys(n_keys: int, shape, num_classes: int, *, kind: str = "pattern", se
 class OwnershipKey:
     """What a data owner keeps private to verify a suspect model later.
 
-    method: "taggants" or "backdoor". taggants: images/labels are the key pairs, top_k the test's k.
+    method: "taggants" or "backdoor". taggants: images/labels are the key pairs, top_k the test's k,
+    reference (optional, float (K, C)) the log-probabilities the owner's clean surrogate(s) give the key images
+    (the baseline of the reference rank-sum test; computed before the labels could influence any model).
     backdoor: trigger pattern (float C,H,W in [0,1]) and alpha (float 1,H,W in [0,1]: the blend weight per
     pixel), trigger_kind, target class, margin tau of the t-test, verify_images/verify_labels the benign
     images (none of the target class) the test compares with their triggered copies.
@@ -100,6 +102,7 @@ class OwnershipKey:
     images: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     top_k: int = 1
+    reference: torch.Tensor | None = None
     trigger: torch.Tensor | None = None
     alpha: torch.Tensor | None = None
     trigger_kind: str = "patch"
@@ -123,6 +126,12 @@ class OwnershipKey:
             _check_labels(self.labels, len(self.images), self.num_classes, "labels")
             if not 1 <= self.top_k < self.num_classes:
                 raise PoisonlabError(f"key file: top_k must be in [1, {self.num_classes - 1}], got {self.top_k}")
+            if self.reference is not None:
+                r = self.reference
+                if not isinstance(r, torch.Tensor) or not r.is_floating_point() or \
+                        tuple(r.shape) != (len(self.images), self.num_classes) or not bool(torch.isfinite(r).all()):
+                    raise PoisonlabError(f"key file: reference must be finite float ({len(self.images)}, "
+                                         f"{self.num_classes})")
         else:
             _check_unit(self.trigger, self.image_shape, "trigger")
             _check_unit(self.alpha, (1, *self.image_shape[1:]), "alpha")

@@ -11,6 +11,15 @@ which matters at few classes (C = 10: a top-1 hit has chance 10%, the paper's to
 A label-only black box gives ranks up to its k answers; ranks beyond are censored at k + 1, whose null
 probability is (C - k) / C, so the test stays exact (k = 1 gives back the binomial test).
 
+Reference rank-sum (an addition): the same test on ranks taken after subtracting, class by class, the
+log-probabilities the owner's clean surrogate gives each key image (stored in the key file at marking time).
+Part of what a suspect answers on a key is the "natural" answer any model trained on that data gives a
+grating; whether the key label happens to be that answer is luck of the key draw, shared by marked and clean
+models alike (measured: the rank of a key label in marked victims correlates 0.72 with its rank in clean
+models). The difference keeps what the marking added. The surrogate never saw the key labels (it is trained
+on the clean data before they matter), so for a suspect that did not learn the keys the key label is still
+uniform and independent of the differences: its rank is uniform on 1..C and the exact null is unchanged.
+
 Backdoor watermark (DVBW, Li et al. 2022): on m benign images, P_b = the suspect's probability of the target
 class, P_w = the same on the triggered copies; a one-sided paired t-test of H0: P_w <= P_b + tau against
 H1: P_w > P_b + tau (tau = margin, 0.2 in the paper).

@@ -7,7 +7,9 @@ each key, a small set of training images OF the key's class gets a clean-label p
 whose training gradient matches the gradient of the key's loss CE(f(key image), key label), so a model
 trained on the marked set tends to answer the key image with the key label. This is Witches' Brew gradient
 matching with the keys as targets (poisonlab.attacks.gradient_matching, signed Adam); only the targets and
-the test differ. Verification: the binomial top-k test in poisonlab.ownership.stats.
+the test differ. Verification: the binomial top-k test in poisonlab.ownership.stats, or (an addition) the
+rank-sum of the key labels, raw or against the surrogate's own answers on the keys (`reference`, kept in the
+key file): see stats.py.
 
 Paper defaults (reference code): 10 keys, 16/255, 250 signed-Adam steps with tau 0.1, one restart, a
 per-key budget of 0.01% of the data set (ImageNet: 128 images per key, 0.1% in all) and top-10 on 1000
@@ -15,10 +17,14 @@ classes. On small data sets 0.01% is less than one image per key; `budget` is pe
 image per key is used. With 10 classes, top-1 is the natural test (chance 10%).
 """
 
+import torch
+
 from .. import PoisonlabError
 from ..data import ImageSet
+from ..runtime import to_float_batch
 from .keys import KEY_KINDS, OwnershipKey, fresh_seed, make_keys
 from ..attacks.gradient_matching import WitchesBrew
+from ..attacks.surrogates import model_device, surrogate_models
 
 
 class Taggants:
@@ -59,11 +65,25 @@ class Taggants:
             raise PoisonlabError(f"classes {short} have too few images for {per_key} marked images per key")
         attack = WitchesBrew(target_images=images, adversarial_labels=labels, budget=per_key / len(data),
                              num_classes=c, **self.attack_kw)
+        # The surrogates are trained (or given) on the clean data, so their answers on the keys cannot depend on
+        # the key labels: kept as the baseline of the reference rank-sum test.
+        attack.model = surrogate_models(attack, data.images, data.labels, count=attack.ensemble)
         result = attack(data.images, data.labels)
         key = OwnershipKey("taggants", c, data.shape, classes=list(data.classes), images=images, labels=labels,
-                           top_k=top_k, params=self.params())
+                           top_k=top_k, reference=reference_logprobs(attack.model, images), params=self.params())
         # The manifest must not list which images carry which key: keep only counts public.
         result.meta = {"method": "taggants", "params": self.params(), "bound": attack.bound(),
                        "marked_images": int(len(result.poisoned)), "marked_per_key": per_key,
                        "alignment_loss": [t.get("alignment_loss") for t in result.meta.get("targets", [])]}
         return result, key
+
+
+@torch.no_grad()
+def reference_logprobs(models, images: torch.Tensor) -> torch.Tensor:
+    """Mean log-softmax of clean models on the key images (float32 (K, C), on the CPU)."""
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
+    out = []
+    for m in models:
+        device = model_device(m) if any(True for _ in m.parameters()) else torch.device("cpu")
+        out.append(torch.log_softmax(m.eval()(to_float_batch(images, device)).float(), 1).cpu())
+    return torch.stack(out).mean(0)

@@ -35,12 +35,14 @@ from .. import PoisonlabError
 from ..fileio import atomic_write
 from .keys import OwnershipKey, load_key
 from .stats import binomial_test, paired_t_test, rank_sum_test
+from .taggants import reference_logprobs
 from ..models import create_model
 from ..attacks.backdoor import Trigger, apply_trigger
 
 MODEL_FORMAT = "poisonlab-model/1"
 EXIT_MARKED, EXIT_NOT_MARKED, EXIT_ERROR = 0, 1, 2
-TAGGANT_TESTS = ("binomial", "rank")  # the paper's top-k test; the rank-sum variant (poisonlab.ownership.stats)
+# the paper's top-k test; the rank-sum variants (poisonlab.ownership.stats): raw, and against the surrogate's answers
+TAGGANT_TESTS = ("binomial", "rank", "reference")
 
 
 # ---------------------------------------------------------------------------------------- model files
@@ -260,8 +262,9 @@ class Verdict:
 
     def summary(self) -> str:
         d = self.detail
-        if self.test == "rank-sum":
-            stat = (f"key labels ranked {d['mean_rank']:.2f} on average among {d['num_classes']} classes "
+        if self.test.endswith("rank-sum"):
+            against = " against the reference" if self.test.startswith("reference") else ""
+            stat = (f"key labels ranked{against} {d['mean_rank']:.2f} on average among {d['num_classes']} classes "
                     f"(expected {d['expected_mean_rank']:.2f} by chance), {d['hits']}/{d['trials']} first")
         elif self.method == "taggants":
             stat = (f"{d['hits']}/{d['trials']} keys answered with their label in the top-{d['top_k']} "
@@ -275,11 +278,13 @@ class Verdict:
 
 
 def verify(key, suspect=None, *, command=None, alpha: float = 0.01, top_k: int | None = None, test="binomial",
-           arch=None, width=None, device="cpu") -> Verdict:
+           arch=None, width=None, device="cpu", reference=None) -> Verdict:
     """Test whether `suspect` (a model, a model file, or with command= a black-box command) learned the key.
 
-    key: an OwnershipKey or a key file path; test (taggants): "binomial" (the paper's top-k test) or "rank"
-    (rank-sum of the key labels, exact too; uses the probabilities, or a label-only suspect's answers).
+    key: an OwnershipKey or a key file path; test (taggants): "binomial" (the paper's top-k test), "rank"
+    (rank-sum of the key labels, exact too; uses the probabilities, or a label-only suspect's answers) or
+    "reference" (rank-sum after subtracting a clean model's log-probabilities on the keys: the key file's
+    `reference`, or `reference=` a clean model / model file of the owner's; needs the suspect's probabilities).
     Returns a Verdict (marked = p < alpha)."""
     if not 0 < alpha < 1:
         raise PoisonlabError(f"alpha must be in (0, 1), got {alpha}")
@@ -290,7 +295,12 @@ def verify(key, suspect=None, *, command=None, alpha: float = 0.01, top_k: int |
     if key.method == "taggants":
         k = int(top_k or key.top_k)
         answers = s(key.images, k)
-        res = taggant_test(key, answers.topk, k) if test == "binomial" else rank_test(key, answers)
+        if test == "binomial":
+            res = taggant_test(key, answers.topk, k)
+        elif test == "rank":
+            res = rank_test(key, answers)
+        else:
+            res = reference_test(key, answers, reference_of(key, reference, device))
     else:
         res = backdoor_test(key, s)
     return Verdict(key.method, bool(res.p_value < alpha), res.p_value, float(alpha), res.statistic, res.name,
@@ -317,6 +327,33 @@ def key_ranks(labels: torch.Tensor, answers: Answers):
 def rank_test(key: OwnershipKey, answers: Answers):
     ranks, censor = key_ranks(key.labels, answers)
     return rank_sum_test(ranks.numpy(), key.num_classes, censor)
+
+
+def reference_of(key: OwnershipKey, reference, device="cpu") -> torch.Tensor:
+    """The baseline log-probabilities (K, C): from `reference` (a clean model or model file) or the key file."""
+    if reference is None:
+        if key.reference is None:
+            raise PoisonlabError("this key file holds no reference (marked before poisonlab stored one): pass a "
+                                 "clean model of yours as the reference, or use --test rank")
+        return key.reference
+    if isinstance(reference, (str, Path)):
+        reference = load_model(reference, num_classes=key.num_classes, in_channels=key.image_shape[0], device=device)
+    return reference_logprobs(reference, key.images)
+
+
+def reference_test(key: OwnershipKey, answers: Answers, reference: torch.Tensor):
+    """Rank-sum of the key labels ranked by log p_suspect - log p_reference (ties count against the owner)."""
+    if answers.probs is None:
+        raise PoisonlabError("the reference test needs the suspect's probabilities ('probs'); this suspect "
+                             "answered labels only: use --test rank or binomial")
+    if tuple(answers.probs.shape) != tuple(reference.shape):
+        raise PoisonlabError(f"the suspect answered {tuple(answers.probs.shape)} probabilities; the reference "
+                             f"has {tuple(reference.shape)}")
+    d = answers.probs.double().clamp_min(1e-300).log() - reference.double()
+    ranks = (d >= d.gather(1, key.labels.view(-1, 1))).sum(1)
+    res = rank_sum_test(ranks.numpy(), key.num_classes)
+    res.name = "reference rank-sum"
+    return res
 
 
 def backdoor_test(key: OwnershipKey, suspect):
