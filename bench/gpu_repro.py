@@ -230,7 +230,7 @@ def main(argv=None):
         own = list(argv if argv is not None else sys.argv[1:])
         start = lambda stage: subprocess.Popen([sys.executable, __file__, *own, "--stage", stage])  # noqa: E731
         poll = _poll_process
-    stages = [(s, need) for s, need in run.stages() if not run.done(s)]
+    stages = [(s, None if need is None or run.done(need) else need) for s, need in run.stages() if not run.done(s)]
     schedule(stages, args.jobs, start, poll, args.deadline, on_finish)
     result = run.report(time.time() - t_start, timeline)
     print(table(result))

@@ -92,3 +92,8 @@ def test_jobs_run_stages_in_processes(tmp_path):
     again = mod.main(["--data", "bundled", "--tiny", "32", "--device", "cpu", "--work", str(tmp_path / "w"),
                       "--out", str(out), "--methods", "em", "--jobs", "2"])
     assert again["timeline"] == [] and again["runs"] == result["runs"]  # every stage cached: nothing reruns
+    # a call cut short after a protection: its victims run on the next call (their prerequisite is cached)
+    (tmp_path / "w" / "victims" / "em-at4.json").unlink()
+    resumed = mod.main(["--data", "bundled", "--tiny", "32", "--device", "cpu", "--work", str(tmp_path / "w"),
+                        "--out", str(out), "--methods", "em", "--jobs", "2"])
+    assert [e["stage"] for e in resumed["timeline"]] == ["victim:em-at4"] and resumed["complete"]
