@@ -62,7 +62,10 @@ CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
 SCALE = dict(train=5000, test=2000)
 VICTIM = dict(model="smallcnn", width=0.5, epochs=15)
 ATTACKS = {"badnets": ("badnets", dict(target_class=0, poison_rate=0.1, trigger_seed=20261126, seed=0)),
-           "flip": ("label-flip", dict(fraction=0.2, seed=0))}
+           "flip": ("label-flip", dict(fraction=0.2, seed=0)),
+           # the ITLM paper's "random" noise: 2/9 of the labels redrawn uniformly, so about 20% change, each to a
+           # uniformly drawn other class (the flip above is its "systematic" noise)
+           "random": ("random-labels", dict(fraction=round(0.2 / 0.9, 6), seed=0))}
 ABL_KW = dict(gamma=0.5, ratio=0.01, turning_epoch=5, gga=True, cap=5.0, unlearn_epochs=5, unlearn_lr=5e-4)
 ITLM_KW = dict(alpha=0.8, rounds=3)  # the fit form on the label flip: 3 retrainings from scratch
 ITLM_GRID_KW = dict(alpha=0.8, rounds=1)  # the other attacks: one retraining (CPU budget)
@@ -70,13 +73,20 @@ ITLM_HOOK_KW = dict(alpha=0.8, rounds=3)  # the one-run hook approximation
 ITLM_LOW_KW = dict(alpha=0.7, rounds=1)  # trimming more than the flipped fraction (stage "alpha")
 ITLM_HIGH_KW = dict(alpha=0.9, rounds=2)  # trimming less: keeps more of the hard clean samples (stage "alpha")
 ITLM_CV_KW = [dict(alpha=0.8, rounds=r, folds=2) for r in (1, 2)]  # held-out judges (stage "cv")
+# our variant (stage "finetune"): rounds continue the previous round's model for 5 epochs instead of retraining
+# and its control: alpha 1 (nothing trimmed), the same extra epochs on everything
+ITLM_FT_KW = {f"itlm-ft{lr:g}{'-control' if a == 1 else ''}": dict(alpha=a, rounds=2, finetune=5, finetune_lr=lr)
+              for lr in (0.02, 0.05) for a in (0.8, 1.0)}
+ITLM_FIT = ("itlm", "itlm-a0.7", "itlm-a0.9", "itlm-cv1", "itlm-cv2", *ITLM_FT_KW)  # cells of ITLM.fit
+SIM_PRECISION = (0.75, 0.9)  # simulated judges (stage "precision"): the share of poisons among the trimmed
 VAL = 2000  # held-out clean CIFAR-10 training images: ITLM's settings are chosen on them, never on test
 DPA_K, DPA_VICTIM = 10, dict(VICTIM, epochs=20, batch_size=64)
 FOUND = (0.1, 1.0)
 UNLEARN = {"retrain": None, "negrad+": dict(epochs=5, lr=0.01, batch_size=16, retain_weight=1.0, cap=5.0), "ssd": dict()}
-ROWS = ("none", "oracle", "abl", "abl-nogga", "itlm", "itlm-a0.7", "itlm-a0.9", "itlm-cv1", "itlm-cv2", "itlm-kept-clean",
-        "itlm-hook", "dpa")  # the main table's defense rows, in order
-STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "cv", "extra", "seed1")
+ROWS = ("none", "oracle", "abl", "abl-nogga", *ITLM_FIT, "itlm-kept-clean",
+        *(f"itlm-sim{p:g}" for p in SIM_PRECISION), "itlm-hook", "dpa")  # the main table's defense rows, in order
+STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "cv", "extra", "seed1",
+          "itlm", "itlm-seed1", "sep", "random", "precision", "finetune")  # the last three: the ITLM study alone (e.g. at --train 10000)
 
 
 def trimmed_of(kept, n) -> torch.Tensor:
@@ -120,6 +130,11 @@ def separation_stats(loss: torch.Tensor, positive: torch.Tensor) -> dict:
     return {"n": len(loss), "poisons": p, "auc": round((rank[positive].sum().item() - p * (p + 1) / 2) / (p * n), 3),
             "precision": round(100.0 * positive[top].float().mean().item(), 1),
             "loss_clean": round(loss[~positive].mean().item(), 2), "loss_poison": round(loss[positive].mean().item(), 2)}
+
+
+def best_round(rounds: list[dict]) -> int:
+    """The retraining round (>= 1) with the best validation accuracy, ties to fewer rounds."""
+    return max(rounds[1:], key=lambda q: (q["val_acc"], -q["round"]))["round"]
 
 
 def held_out(full: ImageSet, train: ImageSet, n: int) -> ImageSet:
@@ -247,6 +262,28 @@ class Bench:
         return self.cell(f"{attack}/itlm-kept-clean", {"victim": VICTIM, "attack": ATTACKS.get(attack),
                                                        "itlm": ITLM_KW}, run)
 
+    def simulated(self, precision: float, attack="flip"):
+        """Diagnostic: what trimming would give with a better judge. Trims as many samples as there are poisons:
+        the `precision` share of them are the poisons the undefended model gives the highest loss, the rest the
+        clean samples it gives the highest loss (so the trimmed clean samples are the hard ones, as with a real
+        judge), then retrains from scratch once."""
+        data, poisons = self.sets[attack]
+        bad = torch.zeros(len(data), dtype=torch.bool)
+        bad[poisons] = True
+
+        def run():
+            loss = per_sample_loss(self.victim(attack)["model"], data)
+            k = round(precision * len(poisons))
+            top = [idx[torch.argsort(loss[idx], descending=True, stable=True)[:m]]
+                   for idx, m in ((poisons, k), (torch.nonzero(~bad).flatten(), len(poisons) - k))]
+            kept = trimmed_of(torch.cat(top), len(data))
+            r = train_cached(data.subset(kept), self.test, self.cfg, self.ckpt)
+            return {**self.metrics(r["model"], attack), "val_acc": round(accuracy(r["model"], self.val), 2),
+                    "train_size": len(kept), "trimmed": precision_recall(torch.cat(top), poisons),
+                    "seconds": round(r["train_seconds"], 1)}
+        return self.cell(f"{attack}/itlm-sim{precision:g}", {"victim": VICTIM, "attack": ATTACKS.get(attack),
+                                                             "precision": precision}, run)
+
     def separation(self, attack="flip"):
         """How well each judge's losses separate the poisons (ROC AUC of the loss, poisons = positives; the
         mean loss of clean and poisoned samples), over all samples and split into the samples the judge trained
@@ -284,12 +321,13 @@ class Bench:
         return self.cell(f"{attack}/loss-separation", {"victim": VICTIM, "attack": ATTACKS.get(attack),
                                                        "itlm": ITLM_KW, "cv": ITLM_CV_KW[-1], "v": 2}, run)
 
-    def reseeded(self, seed: int, kw=None):
+    def reseeded(self, seed: int, kw=None, attacks=("clean", "flip", "badnets")):
         """Another victim seed (initialisation, batch order, augmentation; same poisons) for the flip's ITLM
-        result: clean data, the flip undefended, and ITLM, so the recovery has a second draw."""
+        result: clean data, the flip undefended (and the other attacks undefended), and ITLM, so the recovery
+        has a second draw."""
         cfg, kw = TrainConfig(**{**VICTIM, "seed": seed}), kw or dict(alpha=0.8, rounds=1)
         out = {}
-        for attack in ("clean", "flip", "badnets"):
+        for attack in attacks:
             def run(attack=attack):
                 r = train_cached(self.sets[attack][0], self.test, cfg, self.ckpt)
                 return {**self.metrics(r["model"], attack), "val_acc": round(accuracy(r["model"], self.val), 2),
@@ -306,6 +344,40 @@ class Bench:
         out["itlm"] = self.cell(f"flip/itlm-seed{seed}", {"victim": {**VICTIM, "seed": seed},
                                                           "attack": ATTACKS.get("flip"), "itlm": kw}, run)
         return out
+
+    def chosen_itlm(self) -> dict:
+        """The paper-form setting of the flip's `itlm` cell whose round model has the best validation accuracy
+        (rounds >= 1; ties to fewer rounds): what a second victim seed reruns. The test set plays no part."""
+        r = self.itlm("flip")
+        return dict(alpha=r["settings"]["itlm"]["alpha"], rounds=best_round(r["rounds"]))
+
+    def trimming(self, attack="flip"):
+        """Reads the paper form's cached round models (no training): for each, how well its loss ranks the
+        poisons globally and inside every label class (what per_class=True trims), and which clean samples its
+        global selection trims, counted by true class (does trimming empty the hard classes?)."""
+        data, poisons = self.sets[attack]
+        bad = torch.zeros(len(data), dtype=torch.bool)
+        bad[poisons] = True
+        true = self.train.labels
+
+        def run():
+            rows, kept, itlm = [], torch.arange(len(data)), ITLM(**ITLM_KW)
+            frac = 1 - len(poisons) / len(data)
+            for r in range(ITLM_KW["rounds"] + 1):
+                model = train_cached(data.subset(kept) if r else data, self.test, self.cfg, self.ckpt)["model"]
+                loss = per_sample_loss(model, data)
+                row = {"round": r, "train_size": len(kept), **separation_stats(loss, bad)}
+                for key, groups in (("global", None), ("per_class", data.labels)):
+                    trimmed = trimmed_of(lowest_loss(loss, frac, groups), len(data))
+                    row[f"{key}_precision"] = round(precision_recall(trimmed, poisons)["precision"], 1)
+                    clean_trimmed = trimmed[~bad[trimmed]]
+                    row[f"{key}_clean_trimmed_by_class"] = torch.bincount(true[clean_trimmed], minlength=10).tolist()
+                row["within_class_auc"] = round(sum(separation_stats(loss[data.labels == c], bad[data.labels == c])["auc"]
+                                                    for c in range(data.num_classes)) / data.num_classes, 3)
+                rows.append(row)
+                kept = itlm.keep(loss, data)
+            return {"rows": rows, "clean_by_class": torch.bincount(true[~bad], minlength=10).tolist()}
+        return self.cell(f"{attack}/trimming", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": ITLM_KW}, run)
 
     def itlm_hook(self, attack):
         """ITLM's one-run approximation: re-selections inside one training run, no re-initialisation."""
@@ -424,14 +496,16 @@ def itlm_candidates(res: dict) -> list[dict]:
     out = []
     if "val_acc" in res.get("flip/none", {}):
         out.append({"name": "none", "val": res["flip/none"]["val_acc"], "test": res["flip/none"]["clean_acc"]})
-    for d in ("itlm", "itlm-a0.7", "itlm-a0.9", "itlm-cv1", "itlm-cv2"):
+    for d in ITLM_FIT:
         r = res.get(f"flip/{d}")
-        if not r or "val_acc" not in r:
+        if not r or "val_acc" not in r or d.endswith("-control"):  # controls trim nothing: not a setting
             continue
         kw = r["settings"]["itlm"]
         rounds = r["rounds"] if kw.get("folds", 1) == 1 else r["rounds"][-1:]
         for q in rounds[1:] if kw.get("folds", 1) == 1 else rounds:
             folds = f", {kw['folds']}-fold held-out judges" if kw.get("folds", 1) > 1 else ""
+            if kw.get("finetune"):
+                folds = f", each round fine-tunes the last for {kw['finetune']} epochs at lr {kw['finetune_lr']}"
             out.append({"name": f"{d}: alpha {kw['alpha']}, rounds {q['round']}{folds}", "val": q["val_acc"],
                         "test": q["last_acc"], "trimmed": q.get("trimmed")})
     return out
@@ -462,7 +536,7 @@ def tables(res: dict) -> str:
              "| attack | defense | clean acc | ASR | no-defense acc | no-defense ASR | clean-data acc | seconds | notes |",
              "|---|---|---|---|---|---|---|---|---|"]
     clean = res.get("clean/none", {}).get("clean_acc")
-    for attack in ("clean", "badnets", "flip"):
+    for attack in ("clean", "badnets", "flip", "random"):
         base = res.get(f"{attack}/none")
         if base is None:
             continue
@@ -476,10 +550,12 @@ def tables(res: dict) -> str:
                 notes.append(f"isolated {iso['flagged']}, precision {_fmt(iso['precision'])}%; before unlearning: "
                              f"acc {r['before_unlearning']['clean_acc']}, ASR {_fmt(r['before_unlearning'].get('asr'))}")
             if d.startswith("itlm") and "rounds" in r:
-                folds = r["settings"]["itlm"].get("folds", 1)
-                notes.append(f"alpha {r['settings']['itlm']['alpha']}, {len(r['rounds']) - 1} "
+                kw = r["settings"]["itlm"]
+                folds, ft = kw.get("folds", 1), kw.get("finetune")
+                notes.append(f"alpha {kw['alpha']}, {len(r['rounds']) - 1} "
                              + (f"selection(s) by {folds}-fold held-out judges" if folds > 1 else
-                                "retraining(s) from scratch")
+                                f"round(s), each fine-tuning the last for {ft} epochs at lr {kw['finetune_lr']}" if ft
+                                else "retraining(s) from scratch")
                              + ", trained on " + "/".join(str(q["train_size"]) for q in r["rounds"]))
             if d.startswith("itlm") and r.get("trimmed", {}).get("poisons"):
                 t = r["trimmed"]
@@ -490,9 +566,13 @@ def tables(res: dict) -> str:
             if d == "oracle":
                 notes.append(f"all {r['removed']} poisons removed, retrained from scratch; its own {r['judge']['flagged']} "
                              f"highest-loss samples hold {_fmt(r['judge']['precision'])}% poisons")
-            if attack == "flip" and d != "none" and clean is not None and clean > base["clean_acc"]:
+            if d.startswith("itlm-sim"):
+                notes.append(f"diagnostic, not a defense: a simulated judge whose trimmed {r['trimmed']['flagged']} "
+                             "hold this share of poisons (the undefended model's highest-loss poisons and clean "
+                             "samples), retrained once")
+            if attack in ("flip", "random") and d != "none" and clean is not None and clean > base["clean_acc"]:
                 notes.append(f"recovers {_fmt(100 * (r['clean_acc'] - base['clean_acc']) / (clean - base['clean_acc']), 0)}% "
-                             "of the flip's damage")
+                             f"of the {attack}'s damage")
             if d == "dpa":
                 notes.append(f"k={r['k']}, base classifiers {min(r['base_acc'])}-{max(r['base_acc'])}%; "
                              f"certified acc at radius 1/2/5: " + "/".join(
@@ -500,8 +580,8 @@ def tables(res: dict) -> str:
                                  for q in (1, 2, 5)))
             lines.append(f"| {attack} | {d} | {r['clean_acc']} | {_fmt(r.get('asr'))} | {base['clean_acc']} | "
                          f"{_fmt(base.get('asr'))} | {clean} | {r['seconds']} | {'; '.join(notes)} |")
-    itlm = {f"{a} ({d})": res[f"{a}/{d}"] for a in ("flip", "badnets", "clean")
-            for d in ("itlm", "itlm-a0.7", "itlm-a0.9", "itlm-cv1", "itlm-cv2") if f"{a}/{d}" in res}
+    itlm = {f"{a} ({d})": res[f"{a}/{d}"] for a in ("flip", "random", "badnets", "clean")
+            for d in ITLM_FIT if f"{a}/{d}" in res}
     if itlm:
         lines += ["", "ITLM round by round. Paper form (itlm, itlm-a0.7, itlm-a0.9): round 0 = the undefended run on everything; "
                       "each later round retrains from scratch on the samples the previous round's model gives the "
@@ -522,11 +602,12 @@ def tables(res: dict) -> str:
     lines += choice(res)
     seeds = sorted({int(k.rsplit("seed", 1)[1]) for k in res if k.startswith("flip/itlm-seed")})
     if seeds and "flip/itlm" in res:
-        lines += ["", "The flip's ITLM recovery under other victim seeds (same poisons; alpha 0.8, one retraining "
-                      "from scratch; seed 0 is the rounds table's round 1):", "",
+        kw = res[f"flip/itlm-seed{seeds[0]}"]["settings"]["itlm"]
+        lines += ["", f"The flip's ITLM recovery under other victim seeds (same poisons; alpha {kw['alpha']}, "
+                      f"{kw['rounds']} retraining(s) from scratch; seed 0 is the rounds table's round {kw['rounds']}):", "",
                   "| seed | clean-data acc | no-defense acc | ITLM acc | damage recovered % | trimmed precision % |"
                   " val: clean / no defense / ITLM |", "|---|---|---|---|---|---|---|"]
-        r0 = res["flip/itlm"]["rounds"][1]
+        r0 = res["flip/itlm"]["rounds"][kw["rounds"]]
         rows = [(0, res["clean/none"], res["flip/none"], {"clean_acc": r0["last_acc"], "val_acc": r0.get("val_acc"),
                                                           "trimmed": r0["trimmed"]})]
         rows += [(q, res.get(f"clean/none-seed{q}"), res.get(f"flip/none-seed{q}"), res[f"flip/itlm-seed{q}"])
@@ -565,6 +646,17 @@ def tables(res: dict) -> str:
                     else "-" for k in ("seen", "unseen")]
             lines.append(f"| {q['judge']} | {a['auc']} | {a['precision']} | {a['loss_clean']} / {a['loss_poison']} | "
                          f"{part[0]} | {part[1]} |")
+    trim = res.get("flip/trimming")
+    if trim:
+        lines += ["", "Which samples the paper form's round models trim on the flip (the |flipped| highest losses, "
+                      "globally or inside every label class as `per_class=True` does; read from the cached models). "
+                      f"Clean training samples per true class: {trim['clean_by_class']}:", "",
+                  "| round model | trained on | AUC | within-class AUC | precision %: global / per class | "
+                  "clean samples trimmed per true class: global | per class |", "|---|---|---|---|---|---|---|"]
+        for q in trim["rows"]:
+            lines.append(f"| {q['round']} | {q['train_size']} | {q['auc']} | {q['within_class_auc']} | "
+                         f"{q['global_precision']} / {q['per_class_precision']} | {q['global_clean_trimmed_by_class']} | "
+                         f"{q['per_class_clean_trimmed_by_class']} |")
     trace = res.get("flip/loss-trace")
     if trace:
         lines += ["", "Undefended run on the flip, after every epoch: share of flipped labels among the "
@@ -718,6 +810,23 @@ def main(argv=None):
         elif s == "seed1":  # a second victim seed for the flip's ITLM recovery and ABL on BadNets
             b.reseeded(1)
             b.abl("badnets", seed=1)
+        elif s == "itlm":  # the ITLM study on its own: clean and undefended runs, the paper form on the flip
+            b.none("clean")
+            b.none("flip")
+            b.itlm("flip")
+        elif s == "itlm-seed1":  # the setting chosen on validation, under victim seed 1
+            b.reseeded(1, b.chosen_itlm(), attacks=("clean", "flip"))
+        elif s == "sep":
+            b.trimming("flip")
+        elif s == "random":  # the paper's random noise: undefended, ITLM as on the flip
+            b.none("random")
+            b.itlm("random", ITLM_KW)
+        elif s == "finetune":
+            for name, kw in ITLM_FT_KW.items():
+                b.itlm("flip", kw, name=name)
+        elif s == "precision":
+            for p in SIM_PRECISION:
+                b.simulated(p)
         elif s == "extra":
             b.unlearn("badnets")
             b.dpa("badnets")

@@ -1,5 +1,7 @@
 """ITLM and ABL as train_victim hooks, on tiny learnable sets with flipped labels / a patch backdoor."""
 
+import copy
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from poisonlab.data import ImageSet
 from poisonlab.defenses.abl import ABL, lga
 from poisonlab.defenses.dpa import partition_of
 from poisonlab.defenses.itlm import ITLM, lowest_loss
-from poisonlab.defenses.probe import per_sample_loss
+from poisonlab.defenses.probe import per_sample_loss, train_cached
 from poisonlab.train import TrainConfig, train_victim
 
 from conftest import make_set
@@ -61,6 +63,25 @@ def test_itlm_fit_retrains_on_the_kept_set(tmp_path):
     assert len(out["selections"]) == 1 and torch.equal(out["selections"][0], out["kept"])
     again = ITLM(alpha=0.75, rounds=1).fit(bad, clean, TrainConfig(epochs=2, **CFG), checkpoints=tmp_path)
     assert torch.equal(again["kept"], out["kept"])  # loaded from the checkpoints, same selection
+
+
+def test_itlm_finetune_continues_the_previous_round_model(tmp_path):
+    clean, bad, _ = _flipped(60, 12)
+    cfg = TrainConfig(epochs=2, **CFG)
+    itlm = ITLM(alpha=0.75, rounds=1, finetune=1, finetune_lr=0.01)
+    assert "finetune=1" in itlm.spec() and "finetune" not in ITLM().spec()  # the paper's spec is unchanged
+    out = itlm.fit(bad, clean, cfg, checkpoints=tmp_path)
+    base = ITLM(alpha=0.75, rounds=1).fit(bad, clean, cfg, checkpoints=tmp_path)  # shares round 0's checkpoint
+    r0 = train_cached(bad, clean, cfg, tmp_path)["model"]
+    assert [r["train_size"] for r in out["rounds"]] == [60, 45] and torch.equal(out["kept"], base["kept"])
+    assert len(out["result"]["history"]) == 1  # one fine-tuning epoch, not a fresh 2-epoch run
+    start = train_victim(bad.subset(out["kept"]), None, TrainConfig(**{**vars(cfg), "epochs": 1, "lr": 0.01}),
+                         progress=False, return_model=True, model=copy.deepcopy(r0))["model"]
+    for a, b in zip(start.state_dict().values(), out["model"].state_dict().values()):
+        assert torch.allclose(a.float(), b.float())  # = round 0's model trained one more epoch on the kept set
+    assert len(list(tmp_path.glob("victim-*.pt"))) == 3  # round 0, the retrained round 1, the fine-tuned one
+    with pytest.raises(PoisonlabError):
+        ITLM(finetune=2, folds=2)
 
 
 def test_lga_ascends_below_gamma():

@@ -14,6 +14,9 @@ Two forms:
   `rounds` further rounds re-initialises the model and trains it from scratch on the samples the previous
   round's model gives the lowest loss (rounds + 1 runs). The authors' code (facts read, not copied)
   re-initialises every round, trims over the whole set (not per class) and runs up to 8 rounds.
+  finetune=E > 0 (our variant, not the paper's): rounds 1..R continue the previous round's model for E
+  epochs at learning rate finetune_lr (cosine) on the kept samples instead of retraining from scratch, so
+  the model keeps what it learned from the trimmed hard clean samples while it unlearns the trimmed bad ones.
 * `ITLM(...).hook(train)`: a cheaper one-run approximation, a `select` hook for train_victim: the first
   `warmup` epochs use every sample, then the kept set is re-chosen `rounds` times, evenly spaced over the
   remaining epochs, from the losses of the current model (no re-initialisation). Its early selections come
@@ -33,6 +36,7 @@ not, flipped or not, so the paper's form rarely brings a trimmed sample back and
 kept sit among low-loss training samples (measured on the cpu-5k flip: docs/defenses.md).
 """
 
+import dataclasses
 import math
 
 import torch
@@ -71,9 +75,14 @@ class ITLM(Defense):
     kind = "train"
 
     def __init__(self, alpha: float = 0.8, rounds: int = 3, warmup: int | None = None, per_class: bool = False,
-                 folds: int = 1):
+                 folds: int = 1, finetune: int = 0, finetune_lr: float = 0.01):
         self.alpha, self.rounds, self.warmup, self.per_class = float(alpha), int(rounds), warmup, bool(per_class)
-        self.folds = int(folds)
+        self.folds, self.finetune, self.finetune_lr = int(folds), int(finetune), float(finetune_lr)
+        if self.finetune and self.folds > 1:
+            raise PoisonlabError("ITLM: finetune continues the previous round's model; held-out judges (folds > 1) "
+                                 "train several, so give one or the other")
+        if not (self.finetune_lr > 0 and math.isfinite(self.finetune_lr)):
+            raise PoisonlabError(f"ITLM finetune_lr must be a positive number, got {finetune_lr}")
         if self.folds < 1:
             raise PoisonlabError(f"ITLM folds must be >= 1, got {folds}")
         if not 0 < self.alpha <= 1:
@@ -88,19 +97,21 @@ class ITLM(Defense):
         p = super().params()
         if self.folds == 1:  # the paper's form keeps the spec (and the cache keys) it had before folds existed
             p.pop("folds")
+        if not self.finetune:  # likewise before finetune existed
+            p.pop("finetune"), p.pop("finetune_lr")
         return p
 
     def display(self) -> str:
         return (f"ITLM-{self.alpha:g}{'-per-class' if self.per_class else ''}"
-                f"{f'-{self.folds}fold' if self.folds > 1 else ''}")
+                f"{f'-{self.folds}fold' if self.folds > 1 else ''}{f'-ft{self.finetune}' if self.finetune else ''}")
 
     def apply(self, data: ImageSet) -> ImageSet:
         self._train = data
         return data
 
     def hooks(self) -> list:
-        if self.folds > 1:
-            raise PoisonlabError("itlm: folds > 1 needs the retraining form (ITLM.fit), not a training hook")
+        if self.folds > 1 or self.finetune:
+            raise PoisonlabError("itlm: folds > 1 and finetune need the retraining form (ITLM.fit), not a training hook")
         if self._train is None:
             raise PoisonlabError("itlm: call apply(train) first; its hook re-reads the training set's losses")
         return [self.hook(self._train)]
@@ -132,11 +143,15 @@ class ITLM(Defense):
         accuracies) and round R the final model. Returns {"rounds": [per-round summary], "kept": last kept
         indices, "selections": the kept indices of rounds 1..R (what each round trained on), "model",
         "result"}. val: a held-out set whose accuracy every round's model reports too ("val_acc"), to choose
-        alpha / rounds / folds without looking at the test set."""
+        alpha / rounds / folds without looking at the test set. With finetune, rounds 1..R continue the previous
+        round's model for finetune epochs at finetune_lr instead of starting from scratch."""
         kept, rounds, selections, result = torch.arange(len(train)), [], [], None
+        tune = dataclasses.replace(cfg, epochs=self.finetune, lr=self.finetune_lr) if self.finetune else None
         for r in range(self.rounds + 1):
             if self.folds == 1 or r == self.rounds:
-                result = train_cached(train.subset(kept) if r else train, test, cfg, checkpoints)
+                data = train.subset(kept) if r else train
+                result = (train_cached(data, test, tune, checkpoints, init=result["model"]) if r and tune
+                          else train_cached(data, test, cfg, checkpoints))
                 runs, row = [result], {"last_acc": result["last_acc"]}
                 if val is not None:
                     row["val_acc"] = round(accuracy(result["model"], val), 2)

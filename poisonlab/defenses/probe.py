@@ -4,6 +4,7 @@ clustering), predictions (DPA votes), plus cached training runs. Eval mode, no a
 """
 
 import contextlib
+import copy
 from pathlib import Path
 
 import torch
@@ -21,14 +22,17 @@ def digest(data: ImageSet) -> str:
     return tensor_hash(data.images, data.labels, length=20)
 
 
-def train_cached(train: ImageSet, test: ImageSet | None, cfg, folder=None, hooks=()) -> dict:
+def train_cached(train: ImageSet, test: ImageSet | None, cfg, folder=None, hooks=(), init: nn.Module | None = None) -> dict:
     """train_victim(..., return_model=True) with its per-epoch checkpoint in folder, named by the config, the
-    hooks and the data's content: a rerun resumes or, when finished, just loads the model."""
+    hooks and the data's content: a rerun resumes or, when finished, just loads the model. init: a trained
+    model to continue from (a copy trains; its weights join the name) instead of cfg's fresh model."""
     from ..train import hook_spec, train_victim  # defenses sit below training in the import order
-    ckpt = None
-    if folder:
-        ckpt = Path(folder) / f"victim-{obj_digest([cfg.key(), digest(train), *map(hook_spec, hooks)], 20)}.pt"
-    return train_victim(train, test, cfg, progress=False, checkpoint=ckpt, return_model=True, hooks=hooks)
+    key, model = [cfg.key(), digest(train), *map(hook_spec, hooks)], None
+    if init is not None:
+        model = copy.deepcopy(init)
+        key.append(tensor_hash(*(v.detach().float() for v in init.state_dict().values()), length=20))
+    ckpt = Path(folder) / f"victim-{obj_digest(key, 20)}.pt" if folder else None
+    return train_victim(train, test, cfg, progress=False, checkpoint=ckpt, return_model=True, hooks=hooks, model=model)
 
 
 def _batches(data: ImageSet, device, batch_size):

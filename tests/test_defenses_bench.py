@@ -1,0 +1,41 @@
+"""bench/defenses.py's report helpers (no training, no data): the validation choice of ITLM's rounds and the
+tables of the ITLM study (second seed, trimming by class)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import defenses as bench  # noqa: E402
+
+
+def _round(r, val, test, precision=50.0):
+    return {"round": r, "train_size": 10 if r == 0 else 8, "val_acc": val, "last_acc": test, "train_seconds": 1.0,
+            **({"trimmed": {"flagged": 2, "poisons": 2, "found": 1, "precision": precision, "recall": 50.0}}
+               if r else {})}
+
+
+def test_best_round_is_chosen_on_validation_never_round_zero():
+    rounds = [_round(0, 90.0, 10.0), _round(1, 50.0, 80.0), _round(2, 55.0, 20.0), _round(3, 55.0, 30.0)]
+    assert bench.best_round(rounds) == 2  # best val (ties to fewer rounds); round 0 (no defense) excluded
+    assert bench.best_round(rounds[:2]) == 1
+
+
+def test_tables_show_the_second_seed_and_the_trimming_by_class():
+    itlm = {"settings": {"itlm": {"alpha": 0.8, "rounds": 2}}, "rounds": [_round(0, 40.0, 41.0), _round(1, 45.0, 46.0),
+                                                                          _round(2, 47.0, 48.0, 60.0)],
+            "clean_acc": 48.0, "val_acc": 47.0, "trimmed": {"flagged": 2, "poisons": 2, "found": 1,
+                                                             "precision": 60.0, "recall": 50.0}, "seconds": 3.0}
+    res = {"clean/none": {"clean_acc": 50.0, "val_acc": 49.0, "seconds": 1.0},
+           "flip/none": {"clean_acc": 41.0, "val_acc": 40.0, "seconds": 1.0}, "flip/itlm": itlm,
+           "clean/none-seed1": {"clean_acc": 52.0, "val_acc": 50.0}, "flip/none-seed1": {"clean_acc": 42.0, "val_acc": 41.0},
+           "flip/itlm-seed1": {"settings": {"itlm": {"alpha": 0.8, "rounds": 2}}, "clean_acc": 47.0, "val_acc": 46.0,
+                               "trimmed": {"precision": 55.0}},
+           "flip/trimming": {"clean_by_class": [4, 4], "rows": [
+               {"round": 0, "train_size": 10, "auc": 0.8, "within_class_auc": 0.79, "global_precision": 50.0,
+                "per_class_precision": 52.0, "global_clean_trimmed_by_class": [1, 0],
+                "per_class_clean_trimmed_by_class": [1, 1]}]}}
+    text = bench.tables(res)
+    assert "alpha 0.8, 2 retraining(s) from scratch; seed 0 is the rounds table's round 2" in text
+    assert "| 0 | 50.0 | 41.0 | 48.0 | 78 | 60.0 | 49.00 / 40.00 / 47.00 |" in text  # (48 - 41) / (50 - 41)
+    assert "| 1 | 52.0 | 42.0 | 47.0 | 50 | 55.0 | 50.00 / 41.00 / 46.00 |" in text
+    assert "| 0 | 10 | 0.8 | 0.79 | 50.0 / 52.0 | [1, 0] | [1, 1] |" in text
