@@ -13,10 +13,11 @@ augmentations, the victim's adversary (4/255, 3 steps of 3.33/255); victims trai
 with 3-step PGD at 4/255. Measured on one H100 (session 5, docs/modelbased.md): a victim 12 s (ST) / 23 s
 (AT), the min-max-min surrogate 95 s, REM over 310 s (each noise step runs the 3-step adversary inside),
 so the whole run, one stage after another, takes more than 10 minutes. --jobs N runs N stages at once as
-separate processes on the same GPU (a 32x32 ResNet-18 at batch 512 leaves a large GPU idle between kernels):
-the protections first, each method's victims as soon as its protected set exists. EM: the paper's
-sample-wise setting with 5 PGD steps per pass, at most 10 rounds. Everything runs with the data resident on the device, bf16 autocast and channels_last (poisonlab.runtime);
-the method loops keep their logs on the device. Results: docs/results/gpu_repro.{json,md} with the GPU's
+separate processes on the same GPU: the protections first, each method's victims as soon as its protected
+set exists, so the victims overlap REM's long generation (measured on one H200, docs/modelbased.md: 552 s).
+EM: the paper's sample-wise setting with 5 PGD steps per pass, at most 10 rounds. Everything runs with the
+data resident on the device, bf16 autocast and channels_last (poisonlab.runtime); the method loops keep
+their logs on the device. Results: docs/results/gpu_repro.{json,md} with the GPU's
 name; stages are cached under --work and resume.
 """
 
@@ -68,8 +69,8 @@ def parse(argv):
                     help="start no new stage after S seconds (the stages left resume on the next call)")
     ap.add_argument("--noise-steps", type=int, default=2, help="REM/min-max-min noise steps of 2 x eps / N each")
     ap.add_argument("--jobs", type=int, default=1, metavar="N",
-                    help="stages at once, each its own process on the same device: a ResNet-18 on 32x32 images "
-                         "leaves a large GPU idle between its small kernels, so N protections and victims share it")
+                    help="stages at once, each its own process on the same device (the victims then overlap "
+                         "the long protections)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the surrogates (CUDA)")
     ap.add_argument("--tiny", type=int, nargs="?", const=256, default=0, metavar="N",
                     help="N (256) training and test images, small CNNs, 1 epoch: a test of the path")
