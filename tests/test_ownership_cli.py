@@ -136,3 +136,23 @@ def test_library_mark_returns_images_labels_and_key_without_publishing(tree):
     assert torch.equal(same.images, m.images) and same.key.target == m.key.target  # seeded = reproducible
     v = verify(m.key, create_model("smallcnn", 4, 3, 0.25))
     assert v.test == "paired t-test" and v.exit_code in (0, 1)
+
+
+def test_taggants_cap_the_marked_share_of_a_crowded_class(tree):
+    """Keys are labelled i.i.d., so a class can draw several; at most class_cap of its images are marked."""
+    from poisonlab.ownership.taggants import Taggants
+    t = Taggants(class_cap=0.5)
+    counts = t.per_key_counts(torch.tensor([0, 0, 0, 1]), torch.tensor([0] * 10 + [1] * 10), 4)
+    assert counts.tolist() == [1, 1, 1, 4]  # class 0: floor(0.5 x 10 / 3) each; class 1 keeps per_key
+    with pytest.raises(Exception, match="too few images"):
+        Taggants(class_cap=0.1).per_key_counts(torch.tensor([0, 0]), torch.tensor([0] * 10), 4)
+    ds = load_dataset(tree, "train")  # 4 classes of 12 images; 6 keys, 4 images per key asked
+    m = mark("taggants", ds, n_keys=6, budget=4 / 48, steps=1, surrogate_epochs=1, surrogate_width=0.25,
+             key_seed=5, device="cpu")
+    per_class = torch.bincount(ds.labels[m.poisoned], minlength=4)
+    keys = torch.bincount(m.key.labels, minlength=4)
+    assert int(keys.max()) >= 2 and bool((per_class <= 6).all())  # half of 12 at most, whatever the draw
+    assert per_class.tolist() == [min(4 * int(k), 6 // int(k) * int(k)) if k else 0 for k in keys]
+    changed = (m.images != ds.images).flatten(1).any(1).nonzero().flatten()
+    assert set(changed.tolist()) <= set(m.poisoned.tolist()) and m.meta["marked_images"] == len(m.poisoned)
+
