@@ -5,71 +5,23 @@ test-split indices, adversarial classes and poison indices); a backdoor's trigge
 beside OUT (OUT.trigger.npz, mode 0600, never inside OUT), like a CUDA key.
 """
 
-from pathlib import Path
-
-import torch
-
-from .. import PoisonlabError
 from ..data import load_splits
 from ..options import parse_opts
-from ..publishing import publish
-from .attack import attack_class, create_attack, list_attacks
-from .backdoor import save_trigger
-from .targeted import TargetedAttack
-
-
-def trigger_path(out_dir) -> Path:
-    out = Path(out_dir)
-    return out.with_name(f"{out.name}.trigger.npz")
+from .attack import attack_class, list_attacks
+from .run import check_targets, poison_splits
 
 
 def run_poison(attack: str, data, out_dir, *, targets=None, adversarial=None, subset=None, seed=0, overwrite=False,
                secret_out=None, resize=None, **kw) -> dict:
-    """Poison `data` (a source path) with the registered `attack` and publish it to out_dir.
-
-    targets: test-split indices of the targets (targeted attacks); adversarial: their adversarial
-    classes (default: a seeded random class other than the true one). Returns the manifest."""
-    out_dir = Path(out_dir)
-    secret = Path(secret_out) if secret_out else trigger_path(out_dir)
-    if out_dir.resolve() in secret.resolve().parents or secret.resolve() == out_dir.resolve():
-        raise PoisonlabError(f"the secret {secret} must not be inside the published folder {out_dir}")
-    cls = attack_class(attack)  # a bad name fails before any slow loading
-    targeted = issubclass(cls, TargetedAttack)
-    if targeted and not targets:
-        raise PoisonlabError(f"{attack} is a targeted attack: pass --targets (test-split indices)")
-    if not targeted and (targets or adversarial):
-        raise PoisonlabError(f"{attack} takes no targets")
+    """Poison `data` (a source path) with the registered `attack` and publish it to out_dir (see
+    poisonlab.attacks.run.poison_splits). targets / adversarial: comma-separated text or lists."""
+    check_targets(attack, targets, adversarial)  # a bad name or missing targets fail before any slow loading
     train, test = load_splits(data, None, resize=resize)
     if subset:
         train = train.stratified(int(subset), seed=seed)
-    if targeted:
-        if test is None:
-            raise PoisonlabError(f"{data} has no test split to take targets from")
-        ids = [int(t) for t in str(targets).split(",")]
-        if any(not 0 <= t < len(test) for t in ids):
-            raise PoisonlabError(f"target indices must lie in [0, {len(test)})")
-        true = test.labels[ids]
-        if adversarial is not None:
-            adv = torch.tensor([int(a) for a in str(adversarial).split(",")])
-            if len(adv) != len(ids):
-                raise PoisonlabError(f"{len(ids)} targets but {len(adv)} adversarial classes")
-            if (adv == true).any():
-                raise PoisonlabError("an adversarial class equals the target's own class")
-        else:
-            g = torch.Generator().manual_seed(seed)
-            adv = (true + torch.randint(1, train.num_classes, (len(ids),), generator=g)) % train.num_classes
-        kw.update(target_images=test.images[ids], adversarial_labels=adv, target_ids=ids)
-    atk = create_attack(attack, seed=seed, **kw)
-    result = atk(train)
-    if targeted:
-        for t, y in zip(result.meta["targets"], true.tolist()):
-            t["true_class"] = int(y)
-        result.meta["target_split"] = "test"
-    manifest = publish(result, out_dir, overwrite=overwrite, source=data, subset=subset)
-    if "trigger" in result.secrets:
-        save_trigger(secret, result.secrets["trigger"])
-        manifest["secret_file"] = str(secret)
-    return manifest
+    split = lambda v: None if v is None else [int(t) for t in str(v).split(",")] if isinstance(v, str) else list(v)  # noqa: E731
+    return poison_splits(attack, train, test, out_dir, targets=split(targets), adversarial=split(adversarial),
+                         seed=seed, overwrite=overwrite, secret_out=secret_out, source=data, subset=subset, **kw)
 
 
 def cmd_poison(args):

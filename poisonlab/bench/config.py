@@ -32,6 +32,7 @@ from ..defenses import parse_defense
 from ..protect.scaledown import check_grid
 from ..registry import METHODS
 from ..train import TrainConfig
+from .poisoning import attack_rows, is_attack
 
 LAYOUTS = ("at-radius", "victims", "fractions", "defenses")
 CLEAN = "clean"
@@ -39,13 +40,15 @@ CLEAN = "clean"
 
 def method_norm(method) -> str:
     """The norm a method's budget is in; the grid's budgets (L-inf) apply to L-inf methods only. Others
-    (AR's L2, CUDA's filters) keep their own default or the eps given in protect.methods."""
-    return METHODS.get(method).norm
+    (AR's L2, CUDA's filters) keep their own default or the eps given in protect.methods; attack rows
+    ("attack:NAME") always keep their own."""
+    return "attack" if is_attack(method) else METHODS.get(method).norm
 
 
 def available_methods():
-    """Every registered method, plugins included: the grid takes any of them by name."""
-    return METHODS.names()
+    """Every registered method, plugins included, and every registered attack as "attack:NAME": the grid
+    takes any of them by name."""
+    return METHODS.names() + attack_rows()
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class GridConfig:
     raw: dict = field(default_factory=dict)
 
     def method_options(self, method: str, budget: float | None) -> dict:
+        if is_attack(method):  # an attack row: its own options only (protect.defaults are protections')
+            return dict(self.protect.get("methods", {}).get(method, {}))
         opts = dict(self.protect.get("defaults", {}))
         if budget is None:  # a method with its own kind of budget (see method_norm)
             opts.pop("eps", None)
@@ -230,7 +235,7 @@ def parse_config(raw: dict, path=None) -> GridConfig:
     known = set(available_methods())
     for m in {m for e in exps for m in e.methods} - {CLEAN}:
         if m not in known:
-            raise PoisonlabError(f"{where}: unknown protection method {m!r}; available: "
+            raise PoisonlabError(f"{where}: unknown protection method or attack {m!r}; available: "
                                  f"{', '.join(sorted(available_methods()))} (or 'clean')")
     cfg = GridConfig(name=raw.get("name", Path(where).stem), scale=raw.get("scale", ""), data=data, protect=protect,
                      train=train, experiments=exps, cache=raw.get("cache"), out=raw.get("out"),

@@ -27,6 +27,7 @@ from ..registry import METHODS
 from ..train import TrainConfig, mix_partial, train_victim
 from .config import CLEAN, Cell, GridConfig, available_methods, load_config
 from .executors import LocalExecutor, plan
+from .poisoning import attack_class, is_attack, poison_training_set, score
 from .report import write_reports
 
 
@@ -43,7 +44,7 @@ def method_code_hash(method) -> str:
     cached protected set (not part of its key, so a comment edit does not force hours of regeneration); a
     mismatch is reported as a warning."""
     try:
-        cls = METHODS.get(method)
+        cls = attack_class(method) if is_attack(method) else METHODS.get(method)
     except PoisonlabError:
         return "unavailable"
     sources = []
@@ -103,15 +104,18 @@ class Grid:
 
     def protected(self, method, budget):
         """The protected training set (generated once into the cache, then loaded from its PNGs)."""
-        train, _ = self.data()
+        train, test = self.data()
         m, opts, pid = self.protection_id(method, budget)
         if pid in self._protected:
             return self._protected[pid]
-        folder = self.cache / "protected" / f"{m}-{pid}"
+        folder = self.protected_folder(method, budget)
         if not (folder / "manifest.json").exists():
-            self.log(f"protect: {m} {opts} on {len(train)} images -> {folder}")
+            self.log(f"{'poison' if is_attack(m) else 'protect'}: {m} {opts} on {len(train)} images -> {folder}")
             dev = self.cfg.protect.get("device", self.device)
-            protect(m, train, folder, resume=True, progress=self.progress, device=dev, **opts)
+            if is_attack(m):
+                poison_training_set(m, dict(opts, device=dev), train, test, folder)
+            else:
+                protect(m, train, folder, resume=True, progress=self.progress, device=dev, **opts)
             (folder.parent / f"{folder.name}.code").write_text(method_code_hash(m) + "\n")
         code = folder.parent / f"{folder.name}.code"
         if code.exists() and code.read_text().strip() != method_code_hash(m) and pid not in self._warned:
@@ -122,6 +126,10 @@ class Grid:
         ds = load_dataset(folder, "train")
         self._protected[pid] = (ds, manifest)
         return ds, manifest
+
+    def protected_folder(self, method, budget) -> Path:
+        m, _, pid = self.protection_id(method, budget)
+        return self.cache / "protected" / f"{m.replace(':', '-')}-{pid}"
 
     # ----- cells -----------------------------------------------------------------------------------
     def train_config(self, cell: Cell, defense=None) -> TrainConfig:
@@ -192,7 +200,12 @@ class Grid:
         defense_seconds = time.perf_counter() - t0
         cfg = self.train_config(cell, d)
         ckpt = self.cache / "running" / f"{key}.pt"
-        result = train_victim(train_set, test_set, cfg, progress=self.progress, checkpoint=ckpt, hooks=d.hooks())
+        attack = cell.protected and is_attack(cell.method)
+        result = train_victim(train_set, test_set, cfg, progress=self.progress, checkpoint=ckpt, hooks=d.hooks(),
+                              return_model=attack)
+        if attack:  # the attack's own metric (ASR, target hits) beside clean accuracy
+            result["attack"] = score(result.pop("model"), manifest, self.protected_folder(cell.method, cell.budget),
+                                     test, d)
         record = {
             "key": key, "cell": asdict(cell), "defense_spec": d.spec(), "data_id": self.data_id,
             "train_config": result["config"], "device": result["device"],
@@ -205,6 +218,8 @@ class Grid:
                 "generation_seconds": manifest.get("generation_seconds"), "surrogate": manifest.get("surrogate")},
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if result.get("attack"):
+            record["attack"] = result["attack"]
         write_json(path, record)
         ckpt.unlink(missing_ok=True)
         return record

@@ -5,13 +5,16 @@ from ..budget import budget_text
 from ..defenses import parse_defense
 from ..registry import METHODS
 from .config import CLEAN, method_norm
+from .poisoning import attack_label, is_attack
 
 __all__ = ["method_label", "budget_note", "defense_label", "at_radius_label", "metric_for", "budget_text"]
 
 
 def method_label(m):
     """The registry's display label (a plugin method's own); the unprotected baseline is 'Clean'."""
-    return "Clean" if m == CLEAN else METHODS.label(m)
+    if m == CLEAN:
+        return "Clean"
+    return f"{attack_label(m)} (attack)" if is_attack(m) else METHODS.label(m)
 
 
 def budget_note(methods):

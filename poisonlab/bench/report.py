@@ -44,13 +44,16 @@ def collect_rows(grid):
                 "generation_seconds": (rec.get("protection") or {}).get("generation_seconds") if rec else None,
                 "device": rec["device"] if rec else None, "key": key,
             }
+            attack = (rec or {}).get("attack") or {}
+            row.update({f"attack_{k}": attack.get(k) for k in ("metric", "rate", "se", "successes", "n")})
             rows.append((e, c, row, rec))
     return rows
 
 
 CSV_FIELDS = ["experiment", "layout", "method", "budget", "defense", "defense_label", "model", "width", "fraction",
               "mode", "seed", "reported_acc", "metric", "last_acc", "best_acc", "best_epoch", "epochs", "train_size",
-              "test_size", "train_seconds", "defense_seconds", "generation_seconds", "device", "key"]
+              "test_size", "train_seconds", "defense_seconds", "generation_seconds", "device", "key",
+              "attack_metric", "attack_rate", "attack_se", "attack_successes", "attack_n"]
 
 
 def write_reports(grid, cells=None):
@@ -93,6 +96,24 @@ def _fmt(vals):
     return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
 
 
+ATTACK_METRICS = {"asr": "ASR", "targets": "targets hit"}
+
+
+def _entry(lookup, cell, metric):
+    """A table entry: clean accuracy, and for an attack row its own success metric over the seeds run
+    (pooled: successes / trials, with the binomial standard error)."""
+    text = _fmt(_value(lookup, cell, metric))
+    scores = [r["attack"] for r in lookup.get(canonical(cell)) or [] if r.get("attack")]
+    if scores:
+        k, n = sum(a["successes"] for a in scores), sum(a["n"] for a in scores)
+        p = k / n if n else float("nan")
+        se = (p * (1 - p) / n) ** 0.5 if n else float("nan")
+        name = ATTACK_METRICS.get(scores[0]["metric"], scores[0]["metric"])
+        count = f" ({k}/{n})" if scores[0]["metric"] == "targets" else ""
+        text += f" · {name} {p * 100:.1f} ± {se * 100:.1f}%{count}"
+    return text
+
+
 def _table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -133,6 +154,11 @@ def tables_markdown(grid, rows):
                    f"{', '.join(imported)} (same cache keys: same data, protection options and training settings).\n")
     out.append("Entries: clean test accuracy (%) of the victim after the last epoch (lower = stronger protection); "
                "'early stop' reports the best epoch instead. '—' = not run yet.\n")
+    if any(r["attack_metric"] for _, _, r, _ in rows):
+        out.append("Attack rows (poisoning attacks, `attack:NAME`) add the attack's own metric after '·': ASR = "
+                   "triggered test images of the other classes classified as the target class; targets hit = "
+                   "targets classified as their adversarial class; ± its binomial standard error, pooled over "
+                   "seeds. Label attacks are read against the Clean row.\n")
     for e in cfg.experiments:
         out.append(f"\n## {e.name}" + (f": {e.title}" if e.title else "") + "\n")
         out.append(_experiment_tables(e, lookup))
@@ -169,8 +195,8 @@ def _groups(e, *axes):
 
 def _method_rows(e, lookup, rows, b, f):
     """Table body with one column per method: rows = [(label, defense spec, model, width)]."""
-    return [[label] + [_fmt(_value(lookup, Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0),
-                                   metric_for(e, spec))) for m in _methods_cols(e)]
+    return [[label] + [_entry(lookup, Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0),
+                              metric_for(e, spec)) for m in _methods_cols(e)]
             for label, spec, model, width in rows]
 
 
@@ -209,7 +235,7 @@ def _experiment_tables(e, lookup):
                     continue
                 row = [f"{method_label(m)} (mixed)"]
                 for f in fr:
-                    row.append(_fmt(_value(lookup, Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0), metric)))
+                    row.append(_entry(lookup, Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0), metric))
                 body.append(row)
             parts.append(_caption(cap, f"countermeasure {defense_label(spec)}, victim {model} (width {width:g}), "
                                        f"noise budget {budget_text(b)}{budget_note(e.methods)}") + _table(header, body))
@@ -222,7 +248,7 @@ def _experiment_tables(e, lookup):
                 row = [method_label(m)]
                 for spec in e.defenses:
                     c = Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0)
-                    row.append(_fmt(_value(lookup, c, metric_for(e, spec))))
+                    row.append(_entry(lookup, c, metric_for(e, spec)))
                 body.append(row)
             parts.append(_caption(cap, f"victim {model} (width {width:g}), noise budget {budget_text(b)}{budget_note(e.methods)}")
                          + _table(header, body))
