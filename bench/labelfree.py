@@ -191,14 +191,36 @@ def uc_oracle(args, train, purity=1.0):
     return train.with_images(images)
 
 
+def victim_path(work, key, seed=0, validation=False):
+    """Victim seed 0 keeps the original cache names; another seed or the validation split gets its own files."""
+    return Path(work) / "victims" / f"{key}{f'--seed{seed}' if seed else ''}{'--val' if validation else ''}.json"
+
+
+def seed_lines(work, names, seeds, validation=False):
+    """Markdown: the change from clean data per victim seed and its mean, for every cached (set, labelling)."""
+    def acc(name, lab, seed):
+        path = victim_path(work, f"{name}--{lab}", seed, validation)
+        return read_json(path)["last_acc"] if path.exists() else None
+
+    out = ["| data | " + " | ".join(f"victim {lab}: seeds {', '.join(map(str, seeds))} (mean)" for lab in LABELLINGS) + " |",
+           "|---|" + "---|" * len(LABELLINGS)]
+    for name in names:
+        cells = []
+        for lab in LABELLINGS:
+            drops = [None if a is None or c is None else a - c for a, c in ((acc(name, lab, s), acc("clean", lab, s)) for s in seeds)]
+            have = [d for d in drops if d is not None]  # the mean of the seeds run so far
+            cells.append(" / ".join("-" if d is None else f"{d:+.2f}" for d in drops)
+                         + (f" ({sum(have) / len(have):+.2f})" if len(have) > 1 else ""))
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
 def victims(args, sets, test):
     runs = {}
     for name, ds in sets.items():
         for lab in ([args.oracle] if name.startswith("uc-oracle") else args.labellings):
             key = f"{name}--{lab}"
-            # victim seed 0 keeps the original cache names; another seed or the validation split gets its own files
-            tail = (f"--seed{args.victim_seed}" if args.victim_seed else "") + ("--val" if args.validation else "")
-            path = Path(args.work) / "victims" / f"{key}{tail}.json"
+            path = victim_path(args.work, key, args.victim_seed, args.validation)
             if args.report_only and not path.exists():
                 continue
 
@@ -352,7 +374,7 @@ def purity_lines(study):
 # training images, and how much a victim trained on them relies on the noise: the share of clean test images it
 # puts in class c once the noise of a random training image of class c is added (chance: 100 / classes; a
 # victim that reads only the noise: 100).
-SHORTCUT_SETS = ("clean", "random-16", "uc-40k-softmax-16", "em-16", "em-owner2-16")
+SHORTCUT_SETS = ("clean", "random-16", "uc-40k-softmax-16", "uc-40k-softmax-16-p20", "em-16", "em-owner2-16")
 SHORTCUT_LABELLINGS = ("10-class", "2-way")
 
 
@@ -401,11 +423,11 @@ def shortcut_study(args, sets, full_train, test):
             if key in done:
                 continue
             ds, k = relabel(sets[name], lab), len(LABELLINGS[lab][1])
-            row = {"noise_separability": round(separability(noise.flatten(1).float().div(255), ds.labels, k), 2),
-                   "independent_model_acc": round(grouped_accuracy(extractor, sets[name], lab), 2)}
-            if name == "clean":
+            row = {"independent_model_acc": round(grouped_accuracy(extractor, sets[name], lab), 2)}
+            if name == "clean":  # no noise: what a linear classifier gets from the clean pixels instead
                 row["pixel_separability"] = round(separability(pixels, ds.labels, k), 2)
             else:
+                row["noise_separability"] = round(separability(noise.flatten(1).float().div(255), ds.labels, k), 2)
                 print(f"== shortcut victim {key} ({time.strftime('%H:%M')})", flush=True)
                 r = train_victim(ds, relabel(test, lab), TrainConfig(**EXPLOITER, seed=args.victim_seed), progress=False,
                                  return_model=True)
@@ -425,10 +447,12 @@ def shortcut_lines(study, runs):
     for key, row in study.items():
         name, lab = key.split("--")
         k = len(LABELLINGS[lab][1])
-        pix = f" (clean pixels: {row['pixel_separability']:.2f})" if "pixel_separability" in row else ""
+        # clean data has no noise: its column holds what the clean pixels themselves give a linear classifier
+        sep = (f"- (clean pixels: {row['pixel_separability']:.2f})" if "pixel_separability" in row
+               else f"{row['noise_separability']:.2f}")
         steer = f"{row['steering']:.2f} ({100 / k:.0f})" if "steering" in row else "-"
         acc = f"{row['victim_last_acc']:.2f}" if "victim_last_acc" in row else "-"
-        out.append(f"| {name} | {lab} | {row['noise_separability']:.2f}{pix} | {row['independent_model_acc']:.2f} | {acc} | {steer} |")
+        out.append(f"| {name} | {lab} | {sep} | {row['independent_model_acc']:.2f} | {acc} | {steer} |")
     curves = [(lab, runs.get(f"clean--{lab}")) for lab in LABELLINGS]
     out += ["", "| clean victim: test acc. by epoch | " + " | ".join(str(e + 1) for e in range(EXPLOITER["epochs"])) + " |",
             "|---|" + "---|" * EXPLOITER["epochs"]]
@@ -516,6 +540,8 @@ def main():
                     help="also measure why a labelling resists: noise-only separability, noise reliance of victims")
     ap.add_argument("--validation", action="store_true",
                     help="score victims on test images outside the reported subset (for choosing settings; own cache files)")
+    ap.add_argument("--seed-table", type=lambda t: [int(v) for v in t.split(",")], default=None,
+                    help="print the cached victims' change from clean data for these victim seeds (e.g. 0,1,2) and stop")
     ap.add_argument("--report-only", action="store_true", help="tabulate what is cached; compute nothing")
     args = ap.parse_args()
     set_threads()
@@ -526,6 +552,11 @@ def main():
     unknown = set(args.methods.split(",")) - set(recipes(args.n, args.work))
     if unknown:
         raise SystemExit(f"labelfree: error: unknown method(s) {sorted(unknown)}; have {sorted(recipes(args.n, args.work))}")
+    if args.seed_table:
+        text = "\n".join(seed_lines(args.work, args.methods.split(","), args.seed_table, args.validation)) + "\n"
+        Path(args.out).with_suffix(".md").write_text(text)
+        print(text)
+        return
     full_train = load_dataset(args.data, "train")
     train, full_test = full_train.stratified(args.n, seed=0), load_dataset(args.data, "test")
     test = full_test.stratified(args.test_n, seed=0) if args.test_n else full_test

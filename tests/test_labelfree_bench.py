@@ -104,3 +104,14 @@ def test_target_crossing_counts_images_whose_target_cluster_has_another_majority
     table = [[10] + [0] * 9, [0, 0, 0, 20] + [0] * 6, [0] * 5 + [30] + [0] * 4]
     assert L.target_crossing(table, "10-class") == 1.0
     assert L.target_crossing(table, "2-way") == (10 + 30) / 60  # cats -> dogs stays within the animals
+
+
+def test_seed_lines_tabulate_the_change_from_clean_per_seed(tmp_path):
+    for seed, (clean, uc) in enumerate([(50.0, 20.0), (52.0, 18.0)]):
+        for name, acc in (("clean", clean), ("uc", uc)):
+            path = L.victim_path(tmp_path, f"{name}--10-class", seed)
+            path.parent.mkdir(exist_ok=True)
+            L.write_json(path, {"last_acc": acc})
+    assert L.victim_path(tmp_path, "uc--2-way", 3, True).name == "uc--2-way--seed3--val.json"
+    lines = L.seed_lines(tmp_path, ["uc"], [0, 1])
+    assert lines[-1] == "| uc | -30.00 / -34.00 (-32.00) | - / - | - / - |"
