@@ -21,8 +21,8 @@ Stages (every model, marked copy and verification cached under --cache, so a kil
   taggants20c, taggants20d  the same setting on two more fresh key draws (key seeds 3, 4; victims 20..29,
             30..39, whose clean twins are cached) for the reference rank-sum test, which was chosen on the
             victims of the draws before (key seeds 0, 1, 2); key seed 5 is refused (7 keys on one class).
-  capped20v, capped20a, capped20b, capped20c  20 keys, 1.5% per key, at most half of a class marked: a
-            validation draw (key seed 6, victims 0..9) and three fresh ones (key seeds 7, 8, 9).
+  capped20a, capped20b, capped20c, capped20d  20 keys, 2% per key, at most 40% of a class marked (class_cap
+            0.4), on fresh key draws (key seeds 6, 7, 8, 9; victims 0..9, 20..29, 30..39, 0..9).
   noise     harmlessness control: random +-16/255 sign noise on the images the 10-key copy marked.
   easier    those images, their originals and the noisy ones scored by the clean models clean-s0..9.
   pairs     own keys against fresh random (key image, label) pairs, per key, marked victims and clean twins.
@@ -88,14 +88,15 @@ TAGGANTS20 = dict(TAGGANTS, n_keys=20)
 # 13/20, 10/10, 6/10 for the plain rank-sum); the same 20-key setting on three fresh key draws confirms it.
 FRESH = {"taggants20c": (3, range(20, 30)), "taggants20d": (4, range(30, 40))}
 # (key seed 5 was to be the third: it puts 7 keys on one class, 280 images of a 200-image class, and was refused)
-# ... but taggants20c (key seed 3: one class carries 5 keys, all its 200 images marked, another 3) cost its victims
-# 3.25 points against their twins (10 of 10 lower), and key seed 5 puts 7 keys on one class (refused). So: at
-# most half of a class's images are marked (class_cap), and 30 images per key (1.5%; at most 600 of 2,000, where
-# the reference test has p-values to spare), chosen on a validation draw (capped20v: key seed 6, victims 0..9),
-# then reported on fresh draws (key seeds 7, 8, 9).
-TAGGANTS20CAP = dict(TAGGANTS20, budget=0.015, class_cap=0.5)
-CAPPED = {"capped20v": (6, range(10)), "capped20a": (7, range(20, 30)), "capped20b": (8, range(30, 40)),
-          "capped20c": (9, range(10))}
+# ... but both cost accuracy: taggants20c -3.25 points against the twins (10 of 10 lower), taggants20d more. Per
+# class (runs/14_perclass.py, victims of key seeds 0..3 against their twins): a class that carries 3 or more keys
+# (120+ of its 200 images marked) loses 10.1 points on average (10 of 11 classes lower), one with 2 keys (80
+# marked) gains 1.2, with 1 key 8.4, with none 2.3. So at most 40% of a class is marked (class_cap 0.4: its keys
+# share 80 images), per-key budget unchanged; chosen on key seeds 0..4, reported on fresh key seeds 6, 7, 8
+# (victims 0..9, 20..29, 30..39, whose twins are cached) and 9 where CPU time allowed.
+TAGGANTS20CAP = dict(TAGGANTS20, class_cap=0.4)
+CAPPED = {"capped20a": (6, range(10)), "capped20b": (7, range(20, 30)), "capped20c": (8, range(30, 40)),
+          "capped20d": (9, range(10))}
 TESTS = ("binomial", "rank", "reference")  # the taggant tests every verdict is cached for
 TEST_NAMES = {"binomial": "binomial top-1", "rank": "rank-sum", "reference": "reference rank-sum"}
 MARK_SEED = 0  # one marked copy (keys, marked images, surrogate clean-s10); victims seeds 0..9 train on it

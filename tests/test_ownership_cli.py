@@ -16,7 +16,7 @@ from poisonlab.models import create_model
 from poisonlab.ownership import load_key, mark, save_model, verify
 
 FAST_TAGGANTS = ["--opt", "n_keys=3", "--opt", "budget=0.05", "--opt", "steps=2", "--opt", "surrogate_epochs=1",
-                 "--opt", "surrogate_width=0.25", "--device", "cpu"]
+                 "--opt", "surrogate_width=0.25", "--opt", "class_cap=0.5", "--device", "cpu"]
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ def test_taggants_cap_the_marked_share_of_a_crowded_class(tree):
         Taggants(class_cap=0.1).per_key_counts(torch.tensor([0, 0]), torch.tensor([0] * 10), 4)
     ds = load_dataset(tree, "train")  # 4 classes of 12 images; 6 keys, 4 images per key asked
     m = mark("taggants", ds, n_keys=6, budget=4 / 48, steps=1, surrogate_epochs=1, surrogate_width=0.25,
-             key_seed=5, device="cpu")
+             key_seed=5, device="cpu", class_cap=0.5)
     per_class = torch.bincount(ds.labels[m.poisoned], minlength=4)
     keys = torch.bincount(m.key.labels, minlength=4)
     assert int(keys.max()) >= 2 and bool((per_class <= 6).all())  # half of 12 at most, whatever the draw
