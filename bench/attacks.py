@@ -1012,7 +1012,7 @@ def main():
     ap.add_argument("--gm-exclude-seeds", default="0,11", help="gm-brew: leave out these seeds' gm-brew targets "
                                                                "(0: gm-fit's 20 targets)")
     ap.add_argument("--gm-budget", type=float, default=0.05, help="gm-brew: fraction of the training set per target")
-    ap.add_argument("--gm-ensemble", type=int, default=1, help="gm-brew: K surrogates")
+    ap.add_argument("--gm-ensemble", type=int, default=2, help="gm-brew: K surrogates")
     ap.add_argument("--gm-brew-steps", type=int, default=100)
     ap.add_argument("--gm-brew-restarts", type=int, default=1)
     ap.add_argument("--gm-victims", default="scratch,finetune")

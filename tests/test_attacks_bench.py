@@ -121,3 +121,23 @@ def test_gm_brew_crafts_on_an_ensemble_and_pairs_every_victim_with_its_control(t
     assert tag == "gm-brew-t5-b0.1-m2-r1-k2" and (tmp_path / "fit" / f"{tag}-ft-g0.json").exists()
     again = b.gm_brew(3, 2, seed=5, settings=settings, exclude=excluded)  # resumed from the cache
     assert again["runs"] == out["runs"]
+
+
+def test_report_and_grid_carry_the_gm_brew_stage():
+    arm = lambda k: {**r(k, 20), "clean_acc_mean": 55.0, "train_acc_mean": 97.0, "margin_mean": -1.0,  # noqa: E731
+                     "victim_cosine": {"poisons": 0.9, "bases": 0.6}, "poisons_fit_mean": 0.99}
+    res = results()
+    res["gm-brew-t12"] = {"settings": {"steps": 100, "restarts": 1, "eps": 16 / 255, "budget": 0.05, "ensemble": 2,
+                                       "target_seed": 12, "groups": [[0, 1, 2, 3]] * 5, "finetune": {"epochs": 4, "lr": 0.01}},
+                          "summary": {"surrogate": {**r(0, 20), "margin_mean": -7.0},
+                                      "clean-victim": {**r(0, 20), "margin_mean": -6.0, "clean_acc": 54.5},
+                                      "scratch": {"witches-brew": arm(9), "random-poison": arm(1),
+                                                  "margin_shift": {"mean": 5.0, "se": 0.8, "positive": 19, "n": 20}},
+                                      "surrogate_cosine": 0.97}}
+    row = [g for g in A.grid(res) if "targets seed 12" in g]
+    assert len(row) == 1 and "5%, eps 16/255, K 2, R 1, M 100; targets seed 12; fit victim, from scratch" in row[0]
+    assert "45.0 +- 11.1 (9/20) | 5.0 +- 4.9 (1/20)" in row[0] and row[0].endswith("`gm-brew` |")
+    del res["gm-fit"]  # the fixture's gm-fit carries no table settings
+    md = A.report(res)
+    assert "stage gm-brew, scale fit; targets seed 12: 5% per target, K = 2" in md and "5 victims of 4 targets" in md
+    assert "+5.00 +- 0.80 (s.e.; larger on 19 of 20 targets) scratch." in md and "fine-tuned 4 epochs" not in md
