@@ -76,6 +76,8 @@ def recipes(n, work="runs/labelfree"):
         # the cheapest label-free change tried for the 2-way cell (judged on --validation, docs/labelfree.md):
         # twice the clusters, so each universal perturbation serves ~250 images instead of ~500
         "uc-40k-softmax-16-p20": ("unlearnable_clusters", dict(soft, eps=16 / 255, clusters=20), None),
+        # its control: p = 10 again, another draw (k-means++ seeding, generator init and batches from seed 1)
+        "uc-40k-softmax-16-s1": ("unlearnable_clusters", dict(soft, eps=16 / 255, seed=1), None),
         # EM at 16/255 made with the owner's 10 classes / 2 super-classes (step size eps / 5, as at 8/255)
         "em-16": ("em", dict(short["em"], eps=16 / 255, step_size=3.2 / 255), "10-class"),
         "em-owner2-16": ("em", dict(short["em"], eps=16 / 255, step_size=3.2 / 255), "2-way"),
@@ -133,7 +135,7 @@ def protected_sets(args, full_train, train, names):
             data = relabel(train, owner) if owner else train
             if "surrogate_weights" in opts:  # the surrogate trained on other images, named by its file
                 other_model(args, full_train, train, Path(opts["surrogate_weights"]).stem)
-            protect(method, data, target, overwrite=True, resume=True, seed=0, source=args.data, progress=False, **opts)
+            protect(method, data, target, overwrite=True, resume=True, source=args.data, progress=False, **{"seed": 0, **opts})
         manifest = read_json(target / "manifest.json")
         check_recipe(manifest, method, opts)
         info[name] = {"method": method, "owner_labels": owner, "generation_seconds": manifest["generation_seconds"],
@@ -431,8 +433,10 @@ def shortcut_study(args, sets, full_train, test):
                 print(f"== shortcut victim {key} ({time.strftime('%H:%M')})", flush=True)
                 r = train_victim(ds, relabel(test, lab), TrainConfig(**EXPLOITER, seed=args.victim_seed), progress=False,
                                  return_model=True)
-                row.update(victim_last_acc=round(r["last_acc"], 2),
-                           steering=round(steering(r["model"].cpu().float(), relabel(test, lab), noise, ds.labels, k), 2))
+                model, t = r["model"].cpu().float(), relabel(test, lab)
+                shares = [evaluate(model, ImageSet(t.images, torch.full((len(t),), c), t.classes), torch.device("cpu")) for c in range(k)]
+                row.update(victim_last_acc=round(r["last_acc"], 2), steering=round(steering(model, t, noise, ds.labels, k), 2),
+                           top_class=[t.classes[max(range(k), key=shares.__getitem__)], round(max(shares), 2)])
             done[key] = row
             print(f"shortcut {key}: {row}", flush=True)
             write_json(path, done)
@@ -443,7 +447,8 @@ def shortcut_lines(study, runs):
     if not study:
         return []
     out = ["", "| data | labelling | labels from the noise alone (linear, held out) | an independent clean model on the "
-           "protected training images | victim's test acc. | victim steered by the noise (chance) |", "|---|---|---|---|---|---|"]
+           "protected training images | victim's test acc. | victim's most predicted test class: share % | victim steered by the noise "
+           "(chance) |", "|---|---|---|---|---|---|---|"]
     for key, row in study.items():
         name, lab = key.split("--")
         k = len(LABELLINGS[lab][1])
@@ -452,7 +457,8 @@ def shortcut_lines(study, runs):
                else f"{row['noise_separability']:.2f}")
         steer = f"{row['steering']:.2f} ({100 / k:.0f})" if "steering" in row else "-"
         acc = f"{row['victim_last_acc']:.2f}" if "victim_last_acc" in row else "-"
-        out.append(f"| {name} | {lab} | {sep} | {row['independent_model_acc']:.2f} | {acc} | {steer} |")
+        top = f"{row['top_class'][1]:.1f} ({row['top_class'][0]})" if "top_class" in row else "-"
+        out.append(f"| {name} | {lab} | {sep} | {row['independent_model_acc']:.2f} | {acc} | {top} | {steer} |")
     curves = [(lab, runs.get(f"clean--{lab}")) for lab in LABELLINGS]
     out += ["", "| clean victim: test acc. by epoch | " + " | ".join(str(e + 1) for e in range(EXPLOITER["epochs"])) + " |",
             "|---|" + "---|" * EXPLOITER["epochs"]]

@@ -115,3 +115,24 @@ def test_seed_lines_tabulate_the_change_from_clean_per_seed(tmp_path):
     assert L.victim_path(tmp_path, "uc--2-way", 3, True).name == "uc--2-way--seed3--val.json"
     lines = L.seed_lines(tmp_path, ["uc"], [0, 1])
     assert lines[-1] == "| uc | -30.00 / -34.00 (-32.00) | - / - | - / - |"
+
+
+def test_shortcut_study_end_to_end_at_toy_scale(tmp_path, monkeypatch):
+    """Victims and the independent model on 8x8 toy images, 1 epoch: every field of a row, cached."""
+    g = torch.Generator().manual_seed(0)
+    full = cifar_like(8)
+    full = full.with_images(torch.randint(0, 256, (len(full), 3, 8, 8), generator=g, dtype=torch.uint8))
+    train, test = full.stratified(40, seed=0), full.stratified(20, seed=1)
+    noisy = train.with_images((train.images.int() + torch.where(L.relabel(train, "2-way").labels == 1, 30, -30)
+                               .view(-1, 1, 1, 1)).clamp(0, 255).to(torch.uint8))
+    monkeypatch.setattr(L, "EXPLOITER", dict(L.EXPLOITER, epochs=1, batch_size=16))
+    monkeypatch.setitem(L.OTHER, "probe-extractor", (1, 20, 1, ()))
+    monkeypatch.setattr(L, "SHORTCUT_LABELLINGS", ("2-way",))
+    args = SimpleNamespace(n=40, work=str(tmp_path), victim_seed=0, report_only=False)
+    done = L.shortcut_study(args, {"clean": train, "random-16": noisy}, full, test)
+    row = done["random-16--2-way"]
+    assert row["noise_separability"] > 90  # the class-wise +-30 is read off the noise alone
+    assert 0 <= row["steering"] <= 100 and row["top_class"][0] in ("animal", "vehicle") and row["top_class"][1] >= 50
+    assert "pixel_separability" in done["clean--2-way"] and "steering" not in done["clean--2-way"]
+    assert L.read_json(tmp_path / "shortcut.json") == done
+    assert "victim steered" in "\n".join(L.shortcut_lines(done, {}))
