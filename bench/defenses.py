@@ -77,8 +77,10 @@ ITLM_CV_KW = [dict(alpha=0.8, rounds=r, folds=2) for r in (1, 2)]  # held-out ju
 # and its control: alpha 1 (nothing trimmed), the same extra epochs on everything
 ITLM_FT_KW = {f"itlm-ft{lr:g}{'-control' if a == 1 else ''}": dict(alpha=a, rounds=2, finetune=5, finetune_lr=lr)
               for lr in (0.02, 0.05) for a in (0.8, 1.0)}
-ITLM_FIT = ("itlm", "itlm-a0.7", "itlm-a0.9", "itlm-cv1", "itlm-cv2", *ITLM_FT_KW)  # cells of ITLM.fit
-SIM_PRECISION = (0.75, 0.9)  # simulated judges (stage "precision"): the share of poisons among the trimmed
+ITLM_PC_KW = dict(alpha=0.8, rounds=2, per_class=True)  # class-balanced trimming (stage "perclass")
+ITLM_FIT = ("itlm", "itlm-pc", "itlm-a0.7", "itlm-a0.9", "itlm-cv1", "itlm-cv2", *ITLM_FT_KW)  # cells of ITLM.fit
+DAMAGE_OF = {"flip": "the flip's", "random": "the random labels'"}  # the label attacks whose damage ITLM should undo
+SIM_PRECISION = (0.6, 0.75, 0.9)  # simulated judges (stage "precision"): the share of poisons among the trimmed
 VAL = 2000  # held-out clean CIFAR-10 training images: ITLM's settings are chosen on them, never on test
 DPA_K, DPA_VICTIM = 10, dict(VICTIM, epochs=20, batch_size=64)
 FOUND = (0.1, 1.0)
@@ -86,7 +88,7 @@ UNLEARN = {"retrain": None, "negrad+": dict(epochs=5, lr=0.01, batch_size=16, re
 ROWS = ("none", "oracle", "abl", "abl-nogga", *ITLM_FIT, "itlm-kept-clean",
         *(f"itlm-sim{p:g}" for p in SIM_PRECISION), "itlm-hook", "dpa")  # the main table's defense rows, in order
 STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "cv", "extra", "seed1",
-          "itlm", "itlm-seed1", "sep", "random", "precision", "finetune")  # the last three: the ITLM study alone (e.g. at --train 10000)
+          "itlm", "itlm-seed1", "sep", "random", "precision", "finetune", "perclass")  # the last three: the ITLM study alone (e.g. at --train 10000)
 
 
 def trimmed_of(kept, n) -> torch.Tensor:
@@ -504,6 +506,8 @@ def itlm_candidates(res: dict) -> list[dict]:
         rounds = r["rounds"] if kw.get("folds", 1) == 1 else r["rounds"][-1:]
         for q in rounds[1:] if kw.get("folds", 1) == 1 else rounds:
             folds = f", {kw['folds']}-fold held-out judges" if kw.get("folds", 1) > 1 else ""
+            if kw.get("per_class"):
+                folds = ", trimmed inside every label class"
             if kw.get("finetune"):
                 folds = f", each round fine-tunes the last for {kw['finetune']} epochs at lr {kw['finetune_lr']}"
             out.append({"name": f"{d}: alpha {kw['alpha']}, rounds {q['round']}{folds}", "val": q["val_acc"],
@@ -552,7 +556,7 @@ def tables(res: dict) -> str:
             if d.startswith("itlm") and "rounds" in r:
                 kw = r["settings"]["itlm"]
                 folds, ft = kw.get("folds", 1), kw.get("finetune")
-                notes.append(f"alpha {kw['alpha']}, {len(r['rounds']) - 1} "
+                notes.append(f"alpha {kw['alpha']}{' per class' if kw.get('per_class') else ''}, {len(r['rounds']) - 1} "
                              + (f"selection(s) by {folds}-fold held-out judges" if folds > 1 else
                                 f"round(s), each fine-tuning the last for {ft} epochs at lr {kw['finetune_lr']}" if ft
                                 else "retraining(s) from scratch")
@@ -570,9 +574,9 @@ def tables(res: dict) -> str:
                 notes.append(f"diagnostic, not a defense: a simulated judge whose trimmed {r['trimmed']['flagged']} "
                              "hold this share of poisons (the undefended model's highest-loss poisons and clean "
                              "samples), retrained once")
-            if attack in ("flip", "random") and d != "none" and clean is not None and clean > base["clean_acc"]:
+            if attack in DAMAGE_OF and d != "none" and clean is not None and clean > base["clean_acc"]:
                 notes.append(f"recovers {_fmt(100 * (r['clean_acc'] - base['clean_acc']) / (clean - base['clean_acc']), 0)}% "
-                             f"of the {attack}'s damage")
+                             f"of {DAMAGE_OF[attack]} damage")
             if d == "dpa":
                 notes.append(f"k={r['k']}, base classifiers {min(r['base_acc'])}-{max(r['base_acc'])}%; "
                              f"certified acc at radius 1/2/5: " + "/".join(
@@ -679,10 +683,11 @@ def tables(res: dict) -> str:
             base = res.get(f"{a}/none", {})
             lines.append(f"| {a} | {_fmt(base.get('clean_acc'))} | {_fmt(base.get('asr'))} | {_fmt(r.get('asr'))} | "
                          + " | ".join(_fmt(by.get(q, 0.0)) for q in radii) + " |")
-    lines += ["", "Detection on the undefended model (penultimate features), against the true poisons; chance = the "
-              "precision of flagging at random (the poisoned fraction):", "",
-              "| attack | detector | flagged | poisons | found | precision % | chance % | recall % | seconds |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    if any("/detect-" in k for k in res):
+        lines += ["", "Detection on the undefended model (penultimate features), against the true poisons; chance = the "
+                  "precision of flagging at random (the poisoned fraction):", "",
+                  "| attack | detector | flagged | poisons | found | precision % | chance % | recall % | seconds |",
+                  "|---|---|---|---|---|---|---|---|---|"]
     for attack in ("badnets", "flip"):
         for det in ("spectral", "ac"):
             r = res.get(f"{attack}/detect-{det}")
@@ -690,6 +695,8 @@ def tables(res: dict) -> str:
                 lines.append(f"| {attack} | {det} | {r['flagged']} | {r['poisons']} | {r['found']} | "
                              f"{_fmt(r['precision'])} | {_fmt(100.0 * r['poisons'] / SCALE['train'])} | "
                              f"{_fmt(r['recall'])} | {r['seconds']} |")
+    if not any(k.startswith("badnets/unlearn-") for k in res):
+        return "\n".join(lines) + "\n"
     lines += ["", "Corrective unlearning of the undefended BadNets model, given a found subset of its poisons "
               "(no-defense baseline in the first row):", "",
               "| found | method | clean acc | ASR | seconds |", "|---|---|---|---|---|"]
@@ -821,6 +828,8 @@ def main(argv=None):
         elif s == "random":  # the paper's random noise: undefended, ITLM as on the flip
             b.none("random")
             b.itlm("random", ITLM_KW)
+        elif s == "perclass":
+            b.itlm("flip", ITLM_PC_KW, name="itlm-pc")
         elif s == "finetune":
             for name, kw in ITLM_FT_KW.items():
                 b.itlm("flip", kw, name=name)

@@ -34,7 +34,14 @@ def test_tables_show_the_second_seed_and_the_trimming_by_class():
                {"round": 0, "train_size": 10, "auc": 0.8, "within_class_auc": 0.79, "global_precision": 50.0,
                 "per_class_precision": 52.0, "global_clean_trimmed_by_class": [1, 0],
                 "per_class_clean_trimmed_by_class": [1, 1]}]}}
+    res["random/none"] = {"clean_acc": 44.0, "seconds": 1.0}
+    res["random/itlm"] = {**itlm, "clean_acc": 47.0}
+    res["flip/itlm-sim0.9"] = {"clean_acc": 49.0, "seconds": 1.0, "trimmed": {"flagged": 2, "poisons": 2, "found": 2,
+                                                                            "precision": 90.0, "recall": 90.0}}
     text = bench.tables(res)
+    assert "recovers 50% of the random labels' damage" in text  # (47 - 44) / (50 - 44)
+    assert "| flip | itlm-sim0.9 | 49.0 |" in text and "a simulated judge whose trimmed 2 hold" in text
+    assert "Detection on the undefended model" not in text  # no detection cells: no empty table
     assert "alpha 0.8, 2 retraining(s) from scratch; seed 0 is the rounds table's round 2" in text
     assert "| 0 | 50.0 | 41.0 | 48.0 | 78 | 60.0 | 49.00 / 40.00 / 47.00 |" in text  # (48 - 41) / (50 - 41)
     assert "| 1 | 52.0 | 42.0 | 47.0 | 50 | 55.0 | 50.00 / 41.00 / 46.00 |" in text
