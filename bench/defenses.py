@@ -75,7 +75,7 @@ ITLM_HIGH_KW = dict(alpha=0.9, rounds=2)  # trimming less: keeps more of the har
 ITLM_CV_KW = [dict(alpha=0.8, rounds=r, folds=2) for r in (1, 2)]  # held-out judges (stage "cv")
 # our variant (stage "finetune"): rounds continue the previous round's model for 5 epochs instead of retraining
 # and its control: alpha 1 (nothing trimmed), the same extra epochs on everything
-ITLM_FT_KW = {f"itlm-ft{lr:g}{'-control' if a == 1 else ''}": dict(alpha=a, rounds=2, finetune=5, finetune_lr=lr)
+ITLM_FT_KW = {f"itlm-ft{lr:g}{'-control' if a == 1 else ''}": dict(alpha=a, rounds=4, finetune=5, finetune_lr=lr)
               for lr in (0.02, 0.05) for a in (0.8, 1.0)}
 ITLM_PC_KW = dict(alpha=0.8, rounds=2, per_class=True)  # class-balanced trimming (stage "perclass")
 ITLM_FIT = ("itlm", "itlm-pc", "itlm-a0.7", "itlm-a0.9", "itlm-cv1", "itlm-cv2", *ITLM_FT_KW)  # cells of ITLM.fit
@@ -132,6 +132,15 @@ def separation_stats(loss: torch.Tensor, positive: torch.Tensor) -> dict:
     return {"n": len(loss), "poisons": p, "auc": round((rank[positive].sum().item() - p * (p + 1) / 2) / (p * n), 3),
             "precision": round(100.0 * positive[top].float().mean().item(), 1),
             "loss_clean": round(loss[~positive].mean().item(), 2), "loss_poison": round(loss[positive].mean().item(), 2)}
+
+
+def load_results(work: Path) -> dict:
+    """Every finished cell by name; of two cells with one name (other settings), the newest wins."""
+    res = {}
+    for p in sorted((work / "cells").glob("*.json"), key=lambda q: q.stat().st_mtime):
+        r = read_json(p)
+        res[r["name"]] = r
+    return res
 
 
 def best_round(rounds: list[dict]) -> int:
@@ -323,7 +332,7 @@ class Bench:
         return self.cell(f"{attack}/loss-separation", {"victim": VICTIM, "attack": ATTACKS.get(attack),
                                                        "itlm": ITLM_KW, "cv": ITLM_CV_KW[-1], "v": 2}, run)
 
-    def reseeded(self, seed: int, kw=None, attacks=("clean", "flip", "badnets")):
+    def reseeded(self, seed: int, kw=None, attacks=("clean", "flip", "badnets"), name="itlm"):
         """Another victim seed (initialisation, batch order, augmentation; same poisons) for the flip's ITLM
         result: clean data, the flip undefended (and the other attacks undefended), and ITLM, so the recovery
         has a second draw."""
@@ -343,15 +352,18 @@ class Bench:
             t = precision_recall(trimmed_of(res["kept"], len(data)), poisons)
             return {**self.metrics(res["model"], "flip"), "val_acc": res["rounds"][-1]["val_acc"], "trimmed": t,
                     "seconds": round(sum(r["train_seconds"] for r in res["rounds"]), 1)}
-        out["itlm"] = self.cell(f"flip/itlm-seed{seed}", {"victim": {**VICTIM, "seed": seed},
+        out["itlm"] = self.cell(f"flip/{name}-seed{seed}", {"victim": {**VICTIM, "seed": seed},
                                                           "attack": ATTACKS.get("flip"), "itlm": kw}, run)
         return out
 
-    def chosen_itlm(self) -> dict:
-        """The paper-form setting of the flip's `itlm` cell whose round model has the best validation accuracy
-        (rounds >= 1; ties to fewer rounds): what a second victim seed reruns. The test set plays no part."""
-        r = self.itlm("flip")
-        return dict(alpha=r["settings"]["itlm"]["alpha"], rounds=best_round(r["rounds"]))
+    def chosen_itlm(self) -> tuple[str, dict]:
+        """The ITLM setting (cell, and the round count) whose model has the best validation accuracy among the
+        settings run on the flip so far (no defense excluded; ties to the earlier setting and fewer rounds):
+        what a second victim seed reruns. The test set plays no part."""
+        self.itlm("flip")
+        res = load_results(self.work)
+        best = max((c for c in itlm_candidates(res) if c["name"] != "none"), key=lambda c: c["val"])
+        return best["cell"], {**res[f"flip/{best['cell']}"]["settings"]["itlm"], "rounds": best["round"]}
 
     def trimming(self, attack="flip"):
         """Reads the paper form's cached round models (no training): for each, how well its loss ranks the
@@ -511,6 +523,7 @@ def itlm_candidates(res: dict) -> list[dict]:
             if kw.get("finetune"):
                 folds = f", each round fine-tunes the last for {kw['finetune']} epochs at lr {kw['finetune_lr']}"
             out.append({"name": f"{d}: alpha {kw['alpha']}, rounds {q['round']}{folds}", "val": q["val_acc"],
+                        "cell": d, "round": q["round"],
                         "test": q["last_acc"], "trimmed": q.get("trimmed")})
     return out
 
@@ -604,25 +617,26 @@ def tables(res: dict) -> str:
                              f"{_fmt(t['precision']) if t else '-'} | {_fmt(t['recall']) if t else '-'} | "
                              f"{round(q['train_seconds'], 1)} |")
     lines += choice(res)
-    seeds = sorted({int(k.rsplit("seed", 1)[1]) for k in res if k.startswith("flip/itlm-seed")})
-    if seeds and "flip/itlm" in res:
-        kw = res[f"flip/itlm-seed{seeds[0]}"]["settings"]["itlm"]
-        lines += ["", f"The flip's ITLM recovery under other victim seeds (same poisons; alpha {kw['alpha']}, "
-                      f"{kw['rounds']} retraining(s) from scratch; seed 0 is the rounds table's round {kw['rounds']}):", "",
-                  "| seed | clean-data acc | no-defense acc | ITLM acc | damage recovered % | trimmed precision % |"
-                  " val: clean / no defense / ITLM |", "|---|---|---|---|---|---|---|"]
-        r0 = res["flip/itlm"]["rounds"][kw["rounds"]]
-        rows = [(0, res["clean/none"], res["flip/none"], {"clean_acc": r0["last_acc"], "val_acc": r0.get("val_acc"),
-                                                          "trimmed": r0["trimmed"]})]
-        rows += [(q, res.get(f"clean/none-seed{q}"), res.get(f"flip/none-seed{q}"), res[f"flip/itlm-seed{q}"])
-                 for q in seeds]
-        for q, c, n, i in rows:
-            if c is None or n is None:
-                continue
-            rec = 100 * (i["clean_acc"] - n["clean_acc"]) / (c["clean_acc"] - n["clean_acc"])
-            lines.append(f"| {q} | {c['clean_acc']} | {n['clean_acc']} | {i['clean_acc']} | {_fmt(rec, 0)} | "
-                         f"{_fmt(i['trimmed']['precision'])} | {_fmt(c.get('val_acc'), 2)} / {_fmt(n.get('val_acc'), 2)} / "
-                         f"{_fmt(i.get('val_acc'), 2)} |")
+    reseeded = [(d, int(k.rsplit("-seed", 1)[1])) for d in ITLM_FIT for k in res
+                 if k.startswith(f"flip/{d}-seed") and k.rsplit("-seed", 1)[0] == f"flip/{d}" and f"flip/{d}" in res]
+    if reseeded and "clean/none" in res and "flip/none" in res:
+        lines += ["", "The flip's ITLM recovery under other victim seeds (same poisons; seed 0 is the rounds table's "
+                      "round of the same count):", "",
+                  "| setting | seed | clean-data acc | no-defense acc | ITLM acc | damage recovered % | trimmed precision % |"
+                  " val: clean / no defense / ITLM |", "|---|---|---|---|---|---|---|---|"]
+        for d, q in reseeded:
+            kw = res[f"flip/{d}-seed{q}"]["settings"]["itlm"]
+            r0 = res[f"flip/{d}"]["rounds"][kw["rounds"]]
+            rows = [(0, res["clean/none"], res["flip/none"], {"clean_acc": r0["last_acc"], "val_acc": r0.get("val_acc"),
+                                                              "trimmed": r0["trimmed"]}),
+                    (q, res.get(f"clean/none-seed{q}"), res.get(f"flip/none-seed{q}"), res[f"flip/{d}-seed{q}"])]
+            for seed, c, n, i in rows:
+                if c is None or n is None:
+                    continue
+                rec = 100 * (i["clean_acc"] - n["clean_acc"]) / (c["clean_acc"] - n["clean_acc"])
+                lines.append(f"| {d}, {kw['rounds']} round(s) | {seed} | {c['clean_acc']} | {n['clean_acc']} | "
+                             f"{i['clean_acc']} | {_fmt(rec, 0)} | {_fmt(i['trimmed']['precision'])} | "
+                             f"{_fmt(c.get('val_acc'), 2)} / {_fmt(n.get('val_acc'), 2)} / {_fmt(i.get('val_acc'), 2)} |")
     abl_seeds = sorted({int(k.rsplit("seed", 1)[1]) for k in res if k.startswith("badnets/abl-seed")})
     if abl_seeds and "badnets/abl" in res:
         lines += ["", "ABL on BadNets under other victim seeds (same poisons and trigger), beside that seed's clean "
@@ -821,8 +835,11 @@ def main(argv=None):
             b.none("clean")
             b.none("flip")
             b.itlm("flip")
-        elif s == "itlm-seed1":  # the setting chosen on validation, under victim seed 1
-            b.reseeded(1, b.chosen_itlm(), attacks=("clean", "flip"))
+        elif s == "itlm-seed1":  # the setting chosen on validation (and its control, if any), under victim seed 1
+            name, kw = b.chosen_itlm()
+            b.reseeded(1, kw, attacks=("clean", "flip"), name=name)
+            if f"{name}-control" in ITLM_FT_KW:
+                b.reseeded(1, {**kw, "alpha": 1.0}, attacks=(), name=f"{name}-control")
         elif s == "sep":
             b.trimming("flip")
         elif s == "random":  # the paper's random noise: undefended, ITLM as on the flip
@@ -840,10 +857,7 @@ def main(argv=None):
             b.unlearn("badnets")
             b.dpa("badnets")
             b.dpa("flip")
-    res = {}
-    for p in sorted((args.work / "cells").glob("*.json"), key=lambda q: q.stat().st_mtime):  # newest settings win
-        r = read_json(p)
-        res[r["name"]] = r
+    res = load_results(args.work)
     write_json(args.out / "results" / f"defenses{suffix}.json", {"scale": SCALE, "victim": VICTIM, "attacks": ATTACKS,
                                                        "abl": ABL_KW, "itlm": ITLM_KW, "itlm_grid": ITLM_GRID_KW,
                                                        "itlm_hook": ITLM_HOOK_KW, "itlm_low": ITLM_LOW_KW,

@@ -20,6 +20,17 @@ def test_best_round_is_chosen_on_validation_never_round_zero():
     assert bench.best_round(rounds[:2]) == 1
 
 
+def test_candidates_name_their_cell_and_round():
+    res = {"flip/none": {"clean_acc": 41.0, "val_acc": 40.0},
+           "flip/itlm": {"settings": {"itlm": {"alpha": 0.8, "rounds": 2}},
+                         "rounds": [_round(0, 40.0, 41.0), _round(1, 45.0, 46.0), _round(2, 44.0, 48.0)], "val_acc": 44.0},
+           "flip/itlm-ft0.05-control": {"settings": {"itlm": {"alpha": 1.0, "rounds": 1, "finetune": 5,
+                                                                "finetune_lr": 0.05}},
+                                        "rounds": [_round(0, 40.0, 41.0), _round(1, 99.0, 99.0)], "val_acc": 99.0}}
+    cands = bench.itlm_candidates(res)
+    assert [(c["cell"], c["round"]) for c in cands if c["name"] != "none"] == [("itlm", 1), ("itlm", 2)]  # no control
+
+
 def test_tables_show_the_second_seed_and_the_trimming_by_class():
     itlm = {"settings": {"itlm": {"alpha": 0.8, "rounds": 2}}, "rounds": [_round(0, 40.0, 41.0), _round(1, 45.0, 46.0),
                                                                           _round(2, 47.0, 48.0, 60.0)],
@@ -42,7 +53,6 @@ def test_tables_show_the_second_seed_and_the_trimming_by_class():
     assert "recovers 50% of the random labels' damage" in text  # (47 - 44) / (50 - 44)
     assert "| flip | itlm-sim0.9 | 49.0 |" in text and "a simulated judge whose trimmed 2 hold" in text
     assert "Detection on the undefended model" not in text  # no detection cells: no empty table
-    assert "alpha 0.8, 2 retraining(s) from scratch; seed 0 is the rounds table's round 2" in text
-    assert "| 0 | 50.0 | 41.0 | 48.0 | 78 | 60.0 | 49.00 / 40.00 / 47.00 |" in text  # (48 - 41) / (50 - 41)
-    assert "| 1 | 52.0 | 42.0 | 47.0 | 50 | 55.0 | 50.00 / 41.00 / 46.00 |" in text
+    assert "| itlm, 2 round(s) | 0 | 50.0 | 41.0 | 48.0 | 78 | 60.0 | 49.00 / 40.00 / 47.00 |" in text  # (48-41)/(50-41)
+    assert "| itlm, 2 round(s) | 1 | 52.0 | 42.0 | 47.0 | 50 | 55.0 | 50.00 / 41.00 / 46.00 |" in text
     assert "| 0 | 10 | 0.8 | 0.79 | 50.0 / 52.0 | [1, 0] | [1, 1] |" in text
