@@ -76,8 +76,9 @@ def recipes(n, work="runs/labelfree"):
         # the cheapest label-free change tried for the 2-way cell (judged on --validation, docs/labelfree.md):
         # twice the clusters, so each universal perturbation serves ~250 images instead of ~500
         "uc-40k-softmax-16-p20": ("unlearnable_clusters", dict(soft, eps=16 / 255, clusters=20), None),
-        # its control: p = 10 again, another draw (k-means++ seeding, generator init and batches from seed 1)
+        # its controls: another draw (k-means++ seeding, generator init and batches from seed 1) of p = 10 and of p = 20
         "uc-40k-softmax-16-s1": ("unlearnable_clusters", dict(soft, eps=16 / 255, seed=1), None),
+        "uc-40k-softmax-16-p20-s1": ("unlearnable_clusters", dict(soft, eps=16 / 255, clusters=20, seed=1), None),
         # EM at 16/255 made with the owner's 10 classes / 2 super-classes (step size eps / 5, as at 8/255)
         "em-16": ("em", dict(short["em"], eps=16 / 255, step_size=3.2 / 255), "10-class"),
         "em-owner2-16": ("em", dict(short["em"], eps=16 / 255, step_size=3.2 / 255), "2-way"),
@@ -449,7 +450,8 @@ def shortcut_lines(study, runs):
     out = ["", "| data | labelling | labels from the noise alone (linear, held out) | an independent clean model on the "
            "protected training images | victim's test acc. | victim's most predicted test class: share % | victim steered by the noise "
            "(chance) |", "|---|---|---|---|---|---|---|"]
-    for key, row in study.items():
+    order = {n: i for i, n in enumerate(SHORTCUT_SETS)}
+    for key, row in sorted(study.items(), key=lambda kv: (order.get(kv[0].split("--")[0], len(order)), kv[0])):
         name, lab = key.split("--")
         k = len(LABELLINGS[lab][1])
         # clean data has no noise: its column holds what the clean pixels themselves give a linear classifier
