@@ -88,7 +88,7 @@ UNLEARN = {"retrain": None, "negrad+": dict(epochs=5, lr=0.01, batch_size=16, re
 ROWS = ("none", "oracle", "abl", "abl-nogga", *ITLM_FIT, "itlm-kept-clean",
         *(f"itlm-sim{p:g}" for p in SIM_PRECISION), "itlm-hook", "dpa")  # the main table's defense rows, in order
 STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "cv", "extra", "seed1",
-          "itlm", "itlm-seed1", "sep", "random", "precision", "finetune", "perclass")  # the last three: the ITLM study alone (e.g. at --train 10000)
+          "itlm", "itlm-seed1", "sep", "random", "precision", "finetune", "perclass", "cleanctl")  # the last three: the ITLM study alone (e.g. at --train 10000)
 
 
 def trimmed_of(kept, n) -> torch.Tensor:
@@ -545,6 +545,31 @@ def choice(res: dict) -> list[str]:
     return lines
 
 
+def finetune_table(res: dict) -> list[str]:
+    """The fine-tuning variant round by round beside its no-trim controls: damage recovered against the standard
+    victims (clean / undefended) and against the same training (the controls on clean and flipped data)."""
+    lines, clean, base = [], res.get("clean/none"), res.get("flip/none")
+    for name in (n for n in ITLM_FT_KW if not n.endswith("-control")):
+        ft, ctl, cctl = res.get(f"flip/{name}"), res.get(f"flip/{name}-control"), res.get(f"clean/{name}-control")
+        if not (ft and ctl and clean and base):
+            continue
+        if not lines:
+            lines = ["", "The fine-tuning variant beside its controls (alpha 1: the same fine-tuning rounds, nothing "
+                         "trimmed) on the flip and on clean data; damage recovered against the standard victims "
+                         "(clean / undefended, 15 epochs) and against the same training (the two controls at that "
+                         "round):", "", "| setting | round | ITLM test / val | flip control test / val | "
+                         "clean control test / val | recovered %: standard | same training |", "|---|---|---|---|---|---|---|"]
+        for q, c in zip(ft["rounds"][1:], ctl["rounds"][1:]):
+            cc = cctl["rounds"][q["round"]] if cctl else None
+            same = (100 * (q["last_acc"] - c["last_acc"]) / (cc["last_acc"] - c["last_acc"])
+                    if cc and cc["last_acc"] > c["last_acc"] else None)
+            std = 100 * (q["last_acc"] - base["clean_acc"]) / (clean["clean_acc"] - base["clean_acc"])
+            cc_text = f"{cc['last_acc']} / {_fmt(cc.get('val_acc'), 2)}" if cc else "-"
+            lines.append(f"| {name} | {q['round']} | {q['last_acc']} / {_fmt(q.get('val_acc'), 2)} | {c['last_acc']} / "
+                         f"{_fmt(c.get('val_acc'), 2)} | {cc_text} | {_fmt(std, 0)} | {_fmt(same, 0)} |")
+    return lines
+
+
 def tables(res: dict) -> str:
     """Markdown tables: defenses x attacks with the undefended baseline in the same row."""
     lines = [f"Scale: CIFAR-10 {SCALE['train']} train / {SCALE['test']} test (stratified), smallcnn width 0.5, "
@@ -617,6 +642,7 @@ def tables(res: dict) -> str:
                              f"{_fmt(t['precision']) if t else '-'} | {_fmt(t['recall']) if t else '-'} | "
                              f"{round(q['train_seconds'], 1)} |")
     lines += choice(res)
+    lines += finetune_table(res)
     reseeded = [(d, int(k.rsplit("-seed", 1)[1])) for d in ITLM_FIT for k in res
                  if k.startswith(f"flip/{d}-seed") and k.rsplit("-seed", 1)[0] == f"flip/{d}" and f"flip/{d}" in res]
     if reseeded and "clean/none" in res and "flip/none" in res:
@@ -845,6 +871,10 @@ def main(argv=None):
         elif s == "random":  # the paper's random noise: undefended, ITLM as on the flip
             b.none("random")
             b.itlm("random", ITLM_KW)
+        elif s == "cleanctl":  # the chosen setting's no-trim control on clean data: the clean reference with
+            name, kw = b.chosen_itlm()  # the same extra training
+            if f"{name}-control" in ITLM_FT_KW:
+                b.itlm("clean", {**kw, "alpha": 1.0}, name=f"{name}-control")
         elif s == "perclass":
             b.itlm("flip", ITLM_PC_KW, name="itlm-pc")
         elif s == "finetune":

@@ -56,3 +56,14 @@ def test_tables_show_the_second_seed_and_the_trimming_by_class():
     assert "| itlm, 2 round(s) | 0 | 50.0 | 41.0 | 48.0 | 78 | 60.0 | 49.00 / 40.00 / 47.00 |" in text  # (48-41)/(50-41)
     assert "| itlm, 2 round(s) | 1 | 52.0 | 42.0 | 47.0 | 50 | 55.0 | 50.00 / 41.00 / 46.00 |" in text
     assert "| 0 | 10 | 0.8 | 0.79 | 50.0 / 52.0 | [1, 0] | [1, 1] |" in text
+
+
+def test_finetune_table_sets_the_variant_against_its_controls():
+    ft = {"rounds": [_round(0, 40.0, 41.0), _round(1, 45.0, 46.0)]}
+    ctl = {"rounds": [_round(0, 40.0, 41.0), _round(1, 44.0, 44.0)]}
+    cctl = {"rounds": [_round(0, 49.0, 50.0), _round(1, 51.0, 54.0)]}
+    res = {"clean/none": {"clean_acc": 50.0}, "flip/none": {"clean_acc": 41.0}, "flip/itlm-ft0.05": ft,
+           "flip/itlm-ft0.05-control": ctl, "clean/itlm-ft0.05-control": cctl}
+    text = "\n".join(bench.finetune_table(res))
+    # standard: (46 - 41) / (50 - 41) = 56%; same training: (46 - 44) / (54 - 44) = 20%
+    assert "| itlm-ft0.05 | 1 | 46.0 / 45.00 | 44.0 / 44.00 | 54.0 / 51.00 | 56 | 20 |" in text
