@@ -97,8 +97,9 @@ FRESH = {"taggants20c": (3, range(20, 30)), "taggants20d": (4, range(30, 40))}
 TAGGANTS20CAP = dict(TAGGANTS20, class_cap=0.4)
 CAPPED = {"capped20a": (6, range(10)), "capped20b": (7, range(20, 30)), "capped20c": (8, range(30, 40)),
           "capped20d": (9, range(10))}
-TESTS = ("binomial", "rank", "reference")  # the taggant tests every verdict is cached for
-TEST_NAMES = {"binomial": "binomial top-1", "rank": "rank-sum", "reference": "reference rank-sum"}
+TESTS = ("binomial", "rank", "reference", "combined")  # the taggant tests every verdict is cached for
+TEST_NAMES = {"binomial": "binomial top-1", "rank": "rank-sum", "reference": "reference rank-sum",
+              "combined": "combined (Bonferroni) rank-sum"}
 MARK_SEED = 0  # one marked copy (keys, marked images, surrogate clean-s10); victims seeds 0..9 train on it
 BACKDOOR = dict(trigger=os.environ.get("OWNERSHIP_TRIGGER", "blend"), rate=0.1, margin=0.2, n_verify=100)
 # Harmlessness control: the images the 10-key copy marked get random sign noise of the same budget instead
@@ -224,7 +225,7 @@ class Bench:
         if key.method != "taggants":
             return {"binomial": self.check(name, key, model)}
         ref = None if key.reference is not None else self.clean(10 + copy_seed(copy))[0]
-        return {t: self.check(name, key, model, t, ref if t == "reference" else None) for t in TESTS}
+        return {t: self.check(name, key, model, t, ref if t in ("reference", "combined") else None) for t in TESTS}
 
 
 def stage_clean(b: Bench):
@@ -320,7 +321,8 @@ def null_fresh_keys(models, n_keys: int, num_classes: int, shape, sets: int = NU
     for test in TESTS:
         first, pooled_rand, pooled_hits = [], [], []
         for s, (_, model) in enumerate(models):
-            ref = next(r for r in full[s % len(full) + 1:] + full if r is not model) if test == "reference" else None
+            ref = next(r for r in full[s % len(full) + 1:] + full if r is not model) \
+                if test in ("reference", "combined") else None
             for j in range(sets):
                 v = verify(null_keys(s * NULL_KEYSETS + j, num_classes, shape, n_keys), model, alpha=0.05, test=test,
                            reference=ref)
@@ -328,9 +330,12 @@ def null_fresh_keys(models, n_keys: int, num_classes: int, shape, sets: int = NU
                 if j == 0:
                     first.append(v.p_value)
                 pooled_hits.append(d["hits"])
-                pooled_rand.append(stats.randomized_pvalue(d["hits"], d["trials"], d["null_rate"], rng.random())
-                                   if test == "binomial" else
-                                   stats.randomized_rank_pvalue(d["rank_sum"], d["trials"], num_classes, rng.random()))
+                if test == "binomial":
+                    pooled_rand.append(stats.randomized_pvalue(d["hits"], d["trials"], d["null_rate"], rng.random()))
+                elif test == "combined":  # no single null distribution to randomize over: plain (conservative) p
+                    pooled_rand.append(v.p_value)
+                else:
+                    pooled_rand.append(stats.randomized_rank_pvalue(d["rank_sum"], d["trials"], num_classes, rng.random()))
         out[test] = {"one_per_model": {"pvalues": first, **stats.uniformity(first)},
                      "pooled_randomized": stats.uniformity(pooled_rand)}
         if test == "binomial":
@@ -669,7 +674,8 @@ def report_null(nl: dict, md: list):
                 continue
             name = TEST_NAMES[test]
             rows += [(f"{name}, {k} keys, a fresh key set per clean model", u["one_per_model"]),
-                     (f"{name}, {k} keys, {sets} fresh key sets x {models} models, randomized p",
+                     (f"{name}, {k} keys, {sets} fresh key sets x {models} models, "
+                      f"{'plain p (conservative)' if test == 'combined' else 'randomized p'}",
                       u["pooled_randomized"])]
     for copy in COPIES:
         for suffix, name in (("", "binomial" if COPIES[copy][0] == "taggants" else "t-test"), ("_rank", "rank-sum"),

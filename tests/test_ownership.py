@@ -348,3 +348,17 @@ def test_black_box_replies_are_checked():
             parse_answers(bad, 2, 1)
     with pytest.raises(PoisonlabError):
         parse_answers('{"topk": [[1], [2]]}', 2, 3)  # fewer labels than the test's k
+
+
+def test_combined_test_is_the_bonferroni_of_both_rank_sums():
+    key = taggant_key(n=20, seed=7)
+    clean, marked = KeyBias(key), KeyBias(key, shift=1.5)
+    key.reference = torch.log_softmax(clean(key.images.float().div(255)), 1)
+    r, f, c = (verify(key, marked, test=t) for t in ("rank", "reference", "combined"))
+    assert c.test == "combined rank-sum" and c.p_value == pytest.approx(min(1, 2 * min(r.p_value, f.p_value)))
+    assert c.detail["p_rank"] == r.p_value and c.detail["p_reference"] == f.p_value and "Bonferroni" in c.summary()
+    torch.manual_seed(0)  # a suspect that never saw the keys: P(p <= a) <= a (Bonferroni is conservative)
+    suspect, other = create_model("smallcnn", 10, 3, 0.25).eval(), create_model("smallcnn", 10, 3, 0.25).eval()
+    ps = np.array([verify(taggant_key(n=10, seed=3000 + s), suspect, test="combined", reference=other).p_value
+                   for s in range(200)])
+    assert (ps <= 0.05).mean() <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / 200) and (ps <= 0.2).mean() <= 0.2 + 0.06

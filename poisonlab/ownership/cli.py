@@ -77,10 +77,11 @@ def add_parsers(sub):
     v.add_argument("--width", type=float, default=None, help="width multiplier of a bare state dict")
     v.add_argument("--alpha", type=float, default=0.01, help="significance level of the verdict (default 0.01)")
     v.add_argument("--top-k", type=int, default=None, help="taggants: k of the top-k test (default: the key's)")
-    v.add_argument("--test", default="binomial", choices=["binomial", "rank", "reference"],
+    v.add_argument("--test", default="binomial", choices=["binomial", "rank", "reference", "combined"],
                    help="taggants: binomial top-k (the paper's, default), rank (rank-sum of the key labels; "
-                        "more power at few classes, exact too) or reference (rank-sum against the clean "
-                        "surrogate's answers stored in the key file: the most power; see docs/ownership.md)")
+                        "more power at few classes, exact too), reference (rank-sum against the clean "
+                        "surrogate's answers stored in the key file) or combined (both, Bonferroni: the most "
+                        "reliable over key draws here; see docs/ownership.md)")
     v.add_argument("--reference", default=None, help="taggants, --test reference: a clean model file of yours "
                                                      "to rank against instead of the key file's reference")
     v.add_argument("--device", default="cpu")
