@@ -489,11 +489,13 @@ def copy_rows(b: Bench, copy: str) -> list:
         c, vc = M(f"clean-s{s}"), V(f"{copy}-on-clean-s{s}")
         vr, vcr = V(f"{copy}-s{s}-rank"), V(f"{copy}-on-clean-s{s}-rank")
         vf, vcf = V(f"{copy}-s{s}-reference"), V(f"{copy}-on-clean-s{s}-reference")
+        vb, vcb = V(f"{copy}-s{s}-combined"), V(f"{copy}-on-clean-s{s}-combined")
         rows.append({"seed": s, "acc_marked": m["last_acc"], "p_value": v["p_value"], "statistic": v["statistic"],
                      "p_rank": vr and vr["p_value"], "mean_rank": vr and vr["mean_rank"], "ranks": vr and vr.get("ranks"),
-                     "p_ref": vf and vf["p_value"], "ref_ranks": vf and vf.get("ranks"),
+                     "p_ref": vf and vf["p_value"], "ref_ranks": vf and vf.get("ranks"), "p_comb": vb and vb["p_value"],
                      "acc_clean": c and c["last_acc"], "p_clean_model": vc and vc["p_value"],
-                     "p_rank_clean_model": vcr and vcr["p_value"], "p_ref_clean_model": vcf and vcf["p_value"]})
+                     "p_rank_clean_model": vcr and vcr["p_value"], "p_ref_clean_model": vcf and vcf["p_value"],
+                     "p_comb_clean_model": vcb and vcb["p_value"]})
     return rows
 
 
@@ -601,21 +603,27 @@ def report_draws(res: dict) -> list:
         return []
     md = ["### 20-key copies, one row per key draw: detection at p < 0.01 and harmlessness", "",
           "| copy | key seed | images per class at most | marked images | victims | binomial top-1 | rank-sum | "
-          "reference rank-sum | largest reference p | marked - clean twin (points, mean ± s.e.) | pairs lower |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "reference rank-sum | combined | largest combined p | marked - clean twin (points, mean ± s.e.) | "
+          "pairs lower | clean twins at p < 0.01 (rank, reference, combined) |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in copies:
         o, rows = res[c], res[c]["rows"]
         cap = COPIES[c][1].get("class_cap", 1.0)
         refs = [r["p_ref"] for r in rows if r["p_ref"] is not None]
+        comb = [r["p_comb"] for r in rows if r["p_comb"] is not None]
         diff = [r["acc_marked"] - r["acc_clean"] for r in rows + o["further_rows"] if r["acc_clean"] is not None]
+        twins = [sum(r[k] is not None and r[k] < 0.01 for r in rows)
+                 for k in ("p_rank_clean_model", "p_ref_clean_model", "p_comb_clean_model")]
         md.append(f"| {c} | {copy_seed(c)} | {round(cap * TRAIN_N / 10)} | {o['marking'].get('marked_images')} | "
                   f"{len(rows)} | {o['detected_p<0.01']}/{len(rows)} | {o['detected_rank_p<0.01']}/{len(rows)} | "
-                  f"{o['detected_reference_p<0.01']}/{len(refs)} | {max(refs):.2g} | "
-                  f"{o['acc_diff_mean']:+.2f} ± {o['acc_diff_se']:.2f} | {sum(d < 0 for d in diff)}/{len(diff)} |"
-                  if refs else f"| {c} | {copy_seed(c)} | - | - | {len(rows)} | not run | | | | | |")
+                  f"{o['detected_reference_p<0.01']}/{len(refs)} | {sum(x < 0.01 for x in comb)}/{len(comb)} | "
+                  f"{max(comb) if comb else float('nan'):.2g} | {o['acc_diff_mean']:+.2f} ± {o['acc_diff_se']:.2f} | "
+                  f"{sum(d < 0 for d in diff)}/{len(diff)} | {', '.join(map(str, twins))} of {len(diff)} |"
+                  if refs else f"| {c} | {copy_seed(c)} | - | - | {len(rows)} | not run | | | | | | | |")
     md += ["", "Victims 0..9, 20..29 or 30..39 (the copy's own; clean twins = the same seeds on clean data). The "
-           "reference rank-sum test was chosen on taggants20 and taggants20b (and the 10-key copy), the class cap on "
-           "the per-class accuracies of taggants..taggants20c; the capped20 copies are fresh draws.", ""]
+           "reference rank-sum test was chosen on taggants20 and taggants20b (and the 10-key copy), before "
+           "taggants20c..capped20c were marked; the class cap on the per-class accuracies of taggants..taggants20c; "
+           "the combined test after capped20c, so capped20d is its only fresh draw.", ""]
     return md
 
 
