@@ -922,17 +922,17 @@ def report(results) -> str:
         lines += gm_table(f"Witches' Brew against victims that fit their training set (scale fit; {st['steps']} signed-Adam "
                           f"steps, {st['restarts']} restart(s), eps {round(st['eps'] * 255)}/255, {st['budget']:.0%} per target, "
                           f"{st['targets_per_victim']} targets per victim)", results["gm-fit"])
+    if "gm-fit-single" in results:
+        g = results["gm-fit-single"]["summary"]
+        lines.append(f"One target per victim (gm-fit-single: the first {g['n']} targets of group 0, each alone in a "
+                     f"fine-tuned surrogate with its 20 poisons): {pct(g)} hit; mean margin {g['margin']} alone vs "
+                     f"{g['margin_shared']} with the 10 targets' poisons together (control {g['margin_control']}).\n")
     for key in sorted(k for k in results if k.startswith("gm-brew-t")):
         st = results[key]["settings"]
         lines += gm_table(f"Witches' Brew with the paper's levers (stage gm-brew, scale fit; targets seed {st['target_seed']}: "
                           f"{st['budget']:.0%} per target, K = {st['ensemble']}, R = {st['restarts']}, M = {st['steps']}, "
                           f"eps {round(st['eps'] * 255)}/255, {len(st['groups'])} victims of {max(map(len, st['groups']))} "
                           "targets or fewer, distinct adversarial classes)", results[key])
-    if "gm-fit-single" in results:
-        g = results["gm-fit-single"]["summary"]
-        lines.append(f"One target per victim (gm-fit-single: the first {g['n']} targets of group 0, each alone in a "
-                     f"fine-tuned surrogate with its 20 poisons): {pct(g)} hit; mean margin {g['margin']} alone vs "
-                     f"{g['margin_shared']} with the 10 targets' poisons together (control {g['margin_control']}).\n")
     if "transfer-fewshot" in results:
         t, st = results["transfer-fewshot"]["summary"], results["transfer-fewshot"]["settings"]
         lines += ["", f"## Feature collision in Poison Frogs' transfer setting (main scale's extractors; a two-class head "
