@@ -994,7 +994,7 @@ def main():
     ap.add_argument("--stages", default="clean,badnets,badnets-5,blended,badnets-control,badnets-cb,badnets-cb5,"
                                         "badnets-na,clean-noaug,badnets-na-control,clean-small,gm,gm-control,"
                                         "gm-ft,gm-diagnose,transfer,transfer-fewshot,fc-diagnose,generative,meta,"
-                                        "clean-fit,gm-fit,gm-fit-single,labels,clean-label-na,clean-label-na-trigger-only,blended-na,"
+                                        "clean-fit,gm-fit,gm-fit-single,gm-brew,labels,clean-label-na,clean-label-na-trigger-only,blended-na,"
                                         "blended-na-control")
     ap.add_argument("--gm-groups", type=int, default=2)
     ap.add_argument("--gm-per-group", type=int, default=10)
