@@ -26,6 +26,12 @@ seed=0)), clean accuracy on a 2,000-image stratified test subset; victims smallc
 ITLM's settings on the flip are chosen by accuracy on a validation split: 2,000 class-balanced CIFAR-10
 training images outside the 5,000 (clean labels), never the test set.
 
+The ITLM study on its own (docs: "ITLM at 10,000 training images"): stages itlm (clean, flip, paper form), sep
+(trimming by class, cached models only), random (the paper's random noise), precision (simulated judges),
+finetune (our fine-tuning variant and its no-trim controls), perclass, itlm-seed1 (the setting chosen on
+validation under victim seed 1) and cleanctl (the chosen variant's control on clean data), e.g. with
+--train 10000 --itlm-rounds 2.
+
 Every training run checkpoints every epoch under --work/ckpt and every finished cell is one JSON under
 --work/cells, so an interrupted run resumes and a rerun only rebuilds the report (docs/results/defenses.json,
 docs/results/defenses_tables.md, docs/defenses/*.png).
