@@ -687,7 +687,7 @@ def report_null(nl: dict, md: list):
                       u["pooled_randomized"])]
     for copy in COPIES:
         for suffix, name in (("", "binomial" if COPIES[copy][0] == "taggants" else "t-test"), ("_rank", "rank-sum"),
-                             ("_reference", TEST_NAMES["reference"])):
+                             ("_reference", TEST_NAMES["reference"]), ("_combined", TEST_NAMES["combined"])):
             u = nl.get(f"{copy}_real_key_on_clean_models{suffix}")
             if u:
                 rows.append((f"{copy}, the real key, {name}, {nm} clean models", u))
