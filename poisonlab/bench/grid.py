@@ -27,7 +27,7 @@ from ..registry import METHODS
 from ..train import TrainConfig, mix_partial, train_victim
 from .config import CLEAN, Cell, GridConfig, available_methods, load_config
 from .executors import LocalExecutor, plan
-from .poisoning import attack_class, is_attack, poison_training_set, score
+from .poisoning import is_attack, row_attack_class, poison_training_set, score
 from .report import write_reports
 
 
@@ -44,7 +44,7 @@ def method_code_hash(method) -> str:
     cached protected set (not part of its key, so a comment edit does not force hours of regeneration); a
     mismatch is reported as a warning."""
     try:
-        cls = attack_class(method) if is_attack(method) else METHODS.get(method)
+        cls = row_attack_class(method) if is_attack(method) else METHODS.get(method)
     except PoisonlabError:
         return "unavailable"
     sources = []

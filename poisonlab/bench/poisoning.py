@@ -40,7 +40,8 @@ def attack_label(method: str) -> str:
     return ATTACKS.label(attack_name(method))
 
 
-def attack_class(method: str):
+def row_attack_class(method: str):
+    """The attack class of a grid row name."""
     return ATTACKS.get(attack_name(method))
 
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..attacks.evaluate import rate
 from ..fileio import atomic_write, read_json, write_json
 from .config import CLEAN, Cell, canonical, method_norm
 from .labels import at_radius_label, budget_note, budget_text, defense_label, method_label, metric_for  # noqa: F401
@@ -105,12 +106,10 @@ def _entry(lookup, cell, metric):
     text = _fmt(_value(lookup, cell, metric))
     scores = [r["attack"] for r in lookup.get(canonical(cell)) or [] if r.get("attack")]
     if scores:
-        k, n = sum(a["successes"] for a in scores), sum(a["n"] for a in scores)
-        p = k / n if n else float("nan")
-        se = (p * (1 - p) / n) ** 0.5 if n else float("nan")
+        pooled = rate(sum(a["successes"] for a in scores), sum(a["n"] for a in scores))
         name = ATTACK_METRICS.get(scores[0]["metric"], scores[0]["metric"])
-        count = f" ({k}/{n})" if scores[0]["metric"] == "targets" else ""
-        text += f" · {name} {p * 100:.1f} ± {se * 100:.1f}%{count}"
+        count = f" ({pooled['successes']}/{pooled['n']})" if scores[0]["metric"] == "targets" else ""
+        text += f" · {name} {pooled['rate'] * 100:.1f} ± {pooled['se'] * 100:.1f}%{count}"
     return text
 
 

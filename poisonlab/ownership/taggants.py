@@ -25,7 +25,6 @@ redrawing the labels, keeps the labels i.i.d. uniform (the null).
 
 import dataclasses
 
-
 import torch
 
 from .. import PoisonlabError
