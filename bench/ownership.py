@@ -21,8 +21,9 @@ Stages (every model, marked copy and verification cached under --cache, so a kil
   taggants20c, taggants20d  the same setting on two more fresh key draws (key seeds 3, 4; victims 20..29,
             30..39, whose clean twins are cached) for the reference rank-sum test, which was chosen on the
             victims of the draws before (key seeds 0, 1, 2); key seed 5 is refused (7 keys on one class).
-  capped20a, capped20b, capped20c, capped20d  20 keys, 2% per key, at most 40% of a class marked (class_cap
-            0.4), on fresh key draws (key seeds 6, 7, 8, 9; victims 0..9, 20..29, 30..39, 0..9).
+  capped20a .. capped20g  20 keys, 2% per key, at most 40% of a class marked (class_cap 0.4), on fresh key
+            draws (key seeds 6..12; victims 0..9, 20..29, 30..39, 0..9, 0..9, 30..39, 0..9); capped20e-g are the
+            combined test's declared fresh draws (session 7).
   noise     harmlessness control: random +-16/255 sign noise on the images the 10-key copy marked.
   easier    those images, their originals and the noisy ones scored by the clean models clean-s0..9.
   pairs     own keys against fresh random (key image, label) pairs, per key, marked victims and clean twins.
@@ -95,8 +96,11 @@ FRESH = {"taggants20c": (3, range(20, 30)), "taggants20d": (4, range(30, 40))}
 # share 80 images), per-key budget unchanged; chosen on key seeds 0..4, reported on fresh key seeds 6, 7, 8
 # (victims 0..9, 20..29, 30..39, whose twins are cached) and 9 where CPU time allowed.
 TAGGANTS20CAP = dict(TAGGANTS20, class_cap=0.4)
+# Session 7: three fresh draws of the combined test, declared in docs/ownership.md before they were marked
+# (key seeds 10, 11, 12). Victims avoid 20..29: clean-s20..22 are these copies' own surrogates.
 CAPPED = {"capped20a": (6, range(10)), "capped20b": (7, range(20, 30)), "capped20c": (8, range(30, 40)),
-          "capped20d": (9, range(10))}
+          "capped20d": (9, range(10)), "capped20e": (10, range(10)), "capped20f": (11, range(30, 40)),
+          "capped20g": (12, range(10))}
 TESTS = ("binomial", "rank", "reference", "combined")  # the taggant tests every verdict is cached for
 TEST_NAMES = {"binomial": "binomial top-1", "rank": "rank-sum", "reference": "reference rank-sum",
               "combined": "combined (Bonferroni) rank-sum"}
