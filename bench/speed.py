@@ -34,7 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 from unittest.mock import patch
@@ -57,6 +57,11 @@ from fewer import BASE, VARIANTS, PassCounter, counted  # noqa: E402  (a sibling
 
 OFFICIAL_OWN = ("resnet18",)  # models the authors' generate.py builds itself (a bare name: each side its own)
 OFFICIAL_MODULES = ("generate", "utils", "attacks", "models")  # their top-level names
+FP32_MODULES = ("poisonlab.protect.interleaved", "poisonlab.protect.surrogate")  # where generation enters autocast
+
+
+def no_autocast(device, enabled=True):
+    return nullcontext()
 SECTIONS = ["eot", "generation", "checkpoint", "syncs", "official", "protection"]
 
 
@@ -202,13 +207,19 @@ def bench_official(args, device):
                     torch.arange(n) % 10, [str(c) for c in range(10)])
     out = {"checkout": str(Path(args.official).resolve()), "images": n, "their_argv": argv, "poisonlab_options": ours}
 
-    def poisonlab(spec):
+    def poisonlab(spec, amp=True):
         name, _, width = spec.partition(":")
         m = create_method("minmaxmin", seed=0, device=str(device), surrogate=name, width=float(width or 1), **ours)
         counter = counted(m)
-        return timed(lambda: m(data), device), counter
+        with ExitStack() as stack:
+            if not amp:  # the same loop in float32: how much of a GPU ratio is bf16 and how much the loop
+                for module in FP32_MODULES:
+                    stack.enter_context(patch.object(importlib.import_module(module), "autocast", no_autocast))
+            return timed(lambda: m(data), device), counter
 
     sides = {"official": lambda spec: run_official(generate, argv, data, spec, device), "poisonlab": poisonlab}
+    if args.official_fp32 and device.type == "cuda":
+        sides["poisonlab_fp32"] = lambda spec: poisonlab(spec, amp=False)
     for spec in args.official_models:
         if ":" not in spec and spec not in OFFICIAL_OWN:
             raise PoisonlabError(f"--official-models {spec}: their code builds only {OFFICIAL_OWN}; "
@@ -230,6 +241,10 @@ def bench_official(args, device):
         print(f"official {spec} ({out[spec]['models']}): authors' loop {med['official']:.2f}s, poisonlab "
               f"{med['poisonlab']:.2f}s for {passes['poisonlab']['grad']} forward/backward passes each (equal work: "
               f"{equal}) -> poisonlab runs at {ratio:.2f}x the official throughput", flush=True)
+        if "poisonlab_fp32" in med:
+            out[spec]["poisonlab_fp32_throughput_over_official"] = med["official"] / med["poisonlab_fp32"]
+            print(f"official {spec}: poisonlab without bf16 autocast {med['poisonlab_fp32']:.2f}s -> "
+                  f"{med['official'] / med['poisonlab_fp32']:.2f}x the official throughput", flush=True)
         if not equal:
             print(f"official {spec}: passes differ: {passes}", flush=True)
     return out
@@ -335,6 +350,8 @@ def main(argv=None):
     p.add_argument("--official-noise-steps", type=int, default=2)
     p.add_argument("--official-eot", type=int, default=2, help="augmented copies per noise step (their samp-num)")
     p.add_argument("--official-adv-steps", type=int, default=2)
+    p.add_argument("--official-fp32", action="store_true",
+                   help="on CUDA, also time poisonlab's loop without bf16 autocast (what the loop alone gains)")
     p.add_argument("--study", default=str(ROOT / "docs" / "results" / "fewer.json"))
     p.add_argument("--out", default=str(ROOT / "docs" / "results" / "speed.json"))
     args = p.parse_args(argv)

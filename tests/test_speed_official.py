@@ -99,6 +99,6 @@ def test_official_refuses_what_it_cannot_run(checkout, tmp_path):
         speed.official_generate(tmp_path)
     args = speed.argparse.Namespace(official=str(checkout), official_models=["smallcnn"], official_images=4,
                                     official_batch=4, official_steps=1, official_noise_steps=1, official_eot=1,
-                                    official_adv_steps=1, rounds=1)
+                                    official_adv_steps=1, rounds=1, official_fp32=False)
     with pytest.raises(PoisonlabError, match="builds only"):
         speed.bench_official(args, speed.torch.device("cpu"))
