@@ -31,7 +31,7 @@ from .options import PositiveInt, parse_opts, split_pairs  # noqa: F401  (parse_
 from .pairing import match_stems
 from .ownership.cli import add_parsers as add_ownership
 from .protect.diagnostics import holdout_for, summary_lines
-from .protect.pipeline import protect as run_protect
+from .protect.pipeline import protect as run_protect, protect_share
 from .registry import METHODS, MODELS
 from .report import add_parser as add_report
 from .runtime import set_threads
@@ -113,10 +113,19 @@ def protect(method: str, data: str, out: str, eps: str | None = None, seed: int 
     kw.setdefault("seed", seed)
     kw.setdefault("device", device)
     m = METHODS.create(method, **kw)
-    if getattr(m, "model_based", False):  # issue 9 hook: held-out diagnostics from the source's test split
-        m.holdout = holdout_for(data, resize=resize)
-    manifest = run_protect(m, data, out, subset=subset, overwrite=overwrite, resume=resume,
-                           progress=not no_progress, resize=resize)
+    m.parallel = from_env(device)  # under torchrun: this process computes its share of every batch
+    main = m.parallel is None or m.parallel.is_main
+    try:
+        if m.parallel is not None and not getattr(m, "data_parallel", False):
+            raise PoisonlabError(f"{method} does not run data-parallel: run it in one process (without torchrun)")
+        if getattr(m, "model_based", False) and main:  # issue 9 hook: held-out diagnostics from the source's test split
+            m.holdout = holdout_for(data, resize=resize)
+        if not main:  # rank 0 locks OUT, writes the checkpoints and publishes
+            return protect_share(m, data, out, subset=subset, resume=resume, resize=resize)
+        manifest = run_protect(m, data, out, subset=subset, overwrite=overwrite, resume=resume,
+                               progress=not no_progress, resize=resize)
+    finally:
+        leave()
     b = manifest["bound"]
     print(f"RESULT protected {manifest['num_images']} images with {manifest['method']} "
           f"({b.get('eps_text', b)}) in {manifest['generation_seconds']:.1f}s -> {out}")

@@ -1,6 +1,10 @@
-"""Data-parallel victim training under torchrun (DDP: gloo on CPU, nccl on CUDA), sharded by sample index.
+"""Data-parallel victim training and generation under torchrun (DDP: gloo on CPU, nccl on CUDA), sharded
+by sample index.
 
-    torchrun --nproc-per-node 4 -m poisonlab train DATA --test-data TEST --epochs 30 --checkpoint ck.pt
+    torchrun --nproc-per-node 4 -m poisonlab train --data DATA --test-data TEST --epochs 30 --checkpoint ck.pt
+    torchrun --nproc-per-node 4 -m poisonlab protect --method minmaxmin --data DATA --out OUT
+
+Generation (REM, min-max-min: poisonlab.protect.interleaved) works the same way with SharedDraws below.
 
 Every rank holds the whole uint8 data set (as train_victim always does) and draws the same random stream:
 the epoch's permutation and the augmentation of each global batch are those of one process with the same
@@ -14,10 +18,12 @@ Randomness drawn on a rank's share (e.g. the random start of PGD adversarial tra
 process; the generator is re-synchronised from rank 0 before every batch, so all ranks keep one stream.
 """
 
+import copy
 import os
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -106,10 +112,13 @@ class DataParallel:
             return DistributedDataParallel(model, device_ids=[self.device.index or 0])
         return DistributedDataParallel(_global_batchnorm(model, self._bn_group))
 
-    def sync_generator(self, gen: torch.Generator):
+    def sync_generator(self, gen: torch.Generator, src: int = 0):
         state = gen.get_state().to(self._comm_device)
-        dist.broadcast(state, 0)
+        dist.broadcast(state, src)
         gen.set_state(state.cpu())
+
+    def barrier(self):
+        dist.barrier()
 
     def share(self, n: int):
         """(slice of this rank's share of a global batch of n, loss scale): the scale makes DDP's average of
@@ -140,14 +149,86 @@ class DataParallel:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+class SharedDraws:
+    """Data-parallel generation (REM, min-max-min) on one process's random stream.
+
+    Each rank computes the noise and adversary of its contiguous share of a global batch; every random
+    draw (PGD random starts, augmentation of the eot copies) is made for the whole global batch, as one
+    process makes it, and this rank keeps its rows. So all ranks stay on one stream without broadcasts,
+    and the share of each image gets the randomness it gets in one process. The per-sample ops run on a
+    zero-filled tensor of the global batch's shape (index ops: cheap beside the model's passes).
+
+        draws = SharedDraws(parallel, gen)
+        part = draws.set(len(idx))                     # this rank's slice of the global batch
+        pgd = draws.pgd(LinfPGD(...)); aug = draws.augment(aug)
+        noise[idx] = draws.gather(new_of_my_share)     # every rank holds the global batch's noise
+
+    PGD's mean loss becomes sum / (global count): the same gradient per sample as one process's mean,
+    not merely the same direction. A rank whose share is empty (a last batch smaller than the world)
+    skips the work; call resync() after such a batch to copy the stream from the last rank."""
+
+    def __init__(self, parallel: DataParallel, gen: torch.Generator):
+        self.parallel, self.gen = parallel, gen
+        self.lo = self.hi = self.n = 0
+
+    def set(self, n: int) -> slice:
+        part, self.scale = self.parallel.share(n)
+        self.lo, self.hi, self.n = part.start, part.stop, n
+        return part
+
+    def _copies(self, x):
+        return x.shape[0] // (self.hi - self.lo)  # e.g. the eot copies PGD stacks: copy c of row i is row c * k + i
+
+    def _rows(self, x):
+        copies = self._copies(x)
+        rows = torch.arange(copies, device=x.device)[:, None] * self.n + torch.arange(self.lo, self.hi, device=x.device)
+        return copies, rows.flatten()
+
+    def apply(self, fn, x, *args):
+        """fn (a per-sample op drawing from a generator) on the global batch; this rank's rows of its output."""
+        copies, rows = self._rows(x)
+        full = x.new_zeros((copies * self.n, *x.shape[1:])).index_copy(0, rows, x)  # differentiable in x
+        return fn(full, *args)[rows]
+
+    def augment(self, aug):
+        return None if aug is None else (lambda x, gen: self.apply(aug, x, gen))
+
+    def pgd(self, pgd):
+        """A copy of a PGD whose random start and augmentation draw for the global batch."""
+        if pgd.loss_fn is not F.cross_entropy:
+            raise ValueError("SharedDraws.pgd needs PGD's default cross-entropy loss")
+        p = copy.copy(pgd)
+        p.init_delta = lambda x, gen: self.apply(pgd.init_delta, x, gen)
+        p.augment = self.augment(pgd.augment)
+        p.loss_fn = lambda logits, y: F.cross_entropy(logits, y, reduction="sum") / (self._copies(y) * self.n)
+        return p
+
+    def gather(self, part: torch.Tensor) -> torch.Tensor:
+        """The global batch from every rank's share (an all_gather: the bits are kept, -0.0 included)."""
+        par, world = self.parallel, self.parallel.world
+        m = -(-self.n // world)  # the largest share
+        buf = part.new_zeros((m, *part.shape[1:]))
+        buf[:len(part)] = part
+        buf = buf.to(par._comm_device)
+        outs = [torch.empty_like(buf) for _ in range(world)]
+        dist.all_gather(outs, buf)
+        sizes = [(r + 1) * self.n // world - r * self.n // world for r in range(world)]
+        return torch.cat([o[:s] for o, s in zip(outs, sizes)]).to(part.device)
+
+    def resync(self):
+        if self.n < self.parallel.world:  # some rank drew nothing: the last rank always has a share
+            self.parallel.sync_generator(self.gen, src=self.parallel.world - 1)
+
+
 def sharded_noise_pass(update, images, labels, batch_size: int, seed: int, parallel=None):
     """Noise for every image, computed in fixed batches of sample indices; batch b by rank b % world_size
     with its own generator seeded by (seed, b), then gathered so every rank holds all of it.
 
     update(x, y, gen) -> noise for the float batch x (e.g. a method's final noise PGD against its frozen
     surrogate). Because a batch's randomness depends only on (seed, b), the result is the same for any
-    number of processes, one included. The building block for data-parallel generation: the methods'
-    own final passes (poisonlab/protect) do not use it yet."""
+    number of processes, one included, and each rank makes whole batches (no collective per batch). REM and
+    min-max-min use SharedDraws instead, which keeps one process's random stream (their published noise);
+    this pass suits a method whose randomness may be per batch."""
     device = images.device
     noise = torch.zeros(images.shape, dtype=torch.float32, device=device)
     rank, world = (parallel.rank, parallel.world) if parallel is not None else (0, 1)

@@ -54,6 +54,8 @@ class Checkpoint:
     silently mixed in. path=None disables checkpointing (tests, in-memory use).
     """
 
+    writes = True  # False: see reader()
+
     def __init__(self, path: Path | None, key: str, every_seconds: float = 30.0):
         self.path, self.key, self.every = (Path(path) if path else None), key, every_seconds
         self._last = self._start = time.monotonic()
@@ -62,6 +64,12 @@ class Checkpoint:
     def elapsed(self) -> float:
         """Generation time across resumes (up to the last save of each interrupted run)."""
         return self._before + time.monotonic() - self._start
+
+    def reader(self) -> "Checkpoint":
+        """The same checkpoint, loaded but never written (data-parallel ranks other than 0)."""
+        other = Checkpoint(self.path, self.key, self.every)
+        other.writes = False
+        return other
 
     def load(self):
         if self.path is None or not self.path.exists():
@@ -76,7 +84,7 @@ class Checkpoint:
 
     def save(self, state, force: bool = False):
         """state: a dict, or a callable returning one (built only when a save is due)."""
-        if self.path is None or (not force and time.monotonic() - self._last < self.every):
+        if self.path is None or not self.writes or (not force and time.monotonic() - self._last < self.every):
             return
         state = dict(state() if callable(state) else state)
         packed = pack_noise(state["noise"]) if isinstance(state.get("noise"), torch.Tensor) else None

@@ -11,6 +11,7 @@ import torch
 
 from .. import PoisonlabError
 from ..budget import parse_budget
+from ..distributed import SharedDraws
 from ..runtime import autocast
 from .surrogate import Batches, SurrogateMethod, cross_entropy, quantize
 
@@ -33,7 +34,16 @@ class InterleavedMethod(SurrogateMethod):
     adversary: "pgd" (adv_steps of adv_step_size) or "fgsm": one step of 1.25 x adv_eps from a uniform
     random start in the adv_eps ball ("Fast is better than free", Wong, Rice, Kolter, ICLR 2020);
     adv_steps and adv_step_size are then unused.
+
+    Data-parallel under torchrun (set `parallel`, a poisonlab.distributed.DataParallel): each rank computes
+    the noise and adversary of its contiguous share of every global batch on one process's random stream,
+    the surrogate steps with DDP (the global batch's mean loss; BatchNorm over the global batch), the new
+    noise is gathered on every rank, the final pass likewise; rank 0 writes the checkpoints, which resume
+    with any number of processes. It follows one process's run up to floating-point summation order
+    (tests/test_distributed_generation.py).
     """
+
+    data_parallel = True
 
     def __init__(self, eps=None, seed=0, device="auto", surrogate="resnet18", width=1.0, batch_size=128,
                  lr=0.1, momentum=0.9, weight_decay=5e-4, augment=True, eot=5, train_steps=5000,
@@ -78,14 +88,19 @@ class InterleavedMethod(SurrogateMethod):
     # ----- the shared loop -----------------------------------------------------------------------------
     def perturb(self, data, ckpt):
         model, opt, gen, images, labels = self.setup(data)
+        par = self.parallel  # under torchrun: this rank's share of every batch (see _share_work)
         self.noise_pgd = self.linf(self.eps, self.noise_step_size, self.noise_steps, True, self.eot, self.aug)
         if self.adversary == "fgsm":
             self.adv_pgd = self.linf(self.adv_eps, FGSM_ALPHA * self.adv_eps, 1, False)
         else:
             self.adv_pgd = self.linf(self.adv_eps, self.adv_step_size, self.adv_steps, False)
+        self._one = self.adv_pgd  # the unshared adversary, for held-out diagnostics
         noise = torch.zeros(images.shape, device=self.device_)
         if self.warm_start:  # the first visit starts where a restart would: uniform in the box
             noise = quantize(self.noise_pgd.init_delta(noise, gen))
+        draws = None if par is None else self._share_work(gen, len(images))
+        if par is not None and not par.is_main:
+            ckpt = ckpt.reader()  # rank 0 writes for all
         batches = Batches(len(images), self.batch_size, gen)
         state = ckpt.load() or {}
         start = 0
@@ -98,36 +113,39 @@ class InterleavedMethod(SurrogateMethod):
             start = state["step"]
         self.history, self._pending = state.get("history", []), []
         net = self.forward_model(model)
+        train_net = net
+        if par is not None:
+            par.barrier()  # every rank has read the checkpoint before rank 0 may write the next
+            train_net = par.wrap(model)  # DDP, BatchNorm over the global batch; noise and adversary use net
+        measure = par is None or par.is_main
         with self.bar(self.train_steps, start, f"{self.name} surrogate") as bar:
             for step in range(start, self.train_steps):
                 for g in opt.param_groups:
                     g["lr"] = self.lr * self.lr_decay ** (step // max(self.lr_decay_every, 1))
                 idx = batches.next()
-                x, y = self.batch(images, idx), labels[idx]
+                mine = idx if draws is None else idx[draws.set(len(idx))]
+                x, y = self.batch(images, mine), labels[mine]
                 logged = step % 20 == 0 or step == self.train_steps - 1
-                old = noise[idx] if self.warm_start or logged else None  # a gather only when it is used
+                old = noise[mine] if self.warm_start or logged else None  # a gather only when it is used
                 with autocast(self.device_):
                     net.eval()  # noise and adversary are computed with frozen BN statistics
                     new = quantize(self.noise_update(net, x, y, gen, old if self.warm_start else None))
-                    noise[idx] = new
+                    noise[idx] = new if draws is None else draws.gather(new)  # every rank keeps all the noise
                     x_def = x + new
                     if self.aug is not None:
                         x_def = self.aug(x_def, gen)
                     x_adv = x_def + self.adv_pgd(net, x_def, y, gen=gen)
-                    net.train()
-                    logits = net(x_adv)
+                    train_net.train()
+                    logits = train_net(x_adv)
                     loss = cross_entropy(logits, y)
-                    extra = self.extra_loss(net, x, y, gen)
+                    extra = self.extra_loss(train_net, x, y, gen)
                     total = loss if extra is None else loss + extra
                 opt.zero_grad(set_to_none=True)
-                total.backward()
+                (total if draws is None else total * draws.scale).backward()  # DDP's average: the global mean
                 opt.step()
                 if logged:
-                    # Kept on the device; read at checkpoints and at the end, so the loop never waits on the host.
-                    acc = (logits.argmax(1) == y).float().mean() * 100
-                    moved = (new - old).abs().mean() * 255  # how far a visit moves the noise, in levels
-                    self._pending.append((step + 1, loss.detach(), acc, None if extra is None else extra.detach(), moved))
-                if self.holdout is not None and self.diagnostic_due(step + 1, self.train_steps):
+                    self._log(step + 1, loss, logits, y, extra, new, old, draws)
+                if measure and self.holdout is not None and self.diagnostic_due(step + 1, self.train_steps):
                     self._flush_history(bar)
                     self.history.append({"step": step + 1, **self.heldout_accuracy(net)})
                 bar.update(1)
@@ -141,14 +159,45 @@ class InterleavedMethod(SurrogateMethod):
         def final(x, y, idx):
             old = noise[idx]
             new = self.noise_update(net, x, y, gen, old if self.warm_start else None)
-            moved.append((quantize(new.clone()) - old).abs().mean() * 255)
+            change = (quantize(new.clone()) - old).abs() * 255
+            moved.append(change.mean() if draws is None else torch.stack([change.sum(), change.new_tensor(change.numel())]))
             return new
 
-        noise = self.noise_pass(images, labels, noise, final, ckpt, state, "final", f"{self.name} final noise")
-        self.record_diagnostics(net, images, labels, noise, self.history)
-        if moved:  # mean change of the final pass over the noise the surrogate loop left (batches run here)
-            self.diagnostics_["final_pass_change_levels"] = round(torch.stack(moved).mean().item(), 3)
+        noise = self.noise_pass(images, labels, noise, final, ckpt, state, "final", f"{self.name} final noise",
+                                draws=draws)
+        if draws is not None:  # over the ranks: the mean change over the images this pass ran
+            change, count = par.sum(*(torch.stack(moved).sum(0) if moved else torch.zeros(2)))
+            moved = [change / count] if count else []
+        if measure:
+            self.record_diagnostics(net, images, labels, noise, self.history)
+            if moved:  # mean change of the final pass over the noise the surrogate loop left (batches run here)
+                self.diagnostics_["final_pass_change_levels"] = round(torch.stack(moved).mean().item(), 3)
         return noise.cpu()
+
+    def _share_work(self, gen, n):
+        """Data-parallel generation: the PGDs and augmentation of this rank's share draw one process's random
+        stream for the global batch (poisonlab.distributed.SharedDraws)."""
+        if min(self.batch_size, n) < self.parallel.world:
+            raise PoisonlabError(f"batch_size {min(self.batch_size, n)} is smaller than the {self.parallel.world} "
+                                 "processes: every rank needs a share of every batch")
+        draws = SharedDraws(self.parallel, gen)
+        self.noise_pgd, self.adv_pgd = draws.pgd(self.noise_pgd), draws.pgd(self.adv_pgd)
+        self.aug = draws.augment(self.aug)
+        return draws
+
+    def diagnostic_attack(self):
+        return getattr(self, "_one", None) or super().diagnostic_attack()
+
+    def _log(self, step, loss, logits, y, extra, new, old, draws):
+        """Kept on the device; read at checkpoints and at the end, so the loop never waits on the host.
+        Data-parallel: the global batch's means (the shares' means weighted by their sizes; one all-reduce)."""
+        acc = (logits.argmax(1) == y).float().mean() * 100
+        moved = (new - old).abs().mean() * 255  # how far a visit moves the noise, in levels
+        values = [loss.detach(), acc, moved] + ([] if extra is None else [extra.detach()])
+        if draws is not None:
+            values = [v / draws.n for v in draws.parallel.sum(*(v * len(y) for v in values))]
+        loss, acc, moved, *extra = values
+        self._pending.append((step, loss, acc, extra[0] if extra else None, moved))
 
     def _flush_history(self, bar=None):
         """Move the logged device values into the history (one host sync for all of them)."""

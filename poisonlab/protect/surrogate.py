@@ -53,6 +53,10 @@ class SurrogateMethod(Protection):
     holdout_limit = 1000
     diagnostic_points = 10  # held-out evaluations over a run
     compile_model = False  # torch.compile the surrogate's forward (CUDA; results do not depend on it)
+    # Under torchrun: a poisonlab.distributed.DataParallel set by the caller (methods with data_parallel =
+    # True split every batch over the ranks; not a setting: results and checkpoints do not depend on it).
+    parallel = None
+    data_parallel = False
 
     def __init__(self, eps=None, seed=0, device="auto", surrogate="resnet18", width=1.0, batch_size=128,
                  lr=0.1, momentum=0.9, weight_decay=5e-4, augment=True, eot=1):
@@ -76,7 +80,7 @@ class SurrogateMethod(Protection):
     def setup(self, data, build_model=True):
         """Device, surrogate, optimiser, generator and the data as device tensors
         (model and optimiser are None when build_model is False, e.g. TAP trains its own)."""
-        self.device_ = pick_device(self.device)
+        self.device_ = pick_device(self.device) if self.parallel is None else self.parallel.device
         seed_everything(self.seed)
         model = opt = None
         if build_model:
@@ -165,10 +169,12 @@ class SurrogateMethod(Protection):
             self.diagnostics_.update({f"final_{k}": v for k, v in final.items()})
         return self.diagnostics_
 
-    def noise_pass(self, images, labels, noise, update, ckpt, state, stage, desc):
+    def noise_pass(self, images, labels, noise, update, ckpt, state, stage, desc, draws=None):
         """Recompute noise for every image in fixed batches with update(x, y, idx) -> delta.
 
         Resumable: the index of the next batch is checkpointed with the noise under `stage`.
+        draws (a poisonlab.distributed.SharedDraws): this rank computes its share of every batch on one
+        process's random stream and the batch's noise is gathered on every rank.
         """
         n = len(images)
         starts = list(range(0, n, self.batch_size))
@@ -176,8 +182,17 @@ class SurrogateMethod(Protection):
         with self.bar(len(starts), first, desc) as bar:
             for b in range(first, len(starts)):
                 idx = torch.arange(starts[b], min(starts[b] + self.batch_size, n), device=images.device)
-                with autocast(self.device_):
-                    noise[idx] = quantize(update(self.batch(images, idx), labels[idx], idx))
+                mine = idx if draws is None else idx[draws.set(len(idx))]
+                if len(mine):
+                    with autocast(self.device_):
+                        new = quantize(update(self.batch(images, mine), labels[mine], mine))
+                else:  # an empty share (a last batch smaller than the world) computes nothing
+                    new = noise[mine]
+                if draws is None:
+                    noise[idx] = new
+                else:
+                    noise[idx] = draws.gather(new)
+                    draws.resync()
                 bar.update(1)
                 ckpt.save(lambda: {**state, "stage": stage, "batch": b + 1, "noise": noise.cpu()})
         return noise

@@ -1,0 +1,150 @@
+"""Data-parallel generation (REM and min-max-min under torchrun): 2 processes with gloo on CPU against one
+process under the same seed, and a run interrupted in one process resumed by `poisonlab protect` on 2
+ranks (rank 0 publishes, the other rank writes nothing).
+
+Tolerances, and why. The ranks draw one process's random stream (poisonlab.distributed.SharedDraws) and
+compute the same per-sample gradients, so what remains is floating-point summation order: DDP averages
+the ranks' weight gradients and GlobalBatchNorm sums the ranks' statistics. Measured here (30 images in
+batches of 15 = shares 7 + 8, smallcnn at width 0.25, 2 surrogate steps):
+- after the first surrogate step the weights differ from one process's by at most 1.1e-6 (one process at
+  2 threads against 1: 7e-7), STEP_TOL = 1e-5; the noise made in that step is the same to the bit here
+  (STEP_NOISE_TOL = 1%: a few flipped pixels where another CPU's kernels sum in another order).
+- by the end, a weight off by an ulp can flip the sign of a near-zero noise gradient, and a flipped pixel
+  moves the next PGD steps: 2 ranks against one gave 0% (min-max-min) and 0.8% (REM) of the noise's 8-bit
+  values differing, weights within 6e-7 / 1.8e-7. One process at 2 threads against 1 (the same math, another
+  summation order) differs as much or more: 8.0% / 0.8% of values, weights by 7.8e-4 / 1.8e-7.
+  NOISE_TOL = 15% and RUN_TOL = 5e-3 leave room for other CPUs.
+- what the tolerances catch: another random stream (seed 6 against 5) changes 90% of the values; a
+  per-rank BatchNorm moves the first step's weights by 4e-2 to 7e-2 and 45% of the final values, a missing
+  loss scale (uneven shares weighted as even) by 1.6e-3 and 25-29%: both fail STEP_TOL at the first step.
+  (runs/15ddp_measure.py [bn|scale] and runs/15ddp_threads.py made these numbers.)
+"""
+
+import os
+import socket
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from poisonlab import create_method
+from poisonlab.cli import main
+from poisonlab.distributed import join, leave
+from poisonlab.protect.checkpoint import Checkpoint
+from poisonlab.protect.surrogate import Batches
+from poisonlab.publishing import noise_path
+
+from test_bench import synthetic_npz
+from test_protect import tiny_set
+
+N = 30  # global batches of 15: shares 7 + 8 (uneven, so the loss scaling is exercised)
+SETTINGS = dict(surrogate="smallcnn", width=0.25, batch_size=15, train_steps=2, noise_steps=2, eot=2, adv_steps=1)
+METHODS = ("minmaxmin", "rem")
+STEP_TOL = 1e-5  # weights after one surrogate step, absolute
+RUN_TOL = 5e-3  # weights after the run, absolute
+STEP_NOISE_TOL = 0.01  # fraction of the first step's noise values that differ
+NOISE_TOL = 0.15  # fraction of the final noise's 8-bit values that differ
+
+
+class Recorder(Checkpoint):
+    """Keeps copies of the surrogate and the noise at every save (every_seconds=0: every step)."""
+
+    def save(self, state, force=False):
+        state = dict(state() if callable(state) else state)
+        kept = {"step": state["step"], "noise": state["noise"].clone(),  # copies: the run goes on in place
+                "model": {k: v.clone() for k, v in state["model"].items()}}
+        self.states = getattr(self, "states", []) + [kept]
+        super().save(state, force)
+
+
+def generate(method, ckpt, parallel=None):
+    m = create_method(method, seed=5, **SETTINGS)
+    m.parallel = parallel
+    return m.perturb(tiny_set(n=N), ckpt)
+
+
+def _rank(rank, world, tmp):
+    torch.set_num_threads(1)
+    par = join(rank, world, "cpu", init_method=f"file://{tmp}/rendezvous")
+    try:
+        for method in METHODS:
+            ckpt = Recorder(tmp / f"{method}.pt", "k", every_seconds=0)
+            noise = generate(method, ckpt, par)
+            torch.save({"noise": noise, "states": getattr(ckpt, "states", [])}, tmp / f"{method}-{rank}.pt")
+    finally:
+        leave()
+
+
+def weight_gap(a, b):
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def differing(a, b):
+    return ((a - b).abs() * 255 > 0.5).float().mean().item()
+
+
+def test_two_processes_match_one(tmp_path):
+    """Both methods on 2 ranks against one process (see the module docstring for the tolerances): the first
+    surrogate step's weights within STEP_TOL and its noise within STEP_NOISE_TOL; the final noise and surrogate
+    within NOISE_TOL / RUN_TOL; both ranks hold the same noise; rank 0 alone wrote the checkpoints."""
+    mp.start_processes(_rank, args=(2, tmp_path), nprocs=2, join=True, start_method="spawn")
+    for method in METHODS:
+        one_ckpt = Recorder(tmp_path / f"{method}-one.pt", "k", every_seconds=0)
+        one = generate(method, one_ckpt)
+        r0, r1 = (torch.load(tmp_path / f"{method}-{r}.pt", weights_only=True) for r in (0, 1))
+        assert torch.equal(r0["noise"], r1["noise"])
+        assert r1["states"] == []  # the other rank never saves
+        s1, s2 = one_ckpt.states, r0["states"]
+        assert [s["step"] for s in s1] == [s["step"] for s in s2] and s1[0]["step"] == 1
+        assert weight_gap(s1[0]["model"], s2[0]["model"]) <= STEP_TOL
+        assert differing(s1[0]["noise"], s2[0]["noise"]) <= STEP_NOISE_TOL
+        assert weight_gap(s1[-1]["model"], s2[-1]["model"]) <= RUN_TOL
+        assert differing(one, r0["noise"]) <= NOISE_TOL
+        assert one.abs().max() > 0
+
+
+def _cli_rank(rank, world, port, argv):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    assert main(argv) == 0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_one_process_run_resumed_by_two(tmp_path, monkeypatch):
+    """`poisonlab protect` killed after its first surrogate step in one process, resumed with --resume under
+    a 2-process torchrun environment: rank 0 publishes, and the published noise agrees with an uninterrupted
+    one-process run within NOISE_TOL (the checkpoint holds nothing of the world size)."""
+    src = tmp_path / "d.npz"
+    synthetic_npz(src, n_train=N, n_test=15)
+    opts = [a for k, v in SETTINGS.items() for a in ("--opt", f"{k}={v}")]
+
+    def argv(out, *more):
+        return ["protect", "--method", "rem", "--data", str(src), "--out", str(tmp_path / out), "--seed", "5",
+                "--device", "cpu", "--no-progress", *opts, *more]
+
+    assert main(argv("straight")) == 0
+    monkeypatch.setattr("poisonlab.protect.checkpoint.Checkpoint.__init__.__defaults__", (0.0,))
+    real, calls = Batches.next, []
+
+    def next_or_stop(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed in step 2, after step 1's checkpoint
+        return real(self)
+
+    monkeypatch.setattr(Batches, "next", next_or_stop)
+    assert main(argv("resumed")) != 0
+    monkeypatch.undo()
+    assert (tmp_path / ".resumed.work" / "state.pt").exists() and not (tmp_path / "resumed").exists()
+    mp.start_processes(_cli_rank, args=(2, free_port(), argv("resumed", "--resume")), nprocs=2, join=True,
+                       start_method="spawn")
+    a = np.load(noise_path(tmp_path / "straight")).astype(np.float32)
+    b = np.load(noise_path(tmp_path / "resumed")).astype(np.float32)
+    assert a.shape == b.shape and np.abs(a).max() > 0
+    assert (a != b).mean() <= NOISE_TOL
+    assert not (tmp_path / ".resumed.work").exists()
