@@ -4,20 +4,21 @@ ranks (rank 0 publishes, the other rank writes nothing).
 
 Tolerances, and why. The ranks draw one process's random stream (poisonlab.distributed.SharedDraws) and
 compute the same per-sample gradients, so what remains is floating-point summation order: DDP averages
-the ranks' weight gradients and GlobalBatchNorm sums the ranks' statistics. Measured here (30 images in
-batches of 15 = shares 7 + 8, smallcnn at width 0.25, 2 surrogate steps):
-- after the first surrogate step the weights differ from one process's by at most 1.1e-6 (one process at
-  2 threads against 1: 7e-7), STEP_TOL = 1e-5; the noise made in that step is the same to the bit here
+the ranks' weight gradients and GlobalBatchNorm sums the ranks' statistics. Measured here (31 images in
+batches of 15 = shares 7 + 8, smallcnn at width 0.25, 2 surrogate steps; runs/15ddp_measure.py [bn|scale],
+runs/15ddp_threads.py and runs/15ddp_seed.py made these numbers):
+- after the first surrogate step the weights differ from one process's by at most 7e-7 (one process at
+  2 threads against 1: 8e-7), STEP_TOL = 1e-5; the noise made in that step is the same to the bit here
   (STEP_NOISE_TOL = 1%: a few flipped pixels where another CPU's kernels sum in another order).
-- by the end, a weight off by an ulp can flip the sign of a near-zero noise gradient, and a flipped pixel
-  moves the next PGD steps: 2 ranks against one gave 0% (min-max-min) and 0.8% (REM) of the noise's 8-bit
-  values differing, weights within 6e-7 / 1.8e-7. One process at 2 threads against 1 (the same math, another
-  summation order) differs as much or more: 8.0% / 0.8% of values, weights by 7.8e-4 / 1.8e-7.
-  NOISE_TOL = 15% and RUN_TOL = 5e-3 leave room for other CPUs.
-- what the tolerances catch: another random stream (seed 6 against 5) changes 90% of the values; a
-  per-rank BatchNorm moves the first step's weights by 4e-2 to 7e-2 and 45% of the final values, a missing
-  loss scale (uneven shares weighted as even) by 1.6e-3 and 25-29%: both fail STEP_TOL at the first step.
-  (runs/15ddp_measure.py [bn|scale] and runs/15ddp_threads.py made these numbers.)
+- then a weight off by an ulp can flip the sign of a near-zero noise gradient, and a flipped pixel moves
+  the next PGD steps: 2 ranks against one gave 0% (min-max-min) and 9.7% (REM) of the final noise's 8-bit
+  values differing, weights within 8e-7 / 1.2e-4; one process at 2 threads against 1 gives the same
+  (0% / 9.7%, 1e-6 / 1.2e-4), and 8% for min-max-min on 30 images. The divergence grows with the steps
+  (37% after 12 steps on 256 images, 2 threads against 1), so the final checks are loose: NOISE_TOL = 30%,
+  RUN_TOL = 5e-3.
+- what they catch: another random stream (seed 6 against 5) changes 90% of the values; a per-rank
+  BatchNorm moves the first step's weights by 3e-2 to 5e-2 (48% of the final values), a missing loss scale
+  (uneven shares weighted as even) by 1.3e-3 to 1.7e-3 (26-32%): both fail STEP_TOL at the first step.
 """
 
 import os
@@ -37,13 +38,14 @@ from poisonlab.publishing import noise_path
 from test_bench import synthetic_npz
 from test_protect import tiny_set
 
-N = 30  # global batches of 15: shares 7 + 8 (uneven, so the loss scaling is exercised)
+N = 31  # global batches of 15: shares 7 + 8 (uneven: the loss scaling); the final pass ends with a batch
+# of 1, whose share on rank 0 is empty (rank 0 skips it and copies the random stream from rank 1)
 SETTINGS = dict(surrogate="smallcnn", width=0.25, batch_size=15, train_steps=2, noise_steps=2, eot=2, adv_steps=1)
 METHODS = ("minmaxmin", "rem")
 STEP_TOL = 1e-5  # weights after one surrogate step, absolute
 RUN_TOL = 5e-3  # weights after the run, absolute
 STEP_NOISE_TOL = 0.01  # fraction of the first step's noise values that differ
-NOISE_TOL = 0.15  # fraction of the final noise's 8-bit values that differ
+NOISE_TOL = 0.3  # fraction of the final noise's 8-bit values that differ
 
 
 class Recorder(Checkpoint):
@@ -100,7 +102,7 @@ def test_two_processes_match_one(tmp_path):
         assert differing(s1[0]["noise"], s2[0]["noise"]) <= STEP_NOISE_TOL
         assert weight_gap(s1[-1]["model"], s2[-1]["model"]) <= RUN_TOL
         assert differing(one, r0["noise"]) <= NOISE_TOL
-        assert one.abs().max() > 0
+        assert one.abs().max() > 0 and r0["noise"][-1].abs().max() > 0  # the last batch: rank 1's share alone
 
 
 def _cli_rank(rank, world, port, argv):
