@@ -5,8 +5,8 @@ ranks (rank 0 publishes, the other rank writes nothing).
 Tolerances, and why. The ranks draw one process's random stream (poisonlab.distributed.SharedDraws) and
 compute the same per-sample gradients, so what remains is floating-point summation order: DDP averages
 the ranks' weight gradients and GlobalBatchNorm sums the ranks' statistics. Measured here (31 images in
-batches of 15 = shares 7 + 8, smallcnn at width 0.25, 2 surrogate steps; runs/15ddp_measure.py [bn|scale],
-runs/15ddp_threads.py and runs/15ddp_seed.py made these numbers):
+batches of 15 = shares 7 + 8, smallcnn at width 0.25, 2 surrogate steps; one-off scripts, not committed:
+the bugs below patched into the ranks, one process at 1 and 2 threads, seeds 5 and 6):
 - after the first surrogate step the weights differ from one process's by at most 7e-7 (one process at
   2 threads against 1: 8e-7), STEP_TOL = 1e-5; the noise made in that step is the same to the bit here
   (STEP_NOISE_TOL = 1%: a few flipped pixels where another CPU's kernels sum in another order).
