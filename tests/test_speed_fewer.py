@@ -117,3 +117,25 @@ def test_study_report_gives_the_passes_ratio_and_the_verdict(tmp_path):
     assert rows["warm1-fgsm"]["equal_strength"] is False  # 3 points weaker under AT 2/255
     assert rows["warm1"]["equal_strength"] is True and rows["warm1"]["passes"] == rows["warm1"]["scheduled_passes"]
     assert "| warm1-fgsm |" in fewer.table(fewer.collect(tmp_path))
+
+
+def test_study_report_keeps_seed_repeats_apart_and_compares_like_seeds(tmp_path):
+    (tmp_path / "victims").mkdir()
+    (tmp_path / "passes").mkdir()
+    runs = {("baseline", 0, 0): (17.8, 27.3), ("baseline", 0, 1): (20.0, 29.0), ("fgsm-n1", 0, 0): (18.5, 28.0),
+            ("fgsm-n1", 0, 1): (23.0, 30.0), ("fgsm-n1", 1, 0): (19.0, 29.0), ("fgsm", 0, 0): (14.7, 25.9)}
+    for (name, g, v), accs in runs.items():
+        for regime, acc in zip(("st", "at2"), accs):
+            (tmp_path / "victims" / f"{fewer.victim_key(name, regime, g, v)}.json").write_text(f'{{"last_acc": {acc}}}')
+    for key in ("baseline", "fgsm-n1", "fgsm-n1-g1", "fgsm"):
+        (tmp_path / "passes" / f"{key}.json").write_text(
+            '{"passes_grad": %d, "maybe_resumed": false, "diagnostics": {"noise_train_loss": 0.1, "noise_train_acc": 99.0, '
+            '"clean_train_acc": 30.0, "edge_fraction": 0.9}}' % (1010000 if key == "baseline" else 330000))
+    assert fewer._seeds(tmp_path, "fgsm-n1") == [(0, 0), (0, 1), (1, 0)] and fewer._seeds(tmp_path, "fgsm") == [(0, 0)]
+    rows = {(r["name"], r["gen_seed"], r["victim_seed"]): r for r in fewer.collect(tmp_path)["rows"]}
+    assert rows[("fgsm-n1", 0, 0)]["variant"] == "fgsm-n1" and rows[("fgsm-n1", 0, 0)]["equal_strength"] is True
+    # victim seed 1 is judged against the baseline's victim seed 1 (23.0 <= 20.0 + 2 fails), not its seed 0
+    assert rows[("fgsm-n1", 0, 1)]["compared_with"] == "baseline (generation seed 0, victim seed 1)"
+    assert rows[("fgsm-n1", 0, 1)]["equal_strength"] is False
+    assert rows[("fgsm-n1", 1, 0)]["equal_strength"] is True and rows[("fgsm-n1", 1, 0)]["fewer_passes"] == 3.06
+    assert "0.100 / 99.0%, 30.0%" in fewer.table(fewer.collect(tmp_path))
