@@ -29,8 +29,9 @@ training images outside the 5,000 (clean labels), never the test set.
 The ITLM study on its own (docs: "ITLM at 10,000 training images"): stages itlm (clean, flip, paper form), sep
 (trimming by class, cached models only), random (the paper's random noise), precision (simulated judges),
 finetune (our fine-tuning variant and its no-trim controls), perclass, itlm-seed1 (the setting chosen on
-validation under victim seed 1) and cleanctl (the chosen variant's control on clean data), e.g. with
---train 10000 --itlm-rounds 2.
+validation under victim seed 1), cleanctl (the chosen variant's control on clean data) and judge (the
+undefended victim trained 4, 8, 15 and 30 epochs: how the judge's training length changes its ranking of the
+flipped samples), e.g. with --train 10000 --itlm-rounds 2.
 
 Every training run checkpoints every epoch under --work/ckpt and every finished cell is one JSON under
 --work/cells, so an interrupted run resumes and a rerun only rebuilds the report (docs/results/defenses.json,
@@ -57,7 +58,8 @@ from poisonlab.defenses.detect import ActivationClustering, SpectralSignatures  
 from poisonlab.defenses.dpa import DPA, aggregate  # noqa: E402
 from poisonlab.defenses.itlm import ITLM, lowest_loss  # noqa: E402
 from poisonlab.attacks.evaluate import attack_success_rate  # noqa: E402
-from poisonlab.defenses.probe import accuracy, per_sample_loss, precision_recall, train_cached  # noqa: E402
+from poisonlab.augment import random_crop  # noqa: E402
+from poisonlab.defenses.probe import accuracy, per_sample_loss, precision_recall, predict, train_cached  # noqa: E402
 from poisonlab.defenses.unlearn import SSD, GradientAscent, RetrainWithout, timed  # noqa: E402
 from poisonlab.fileio import atomic_write, read_json, write_json  # noqa: E402
 from poisonlab.hashing import bytes_hash, digest  # noqa: E402
@@ -86,6 +88,7 @@ ITLM_FT_KW = {f"itlm-ft{lr:g}{'-control' if a == 1 else ''}": dict(alpha=a, roun
 ITLM_PC_KW = dict(alpha=0.8, rounds=2, per_class=True)  # class-balanced trimming (stage "perclass")
 ITLM_FIT = ("itlm", "itlm-pc", "itlm-a0.7", "itlm-a0.9", "itlm-cv1", "itlm-cv2", *ITLM_FT_KW)  # cells of ITLM.fit
 DAMAGE_OF = {"flip": "the flip's", "random": "the random labels'"}  # the label attacks whose damage ITLM should undo
+JUDGE_EPOCHS = (4, 8, 15, 30)  # stage "judge": judges trained this many epochs (own cosine schedule) on the flip
 SIM_PRECISION = (0.6, 0.75, 0.9)  # simulated judges (stage "precision"): the share of poisons among the trimmed
 VAL = 2000  # held-out clean CIFAR-10 training images: ITLM's settings are chosen on them, never on test
 DPA_K, DPA_VICTIM = 10, dict(VICTIM, epochs=20, batch_size=64)
@@ -94,7 +97,7 @@ UNLEARN = {"retrain": None, "negrad+": dict(epochs=5, lr=0.01, batch_size=16, re
 ROWS = ("none", "oracle", "abl", "abl-nogga", *ITLM_FIT, "itlm-kept-clean",
         *(f"itlm-sim{p:g}" for p in SIM_PRECISION), "itlm-hook", "dpa")  # the main table's defense rows, in order
 STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "cv", "extra", "seed1",
-          "itlm", "itlm-seed1", "sep", "random", "precision", "finetune", "perclass", "cleanctl")  # the last three: the ITLM study alone (e.g. at --train 10000)
+          "itlm", "itlm-seed1", "sep", "random", "precision", "finetune", "perclass", "cleanctl", "judge")  # from "itlm" on: the ITLM study alone (e.g. at --train 10000)
 
 
 def trimmed_of(kept, n) -> torch.Tensor:
@@ -126,6 +129,40 @@ class LossTrace:
     def load_state_dict(self, d):
         self.rows = [{"epoch": int(e), "global": round(float(g), 1), "per_class": round(float(c), 1)}
                      for e, g, c in d["rows"].tolist()]
+
+
+class LossRecord:
+    """train_victim hook that only reads: every training sample's loss after every epoch (eval mode, no
+    augmentation) and its training loss during that epoch (augmented, train mode, as the step computed it)."""
+
+    def __init__(self, data: ImageSet, epochs: int):
+        self.data = data
+        self.eval, self.train = (torch.full((epochs, len(data)), float("nan")) for _ in range(2))
+
+    def spec(self):
+        return "loss-record"
+
+    def after_step(self, state):
+        self.train[state.epoch, state.index.cpu()] = state.losses.float().cpu()
+
+    def after_epoch(self, epoch, record, state):
+        self.eval[epoch] = per_sample_loss(state.model, self.data)
+
+    def state_dict(self):
+        return {"eval": self.eval, "train": self.train}
+
+    def load_state_dict(self, d):
+        self.eval, self.train = d["eval"], d["train"]
+
+
+def tta_loss(model, data: ImageSet, crops=4, seed=0) -> torch.Tensor:
+    """Every sample's loss averaged over the image, its mirror and `crops` random crops (4-pixel padding, every
+    other one mirrored): the victim's own crop+flip augmentation, at scoring time."""
+    g, views = torch.Generator().manual_seed(seed), [data.images, data.images.flip(3)]
+    for v in range(crops):
+        x = random_crop(data.images.float(), 4, g).to(torch.uint8)
+        views.append(x.flip(3) if v % 2 else x)
+    return torch.stack([per_sample_loss(model, ImageSet(x, data.labels, list(data.classes))) for x in views]).mean(0)
 
 
 def separation_stats(loss: torch.Tensor, positive: torch.Tensor) -> dict:
@@ -399,6 +436,40 @@ class Bench:
             return {"rows": rows, "clean_by_class": torch.bincount(true[~bad], minlength=10).tolist()}
         return self.cell(f"{attack}/trimming", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": ITLM_KW}, run)
 
+    def judges(self, attack="flip"):
+        """How a judge's training length changes how well its loss ranks the poisons (is there an early window
+        before the flipped labels are fitted?): the undefended victim trained JUDGE_EPOCHS epochs, each with its
+        own cosine schedule, ranked by its final loss, by the loss after every epoch, by the loss averaged over
+        the whole run, by the training loss of the last 5 epochs and by a 6-view augmented loss; plus the share of
+        flipped samples it predicts as their flipped label (fitted) or as their true class."""
+        data, poisons = self.sets[attack]
+        bad = torch.zeros(len(data), dtype=torch.bool)
+        bad[poisons] = True
+        out = {}
+        for epochs in JUDGE_EPOCHS:
+            def run(epochs=epochs):
+                cfg, rec = TrainConfig(**{**VICTIM, "epochs": epochs}), LossRecord(data, epochs)
+                r = train_cached(data, self.test, cfg, self.ckpt, hooks=[rec])
+                pred = predict(r["model"], data)
+                trace = [separation_stats(rec.eval[e], bad) for e in range(epochs)]
+                top = torch.zeros(len(data), dtype=torch.bool)
+                top[torch.topk(rec.eval[-1], len(poisons)).indices] = True  # what alpha = the clean share trims
+                wrong = pred != data.labels
+                return {"clean_acc": round(r["last_acc"], 2), "val_acc": round(accuracy(r["model"], self.val), 2),
+                        "train_acc": round(r["history"][-1]["train_acc"], 2), "seconds": round(r["train_seconds"], 1),
+                        "flipped_fitted": round(100.0 * (pred[bad] == data.labels[bad]).float().mean().item(), 1),
+                        "flipped_true": round(100.0 * (pred[bad] == self.train.labels[bad]).float().mean().item(), 1),
+                        "clean_error": round(100.0 * wrong[~bad].float().mean().item(), 1),
+                        "trimmed_clean_wrong": round(100.0 * wrong[top & ~bad].float().mean().item(), 1),
+                        "final": trace[-1],
+                        "per_epoch": [{"auc": q["auc"], "precision": q["precision"]} for q in trace],
+                        "mean_all_epochs": separation_stats(rec.eval.mean(0), bad),
+                        "train_loss_last5": separation_stats(rec.train[-5:].mean(0), bad),
+                        "tta": separation_stats(tta_loss(r["model"], data), bad)}
+            out[epochs] = self.cell(f"{attack}/judge-{epochs}", {"victim": {**VICTIM, "epochs": epochs},
+                                                                  "attack": ATTACKS.get(attack), "v": 2}, run)
+        return out
+
     def itlm_hook(self, attack):
         """ITLM's one-run approximation: re-selections inside one training run, no re-initialisation."""
         data, poisons = self.sets[attack]
@@ -576,6 +647,34 @@ def finetune_table(res: dict) -> list[str]:
     return lines
 
 
+def judge_table(res: dict) -> list[str]:
+    """Stage "judge": how the judge's training length changes its ranking of the flipped samples."""
+    rows = [(e, res[f"flip/judge-{e}"]) for e in JUDGE_EPOCHS if f"flip/judge-{e}" in res]
+    if not rows:
+        return []
+    n = rows[0][1]["final"]["poisons"]
+    lines = ["", f"The judge's training length (stage `judge`): the undefended victim on the flip trained E epochs, each "
+                 f"with its own cosine schedule; AUC of its loss for the {n:,} flipped samples and precision % of its "
+                 f"{n:,} highest losses (what alpha 0.8 trims; chance 20%), ranked by the final model's loss, by the "
+                 "loss after the run's best epoch (chosen with the poisons known: an upper bound on early stopping), "
+                 "by the loss averaged over all epochs, by the training loss (augmented) of the last 5 epochs and by "
+                 "the final model's loss averaged over 6 augmented views; flipped samples fitted = predicted as their "
+                 "flipped label, true = predicted as their true class; clean samples: the judge's error on the "
+                 f"{rows[0][1]['final']['n'] - n:,} clean training samples, and the share misclassified among the clean "
+                 "samples in its highest losses:", "",
+             "| judge epochs | test acc | val acc | train acc (given labels) | flipped samples: fitted / true % | "
+             "clean samples: error % / of the trimmed ones % | final loss: AUC / precision | best epoch: epoch, AUC / "
+             "precision | mean over epochs | training loss, last 5 epochs | 6 views | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e, r in rows:
+        best = max(range(len(r["per_epoch"])), key=lambda k: (r["per_epoch"][k]["precision"], k))
+        ap = lambda q: f"{q['auc']} / {q['precision']}"  # noqa: E731
+        lines.append(f"| {e} | {r['clean_acc']} | {r['val_acc']} | {r['train_acc']} | {r['flipped_fitted']} / "
+                     f"{r['flipped_true']} | {r['clean_error']} / {r['trimmed_clean_wrong']} | {ap(r['final'])} | {best + 1}: {ap(r['per_epoch'][best])} | "
+                     f"{ap(r['mean_all_epochs'])} | {ap(r['train_loss_last5'])} | {ap(r['tta'])} | {r['seconds']} |")
+    return lines
+
+
 def tables(res: dict) -> str:
     """Markdown tables: defenses x attacks with the undefended baseline in the same row."""
     lines = [f"Scale: CIFAR-10 {SCALE['train']} train / {SCALE['test']} test (stratified), smallcnn width 0.5, "
@@ -707,6 +806,7 @@ def tables(res: dict) -> str:
             lines.append(f"| {q['round']} | {q['train_size']} | {q['auc']} | {q['within_class_auc']} | "
                          f"{q['global_precision']} / {q['per_class_precision']} | {q['global_clean_trimmed_by_class']} | "
                          f"{q['per_class_clean_trimmed_by_class']} |")
+    lines += judge_table(res)
     trace = res.get("flip/loss-trace")
     if trace:
         lines += ["", "Undefended run on the flip, after every epoch: share of flipped labels among the "
@@ -883,6 +983,8 @@ def main(argv=None):
                 b.itlm("clean", {**kw, "alpha": 1.0}, name=f"{name}-control")
         elif s == "perclass":
             b.itlm("flip", ITLM_PC_KW, name="itlm-pc")
+        elif s == "judge":  # the judge's training length (no ITLM run: the undefended victim, longer or shorter)
+            b.judges("flip")
         elif s == "finetune":
             for name, kw in ITLM_FT_KW.items():
                 b.itlm("flip", kw, name=name)
