@@ -96,8 +96,10 @@ FOUND = (0.1, 1.0)
 UNLEARN = {"retrain": None, "negrad+": dict(epochs=5, lr=0.01, batch_size=16, retain_weight=1.0, cap=5.0), "ssd": dict()}
 ROWS = ("none", "oracle", "abl", "abl-nogga", *ITLM_FIT, "itlm-kept-clean",
         *(f"itlm-sim{p:g}" for p in SIM_PRECISION), "itlm-hook", "dpa")  # the main table's defense rows, in order
-STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "cv", "extra", "seed1",
-          "itlm", "itlm-seed1", "sep", "random", "precision", "finetune", "perclass", "cleanctl", "judge")  # from "itlm" on: the ITLM study alone (e.g. at --train 10000)
+MAIN_STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "cv", "extra",
+               "seed1", "sep")  # the cpu-5k tables
+ITLM_STAGES = ("itlm", "sep", "random", "precision", "finetune", "perclass", "itlm-seed1", "cleanctl", "judge")  # the ITLM study alone (cpu-10k)
+STAGES = MAIN_STAGES + tuple(s for s in ITLM_STAGES if s not in MAIN_STAGES)
 
 
 def trimmed_of(kept, n) -> torch.Tensor:
@@ -903,7 +905,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=None, help="cache folder (default runs/defenses, "
                     "runs/defenses-N with --train N)")
-    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {', '.join(STAGES)}")
+    ap.add_argument("--stages", default=None, help=f"comma-separated subset of {', '.join(STAGES)} (default: "
+                    f"{','.join(MAIN_STAGES)} at 5000 training images, {','.join(ITLM_STAGES)} at another --train)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--smoke", action="store_true", help="tiny scale (400/200 images, 2 epochs) to check the pipeline")
     ap.add_argument("--train", type=int, default=SCALE["train"],
@@ -922,6 +925,8 @@ def main(argv=None):
         ABL_KW.update(turning_epoch=1)
         DPA_K = 2
     set_threads()
+    if args.stages is None:  # the ITLM study's stages alone at another size: the main tables are cpu-5k's
+        args.stages = ",".join(ITLM_STAGES if suffix else MAIN_STAGES)
     stages = [s for s in args.stages.split(",") if s]
     bad = sorted(set(stages) - set(STAGES))
     if bad:
