@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import binom
+from scipy.stats import t as student_t
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -627,7 +628,19 @@ def report_draws(res: dict) -> list:
     md += ["", "Victims 0..9, 20..29 or 30..39 (the copy's own; clean twins = the same seeds on clean data). The "
            "reference rank-sum test was chosen on taggants20 and taggants20b (and the 10-key copy), before "
            "taggants20c..capped20c were marked; the class cap on the per-class accuracies of taggants..taggants20c; "
-           "the combined test after capped20c, so capped20d is its only fresh draw.", ""]
+           "the combined test after capped20c, so capped20d is its first fresh draw, and capped20e..capped20g "
+           "the three declared (session 7) before they were marked.", ""]
+    for label, group in (("capped (class_cap 0.4)", [c for c in copies if COPIES[c][1].get("class_cap", 1.0) < 1]),
+                         ("uncapped", [c for c in copies if COPIES[c][1].get("class_cap", 1.0) == 1])):
+        diff = [r["acc_marked"] - r["acc_clean"] for c in group for r in res[c]["rows"] + res[c]["further_rows"]
+                if r["acc_clean"] is not None]
+        if len(diff) > 1:  # the harmlessness bar pooled over draws: a 90% interval inside +-1 point = TOST at 5%
+            mean, se = _mean_se(diff)
+            half = student_t.ppf(0.95, len(diff) - 1) * se
+            md.append(f"Pooled over the {label} draws ({', '.join(str(copy_seed(c)) for c in group)}; {len(diff)} "
+                      f"pairs): marked - clean twin {mean:+.2f} ± {se:.2f} points (mean ± s.e.; 90% interval "
+                      f"{mean - half:+.2f} to {mean + half:+.2f}; {sum(d < 0 for d in diff)} pairs lower).")
+    md.append("")
     return md
 
 
@@ -717,22 +730,22 @@ def report_robust(b: Bench, md: list) -> list:
                 if m is None or v is None or not any((b.cache / "models" / f"{copy}-s{seed}-{t}.json").exists()
                                                      for t in ROBUST):
                     continue
-                vr, vf = _read(b.cache / "verify" / f"{name}-rank.json"), _read(b.cache / "verify" / f"{name}-reference.json")
+                vr, vf, vb = (_read(b.cache / "verify" / f"{name}-{t}.json") for t in ("rank", "reference", "combined"))
                 ref = _read(b.cache / "models" / f"clean-s{seed}{'-arch' if tag == 'arch' else ''}.json") \
                     if tag in ("", "arch") else None  # the same model trained on clean data
                 rows.append({"copy": copy, "seed": seed, "countermeasure": label, "acc": m["last_acc"],
                              "clean_acc": ref and ref["last_acc"],
                              "statistic": v["statistic"], "p_value": v["p_value"], "p_rank": vr and vr["p_value"],
-                             "p_ref": vf and vf["p_value"]})
+                             "p_ref": vf and vf["p_value"], "p_comb": vb and vb["p_value"]})
     if rows:
         f = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
         md += ["### Robustness: verification after each countermeasure", "",
                "| marked copy | victim seed | countermeasure | acc (%) | same model on clean data: acc (%) "
-               "| statistic (hits or t) | p (binomial or t-test) | rank-sum p | reference rank-sum p |",
-               "|---|---|---|---|---|---|---|---|---|"]
+               "| statistic (hits or t) | p (binomial or t-test) | rank-sum p | reference rank-sum p | combined p |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
         md += [f"| {r['copy']} | {r['seed']} | {r['countermeasure']} | {r['acc']:.1f} | "
                f"{'-' if r['clean_acc'] is None else format(r['clean_acc'], '.1f')} | {r['statistic']:.3g} | "
-               f"{f(r['p_value'])} | {f(r['p_rank'])} | {f(r['p_ref'])} |" for r in rows]
+               f"{f(r['p_value'])} | {f(r['p_rank'])} | {f(r['p_ref'])} | {f(r['p_comb'])} |" for r in rows]
         md.append("")
     return rows
 

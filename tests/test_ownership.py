@@ -141,10 +141,10 @@ def test_foreign_or_tampered_key_files_are_refused(tmp_path):
 # ------------------------------------------------------------------------------------------ verification
 def test_verify_detects_a_model_that_learned_the_keys_and_not_others():
     key = taggant_key(n=10)
-    v = verify(key, KeyLookup(key.images, key.labels, 10), alpha=0.01)
+    v = verify(key, KeyLookup(key.images, key.labels, 10), alpha=0.01, test="binomial")
     assert v.marked and v.detail["hits"] == 10 and v.p_value == pytest.approx(1e-10) and v.exit_code == 0
     other = taggant_key(n=10, seed=99)
-    v2 = verify(other, KeyLookup(key.images, key.labels, 10))
+    v2 = verify(other, KeyLookup(key.images, key.labels, 10), test="binomial")
     assert not v2.marked and v2.exit_code == 1 and v2.detail["hits"] == int((other.labels == 0).sum())
     assert "NOT MARKED" in v2.summary() and "MARKED" in v.summary()
 
@@ -155,11 +155,11 @@ def test_null_of_the_top_k_test_holds_for_any_model():
     model = create_model("smallcnn", 10, 3, 0.25).eval()
     hits = []
     for s in range(300):
-        v = verify(taggant_key(n=10, seed=1000 + s), model, alpha=0.05)
+        v = verify(taggant_key(n=10, seed=1000 + s), model, alpha=0.05, test="binomial")
         hits.append(v.detail["hits"])
     gof = stats.hits_goodness_of_fit(hits, 10, 0.1)
     assert gof["chi2_pvalue"] > 0.001, gof
-    hits3 = [verify(taggant_key(n=10, seed=5000 + s, top_k=3), model).detail["hits"] for s in range(200)]
+    hits3 = [verify(taggant_key(n=10, seed=5000 + s, top_k=3), model, test="binomial").detail["hits"] for s in range(200)]
     assert abs(np.mean(hits3) - 3.0) < 0.5
 
 
@@ -287,9 +287,9 @@ def lookup_command(tmp_path, key, top_k=3) -> str:
 def test_black_box_command_gives_the_same_verdict(tmp_path):
     key = taggant_key(n=10)
     key.save(tmp_path / "k.key")
-    v = verify(tmp_path / "k.key", command=lookup_command(tmp_path, key))
+    v = verify(tmp_path / "k.key", command=lookup_command(tmp_path, key), test="binomial")
     assert v.marked and v.detail["hits"] == 10
-    assert v.p_value == verify(key, KeyLookup(key.images, key.labels, 10)).p_value
+    assert v.p_value == verify(key, KeyLookup(key.images, key.labels, 10), test="binomial").p_value
     with pytest.raises(PoisonlabError, match="exited with"):
         verify(key, command=f"{sys.executable} -c 'import sys; sys.exit(3)'")
     with pytest.raises(PoisonlabError, match="not found"):
@@ -320,7 +320,7 @@ def test_black_box_url_gives_the_same_verdict():
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        v = verify(key, command=f"http://127.0.0.1:{server.server_port}/predict")
+        v = verify(key, command=f"http://127.0.0.1:{server.server_port}/predict", test="binomial")
         assert v.marked and v.detail["hits"] == 10
         with pytest.raises(PoisonlabError, match="failed"):
             verify(key, command="http://127.0.0.1:9/unreachable")
@@ -362,3 +362,17 @@ def test_combined_test_is_the_bonferroni_of_both_rank_sums():
     ps = np.array([verify(taggant_key(n=10, seed=3000 + s), suspect, test="combined", reference=other).p_value
                    for s in range(200)])
     assert (ps <= 0.05).mean() <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / 200) and (ps <= 0.2).mean() <= 0.2 + 0.06
+
+
+def test_default_test_is_combined_where_possible_else_rank(tmp_path):
+    """verify's default ("auto"): the combined test with probabilities and a reference, else the rank-sum."""
+    key = taggant_key(n=20, seed=7)
+    clean, marked = KeyBias(key), KeyBias(key, shift=1.5)
+    assert verify(key, marked).test == "rank-sum"  # no reference in the key file
+    assert verify(key, marked, reference=clean).test == "combined rank-sum"
+    key.reference = torch.log_softmax(clean(key.images.float().div(255)), 1)
+    v = verify(key, marked)
+    assert v.test == "combined rank-sum" and v.p_value == verify(key, marked, test="combined").p_value
+    key.save(tmp_path / "k.key")
+    label_only = verify(tmp_path / "k.key", command=lookup_command(tmp_path, key))  # labels only: rank-sum
+    assert label_only.test == "rank-sum" and label_only.marked

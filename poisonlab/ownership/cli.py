@@ -6,7 +6,7 @@ from .. import PoisonlabError
 from ..fileio import write_json
 from ..options import parse_opts
 from .mark import mark
-from .verify import load_model, verify
+from .verify import TAGGANT_TESTS, load_model, verify
 
 
 def cmd_mark(args):
@@ -77,8 +77,9 @@ def add_parsers(sub):
     v.add_argument("--width", type=float, default=None, help="width multiplier of a bare state dict")
     v.add_argument("--alpha", type=float, default=0.01, help="significance level of the verdict (default 0.01)")
     v.add_argument("--top-k", type=int, default=None, help="taggants: k of the top-k test (default: the key's)")
-    v.add_argument("--test", default="binomial", choices=["binomial", "rank", "reference", "combined"],
-                   help="taggants: binomial top-k (the paper's, default), rank (rank-sum of the key labels; "
+    v.add_argument("--test", default="auto", choices=list(TAGGANT_TESTS),
+                   help="taggants: auto (default: combined where the suspect gives probabilities and a reference "
+                        "is at hand, else rank), binomial top-k (the paper's), rank (rank-sum of the key labels; "
                         "more power at few classes, exact too), reference (rank-sum against the clean "
                         "surrogate's answers stored in the key file) or combined (both, Bonferroni: the most "
                         "reliable over key draws here; see docs/ownership.md)")

@@ -41,8 +41,9 @@ from ..attacks.backdoor import Trigger, apply_trigger
 
 MODEL_FORMAT = "poisonlab-model/1"
 EXIT_MARKED, EXIT_NOT_MARKED, EXIT_ERROR = 0, 1, 2
-# the paper's top-k test; the rank-sum variants (poisonlab.ownership.stats): raw, and against the surrogate's answers
-TAGGANT_TESTS = ("binomial", "rank", "reference", "combined")
+# the paper's top-k test; the rank-sum variants (poisonlab.ownership.stats): raw, and against the surrogate's answers;
+# "auto" (the default): combined where the suspect's probabilities and a reference allow it, else rank
+TAGGANT_TESTS = ("auto", "binomial", "rank", "reference", "combined")
 
 
 # ---------------------------------------------------------------------------------------- model files
@@ -280,7 +281,7 @@ class Verdict:
         return f"{self.test}: {stat}\np-value {self.p_value:.3g} (alpha {self.alpha:g})\n{word}"
 
 
-def verify(key, suspect=None, *, command=None, alpha: float = 0.01, top_k: int | None = None, test="binomial",
+def verify(key, suspect=None, *, command=None, alpha: float = 0.01, top_k: int | None = None, test="auto",
            arch=None, width=None, device="cpu", reference=None) -> Verdict:
     """Test whether `suspect` (a model, a model file, or with command= a black-box command) learned the key.
 
@@ -288,8 +289,9 @@ def verify(key, suspect=None, *, command=None, alpha: float = 0.01, top_k: int |
     (rank-sum of the key labels, exact too; uses the probabilities, or a label-only suspect's answers) or
     "reference" (rank-sum after subtracting a clean model's log-probabilities on the keys: the key file's
     `reference`, or `reference=` a clean model / model file of the owner's; needs the suspect's probabilities)
-    or "combined" (both rank-sums, Bonferroni: p = min(1, 2 min(p_rank, p_reference))).
-    Returns a Verdict (marked = p < alpha)."""
+    or "combined" (both rank-sums, Bonferroni: p = min(1, 2 min(p_rank, p_reference))); "auto" (default):
+    combined when the suspect answers probabilities and a reference is at hand, else rank (a label-only black
+    box, an old key file). Returns a Verdict (marked = p < alpha)."""
     if not 0 < alpha < 1:
         raise PoisonlabError(f"alpha must be in (0, 1), got {alpha}")
     if test not in TAGGANT_TESTS:
@@ -299,6 +301,9 @@ def verify(key, suspect=None, *, command=None, alpha: float = 0.01, top_k: int |
     if key.method == "taggants":
         k = int(top_k or key.top_k)
         answers = s(key.images, k)
+        if test == "auto":  # the most reliable exact test over key draws at CPU scale (docs/ownership.md)
+            usable = answers.probs is not None and (reference is not None or key.reference is not None)
+            test = "combined" if usable else "rank"
         if test == "binomial":
             res = taggant_test(key, answers.topk, k)
         elif test == "rank":
