@@ -215,7 +215,8 @@ def collect(work) -> dict:
         for g, v in _seeds(work, name):
             acc = {r: read_json(p)["last_acc"] for r in REGIMES
                    if (p := work / "victims" / f"{victim_key(name, r, g, v)}.json").exists()}
-            row = {"variant": name if not (g or v) else f"{name} (generation seed {g}, victim seed {v})",
+            seeds = ", ".join([f"generation seed {g}"] * bool(g) + [f"victim seed {v}"] * bool(v))
+            row = {"variant": f"{name} ({seeds})" if seeds else name,
                    "name": name, "gen_seed": g, "victim_seed": v, "last_acc": acc}
             if name != "clean":
                 opts = {**BASE, **VARIANTS[name]}
@@ -224,6 +225,7 @@ def collect(work) -> dict:
                 row["rule"] = check("minmaxmin", opts, N, [VictimAT(REGIMES[r]["adv_eps"], VICTIM["adv_steps"]) for r in ("at2", "at4")]) or "keeps it"
                 _generation(work, name, g, row)
             rows.append(row)
+    rows += _means(rows)
     bases = {r["victim_seed"]: r for r in rows if r["name"] == "baseline" and r["gen_seed"] == 0}
     for row in rows:
         base = bases.get(row["victim_seed"], bases.get(0))
@@ -234,6 +236,30 @@ def collect(work) -> dict:
                 row["equal_strength"] = all(row["last_acc"][r] <= base["last_acc"][r] + TOLERANCE for r in JUDGED)
     return {"scale": __doc__.split("Scale: ", 1)[1].split("\n\n")[0].replace("\n", " "), "tolerance_points": TOLERANCE,
             "judged_regimes": list(JUDGED), "rows": rows}
+
+
+def _means(rows) -> list:
+    """Rows of the victims' mean over the victim seeds a set shares with the baseline's (generation seed 0)
+    set, with the baseline's mean over the same seeds: their victim_seed is "mean 0,1,..."."""
+    base = {r["victim_seed"]: r for r in rows if r["name"] == "baseline" and r["gen_seed"] == 0}
+    groups, out = {}, {}
+    for r in rows:
+        if r["name"] != "clean":
+            groups.setdefault((r["name"], r["gen_seed"]), []).append(r)
+    for (name, g), group in groups.items():
+        same = [r for r in group if r["victim_seed"] in base]
+        if len(same) < 2:
+            continue
+        seeds = [r["victim_seed"] for r in same]
+        key = "mean " + ",".join(map(str, seeds))
+        for name_, g_, rs in ((name, g, same), ("baseline", 0, [base[v] for v in seeds])):
+            regimes = [k for k in REGIMES if all(k in r["last_acc"] for r in rs)]
+            label = f"generation seed {g_}, " if g_ else ""
+            out.setdefault((name_, g_, key), {
+                **{k: v for k, v in rs[0].items() if k not in ("fewer_passes", "equal_strength", "compared_with")},
+                "variant": f"{name_} ({label}mean of victim seeds {', '.join(map(str, seeds))})", "victim_seed": key,
+                "last_acc": {k: round(sum(r["last_acc"][k] for r in rs) / len(rs), 2) for k in regimes}})
+    return list(out.values())
 
 
 def table(result) -> str:

@@ -135,7 +135,13 @@ def test_study_report_keeps_seed_repeats_apart_and_compares_like_seeds(tmp_path)
     rows = {(r["name"], r["gen_seed"], r["victim_seed"]): r for r in fewer.collect(tmp_path)["rows"]}
     assert rows[("fgsm-n1", 0, 0)]["variant"] == "fgsm-n1" and rows[("fgsm-n1", 0, 0)]["equal_strength"] is True
     # victim seed 1 is judged against the baseline's victim seed 1 (23.0 <= 20.0 + 2 fails), not its seed 0
-    assert rows[("fgsm-n1", 0, 1)]["compared_with"] == "baseline (generation seed 0, victim seed 1)"
+    assert rows[("fgsm-n1", 0, 1)]["compared_with"] == "baseline (victim seed 1)"
     assert rows[("fgsm-n1", 0, 1)]["equal_strength"] is False
     assert rows[("fgsm-n1", 1, 0)]["equal_strength"] is True and rows[("fgsm-n1", 1, 0)]["fewer_passes"] == 3.06
+    # the mean over the victim seeds both have, against the baseline's mean over the same seeds
+    mean = rows[("fgsm-n1", 0, "mean 0,1")]
+    assert mean["last_acc"] == {"st": 20.75, "at2": 29.0} and mean["equal_strength"] is True
+    assert mean["compared_with"] == "baseline (mean of victim seeds 0, 1)"
+    assert rows[("baseline", 0, "mean 0,1")]["last_acc"] == {"st": 18.9, "at2": 28.15}
+    assert ("fgsm-n1", 1, "mean 0") not in rows and ("fgsm", 0, "mean 0") not in rows  # one victim seed: no mean
     assert "0.100 / 99.0%, 30.0%" in fewer.table(fewer.collect(tmp_path))
