@@ -57,6 +57,8 @@ VARIANTS = {
     "fgsm-s170": dict(adversary="fgsm", train_steps=170, lr_decay_every=68),
     "fgsm-n2-s350": dict(adversary="fgsm", noise_steps=2, noise_step_size="8/255", train_steps=350, lr_decay_every=140),
     "fgsm-eot1-s300": dict(adversary="fgsm", eot=1, train_steps=300, lr_decay_every=120),
+    "fgsm-eot1-s300-d60": dict(adversary="fgsm", eot=1, train_steps=300, lr_decay_every=60),  # lr x0.1 after 20%
+    "fgsm-eot1-s300-d180": dict(adversary="fgsm", eot=1, train_steps=300, lr_decay_every=180),  # after 60%
     "fgsm-n3-eot1-s410": dict(adversary="fgsm", noise_steps=3, noise_step_size="16/765", eot=1, train_steps=410,
                               lr_decay_every=164),
 }
