@@ -23,7 +23,7 @@ Stages (every model, marked copy and verification cached under --cache, so a kil
             victims of the draws before (key seeds 0, 1, 2); key seed 5 is refused (7 keys on one class).
   capped20a .. capped20g  20 keys, 2% per key, at most 40% of a class marked (class_cap 0.4), on fresh key
             draws (key seeds 6..12; victims 0..9, 20..29, 30..39, 0..9, 0..9, 30..39, 0..9); capped20e-g are the
-            combined test's declared fresh draws (session 7).
+            combined test's declared fresh draws (session 7). capped20g250: key seed 12 with 250 steps (pilot).
   noise     harmlessness control: random +-16/255 sign noise on the images the 10-key copy marked.
   easier    those images, their originals and the noisy ones scored by the clean models clean-s0..9.
   pairs     own keys against fresh random (key image, label) pairs, per key, marked victims and clean twins.
@@ -102,6 +102,10 @@ TAGGANTS20CAP = dict(TAGGANTS20, class_cap=0.4)
 CAPPED = {"capped20a": (6, range(10)), "capped20b": (7, range(20, 30)), "capped20c": (8, range(30, 40)),
           "capped20d": (9, range(10)), "capped20e": (10, range(10)), "capped20f": (11, range(30, 40)),
           "capped20g": (12, range(10))}
+# After two of those three missed the bar: a stronger mark on the weakest draw (key seed 12, same victims and
+# twins), the paper's 250 matching steps instead of 150; a pilot, not a fresh draw (excluded from the pools).
+STRONGER = {"capped20g250": (12, range(10))}
+TAGGANTS20CAP250 = dict(TAGGANTS20CAP, steps=250)
 TESTS = ("binomial", "rank", "reference", "combined")  # the taggant tests every verdict is cached for
 TEST_NAMES = {"binomial": "binomial top-1", "rank": "rank-sum", "reference": "reference rank-sum",
               "combined": "combined (Bonferroni) rank-sum"}
@@ -116,11 +120,12 @@ NOISE_IMAGES = 400
 COPIES = {"taggants": ("taggants", TAGGANTS), "taggants30": ("taggants", TAGGANTS30),
           "taggants20": ("taggants", TAGGANTS20), "taggants20b": ("taggants", TAGGANTS20),
           **{c: ("taggants", TAGGANTS20) for c in FRESH}, **{c: ("taggants", TAGGANTS20CAP) for c in CAPPED},
+          **{c: ("taggants", TAGGANTS20CAP250) for c in STRONGER},
           "backdoor": ("backdoor", BACKDOOR), "noise": ("noise", NOISE)}
 # key seed of a copy (default MARK_SEED) and its reported victim seeds (default 0..9)
-COPY_SEED = {"taggants20": 1, "taggants20b": 2, **{c: k for c, (k, _) in {**FRESH, **CAPPED}.items()}}
+COPY_SEED = {"taggants20": 1, "taggants20b": 2, **{c: k for c, (k, _) in {**FRESH, **CAPPED, **STRONGER}.items()}}
 COPY_VICTIMS = {"taggants20": range(20, 30), "taggants20b": range(30, 40),
-                **{c: v for c, (_, v) in {**FRESH, **CAPPED}.items()}}
+                **{c: v for c, (_, v) in {**FRESH, **CAPPED, **STRONGER}.items()}}
 
 
 def copy_seed(copy: str) -> int:
@@ -287,7 +292,7 @@ STAGES = {"clean": stage_clean,
           "taggants30": lambda b: stage_marked(b, "taggants30"),
           "taggants20": lambda b: stage_marked(b, "taggants20"),
           "taggants20b": lambda b: stage_marked(b, "taggants20b"),
-          **{c: (lambda b, c=c: stage_marked(b, c)) for c in {**FRESH, **CAPPED}},
+          **{c: (lambda b, c=c: stage_marked(b, c)) for c in {**FRESH, **CAPPED, **STRONGER}},
           "noise": lambda b: stage_marked(b, "noise"),
           "backdoor": lambda b: stage_marked(b, "backdoor"),
           "robust": lambda b: [stage_robust(b, c) for c in b.robust_copies]}
@@ -629,8 +634,9 @@ def report_draws(res: dict) -> list:
            "reference rank-sum test was chosen on taggants20 and taggants20b (and the 10-key copy), before "
            "taggants20c..capped20c were marked; the class cap on the per-class accuracies of taggants..taggants20c; "
            "the combined test after capped20c, so capped20d is its first fresh draw, and capped20e..capped20g "
-           "the three declared (session 7) before they were marked.", ""]
-    for label, group in (("capped (class_cap 0.4)", [c for c in copies if COPIES[c][1].get("class_cap", 1.0) < 1]),
+           "the three declared (session 7) before they were marked. capped20g250: key seed 12 again with 250 "
+           "matching steps instead of 150 (a pilot after the declared draws, not in the pools below).", ""]
+    for label, group in (("capped (class_cap 0.4)", [c for c in copies if c in CAPPED]),
                          ("uncapped", [c for c in copies if COPIES[c][1].get("class_cap", 1.0) == 1])):
         diff = [r["acc_marked"] - r["acc_clean"] for c in group for r in res[c]["rows"] + res[c]["further_rows"]
                 if r["acc_clean"] is not None]
