@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .runtime import pick_device, to_float_batch
+from .runtime import pick_device
 from .train import evaluate
 
 
@@ -218,32 +218,6 @@ class SharedDraws:
     def resync(self):
         if self.n < self.parallel.world:  # some rank drew nothing: the last rank always has a share
             self.parallel.sync_generator(self.gen, src=self.parallel.world - 1)
-
-
-def sharded_noise_pass(update, images, labels, batch_size: int, seed: int, parallel=None):
-    """Noise for every image, computed in fixed batches of sample indices; batch b by rank b % world_size
-    with its own generator seeded by (seed, b), then gathered so every rank holds all of it.
-
-    update(x, y, gen) -> noise for the float batch x (e.g. a method's final noise PGD against its frozen
-    surrogate). Because a batch's randomness depends only on (seed, b), the result is the same for any
-    number of processes, one included, and each rank makes whole batches (no collective per batch). REM and
-    min-max-min use SharedDraws instead, which keeps one process's random stream (their published noise);
-    this pass suits a method whose randomness may be per batch."""
-    device = images.device
-    noise = torch.zeros(images.shape, dtype=torch.float32, device=device)
-    rank, world = (parallel.rank, parallel.world) if parallel is not None else (0, 1)
-    for b, s in enumerate(range(0, len(images), batch_size)):
-        if b % world != rank:
-            continue
-        idx = torch.arange(s, min(s + batch_size, len(images)), device=device)
-        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
-        noise[idx] = update(to_float_batch(images[idx], device), labels[idx], gen).float()
-    if parallel is not None:
-        # Every element is written by exactly one rank and is 0 elsewhere: the sum is that rank's value.
-        buf = noise.to(parallel._comm_device)
-        dist.all_reduce(buf)
-        noise = buf.to(device)
-    return noise
 
 
 def from_env(device: str = "auto") -> DataParallel | None:

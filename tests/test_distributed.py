@@ -1,5 +1,5 @@
 """Data-parallel victim training (poisonlab.distributed): 2 processes with gloo on CPU against one process
-under the same seed, and a checkpoint written by 2 processes resumed by one."""
+under the same seed, and a checkpoint written by 2 processes resumed by one (generation: test_distributed_generation.py)."""
 
 import json
 import math
@@ -8,10 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from poisonlab.augment import Augment
-from poisonlab.distributed import join, leave, sharded_noise_pass
-from poisonlab.models import create_model
-from poisonlab.pgd import LinfPGD
+from poisonlab.distributed import join, leave
 from poisonlab.train import TrainConfig, train_victim
 
 from test_bench import synthetic_npz
@@ -125,37 +122,3 @@ def test_adversarial_training_keeps_ranks_in_step(tmp_path):
     one = train_victim(train, test, TrainConfig(epochs=1, adv_eps=4 / 255, adv_steps=1, **CFG), progress=False,
                        return_model=True)
     assert max_weight_gap(one["model"], r0["state"]) <= RUN_TOL
-
-
-def _surrogate():
-    torch.manual_seed(0)  # the same weights in every process
-    return create_model("smallcnn", 3, 3, 0.25).eval()
-
-
-def _noise_update(model):
-    pgd = LinfPGD(8 / 255, alpha=2 / 255, steps=2, minimize=True, eot=2, augment=Augment().geometric)
-    return lambda x, y, gen: pgd(model, x, y, gen=gen)
-
-
-def _rank_noise(rank, world, tmp):
-    torch.set_num_threads(1)
-    par = join(rank, world, "cpu", init_method=f"file://{tmp}/rendezvous-noise")
-    try:
-        train, _ = data(tmp)
-        noise = sharded_noise_pass(_noise_update(_surrogate()), train.images, train.labels, 8, seed=4, parallel=par)
-        torch.save(noise, tmp / f"noise-{rank}.pt")
-    finally:
-        leave()
-
-
-def test_sharded_noise_pass_is_independent_of_world_size(tmp_path):
-    """The noise pass sharded by sample index over 2 ranks (batches 0, 2, .. on rank 0; 1, 3, .. on rank 1;
-    each batch's generator seeded by its index) and gathered equals one process's to the bit, on both
-    ranks: a batch's computation does not depend on who makes it."""
-    train, _ = data(tmp_path, make=21)
-    one = sharded_noise_pass(_noise_update(_surrogate()), train.images, train.labels, 8, seed=4)
-    mp.start_processes(_rank_noise, args=(2, tmp_path), nprocs=2, join=True, start_method="spawn")
-    for r in (0, 1):
-        got = torch.load(tmp_path / f"noise-{r}.pt", weights_only=True)
-        assert torch.equal(got, one)
-    assert one.abs().max() > 0 and one.abs().max() <= 8 / 255 + 1e-7
