@@ -224,7 +224,8 @@ def collect(work) -> dict:
                 opts = {**BASE, **VARIANTS[name]}
                 row["options"] = VARIANTS[name]
                 row["scheduled_passes"] = scheduled_passes(opts)
-                row["rule"] = check("minmaxmin", opts, N, [VictimAT(REGIMES[r]["adv_eps"], VICTIM["adv_steps"]) for r in ("at2", "at4")]) or "keeps it"
+                victims = [VictimAT(REGIMES[r]["adv_eps"], VICTIM["adv_steps"]) for r in ("at2", "at4")]
+                row["rule"] = check("minmaxmin", opts, N, victims) or "keeps it"
                 _generation(work, name, g, row)
             rows.append(row)
     rows += _means(rows)
