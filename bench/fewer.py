@@ -228,8 +228,8 @@ def collect(work) -> dict:
                 row["rule"] = check("minmaxmin", opts, N, victims) or "keeps it"
                 _generation(work, name, g, row)
             rows.append(row)
-    rows += _means(rows)
-    bases = {r["victim_seed"]: r for r in rows if r["name"] == "baseline" and r["gen_seed"] == 0}
+    rows += _means(rows) + _pooled(rows)
+    bases = {r["victim_seed"]: r for r in rows if r["name"] == "baseline" and r["gen_seed"] in (0, "all")}
     for row in rows:
         base = bases.get(row["victim_seed"], bases.get(0))
         if base and row is not base and "passes" in row and "passes" in base:
@@ -263,6 +263,27 @@ def _means(rows) -> list:
                 "variant": f"{name_} ({label}mean of victim seeds {', '.join(map(str, seeds))})", "victim_seed": key,
                 "last_acc": {k: round(sum(r["last_acc"][k] for r in rs) / len(rs), 2) for k in regimes}})
     return list(out.values())
+
+
+def _pooled(rows) -> list:
+    """For a variant made with more than one generation seed: the mean over all its victims (every generation
+    seed and victim seed), with the baseline's mean over all of its own; gen_seed "all", victim_seed "pooled"."""
+    groups = {}
+    for r in rows:
+        if r["name"] != "clean" and isinstance(r["victim_seed"], int):
+            groups.setdefault(r["name"], []).append(r)
+    out = []
+    remade = [n for n, rs in groups.items() if len({r["gen_seed"] for r in rs}) > 1 and "baseline" in groups]
+    for name in remade:
+        for rs in (groups[name], groups["baseline"]):
+            regimes = [k for k in REGIMES if all(k in r["last_acc"] for r in rs)]
+            row = {k: v for k, v in rs[0].items() if k not in ("fewer_passes", "equal_strength", "compared_with")}
+            row.update(variant=f"{rs[0]['name']} (mean of all {len(rs)} victims: generation seeds "
+                               f"{', '.join(map(str, sorted({r['gen_seed'] for r in rs})))})", gen_seed="all",
+                       victim_seed="pooled", last_acc={k: round(sum(r["last_acc"][k] for r in rs) / len(rs), 2) for k in regimes})
+            if not any(o["variant"] == row["variant"] for o in out):
+                out.append(row)
+    return out
 
 
 def table(result) -> str:

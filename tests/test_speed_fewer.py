@@ -146,6 +146,12 @@ def test_study_report_keeps_seed_repeats_apart_and_compares_like_seeds(tmp_path)
     assert mean["compared_with"] == "baseline (mean of victim seeds 0, 1)"
     assert rows[("baseline", 0, "mean 0,1")]["last_acc"] == {"st": 18.9, "at2": 28.15}
     assert ("fgsm-n1", 1, "mean 0") not in rows and ("fgsm", 0, "mean 0") not in rows  # one victim seed: no mean
+    # a variant made with two generation seeds: the mean of all its victims against all the baseline's
+    pooled = rows[("fgsm-n1", "all", "pooled")]
+    assert pooled["last_acc"] == {"st": 20.17, "at2": 29.0} and pooled["equal_strength"] is True
+    assert rows[("baseline", "all", "pooled")]["last_acc"] == {"st": 18.9, "at2": 28.15}
+    assert pooled["compared_with"] == "baseline (mean of all 2 victims: generation seeds 0)"
+    assert ("fgsm", "all", "pooled") not in rows
     assert "0.100 / 99.0%, 30.0%" in fewer.table(fewer.collect(tmp_path))
 
 
