@@ -256,13 +256,14 @@ def protection(path):
         print(f"protection: {path} not found (run bench/fewer.py)", flush=True)
         return None
     study = read_json(path)
-    base = next((r for r in study["rows"] if r["variant"] == "baseline"), None)
+    rows = {r["variant"]: r for r in study["rows"]}
     for r in study["rows"]:
         if "fewer_passes" in r:
             acc = ", ".join(f"{k} {v}" for k, v in r["last_acc"].items())
+            base = rows[r.get("compared_with") or "baseline"]  # the baseline row of the same seeds (or their mean)
             verdict = "equal strength" if r.get("equal_strength") else "NOT equal strength"
             print(f"protection {r['variant']}: {r['fewer_passes']}x fewer passes than baseline; victims {acc} "
-                  f"(baseline {', '.join(f'{k} {v}' for k, v in base['last_acc'].items())}): {verdict} "
+                  f"({base['variant']}: {', '.join(f'{k} {v}' for k, v in base['last_acc'].items())}): {verdict} "
                   f"(judged by {', '.join(study['judged_regimes'])}: within {study['tolerance_points']:g} points)", flush=True)
     return {"source": str(Path(path).relative_to(ROOT)) if Path(path).is_absolute() else str(path), "rows": study["rows"]}
 

@@ -102,3 +102,17 @@ def test_official_refuses_what_it_cannot_run(checkout, tmp_path):
                                     official_adv_steps=1, rounds=1, official_fp32=False)
     with pytest.raises(PoisonlabError, match="builds only"):
         speed.bench_official(args, speed.torch.device("cpu"))
+
+
+def test_protection_prints_each_row_beside_the_baseline_it_was_judged_against(tmp_path, capsys):
+    """A repeat row (another victim seed) is printed beside the baseline of the same seeds, not seed 0's."""
+    study = {"judged_regimes": ["st"], "tolerance_points": 2, "rows": [
+        {"variant": "baseline", "last_acc": {"st": 17.8}},
+        {"variant": "baseline (victim seed 1)", "last_acc": {"st": 14.0}},
+        {"variant": "cheap (victim seed 1)", "last_acc": {"st": 16.5}, "fewer_passes": 3.0,
+         "compared_with": "baseline (victim seed 1)", "equal_strength": False}]}
+    path = tmp_path / "fewer.json"
+    speed.write_json(path, study)
+    assert speed.protection(path)["rows"] == study["rows"]
+    line = capsys.readouterr().out.strip()
+    assert "(baseline (victim seed 1): st 14.0): NOT equal strength" in line and "17.8" not in line
