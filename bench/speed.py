@@ -265,7 +265,8 @@ def protection(path):
             print(f"protection {r['variant']}: {r['fewer_passes']}x fewer passes than baseline; victims {acc} "
                   f"({base['variant']}: {', '.join(f'{k} {v}' for k, v in base['last_acc'].items())}): {verdict} "
                   f"(judged by {', '.join(study['judged_regimes'])}: within {study['tolerance_points']:g} points)", flush=True)
-    return {"source": str(Path(path).relative_to(ROOT)) if Path(path).is_absolute() else str(path), "rows": study["rows"]}
+    source = Path(path).resolve()
+    return {"source": str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source), "rows": study["rows"]}
 
 
 def bench_checkpoint(args):
