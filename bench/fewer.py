@@ -266,24 +266,27 @@ def _means(rows) -> list:
 
 
 def _pooled(rows) -> list:
-    """For a variant made with more than one generation seed: the mean over all its victims (every generation
-    seed and victim seed), with the baseline's mean over all of its own; gen_seed "all", victim_seed "pooled"."""
+    """For a variant made with more than one generation seed: the mean over its victims whose (generation
+    seed, victim seed) the baseline has too, beside the baseline's mean over the same pairs (paired, so both
+    means cover the same seeds); gen_seed "all", victim_seed "pooled g0,1,..." (the generation seeds)."""
     groups = {}
     for r in rows:
         if r["name"] != "clean" and isinstance(r["victim_seed"], int):
-            groups.setdefault(r["name"], []).append(r)
-    out = []
-    remade = [n for n, rs in groups.items() if len({r["gen_seed"] for r in rs}) > 1 and "baseline" in groups]
-    for name in remade:
-        for rs in (groups[name], groups["baseline"]):
+            groups.setdefault(r["name"], {})[(r["gen_seed"], r["victim_seed"])] = r
+    base, out = groups.get("baseline", {}), {}
+    for name, by_pair in groups.items():
+        pairs = sorted(set(by_pair) & set(base))
+        gens = sorted({g for g, _ in pairs})
+        if name == "baseline" or len(gens) < 2:
+            continue
+        for rs in ([by_pair[p] for p in pairs], [base[p] for p in pairs]):
             regimes = [k for k in REGIMES if all(k in r["last_acc"] for r in rs)]
             row = {k: v for k, v in rs[0].items() if k not in ("fewer_passes", "equal_strength", "compared_with")}
-            row.update(variant=f"{rs[0]['name']} (mean of all {len(rs)} victims: generation seeds "
-                               f"{', '.join(map(str, sorted({r['gen_seed'] for r in rs})))})", gen_seed="all",
-                       victim_seed="pooled", last_acc={k: round(sum(r["last_acc"][k] for r in rs) / len(rs), 2) for k in regimes})
-            if not any(o["variant"] == row["variant"] for o in out):
-                out.append(row)
-    return out
+            row.update(variant=f"{rs[0]['name']} (mean of {len(rs)} victims: generation seeds {', '.join(map(str, gens))})",
+                       gen_seed="all", victim_seed="pooled g" + ",".join(map(str, gens)),
+                       last_acc={k: round(sum(r["last_acc"][k] for r in rs) / len(rs), 2) for k in regimes})
+            out.setdefault(row["variant"], row)
+    return list(out.values())
 
 
 def table(result) -> str:

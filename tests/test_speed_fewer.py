@@ -125,15 +125,16 @@ def test_study_report_keeps_seed_repeats_apart_and_compares_like_seeds(tmp_path)
     (tmp_path / "victims").mkdir()
     (tmp_path / "passes").mkdir()
     runs = {("baseline", 0, 0): (17.8, 27.3), ("baseline", 0, 1): (20.0, 29.0), ("fgsm-n1", 0, 0): (18.5, 28.0),
-            ("fgsm-n1", 0, 1): (23.0, 30.0), ("fgsm-n1", 1, 0): (19.0, 29.0), ("fgsm", 0, 0): (14.7, 25.9)}
+            ("fgsm-n1", 0, 1): (23.0, 30.0), ("fgsm-n1", 1, 0): (19.0, 29.0), ("fgsm", 0, 0): (14.7, 25.9),
+            ("baseline", 1, 0): (15.0, 26.0), ("fgsm-n1", 2, 0): (30.0, 40.0)}
     for (name, g, v), accs in runs.items():
         for regime, acc in zip(("st", "at2"), accs):
             (tmp_path / "victims" / f"{fewer.victim_key(name, regime, g, v)}.json").write_text(f'{{"last_acc": {acc}}}')
-    for key in ("baseline", "fgsm-n1", "fgsm-n1-g1", "fgsm"):
+    for key in ("baseline", "baseline-g1", "fgsm-n1", "fgsm-n1-g1", "fgsm-n1-g2", "fgsm"):
         (tmp_path / "passes" / f"{key}.json").write_text(
             '{"passes_grad": %d, "maybe_resumed": false, "diagnostics": {"noise_train_loss": 0.1, "noise_train_acc": 99.0, '
             '"clean_train_acc": 30.0, "edge_fraction": 0.9}}' % (1010000 if key == "baseline" else 330000))
-    assert fewer._seeds(tmp_path, "fgsm-n1") == [(0, 0), (0, 1), (1, 0)] and fewer._seeds(tmp_path, "fgsm") == [(0, 0)]
+    assert fewer._seeds(tmp_path, "fgsm-n1") == [(0, 0), (0, 1), (1, 0), (2, 0)] and fewer._seeds(tmp_path, "fgsm") == [(0, 0)]
     rows = {(r["name"], r["gen_seed"], r["victim_seed"]): r for r in fewer.collect(tmp_path)["rows"]}
     assert rows[("fgsm-n1", 0, 0)]["variant"] == "fgsm-n1" and rows[("fgsm-n1", 0, 0)]["equal_strength"] is True
     # victim seed 1 is judged against the baseline's victim seed 1 (23.0 <= 20.0 + 2 fails), not its seed 0
@@ -146,12 +147,14 @@ def test_study_report_keeps_seed_repeats_apart_and_compares_like_seeds(tmp_path)
     assert mean["compared_with"] == "baseline (mean of victim seeds 0, 1)"
     assert rows[("baseline", 0, "mean 0,1")]["last_acc"] == {"st": 18.9, "at2": 28.15}
     assert ("fgsm-n1", 1, "mean 0") not in rows and ("fgsm", 0, "mean 0") not in rows  # one victim seed: no mean
-    # a variant made with two generation seeds: the mean of all its victims against all the baseline's
-    pooled = rows[("fgsm-n1", "all", "pooled")]
-    assert pooled["last_acc"] == {"st": 20.17, "at2": 29.0} and pooled["equal_strength"] is True
-    assert rows[("baseline", "all", "pooled")]["last_acc"] == {"st": 18.9, "at2": 28.15}
-    assert pooled["compared_with"] == "baseline (mean of all 2 victims: generation seeds 0)"
-    assert ("fgsm", "all", "pooled") not in rows
+    # a variant made with several generation seeds: the mean over the (generation, victim) seed pairs the
+    # baseline has too (generation seed 2 has no baseline: left out), against the baseline's mean over them
+    pooled = rows[("fgsm-n1", "all", "pooled g0,1")]
+    assert pooled["last_acc"] == {"st": 20.17, "at2": 29.0}
+    assert rows[("baseline", "all", "pooled g0,1")]["last_acc"] == {"st": 17.6, "at2": 27.43}
+    assert pooled["compared_with"] == "baseline (mean of 3 victims: generation seeds 0, 1)"
+    assert pooled["equal_strength"] is False  # 2.57 points weaker under ST
+    assert not any(k[0] == "fgsm" and k[1] == "all" for k in rows)
     assert "0.100 / 99.0%, 30.0%" in fewer.table(fewer.collect(tmp_path))
 
 
