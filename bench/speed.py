@@ -50,13 +50,14 @@ from poisonlab.models import create_model
 from poisonlab.pgd import LinfPGD
 from poisonlab.protect.checkpoint import pack_noise, unpack_noise
 from poisonlab.runtime import pick_device, prepare_model, set_threads, to_float_batch
+from poisonlab.train import TrainConfig, train_victim
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from fewer import BASE, VARIANTS, PassCounter, counted  # noqa: E402  (a sibling script, not a package)
 
 OFFICIAL_OWN = ("resnet18",)  # models the authors' generate.py builds itself (a bare name: each side its own)
-OFFICIAL_MODULES = ("generate", "utils", "attacks", "models")  # their top-level names
+OFFICIAL_MODULES = ("generate", "train", "utils", "attacks", "models")  # their top-level names
 FP32_MODULES = ("poisonlab.protect.interleaved", "poisonlab.protect.surrogate")  # where generation enters autocast
 
 
@@ -149,6 +150,29 @@ def official_generate(path):
                              "cv2 and timm (their requirements)") from None
 
 
+def official_train(path):
+    """The authors' train.py (victim training) from the same checkout, imported after generate.py."""
+    official_generate(path)  # checks the checkout and puts it first on the path
+    if not (Path(path).expanduser().resolve() / "train.py").is_file():
+        raise PoisonlabError(f"--official {path}: train.py not found (--official-victim-steps needs it)")
+    return importlib.import_module("train")
+
+
+def official_victim_schedule(args, adversarial):
+    """Victim training for both sides: SGD 0.1 / momentum 0.9 / wd 5e-4 at a constant rate, crop + flip,
+    and for AT their PGD of --official-adv-steps steps of 0.8/255 in 4/255 (as their run.sh's victims)."""
+    theirs = ["--dataset", "cifar10", "--train-steps", args.official_victim_steps, "--batch-size", args.official_batch,
+              "--optim", "sgd", "--lr", 0.1, "--lr-decay-rate", 0.1, "--lr-decay-freq", 10**9, "--weight-decay", 5e-4,
+              "--momentum", 0.9, "--report-freq", 10**9, "--save-freq", 10**9, "--data-mode", "whole",
+              "--noise-path", "unused", "--clean", 1, "--adversarial", int(adversarial)]
+    ours = dict(epochs=1, batch_size=args.official_batch, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="constant",
+                augment="standard", seed=0)
+    if adversarial:
+        theirs += ["--pgd-radius", 4, "--pgd-steps", args.official_adv_steps, "--pgd-step-size", 0.8, "--pgd-random-start"]
+        ours.update(adv_eps="4/255", adv_steps=args.official_adv_steps, adv_alpha="4/1275")
+    return [str(a) for a in theirs], ours
+
+
 def official_schedule(args):
     """One schedule for both sides, in the authors' CLI (noise radius 8, adversary 4, step sizes in /255
     units as in their run.sh) and as poisonlab's options."""
@@ -166,8 +190,8 @@ def official_schedule(args):
     return [str(a) for a in theirs], ours
 
 
-def run_official(generate, argv, data, spec, device):
-    """One run of their main() on data's images: (seconds, passes counter)."""
+def run_official(script, argv, data, spec, device):
+    """One run of their script's main() (generate.py or train.py) on data's images: (seconds, passes counter)."""
     utils = sys.modules["utils"]
     name, _, width = spec.partition(":")
     hwc, targets = data.images.permute(0, 2, 3, 1).numpy(), data.labels.tolist()
@@ -184,7 +208,7 @@ def run_official(generate, argv, data, spec, device):
         stack.enter_context(patch.object(sys, "argv", ["generate.py", "--arch", name if not width else "resnet18",
                                                        *argv, "--save-dir", out, "--save-name", "bench",
                                                        *(["--cpu"] if device.type == "cpu" else [])]))
-        their_args = generate.get_args()
+        their_args = script.get_args()
         # the same uint8 images instead of torchvision's CIFAR-10 (their loader reads .data HWC and .targets)
         stack.enter_context(patch.object(utils.data, "datasetCIFAR10",
                                          lambda root, train, transform: SimpleNamespace(data=hwc, targets=targets)))
@@ -193,60 +217,102 @@ def run_official(generate, argv, data, spec, device):
             stack.enter_context(patch.object(torch.Tensor, "cuda", lambda self, *a, **k: self))
         log = logging.getLogger("poisonlab.bench.official")
         log.propagate, log.handlers = False, [logging.NullHandler()]
-        seconds = timed(lambda: generate.main(their_args, log), device)  # their pickles land in out, unread
+        seconds = timed(lambda: script.main(their_args, log), device)  # their pickles land in out, unread
     return seconds, counter
 
 
+def random_images(n):
+    g = torch.Generator().manual_seed(0)
+    return ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                    torch.arange(n) % 10, [str(c) for c in range(10)])
+
+
+def alternate(sides, spec, rounds, what):
+    """Time each side on spec over alternated rounds after one warm-up run each (imports, kernel creation;
+    it also gives the pass counts); the medians, the ratios and whether the work was equal."""
+    runs, passes = {k: [] for k in sides}, {}
+    for label, side in sides.items():
+        counter = side(spec)[1]
+        passes[label] = {"grad": counter.grad, "nograd": counter.nograd}
+    for _ in range(rounds):
+        for label, side in sides.items():
+            runs[label].append(side(spec)[0])
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    equal = passes["official"]["grad"] == passes["poisonlab"]["grad"]
+    row = {"models": "each side its own" if ":" not in spec else "poisonlab's in both loops", "seconds": runs,
+           "median": med, "passes": passes, "equal_work": equal,
+           "passes_per_second": {k: passes[k]["grad"] / med[k] for k in sides}}
+    for k in sides:
+        if k != "official":
+            row[f"{k}_throughput_over_official"] = med["official"] / med[k]
+    print(f"official {what} {spec} ({row['models']}): authors' loop {med['official']:.2f}s, poisonlab "
+          f"{med['poisonlab']:.2f}s for {passes['poisonlab']['grad']} forward/backward passes each (equal work: "
+          f"{equal}) -> poisonlab runs at {row['poisonlab_throughput_over_official']:.2f}x the official throughput", flush=True)
+    if "poisonlab_fp32" in med:
+        print(f"official {what} {spec}: poisonlab without bf16 autocast {med['poisonlab_fp32']:.2f}s -> "
+              f"{row['poisonlab_fp32_throughput_over_official']:.2f}x the official throughput", flush=True)
+    if not equal:
+        print(f"official {what} {spec}: passes differ: {passes}", flush=True)
+    return row
+
+
 def bench_official(args, device):
-    """The authors' generation loop against poisonlab's at equal work, per model spec, alternating sides."""
+    """The authors' generation loop (and with --official-victim-steps their victim training) against
+    poisonlab's at equal work, per model spec, alternating sides."""
     generate = official_generate(args.official)
     argv, ours = official_schedule(args)
     n = args.official_images - args.official_images % args.official_batch  # their final pass drops a last partial batch
-    g = torch.Generator().manual_seed(0)
-    data = ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
-                    torch.arange(n) % 10, [str(c) for c in range(10)])
+    data = random_images(n)
     out = {"checkout": str(Path(args.official).resolve()), "images": n, "their_argv": argv, "poisonlab_options": ours}
+    fp32 = args.official_fp32 and device.type == "cuda"
+
+    def without_amp(stack, modules):  # the same loop in float32: how much of a GPU ratio is bf16, how much the loop
+        for module in modules:
+            stack.enter_context(patch.object(importlib.import_module(module), "autocast", no_autocast))
 
     def poisonlab(spec, amp=True):
         name, _, width = spec.partition(":")
         m = create_method("minmaxmin", seed=0, device=str(device), surrogate=name, width=float(width or 1), **ours)
         counter = counted(m)
         with ExitStack() as stack:
-            if not amp:  # the same loop in float32: how much of a GPU ratio is bf16 and how much the loop
-                for module in FP32_MODULES:
-                    stack.enter_context(patch.object(importlib.import_module(module), "autocast", no_autocast))
+            if not amp:
+                without_amp(stack, FP32_MODULES)
             return timed(lambda: m(data), device), counter
 
     sides = {"official": lambda spec: run_official(generate, argv, data, spec, device), "poisonlab": poisonlab}
-    if args.official_fp32 and device.type == "cuda":
+    if fp32:
         sides["poisonlab_fp32"] = lambda spec: poisonlab(spec, amp=False)
     for spec in args.official_models:
         if ":" not in spec and spec not in OFFICIAL_OWN:
             raise PoisonlabError(f"--official-models {spec}: their code builds only {OFFICIAL_OWN}; "
                                  "NAME:WIDTH runs poisonlab's model in both loops")
-        runs, passes = {k: [] for k in sides}, {}
-        for label, side in sides.items():  # warm-up (imports, kernel creation), and the pass counts
-            counter = side(spec)[1]
-            passes[label] = {"grad": counter.grad, "nograd": counter.nograd}
-        for _ in range(args.rounds):
-            for label, side in sides.items():
-                runs[label].append(side(spec)[0])
-        med = {k: statistics.median(v) for k, v in runs.items()}
-        equal = passes["official"]["grad"] == passes["poisonlab"]["grad"]
-        ratio = med["official"] / med["poisonlab"]
-        out[spec] = {"models": "each side its own" if ":" not in spec else "poisonlab's in both loops",
-                     "seconds": runs, "median": med, "passes": passes, "equal_work": equal,
-                     "poisonlab_throughput_over_official": ratio,
-                     "passes_per_second": {k: passes[k]["grad"] / med[k] for k in sides}}
-        print(f"official {spec} ({out[spec]['models']}): authors' loop {med['official']:.2f}s, poisonlab "
-              f"{med['poisonlab']:.2f}s for {passes['poisonlab']['grad']} forward/backward passes each (equal work: "
-              f"{equal}) -> poisonlab runs at {ratio:.2f}x the official throughput", flush=True)
-        if "poisonlab_fp32" in med:
-            out[spec]["poisonlab_fp32_throughput_over_official"] = med["official"] / med["poisonlab_fp32"]
-            print(f"official {spec}: poisonlab without bf16 autocast {med['poisonlab_fp32']:.2f}s -> "
-                  f"{med['official'] / med['poisonlab_fp32']:.2f}x the official throughput", flush=True)
-        if not equal:
-            print(f"official {spec}: passes differ: {passes}", flush=True)
+        out[spec] = alternate(sides, spec, args.rounds, "generation")
+    if args.official_victim_steps:
+        out["victims"] = bench_official_victims(args, device, fp32, without_amp)
+    return out
+
+
+def bench_official_victims(args, device, fp32, without_amp):
+    """Their train.py against poisonlab's train_victim at equal work: --official-victim-steps steps of
+    --official-batch images (one epoch of exactly that many), standard and adversarial training."""
+    train = official_train(args.official)
+    data = random_images(args.official_victim_steps * args.official_batch)
+    out = {"images": len(data)}
+    for regime, adversarial in (("st", False), ("at", True)):
+        argv, ours = official_victim_schedule(args, adversarial)
+
+        def poisonlab(spec, amp=True, ours=ours):
+            name, _, width = spec.partition(":")
+            model, counter = create_model(name, 10, 3, float(width or 1)), PassCounter()
+            model.register_forward_pre_hook(counter)
+            cfg = TrainConfig(model=name, width=float(width or 1), device=str(device), amp=amp, **ours)
+            return timed(lambda: train_victim(data, None, cfg, progress=False, model=model), device), counter
+
+        sides = {"official": lambda spec, argv=argv: run_official(train, argv, data, spec, device), "poisonlab": poisonlab}
+        if fp32:
+            sides["poisonlab_fp32"] = lambda spec, p=poisonlab: p(spec, amp=False)
+        out[regime] = {"their_argv": argv, "poisonlab_options": ours,
+                       **{spec: alternate(sides, spec, args.rounds, f"victim {regime}") for spec in args.official_models}}
     return out
 
 
@@ -352,6 +418,8 @@ def main(argv=None):
     p.add_argument("--official-noise-steps", type=int, default=2)
     p.add_argument("--official-eot", type=int, default=2, help="augmented copies per noise step (their samp-num)")
     p.add_argument("--official-adv-steps", type=int, default=2)
+    p.add_argument("--official-victim-steps", type=int, default=0,
+                   help="also time victim training (their train.py against train_victim), this many steps, ST and AT")
     p.add_argument("--official-fp32", action="store_true",
                    help="on CUDA, also time poisonlab's loop without bf16 autocast (what the loop alone gains)")
     p.add_argument("--study", default=str(ROOT / "docs" / "results" / "fewer.json"))

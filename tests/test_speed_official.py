@@ -54,6 +54,34 @@ def main(args, logger):
 SEEN = []
 '''
 
+TRAIN = '''
+import argparse
+import torch
+import utils
+
+def get_args():
+    p = argparse.ArgumentParser()
+    for name in ("--arch", "--save-dir", "--save-name", "--data-mode", "--noise-path"):
+        p.add_argument(name)
+    for name in ("--train-steps", "--batch-size", "--pgd-steps", "--adversarial", "--clean"):
+        p.add_argument(name, type=int, default=0)
+    p.add_argument("--cpu", action="store_true")
+    return p.parse_known_args()[0]
+
+def main(args, logger):
+    assert args.clean == 1 and args.data_mode == "whole"  # the images as given, no noise file read
+    model = utils.get_arch(args.arch, "cifar10")
+    data = utils.data.datasetCIFAR10(root=None, train=True, transform=None)
+    x = torch.tensor(data.data).permute(0, 3, 1, 2).float() / 255
+    y = torch.tensor(data.targets)
+    b = args.batch_size
+    for step in range(args.train_steps):
+        xb, yb = x[step * b:(step + 1) * b], y[step * b:(step + 1) * b]
+        for _ in range(args.pgd_steps if args.adversarial else 0):  # their attacker: a forward/backward per step
+            torch.nn.functional.cross_entropy(model(xb.clone().requires_grad_()), yb).backward()
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+'''
+
 UTILS = '''
 from . import data
 
@@ -68,6 +96,7 @@ def checkout(tmp_path, monkeypatch):
     (root / "utils").mkdir(parents=True)
     (root / "attacks").mkdir()
     (root / "generate.py").write_text(GENERATE)
+    (root / "train.py").write_text(TRAIN)
     (root / "utils" / "__init__.py").write_text(UTILS)
     (root / "utils" / "data.py").write_text("def datasetCIFAR10(root, train, transform):\n    raise OSError('download')\n")
     (root / "attacks" / "__init__.py").write_text("")
@@ -97,6 +126,9 @@ def test_official_side_by_side_counts_equal_work(checkout, tmp_path, capsys):
 def test_official_refuses_what_it_cannot_run(checkout, tmp_path):
     with pytest.raises(PoisonlabError, match="not a checkout"):
         speed.official_generate(tmp_path)
+    (checkout / "train.py").unlink()
+    with pytest.raises(PoisonlabError, match="train.py not found"):
+        speed.official_train(checkout)
     args = speed.argparse.Namespace(official=str(checkout), official_models=["smallcnn"], official_images=4,
                                     official_batch=4, official_steps=1, official_noise_steps=1, official_eot=1,
                                     official_adv_steps=1, rounds=1, official_fp32=False)
@@ -116,3 +148,20 @@ def test_protection_prints_each_row_beside_the_baseline_it_was_judged_against(tm
     assert speed.protection(path)["rows"] == study["rows"]
     line = capsys.readouterr().out.strip()
     assert "(baseline (victim seed 1): st 14.0): NOT equal strength" in line and "17.8" not in line
+
+
+def test_official_victims_count_equal_work_under_st_and_at(checkout, tmp_path, capsys):
+    """--official-victim-steps: their train.py against train_victim, the same steps of the same batch."""
+    out = tmp_path / "speed.json"
+    speed.main(["--sections", "official", "--official", str(checkout), "--official-models", "smallcnn:0.25",
+                "--official-images", "4", "--official-batch", "4", "--official-steps", "1", "--official-noise-steps", "1",
+                "--official-eot", "1", "--official-adv-steps", "2", "--official-victim-steps", "3", "--rounds", "1",
+                "--device", "cpu", "--out", str(out)])
+    victims = speed.read_json(out)["official"]["victims"]
+    assert victims["images"] == 12
+    st, at = victims["st"]["smallcnn:0.25"], victims["at"]["smallcnn:0.25"]
+    assert st["passes"]["official"]["grad"] == st["passes"]["poisonlab"]["grad"] == 3 * 4  # 3 steps of 4 images
+    assert at["passes"]["official"]["grad"] == at["passes"]["poisonlab"]["grad"] == 3 * 4 * (2 + 1)  # + 2 PGD steps
+    assert st["equal_work"] and at["equal_work"] and at["poisonlab_throughput_over_official"] > 0
+    assert "--adversarial" in victims["at"]["their_argv"] and victims["at"]["poisonlab_options"]["adv_steps"] == 2
+    assert "official victim at smallcnn:0.25" in capsys.readouterr().out
