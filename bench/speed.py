@@ -60,9 +60,6 @@ OFFICIAL_OWN = ("resnet18",)  # models the authors' generate.py builds itself (a
 OFFICIAL_MODULES = ("generate", "train", "utils", "attacks", "models")  # their top-level names
 FP32_MODULES = ("poisonlab.protect.interleaved", "poisonlab.protect.surrogate")  # where generation enters autocast
 
-
-def no_autocast(device, enabled=True):
-    return nullcontext()
 SECTIONS = ["eot", "generation", "checkpoint", "syncs", "official", "protection"]
 
 
@@ -72,6 +69,18 @@ def timed(fn, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
+
+
+def no_autocast(device, enabled=True):
+    """Stands in for poisonlab.runtime.autocast (--official-fp32): full precision on every device."""
+    return nullcontext()
+
+
+def random_images(n):
+    """n random uint8 32x32 images, labels cycling over 10 classes (the same for every call)."""
+    g = torch.Generator().manual_seed(0)
+    return ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                    torch.arange(n) % 10, [str(c) for c in range(10)])
 
 
 def bench_eot(args, device):
@@ -103,9 +112,7 @@ def bench_eot(args, device):
 def bench_generation(args, device):
     """min-max-min at one schedule (the rule's, shortened to --gen-steps steps on --gen-images images), each
     variant against the baseline: counted passes, wall seconds, passes/s."""
-    g = torch.Generator().manual_seed(0)
-    data = ImageSet(torch.randint(0, 256, (args.gen_images, 3, 32, 32), dtype=torch.uint8, generator=g),
-                    torch.arange(args.gen_images) % 10, [str(c) for c in range(10)])
+    data = random_images(args.gen_images)
     sides = ["baseline"] + [v for v in args.variants if v != "baseline"]
 
     def run(name):
@@ -221,12 +228,6 @@ def run_official(script, argv, data, spec, device):
     return seconds, counter
 
 
-def random_images(n):
-    g = torch.Generator().manual_seed(0)
-    return ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
-                    torch.arange(n) % 10, [str(c) for c in range(10)])
-
-
 def alternate(sides, spec, rounds, what):
     """Time each side on spec over alternated rounds after one warm-up run each (imports, kernel creation;
     it also gives the pass counts); the medians, the ratios and whether the work was equal."""
@@ -266,17 +267,13 @@ def bench_official(args, device):
     out = {"checkout": str(Path(args.official).resolve()), "images": n, "their_argv": argv, "poisonlab_options": ours}
     fp32 = args.official_fp32 and device.type == "cuda"
 
-    def without_amp(stack, modules):  # the same loop in float32: how much of a GPU ratio is bf16, how much the loop
-        for module in modules:
-            stack.enter_context(patch.object(importlib.import_module(module), "autocast", no_autocast))
-
     def poisonlab(spec, amp=True):
         name, _, width = spec.partition(":")
         m = create_method("minmaxmin", seed=0, device=str(device), surrogate=name, width=float(width or 1), **ours)
         counter = counted(m)
         with ExitStack() as stack:
-            if not amp:
-                without_amp(stack, FP32_MODULES)
+            for module in FP32_MODULES if not amp else ():  # the loop in float32: what of a GPU ratio is bf16
+                stack.enter_context(patch.object(importlib.import_module(module), "autocast", no_autocast))
             return timed(lambda: m(data), device), counter
 
     sides = {"official": lambda spec: run_official(generate, argv, data, spec, device), "poisonlab": poisonlab}
@@ -288,11 +285,11 @@ def bench_official(args, device):
                                  "NAME:WIDTH runs poisonlab's model in both loops")
         out[spec] = alternate(sides, spec, args.rounds, "generation")
     if args.official_victim_steps:
-        out["victims"] = bench_official_victims(args, device, fp32, without_amp)
+        out["victims"] = bench_official_victims(args, device, fp32)
     return out
 
 
-def bench_official_victims(args, device, fp32, without_amp):
+def bench_official_victims(args, device, fp32):
     """Their train.py against poisonlab's train_victim at equal work: --official-victim-steps steps of
     --official-batch images (one epoch of exactly that many), standard and adversarial training."""
     train = official_train(args.official)
