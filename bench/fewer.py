@@ -241,6 +241,14 @@ def collect(work) -> dict:
             "judged_regimes": list(JUDGED), "rows": rows}
 
 
+def _mean_row(rs, **fields) -> dict:
+    """A row of the victims' mean accuracy over rows rs (the regimes all of them have); the first row's
+    settings and diagnostics, less its verdict, with `fields` on top."""
+    regimes = [k for k in REGIMES if all(k in r["last_acc"] for r in rs)]
+    row = {k: v for k, v in rs[0].items() if k not in ("fewer_passes", "equal_strength", "compared_with")}
+    return {**row, **fields, "last_acc": {k: round(sum(r["last_acc"][k] for r in rs) / len(rs), 2) for k in regimes}}
+
+
 def _means(rows) -> list:
     """Rows of the victims' mean over the victim seeds a set shares with the baseline's (generation seed 0)
     set, with the baseline's mean over the same seeds: their victim_seed is "mean 0,1,..."."""
@@ -256,12 +264,9 @@ def _means(rows) -> list:
         seeds = [r["victim_seed"] for r in same]
         key = "mean " + ",".join(map(str, seeds))
         for name_, g_, rs in ((name, g, same), ("baseline", 0, [base[v] for v in seeds])):
-            regimes = [k for k in REGIMES if all(k in r["last_acc"] for r in rs)]
             label = f"generation seed {g_}, " if g_ else ""
-            out.setdefault((name_, g_, key), {
-                **{k: v for k, v in rs[0].items() if k not in ("fewer_passes", "equal_strength", "compared_with")},
-                "variant": f"{name_} ({label}mean of victim seeds {', '.join(map(str, seeds))})", "victim_seed": key,
-                "last_acc": {k: round(sum(r["last_acc"][k] for r in rs) / len(rs), 2) for k in regimes}})
+            out.setdefault((name_, g_, key), _mean_row(
+                rs, variant=f"{name_} ({label}mean of victim seeds {', '.join(map(str, seeds))})", victim_seed=key))
     return list(out.values())
 
 
@@ -280,11 +285,8 @@ def _pooled(rows) -> list:
         if name == "baseline" or len(gens) < 2:
             continue
         for rs in ([by_pair[p] for p in pairs], [base[p] for p in pairs]):
-            regimes = [k for k in REGIMES if all(k in r["last_acc"] for r in rs)]
-            row = {k: v for k, v in rs[0].items() if k not in ("fewer_passes", "equal_strength", "compared_with")}
-            row.update(variant=f"{rs[0]['name']} (mean of {len(rs)} victims: generation seeds {', '.join(map(str, gens))})",
-                       gen_seed="all", victim_seed="pooled g" + ",".join(map(str, gens)),
-                       last_acc={k: round(sum(r["last_acc"][k] for r in rs) / len(rs), 2) for k in regimes})
+            row = _mean_row(rs, variant=f"{rs[0]['name']} (mean of {len(rs)} victims: generation seeds "
+                            f"{', '.join(map(str, gens))})", gen_seed="all", victim_seed="pooled g" + ",".join(map(str, gens)))
             out.setdefault(row["variant"], row)
     return list(out.values())
 
