@@ -56,7 +56,7 @@ from poisonlab.data import ImageSet, load_dataset  # noqa: E402
 from poisonlab.defenses.abl import ABL  # noqa: E402
 from poisonlab.defenses.detect import ActivationClustering, SpectralSignatures  # noqa: E402
 from poisonlab.defenses.dpa import DPA, aggregate  # noqa: E402
-from poisonlab.defenses.itlm import ITLM, lowest_loss  # noqa: E402
+from poisonlab.defenses.itlm import ITLM, SLOT_LIMIT, lowest_loss  # noqa: E402
 from poisonlab.attacks.evaluate import attack_success_rate  # noqa: E402
 from poisonlab.augment import random_crop  # noqa: E402
 from poisonlab.defenses.probe import accuracy, per_sample_loss, precision_recall, predict, train_cached  # noqa: E402
@@ -99,6 +99,7 @@ ROWS = ("none", "oracle", "abl", "abl-nogga", *ITLM_FIT, "itlm-kept-clean",
 MAIN_STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "cv", "extra",
                "seed1", "sep")  # the cpu-5k tables
 ITLM_STAGES = ("itlm", "sep", "random", "precision", "finetune", "perclass", "itlm-seed1", "cleanctl", "judge")  # the ITLM study alone (cpu-10k)
+SUBSET_STAGES = ("clean", "flip", "itlm-seed1", "random", "sep")  # a class subset (cpu-10k-c4): the bar's cells
 STAGES = MAIN_STAGES + tuple(s for s in ITLM_STAGES if s not in MAIN_STAGES)
 
 
@@ -202,6 +203,21 @@ def held_out(full: ImageSet, train: ImageSet, n: int) -> ImageSet:
     return big.subset(torch.tensor(keep))
 
 
+def class_subset(data: ImageSet, classes) -> ImageSet:
+    """The images of `classes` (indices into data.classes), relabelled 0..k-1 in the given order."""
+    pick = torch.tensor(classes)
+    remap = torch.full((data.num_classes,), -1, dtype=torch.long)
+    remap[pick] = torch.arange(len(pick))
+    keep = torch.isin(data.labels, pick)
+    return ImageSet(data.images[keep], remap[data.labels[keep]], [data.classes[c] for c in classes])
+
+
+def scale_name() -> str:
+    """The scale's name in the docs: cpu-5k, cpu-10k, cpu-10k-c4 (4 of CIFAR-10's classes), ..."""
+    k = len(SCALE.get("classes") or ())
+    return f"cpu-{SCALE['train'] // 1000}k" + (f"-c{k}" if k else "")
+
+
 def log(msg):
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
@@ -215,10 +231,12 @@ class Bench:
         self.work = work
         self.ckpt = work / "ckpt"
         t0 = time.perf_counter()
-        full = load_dataset(str(CIFAR), "train")
+        full, test = load_dataset(str(CIFAR), "train"), load_dataset(str(CIFAR), "test")
+        if SCALE.get("classes"):  # a class subset (a scale on which the small victim fits its clean data)
+            full, test = class_subset(full, SCALE["classes"]), class_subset(test, SCALE["classes"])
         self.train = full.stratified(SCALE["train"], seed=0)
         self.val = held_out(full, self.train, VAL)
-        self.test = load_dataset(str(CIFAR), "test").stratified(SCALE["test"], seed=0)
+        self.test = test.stratified(SCALE["test"], seed=0)
         log(f"data: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test in "
             f"{time.perf_counter() - t0:.1f}s")
         self.cfg = TrainConfig(**VICTIM)
@@ -235,8 +253,11 @@ class Bench:
         self.triggered = ImageSet(x, y, list(self.train.classes))
 
     # ----- cells ---------------------------------------------------------------------------------------
+    def cell_path(self, name: str, settings: dict) -> Path:
+        return self.work / "cells" / f"{name.replace('/', '__')}-{settings_hash(settings)}.json"
+
     def cell(self, name: str, settings: dict, fn) -> dict:
-        path = self.work / "cells" / f"{name.replace('/', '__')}-{settings_hash(settings)}.json"
+        path = self.cell_path(name, settings)
         if path.exists():
             return read_json(path)
         log(f"cell {name} ...")
@@ -266,7 +287,7 @@ class Bench:
         rec = self.cell(f"{attack}/none", {"victim": VICTIM, "attack": ATTACKS.get(attack)}, run)
         if "val_acc" not in rec:  # cells from before the validation split: add it from the checkpoint
             rec["val_acc"] = round(accuracy(self.victim(attack)["model"], self.val), 2)
-            write_json(self.work / "cells" / f"{attack}__none-{settings_hash(rec['settings'])}.json", rec)
+            write_json(self.cell_path(f"{attack}/none", rec["settings"]), rec)
         return rec
 
     def abl(self, attack, seed=0):
@@ -294,14 +315,23 @@ class Bench:
         kw = kw or (ITLM_KW if attack == "flip" else ITLM_GRID_KW)
 
         def run():
-            out = ITLM(**kw).fit(data, self.test, self.cfg, checkpoints=self.ckpt, log=log, val=self.val)
+            out = ITLM(**kw).fit(data, self.test, self.cfg, checkpoints=self.ckpt, log=log, val=self.val,
+                                 known_bad=poisons)
             rounds = out["rounds"]
             for r, kept in zip(rounds[1:], out["selections"]):
                 r["trimmed"] = precision_recall(trimmed_of(kept, len(data)), poisons)
             return {**self.metrics(out["model"], attack), "val_acc": rounds[-1]["val_acc"], "rounds": rounds,
-                    "trimmed": rounds[-1]["trimmed"], "seconds": round(sum(r["train_seconds"] for r in rounds), 1)}
-        return self.cell(f"{attack}/{name}", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": kw,
-                                              "form": "fit", "val": VAL}, run)
+                    "trimmed": rounds[-1]["trimmed"], "seconds": round(sum(r["train_seconds"] for r in rounds), 1),
+                    "warnings": out["warnings"]}
+        settings = {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": kw, "form": "fit", "val": VAL}
+        rec = self.cell(f"{attack}/{name}", settings, run)
+        if any("judge" not in q for q in rec["rounds"][:-1]):  # cells from before the judge check: add it from
+            out = ITLM(**kw).fit(data, self.test, self.cfg, checkpoints=self.ckpt, known_bad=poisons)  # the cache
+            for q, o in zip(rec["rounds"], out["rounds"]):
+                q["judge"] = o.get("judge")
+            rec["warnings"] = out["warnings"]
+            write_json(self.cell_path(f"{attack}/{name}", settings), rec)
+        return rec
 
     def itlm_kept_clean(self, attack="flip"):
         """Diagnostic: the paper form's last kept set with its remaining poisons removed (by the oracle). Splits
@@ -393,10 +423,11 @@ class Bench:
         data, poisons = self.sets["flip"]
 
         def run():
-            res = ITLM(**kw).fit(data, self.test, cfg, checkpoints=self.ckpt, log=log, val=self.val)
+            res = ITLM(**kw).fit(data, self.test, cfg, checkpoints=self.ckpt, log=log, val=self.val, known_bad=poisons)
             t = precision_recall(trimmed_of(res["kept"], len(data)), poisons)
             return {**self.metrics(res["model"], "flip"), "val_acc": res["rounds"][-1]["val_acc"], "trimmed": t,
-                    "seconds": round(sum(r["train_seconds"] for r in res["rounds"]), 1)}
+                    "seconds": round(sum(r["train_seconds"] for r in res["rounds"]), 1),
+                    "judges": [q["judge"] for q in res["rounds"][:-1]], "warnings": res["warnings"]}
         out["itlm"] = self.cell(f"flip/{name}-seed{seed}", {"victim": {**VICTIM, "seed": seed},
                                                           "attack": ATTACKS.get("flip"), "itlm": kw}, run)
         return out
@@ -430,12 +461,12 @@ class Bench:
                     trimmed = trimmed_of(lowest_loss(loss, frac, groups), len(data))
                     row[f"{key}_precision"] = round(precision_recall(trimmed, poisons)["precision"], 1)
                     clean_trimmed = trimmed[~bad[trimmed]]
-                    row[f"{key}_clean_trimmed_by_class"] = torch.bincount(true[clean_trimmed], minlength=10).tolist()
+                    row[f"{key}_clean_trimmed_by_class"] = torch.bincount(true[clean_trimmed], minlength=data.num_classes).tolist()
                 row["within_class_auc"] = round(sum(separation_stats(loss[data.labels == c], bad[data.labels == c])["auc"]
                                                     for c in range(data.num_classes)) / data.num_classes, 3)
                 rows.append(row)
                 kept = itlm.keep(loss, data)
-            return {"rows": rows, "clean_by_class": torch.bincount(true[~bad], minlength=10).tolist()}
+            return {"rows": rows, "clean_by_class": torch.bincount(true[~bad], minlength=data.num_classes).tolist()}
         return self.cell(f"{attack}/trimming", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": ITLM_KW}, run)
 
     def judges(self, attack="flip"):
@@ -583,6 +614,15 @@ def _fmt(v, nd=1):
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def judge_note(j: dict | None) -> str:
+    """The judge check of a selecting round (ITLM.fit's "judge"), one phrase for the tables."""
+    if not j or "clean_error" not in j:
+        return "-"
+    return (f"clean error {j['clean_error']}% ({j['clean_error_ratio']}x the trimmed {j['trimmed']:g}%), bad "
+            f"{j['bad_error']}%, {j['clean_errors_per_slot']} clean errors per trimmed slot, chance precision "
+            f"{j['chance_precision']}%" + ("" if j["ok"] else f" **premise broken** (> {SLOT_LIMIT:g} per slot)"))
+
+
 def itlm_candidates(res: dict) -> list[dict]:
     """Every ITLM setting tried on the flip (each round of the paper form counts as a setting of `rounds`),
     plus no defense, with validation and test accuracy; the choice is the best validation accuracy."""
@@ -679,7 +719,8 @@ def judge_table(res: dict) -> list[str]:
 
 def tables(res: dict) -> str:
     """Markdown tables: defenses x attacks with the undefended baseline in the same row."""
-    lines = [f"Scale: CIFAR-10 {SCALE['train']} train / {SCALE['test']} test (stratified), smallcnn width 0.5, "
+    subset = f" classes {SCALE['classes']} only (relabelled 0..{len(SCALE['classes']) - 1})" if SCALE.get("classes") else ""
+    lines = [f"Scale `{scale_name()}`: CIFAR-10{subset}, {SCALE['train']} train / {SCALE['test']} test (stratified), smallcnn width 0.5, "
              f"{VICTIM['epochs']} epochs, seed 0; one run per cell. Seconds: training (summed over resumes) plus "
              "the defense's own work on this machine's shared CPU core.", "",
              "| attack | defense | clean acc | ASR | no-defense acc | no-defense ASR | clean-data acc | seconds | notes |",
@@ -709,6 +750,8 @@ def tables(res: dict) -> str:
             if d.startswith("itlm") and r.get("trimmed", {}).get("poisons"):
                 t = r["trimmed"]
                 notes.append(f"trimmed {t['flagged']}: precision {_fmt(t['precision'])}%, recall {_fmt(t['recall'])}%")
+            if d.startswith("itlm") and r.get("rounds") and r["rounds"][0].get("judge") and attack != "clean":
+                notes.append("round-0 judge: " + judge_note(r["rounds"][0]["judge"]))
             if d == "itlm-kept-clean":
                 notes.append(f"diagnostic, not a defense: the last kept set of `itlm` ({r['train_size'] + r['removed']}) "
                              f"less the {r['removed']} poisons it still held, retrained")
@@ -738,7 +781,8 @@ def tables(res: dict) -> str:
                       "kept samples outside its hash fold, scoring its fold; the last round trains the model on "
                       "the last selection. Val = 2,000 held-out CIFAR-10 training images:", "",
                   "| attack | round | trained on | of which poisons | test acc | val acc | trimmed: precision % | "
-                  "recall % | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+                  "recall % | seconds | this round's model as the next selection's judge |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for a, r in itlm.items():
             for q in r["rounds"]:
                 t = q.get("trimmed")
@@ -747,7 +791,7 @@ def tables(res: dict) -> str:
                 acc = q["last_acc"] if "last_acc" in q else "judges " + " / ".join(map(str, q["judge_acc"]))
                 lines.append(f"| {a} | {q['round']} | {q['train_size']} | {bad} | {acc} | {_fmt(q.get('val_acc'), 2)} | "
                              f"{_fmt(t['precision']) if t else '-'} | {_fmt(t['recall']) if t else '-'} | "
-                             f"{round(q['train_seconds'], 1)} |")
+                             f"{round(q['train_seconds'], 1)} | {judge_note(q.get('judge')) if r['trimmed'].get('poisons') else '-'} |")
     lines += choice(res)
     lines += finetune_table(res)
     reseeded = [(d, int(k.rsplit("-seed", 1)[1])) for d in ITLM_FIT for k in res
@@ -912,9 +956,20 @@ def main(argv=None):
     ap.add_argument("--train", type=int, default=SCALE["train"],
                     help="training images; another size than 5000 gets its own cache and report files (-N)")
     ap.add_argument("--itlm-rounds", type=int, default=ITLM_KW["rounds"], help="ITLM retrainings on the flip")
+    ap.add_argument("--classes", default="", help="comma-separated CIFAR-10 class indices: train and test on these "
+                    "classes only (relabelled 0..k-1; the flip is y -> y + 1 mod k), e.g. 1,6,7,8 (scale cpu-10k-c4); "
+                    f"its own cache and report files; default stages {','.join(SUBSET_STAGES)}")
     args = ap.parse_args(argv)
-    suffix = "" if args.train == SCALE["train"] else f"-{args.train}"
+    classes = [int(c) for c in args.classes.split(",") if c.strip()]
+    if classes and (len(set(classes)) != len(classes) or len(classes) < 2 or not all(0 <= c < 10 for c in classes)):
+        ap.error(f"--classes needs at least two distinct CIFAR-10 class indices in 0..9, got {args.classes!r}")
+    suffix = ("" if args.train == SCALE["train"] and not classes else f"-{args.train}") + \
+        (f"-c{''.join(map(str, classes))}" if classes else "")
     SCALE.update(train=args.train)
+    if classes:
+        SCALE.update(classes=classes)
+        k = len(classes)  # the random noise redraws over k classes: 0.2 k / (k - 1) of them so that 20% change
+        ATTACKS["random"][1].update(fraction=round(0.2 * k / (k - 1), 6))
     ITLM_KW.update(rounds=args.itlm_rounds)
     args.work = args.work or ROOT / "runs" / f"defenses{suffix}"
     if args.smoke:
@@ -926,7 +981,7 @@ def main(argv=None):
         DPA_K = 2
     set_threads()
     if args.stages is None:  # the ITLM study's stages alone at another size: the main tables are cpu-5k's
-        args.stages = ",".join(ITLM_STAGES if suffix else MAIN_STAGES)
+        args.stages = ",".join(SUBSET_STAGES if classes else ITLM_STAGES if suffix else MAIN_STAGES)
     stages = [s for s in args.stages.split(",") if s]
     bad = sorted(set(stages) - set(STAGES))
     if bad:

@@ -23,6 +23,22 @@ Two forms:
   from a barely trained model, which ranks flipped labels far worse than a trained one (docs/defenses.md).
 
 Losses for the selection: the current model in eval mode, no augmentation, on the whole training set.
+
+The judge check (`judge_check`, recorded on every selecting round of `fit` as "judge" and warned about):
+ITLM presumes the judge fits the clean samples and not the bad ones. A sample the judge misclassifies (on its
+given label) has a higher loss than nearly every sample it fits, so the trimmed T = (1 - alpha) n samples are
+drawn from its errors: the bad samples it does not fit and the clean samples it gets wrong. If the loss told
+these apart no better than chance, the trimmed precision would be p0 = (bad errors) / max(errors, T); for
+p0 >= p with every bad sample misclassified and alpha = the clean fraction, the clean errors per trimmed slot
+must stay below (1 - p) / p, i.e. the judge's clean error below (1 - p) / p * (1 - alpha) / alpha. With
+p = 0.8 (docs/defenses.md: simulated judges at cpu-10k recovered 39% of a 20% flip's damage at 75% precision,
+81% at 90%, so "most" of it needs about 80%): at most 0.25 clean errors per trimmed slot, a clean error below
+6.25% at alpha 0.8, well below the trimmed 20%. Without knowing which samples are bad, the judge's error E on
+the given labels bounds the clean error from below: at most (1 - alpha) n samples are bad (ITLM's premise), so
+at least E - (1 - alpha) of n are clean errors; `fit` warns when that floor alone exceeds 0.25 per slot
+(E > 1.25 (1 - alpha)). A warning means the trimming's precision rests on the losses separating bad samples
+from the judge's clean errors, which a weak judge's do poorly (cpu-10k: clean error 35%, p0 39%, measured
+precision 55%).
 per_class=True trims the same fraction inside every (possibly poisoned) label class instead of over the
 whole set, so no class loses more than its share.
 
@@ -38,15 +54,63 @@ kept sit among low-loss training samples (measured on the cpu-5k flip: docs/defe
 
 import dataclasses
 import math
+import warnings
 
 import torch
+import torch.nn.functional as F
 
 from .. import PoisonlabError
 from ..data import ImageSet
 from ..registry import DEFENSES
 from .base import Defense
 from .dpa import partition_of
-from .probe import accuracy, per_sample_loss, train_cached
+from .probe import accuracy, logits_of, train_cached
+
+PRECISION_NEEDED = 0.8  # trimmed precision that most of a 20% flip's damage needed at cpu-10k (simulated judges)
+SLOT_LIMIT = (1 - PRECISION_NEEDED) / PRECISION_NEEDED  # clean errors per trimmed slot that still allow it
+
+
+def judge_check(wrong: torch.Tensor, alpha: float, bad=None) -> dict:
+    """Does the judge keep ITLM's premise (clean samples fitted, bad ones not)? wrong: (N,) bool, the judge
+    misclassifies the sample on its given label (eval mode, no augmentation, as ITLM scores). Ground-truth free:
+    the error on the given labels, the trimmed fraction and the floor on the clean errors per trimmed slot that
+    the error implies if at most 1 - alpha of the samples are bad. With bad (indices of the samples known to be
+    bad: benchmarks only, never used to select): the error on the clean and on the bad samples, the clean errors
+    per trimmed slot and the chance precision p0 = bad errors / max(errors, trimmed). Percentages; "ok" False when
+    the clean errors per trimmed slot (their floor, without bad) exceed SLOT_LIMIT (module docstring)."""
+    n = len(wrong)
+    slots = n - max(1, math.floor(alpha * n + 1e-9))  # what lowest_loss trims
+    errors = int(wrong.sum())
+    out = {"train_error": round(100.0 * errors / n, 2), "trimmed": round(100.0 * slots / n, 2),
+           "clean_errors_per_slot_floor": round(max(0, errors - slots) / max(slots, 1), 3)}
+    per_slot = out["clean_errors_per_slot_floor"]
+    if bad is not None:
+        is_bad = torch.zeros(n, dtype=torch.bool)
+        is_bad[torch.as_tensor(bad, dtype=torch.long)] = True
+        clean_err, bad_err = int((wrong & ~is_bad).sum()), int((wrong & is_bad).sum())
+        per_slot = clean_err / max(slots, 1)
+        out.update(clean_error=round(100.0 * clean_err / max(int((~is_bad).sum()), 1), 2),
+                   bad_error=round(100.0 * bad_err / max(int(is_bad.sum()), 1), 2),
+                   clean_error_ratio=round(clean_err / max(int((~is_bad).sum()), 1) / max(slots / n, 1e-12), 3),
+                   clean_errors_per_slot=round(per_slot, 3),
+                   chance_precision=round(100.0 * bad_err / max(errors, slots, 1), 1))
+    out["ok"] = per_slot <= SLOT_LIMIT + 1e-9  # (1 - 0.8) / 0.8 is 0.2499... in floating point
+    return out
+
+
+def judge_warning(check: dict) -> str | None:
+    """One plain line when the judge breaks ITLM's premise (judge_check's "ok" is False), else None."""
+    if check["ok"]:
+        return None
+    if "clean_error" in check:
+        what = (f"misclassifies {check['clean_error']}% of the clean training samples "
+                f"({check['clean_errors_per_slot']} per trimmed slot)")
+    else:
+        what = (f"misclassifies {check['train_error']}% of the training labels, so at least "
+                f"{check['clean_errors_per_slot_floor']} clean samples per trimmed slot")
+    return (f"ITLM: the judge {what}, above the {SLOT_LIMIT:g} that a trimmed precision of "
+            f"{PRECISION_NEEDED:.0%} allows when trimming {check['trimmed']}%: trimming will remove many clean "
+            "samples it gets wrong (a judge too weak for this data; docs/defenses.md)")
 
 
 def lowest_loss(loss: torch.Tensor, fraction: float, groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,7 +181,14 @@ class ITLM(Defense):
         return [self.hook(self._train)]
 
     def select(self, model, data: ImageSet) -> torch.Tensor:
-        return self.keep(per_sample_loss(model, data), data)
+        return self.keep(self.score(model, data)[0], data)
+
+    @staticmethod
+    def score(model, data: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every sample's loss on its given label and whether the model misclassifies it (eval mode, no
+        augmentation), from one pass."""
+        logits = logits_of(model, data)
+        return F.cross_entropy(logits, data.labels, reduction="none"), logits.argmax(1) != data.labels
 
     def keep(self, loss: torch.Tensor, data: ImageSet) -> torch.Tensor:
         return lowest_loss(loss, self.alpha, data.labels if self.per_class else None)
@@ -125,18 +196,23 @@ class ITLM(Defense):
     def held_out_loss(self, train: ImageSet, kept: torch.Tensor, test, cfg, checkpoints=None):
         """Every sample's loss under the judge of its fold, trained on the kept samples of the other folds.
         Returns (losses (N,), the judges' train_cached results)."""
+        loss, _, runs = self._held_out(train, kept, test, cfg, checkpoints)
+        return loss, runs
+
+    def _held_out(self, train, kept, test, cfg, checkpoints):
         fold = partition_of(train.images, self.folds)
-        loss, runs = torch.empty(len(train)), []
+        loss, wrong, runs = torch.empty(len(train)), torch.zeros(len(train), dtype=torch.bool), []
         for f in range(self.folds):
             mine = torch.nonzero(fold == f).flatten()
             runs.append(train_cached(train.subset(kept[fold[kept] != f]), test, cfg, checkpoints))
-            loss[mine] = per_sample_loss(runs[-1]["model"], train.subset(mine))
-        return loss, runs
+            loss[mine], wrong[mine] = self.score(runs[-1]["model"], train.subset(mine))
+        return loss, wrong, runs
 
     def hook(self, train: ImageSet) -> "TrimmedLossHook":
         return TrimmedLossHook(self, train)
 
-    def fit(self, train: ImageSet, test: ImageSet | None, cfg, checkpoints=None, log=None, val=None) -> dict:
+    def fit(self, train: ImageSet, test: ImageSet | None, cfg, checkpoints=None, log=None, val=None,
+            known_bad=None) -> dict:
         """The alternation with retraining. Round 0 trains on all of train (the undefended run, shared with
         a baseline checkpointed in the same folder); rounds 1..R retrain from scratch on the kept samples.
         With folds > 1, rounds 0..R-1 train the held-out judges instead (their summary lists the judges'
@@ -144,8 +220,11 @@ class ITLM(Defense):
         indices, "selections": the kept indices of rounds 1..R (what each round trained on), "model",
         "result"}. val: a held-out set whose accuracy every round's model reports too ("val_acc"), to choose
         alpha / rounds / folds without looking at the test set. With finetune, rounds 1..R continue the previous
-        round's model for finetune epochs at finetune_lr instead of starting from scratch."""
-        kept, rounds, selections, result = torch.arange(len(train)), [], [], None
+        round's model for finetune epochs at finetune_lr instead of starting from scratch.
+        Every round that selects records "judge": judge_check of the model(s) that scored the selection (with
+        known_bad, indices of the samples known to be bad, for benchmarks: the clean and bad errors too; they
+        play no part in the selection); "warnings" lists judge_warning's lines, also warned and logged."""
+        kept, rounds, selections, result, notes = torch.arange(len(train)), [], [], None, []
         tune = dataclasses.replace(cfg, epochs=self.finetune, lr=self.finetune_lr) if self.finetune else None
         for r in range(self.rounds + 1):
             if self.folds == 1 or r == self.rounds:
@@ -156,16 +235,27 @@ class ITLM(Defense):
                 if val is not None:
                     row["val_acc"] = round(accuracy(result["model"], val), 2)
             else:
-                loss, runs = self.held_out_loss(train, kept, test, cfg, checkpoints)
+                loss, wrong, runs = self._held_out(train, kept, test, cfg, checkpoints)
                 row = {"judge_acc": [q["last_acc"] for q in runs]}
+            if r < self.rounds:
+                if self.folds == 1:
+                    loss, wrong = self.score(result["model"], train)
+                row["judge"] = judge_check(wrong, self.alpha, known_bad)
             rounds.append({"round": r, "train_size": len(kept), **row,
                            "train_seconds": sum(q["train_seconds"] for q in runs)})
             if log:
                 log(f"itlm round {r}: {len(kept)} samples, " + ", ".join(f"{k} {v}" for k, v in row.items()))
             if r < self.rounds:
-                kept = self.keep(loss, train) if self.folds > 1 else self.select(result["model"], train)
+                note = judge_warning(row["judge"])
+                if note and note not in notes:
+                    notes.append(note)
+                    warnings.warn(note, stacklevel=2)
+                    if log:
+                        log(note)
+                kept = self.keep(loss, train)
                 selections.append(kept)
-        return {"rounds": rounds, "kept": kept, "selections": selections, "model": result["model"], "result": result}
+        return {"rounds": rounds, "kept": kept, "selections": selections, "model": result["model"], "result": result,
+                "warnings": notes}
 
 
 class TrimmedLossHook:
