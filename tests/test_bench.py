@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import poisonlab.bench.grid as grid_mod
+import poisonlab.bench.rows as rows_mod
 from poisonlab import PoisonlabError
 from poisonlab.bench import load_config, parse_config, run_grid
 from poisonlab.bench.config import Cell, canonical, read_config
@@ -72,7 +73,7 @@ def test_smoke_config_reports_and_cache(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("retrained a cached cell")
     monkeypatch.setattr(grid_mod, "train_victim", boom)
-    monkeypatch.setattr(grid_mod, "protect", boom)
+    monkeypatch.setattr(rows_mod, "protect", boom)
     again = run_grid(ROOT / "configs" / "smoke.json", out=out, progress=False, log=lambda *a: None)
     assert again["trained"] == 0 and again["cached"] == 6
     assert [r["reported_acc"] for r in again["rows"]] == [r["reported_acc"] for r in res["rows"]]

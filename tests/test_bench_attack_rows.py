@@ -9,6 +9,8 @@ import pytest
 from poisonlab import PoisonlabError
 from poisonlab.bench import parse_config, run_grid
 from poisonlab.bench.grid import Grid
+from poisonlab.bench.rows import row
+from poisonlab.registry import METHODS
 
 from test_bench import synthetic_npz
 
@@ -62,3 +64,18 @@ def test_attack_rows_refuse_bad_names_and_options(tmp_path):
     cfg.protect["methods"]["attack:label-flip"]["targets"] = 2
     with pytest.raises(PoisonlabError, match="takes no targets"):
         run_grid(cfg, out=tmp_path / "o", progress=False, log=lambda *a: None)
+
+
+def test_protection_and_attack_rows_answer_one_interface():
+    """What the grid asks a row, for each kind: the grid's budget and protect.defaults reach protections only."""
+    protect_cfg = {"defaults": {"eps": "8/255", "steps": 3},
+                   "methods": {"random": {"seed": 2}, "attack:badnets": {"poison_rate": 0.1}}}
+    p, a = row("random"), row("attack:badnets")
+    assert (p.verb, p.scored, p.norm, p.label()) == ("protect", False, "linf", METHODS.label("random"))
+    assert (a.verb, a.scored, a.norm, a.label()) == ("poison", True, "attack", "badnets (attack)")
+    assert p.options(protect_cfg, 4 / 255) == {"eps": 4 / 255, "steps": 3, "seed": 2}
+    assert p.options(protect_cfg, None) == {"steps": 3, "seed": 2}
+    assert a.options(protect_cfg, 4 / 255) == a.options(protect_cfg, None) == {"poison_rate": 0.1}
+    assert len(p.code_hash()) == len(a.code_hash()) == 16 and p.code_hash() != a.code_hash()
+    assert row("attack:nope").code_hash() == "unavailable" and row("attack:nope").norm == "attack"
+    assert p.score(None, {}, None, None, None) is None

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import poisonlab.bench.grid as grid_mod
+import poisonlab.bench.rows as rows_mod
 from poisonlab import PoisonlabError
 from poisonlab.bench import run_grid
 from poisonlab.bench.executors import LocalExecutor, RayExecutor, make_executor, plan
@@ -75,7 +75,7 @@ def test_ray_grid_equals_local_and_resumes_across_executors(tmp_path, monkeypatc
         assert [r["reported_acc"] for r in local["rows"]] == [r["reported_acc"] for r in b["rows"]]
         # Everything cached: a rerun over the mixed cache trains nothing and generates no set.
         with monkeypatch.context() as m:
-            m.setattr(grid_mod, "protect", lambda *a, **k: pytest.fail("regenerated a cached set"))
+            m.setattr(rows_mod, "protect", lambda *a, **k: pytest.fail("regenerated a cached set"))
             again = run_grid(cfg, out=tmp_path / "b", executor=ex, **QUIET)
         assert again["trained"] == 0 and again["cached"] == 4
 

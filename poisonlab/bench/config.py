@@ -32,17 +32,17 @@ from ..defenses import parse_defense
 from ..protect.scaledown import check_grid
 from ..registry import METHODS
 from ..train import TrainConfig
-from .poisoning import attack_rows, is_attack
+from .poisoning import attack_rows
+from .rows import row
 
 LAYOUTS = ("at-radius", "victims", "fractions", "defenses")
 CLEAN = "clean"
 
 
 def method_norm(method) -> str:
-    """The norm a method's budget is in; the grid's budgets (L-inf) apply to L-inf methods only. Others
-    (AR's L2, CUDA's filters) keep their own default or the eps given in protect.methods; attack rows
-    ("attack:NAME") always keep their own."""
-    return "attack" if is_attack(method) else METHODS.get(method).norm
+    """The norm a method's budget is in (poisonlab.bench.rows): the grid's budgets (L-inf) apply to L-inf
+    methods only; attack rows ("attack:NAME") always keep their own."""
+    return row(method).norm
 
 
 def available_methods():
@@ -106,15 +106,8 @@ class GridConfig:
     raw: dict = field(default_factory=dict)
 
     def method_options(self, method: str, budget: float | None) -> dict:
-        if is_attack(method):  # an attack row: its own options only (protect.defaults are protections')
-            return dict(self.protect.get("methods", {}).get(method, {}))
-        opts = dict(self.protect.get("defaults", {}))
-        if budget is None:  # a method with its own kind of budget (see method_norm)
-            opts.pop("eps", None)
-        opts.update(self.protect.get("methods", {}).get(method, {}))
-        if budget is not None:
-            opts["eps"] = budget
-        return opts
+        """A row's options at a grid budget (None: its own kind of budget, see method_norm)."""
+        return row(method).options(self.protect, budget)
 
     def cells(self) -> list:
         seen, out = set(), []

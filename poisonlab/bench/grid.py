@@ -8,27 +8,22 @@ rerun trains nothing that is cached. Protected training sets are cached per (met
 `poisonlab protect` output folders. Reports: OUT/results.csv, results.json, tables.md, plots/*.png.
 """
 
-import inspect
 import json
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from .. import PoisonlabError
 from ..data import ImageSet, load_dataset
 from ..defenses import parse_defense
 from ..fileio import exclusive_lock, read_json, write_json
-from ..hashing import bytes_hash, digest, tensor_hash
-from ..protect.pipeline import protect
-from ..registry import METHODS
+from ..hashing import digest, tensor_hash
 from ..train import TrainConfig, mix_partial, train_victim
-from .config import CLEAN, Cell, GridConfig, available_methods, load_config
+from .config import Cell, GridConfig, available_methods, load_config
 from .executors import LocalExecutor, plan
-from .poisoning import is_attack, row_attack_class, poison_training_set, score
 from .report import write_reports
+from .rows import row
 
 
 def _sha(obj) -> str:
@@ -37,24 +32,6 @@ def _sha(obj) -> str:
 
 def images_hash(ds: ImageSet) -> str:
     return tensor_hash(ds.images, ds.labels, length=20)
-
-
-def method_code_hash(method) -> str:
-    """Hash of the source files a protection method is built from (its class hierarchy). Recorded beside each
-    cached protected set (not part of its key, so a comment edit does not force hours of regeneration); a
-    mismatch is reported as a warning."""
-    try:
-        cls = row_attack_class(method) if is_attack(method) else METHODS.get(method)
-    except PoisonlabError:
-        return "unavailable"
-    sources = []
-    for klass in cls.__mro__:
-        if klass.__module__.startswith("poisonlab."):
-            try:
-                sources.append(Path(inspect.getsourcefile(klass)).read_bytes())
-            except (OSError, TypeError):
-                pass
-    return bytes_hash(*sources, length=16)
 
 
 class Grid:
@@ -103,22 +80,20 @@ class Grid:
         return method, opts, _sha([method, opts, self.data_id])
 
     def protected(self, method, budget):
-        """The protected training set (generated once into the cache, then loaded from its PNGs)."""
+        """The protected (or poisoned) training set (made once into the cache, then loaded from its PNGs)."""
         train, test = self.data()
         m, opts, pid = self.protection_id(method, budget)
         if pid in self._protected:
             return self._protected[pid]
+        r = row(m)
         folder = self.protected_folder(method, budget)
-        if not (folder / "manifest.json").exists():
-            self.log(f"{'poison' if is_attack(m) else 'protect'}: {m} {opts} on {len(train)} images -> {folder}")
-            dev = self.cfg.protect.get("device", self.device)
-            if is_attack(m):
-                poison_training_set(m, dict(opts, device=dev), train, test, folder)
-            else:
-                protect(m, train, folder, resume=True, progress=self.progress, device=dev, **opts)
-            (folder.parent / f"{folder.name}.code").write_text(method_code_hash(m) + "\n")
         code = folder.parent / f"{folder.name}.code"
-        if code.exists() and code.read_text().strip() != method_code_hash(m) and pid not in self._warned:
+        if not (folder / "manifest.json").exists():
+            self.log(f"{r.verb}: {m} {opts} on {len(train)} images -> {folder}")
+            dev = self.cfg.protect.get("device", self.device)
+            r.make(opts, train, test, folder, device=dev, progress=self.progress)
+            code.write_text(r.code_hash() + "\n")
+        if code.exists() and code.read_text().strip() != r.code_hash() and pid not in self._warned:
             self._warned.add(pid)
             self.log(f"warning: the code of {m} changed since {folder} was made; delete that folder (and the "
                      f"cells made from it) to regenerate")
@@ -200,12 +175,13 @@ class Grid:
         defense_seconds = time.perf_counter() - t0
         cfg = self.train_config(cell, d)
         ckpt = self.cache / "running" / f"{key}.pt"
-        attack = cell.protected and is_attack(cell.method)
+        r = row(cell.method) if cell.protected else None
+        scored = r is not None and r.scored
         result = train_victim(train_set, test_set, cfg, progress=self.progress, checkpoint=ckpt, hooks=d.hooks(),
-                              return_model=attack)
-        if attack:  # the attack's own metric (ASR, target hits) beside clean accuracy
-            result["attack"] = score(result.pop("model"), manifest, self.protected_folder(cell.method, cell.budget),
-                                     test, d)
+                              return_model=scored)
+        if scored:  # the row's own metric (an attack's ASR, target hits) beside clean accuracy
+            result["attack"] = r.score(result.pop("model"), manifest, self.protected_folder(cell.method, cell.budget),
+                                       test, d)
         record = {
             "key": key, "cell": asdict(cell), "defense_spec": d.spec(), "data_id": self.data_id,
             "train_config": result["config"], "device": result["device"],

@@ -3,18 +3,18 @@ own display(), budgets as k/255."""
 
 from ..budget import budget_text
 from ..defenses import parse_defense
-from ..registry import METHODS
 from .config import CLEAN, method_norm
-from .poisoning import attack_label, is_attack
+from .rows import row
 
 __all__ = ["method_label", "budget_note", "defense_label", "at_radius_label", "metric_for", "budget_text"]
 
 
 def method_label(m):
-    """The registry's display label (a plugin method's own); the unprotected baseline is 'Clean'."""
+    """The registry's display label (a plugin method's own; an attack's marked as one); the unprotected
+    baseline is 'Clean'."""
     if m == CLEAN:
         return "Clean"
-    return f"{attack_label(m)} (attack)" if is_attack(m) else METHODS.label(m)
+    return row(m).label()
 
 
 def budget_note(methods):

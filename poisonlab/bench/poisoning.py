@@ -24,6 +24,7 @@ DEFAULT_TARGETS = 10
 
 
 def is_attack(method) -> bool:
+    """Whether a grid row name is an attack's (poisonlab.bench.rows.row resolves the kind once)."""
     return str(method).startswith(PREFIX)
 
 
@@ -34,15 +35,6 @@ def attack_name(method: str) -> str:
 def attack_rows() -> list:
     """Every registered attack as a grid row name."""
     return [PREFIX + n for n in ATTACKS.names()]
-
-
-def attack_label(method: str) -> str:
-    return ATTACKS.label(attack_name(method))
-
-
-def row_attack_class(method: str):
-    """The attack class of a grid row name."""
-    return ATTACKS.get(attack_name(method))
 
 
 def poison_training_set(method: str, opts: dict, train, test, folder) -> dict:
