@@ -4,6 +4,12 @@ All ops take float images in [0, 1], shape (N, C, H, W), and a torch.Generator o
 are differentiable in the images, so protection methods can take expectations over augmentations
 (the noise is added before augmentation). Crop/flip are exact index operations (no interpolation),
 which keeps small noise patterns intact; heavy photometric augmentation uses kornia (defenses.ueraser).
+
+The per-sample geometric ops draw apart from what they do: a draw takes from the generator exactly what the
+op takes for n images and returns per-sample tensors, which the op's application uses. Data-parallel
+generation (poisonlab.distributed.SharedDraws) therefore draws for the global batch, keeping one process's
+random stream, and applies only its own rows. The training-only ops (cutout, mixup, cutmix) stay whole: mixup
+and cutmix mix rows across the batch, so a rank's rows could not be augmented alone anyway.
 """
 
 from dataclasses import dataclass
@@ -15,22 +21,69 @@ import torch.nn.functional as F
 from . import PoisonlabError
 
 
-def random_crop(x, pad: int, gen):
-    if pad <= 0:
-        return x
+def crop_offsets(n: int, pad: int, device, gen):
+    """(n, 2) row and column offsets into the zero-padded images, one shift per image."""
+    i = torch.randint(0, 2 * pad + 1, (n,), device=device, generator=gen)
+    j = torch.randint(0, 2 * pad + 1, (n,), device=device, generator=gen)
+    return torch.stack([i, j], 1)
+
+
+def crop_at(x, pad: int, offsets):
+    """Each image shifted by its offsets (crop_offsets) with zero fill: pure indexing, differentiable."""
     n, c, h, w = x.shape
     xp = F.pad(x, (pad, pad, pad, pad))
-    i = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=gen)
-    j = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=gen)
-    rows = (i[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (j[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    rows = (offsets[:, 0, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (offsets[:, 1, None] + torch.arange(w, device=x.device))[:, None, None, :]
     idx = torch.arange(n, device=x.device)[:, None, None, None]
     return xp[idx, torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
 
 
-def random_flip(x, gen):
-    flip = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
+def random_crop(x, pad: int, gen):
+    if pad <= 0:
+        return x
+    return crop_at(x, pad, crop_offsets(x.shape[0], pad, x.device, gen))
+
+
+def flip_draws(n: int, device, gen):
+    """Which of n images to flip (each with probability 1/2)."""
+    return torch.rand(n, device=device, generator=gen) < 0.5
+
+
+def flip_where(x, flip):
     return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_flip(x, gen):
+    return flip_where(x, flip_draws(x.shape[0], x.device, gen))
+
+
+@dataclass(frozen=True)
+class Geometric:
+    """The label-preserving part of Augment (random crop by zero-padded shift, horizontal flip), used inside
+    protection methods: a call on x is apply(x, draw(len(x), ...)), the same draws in the same order as
+    random_crop then random_flip."""
+    crop: int = 4
+    flip: bool = True
+
+    def draw(self, n: int, device, gen) -> dict:
+        """The random parameters of n images: {name: tensor with one row per image}."""
+        draws = {}
+        if self.crop > 0:
+            draws["crop"] = crop_offsets(n, self.crop, device, gen)
+        if self.flip:
+            draws["flip"] = flip_draws(n, device, gen)
+        return draws
+
+    def apply(self, x, draws: dict):
+        """x augmented by draws made for its rows (a draw's rows may be picked: {k: v[rows]})."""
+        if "crop" in draws:
+            x = crop_at(x, self.crop, draws["crop"])
+        if "flip" in draws:
+            x = flip_where(x, draws["flip"])
+        return x
+
+    def __call__(self, x, gen):
+        return self.apply(x, self.draw(x.shape[0], x.device, gen))
 
 
 def _boxes(n, h, w, size_h, size_w, device, gen):
@@ -114,12 +167,11 @@ class Augment:
                 raise PoisonlabError(f"unknown augmentation {k!r} in {spec!r} (crop, flip, cutout, mixup, cutmix)")
         return aug
 
-    def geometric(self, x, gen):
-        """Label-preserving part; used inside protection methods (expectation over augmentations)."""
-        x = random_crop(x, self.crop, gen)
-        if self.flip:
-            x = random_flip(x, gen)
-        return x
+    @property
+    def geometric(self) -> Geometric:
+        """Label-preserving part, a callable (x, gen); used inside protection methods (expectation over
+        augmentations)."""
+        return Geometric(self.crop, self.flip)
 
     def __call__(self, x, y, num_classes, gen):
         x = self.geometric(x, gen)

@@ -155,8 +155,9 @@ class SharedDraws:
     Each rank computes the noise and adversary of its contiguous share of a global batch; every random
     draw (PGD random starts, augmentation of the eot copies) is made for the whole global batch, as one
     process makes it, and this rank keeps its rows. So all ranks stay on one stream without broadcasts,
-    and the share of each image gets the randomness it gets in one process. The per-sample ops run on a
-    zero-filled tensor of the global batch's shape (index ops: cheap beside the model's passes).
+    and the share of each image gets the randomness it gets in one process. The augmentation draws its
+    parameters for the global batch and applies them to this rank's rows only (poisonlab.augment's
+    draw/apply); a random start is drawn whole (its draw is all its work) and this rank keeps its rows.
 
         draws = SharedDraws(parallel, gen)
         part = draws.set(len(idx))                     # this rank's slice of the global batch
@@ -185,13 +186,24 @@ class SharedDraws:
         return copies, rows.flatten()
 
     def apply(self, fn, x, *args):
-        """fn (a per-sample op drawing from a generator) on the global batch; this rank's rows of its output."""
+        """fn (a per-sample op drawing from a generator, e.g. PGD's random start) on the global batch; this
+        rank's rows of its output."""
         copies, rows = self._rows(x)
         full = x.new_zeros((copies * self.n, *x.shape[1:])).index_copy(0, rows, x)  # differentiable in x
         return fn(full, *args)[rows]
 
     def augment(self, aug):
-        return None if aug is None else (lambda x, gen: self.apply(aug, x, gen))
+        """aug (draw/apply, e.g. Augment().geometric) drawn for the global batch, applied to this rank's rows."""
+        if aug is None:
+            return None
+        if not (hasattr(aug, "draw") and hasattr(aug, "apply")):
+            raise ValueError("SharedDraws.augment needs an augmentation that draws apart (poisonlab.augment.Geometric)")
+
+        def mine(x, gen):
+            copies, rows = self._rows(x)
+            draws = aug.draw(copies * self.n, x.device, gen)
+            return aug.apply(x, {k: v[rows] for k, v in draws.items()})
+        return mine
 
     def pgd(self, pgd):
         """A copy of a PGD whose random start and augmentation draw for the global batch."""

@@ -120,6 +120,36 @@ def test_geometric_and_no_label_mixing_gives_hard_labels():
     assert torch.equal(Augment.parse("none").geometric(x, gen()), x)
 
 
+def test_geometric_draws_crop_offsets_then_flips_from_the_stream():
+    """The random stream a geometric augmentation takes (one process's, which data-parallel generation keeps):
+    row offsets, column offsets, then flips, one each per image, spelled out here independently of the ops."""
+    x, g, ref_gen = batch(), gen(3), gen(3)
+    out = Augment(crop=3, flip=True).geometric(x, g)
+    i, j = (torch.randint(0, 7, (32,), generator=ref_gen) for _ in range(2))
+    flip = torch.rand(32, generator=ref_gen) < 0.5
+    padded = F.pad(x, (3, 3, 3, 3))
+    ref = torch.stack([p[:, a:a + 12, b:b + 12] for p, a, b in zip(padded, i.tolist(), j.tolist())])
+    ref = torch.where(flip[:, None, None, None], ref.flip(3), ref)
+    assert torch.equal(out, ref) and torch.equal(g.get_state(), ref_gen.get_state())
+
+
+def test_geometric_draws_apply_to_any_rows():
+    """Draws made for a whole batch, applied to some of its rows, give those rows of the whole batch's output
+    (and gradients), the generator left where the whole batch leaves it."""
+    geo = Augment().geometric
+    x = batch(10).requires_grad_(True)
+    whole = geo(x, gen(4))
+    draws = geo.draw(10, x.device, gen(4))
+    rows = torch.tensor([2, 3, 4, 7])
+    part = geo.apply(x[rows], {k: v[rows] for k, v in draws.items()})
+    assert torch.equal(part, whole[rows])
+    (g_whole,) = torch.autograd.grad((whole[rows] ** 2).sum(), x)
+    (g_part,) = torch.autograd.grad((part ** 2).sum(), x)
+    assert torch.equal(g_whole, g_part)
+    assert geo.draw(5, x.device, gen()).keys() == {"crop", "flip"}
+    assert Augment.parse("none").geometric.draw(5, x.device, gen()) == {}
+
+
 def test_parse_specs():
     assert Augment.parse("standard") == Augment(crop=4, flip=True)
     assert Augment.parse("none") == Augment(crop=0, flip=False)

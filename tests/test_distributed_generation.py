@@ -25,12 +25,14 @@ import os
 import socket
 
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from poisonlab import create_method
+from poisonlab.augment import Augment, Geometric
 from poisonlab.cli import main
-from poisonlab.distributed import join, leave
+from poisonlab.distributed import DataParallel, SharedDraws, join, leave
 from poisonlab.protect.checkpoint import Checkpoint
 from poisonlab.protect.surrogate import Batches
 from poisonlab.publishing import noise_path
@@ -103,6 +105,45 @@ def test_two_processes_match_one(tmp_path):
         assert weight_gap(s1[-1]["model"], s2[-1]["model"]) <= RUN_TOL
         assert differing(one, r0["noise"]) <= NOISE_TOL
         assert one.abs().max() > 0 and r0["noise"][-1].abs().max() > 0  # the last batch: rank 1's share alone
+
+
+class Ranks:
+    """The part of DataParallel that SharedDraws.set/augment ask (a rank's share), without a process group."""
+    share = DataParallel.share
+
+    def __init__(self, rank, world):
+        self.rank, self.world = rank, world
+
+
+class Counted(Geometric):
+    """Records how many rows each application gets."""
+    applied = []
+
+    def apply(self, x, draws):
+        self.applied.append(len(x))
+        return super().apply(x, draws)
+
+
+def test_each_rank_augments_its_own_rows_only():
+    """SharedDraws.augment on 3 ranks (eot = 2 stacked copies of a global batch of 10: shares 3, 3, 4): each
+    rank's output is its rows of one process's augmentation of the whole batch, the generator left where one
+    process leaves it, and the augmentation is applied to the rank's rows alone (cost 1 / world each)."""
+    geo = Counted(**vars(Augment().geometric))
+    x = torch.rand(20, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    one_gen = torch.Generator().manual_seed(2)
+    whole = geo(x, one_gen)
+    for rank in range(3):
+        gen = torch.Generator().manual_seed(2)
+        draws = SharedDraws(Ranks(rank, 3), gen)
+        mine = torch.arange(10)[draws.set(10)]
+        rows = torch.cat([mine, mine + 10])  # copy c of row i is row c * 10 + i
+        Counted.applied.clear()
+        out = draws.augment(geo)(x[rows], gen)
+        assert torch.equal(out, whole[rows]) and torch.equal(gen.get_state(), one_gen.get_state())
+        assert Counted.applied == [len(rows)] and len(rows) == 2 * (3 if rank < 2 else 4)
+    assert draws.augment(None) is None
+    with pytest.raises(ValueError, match="draws apart"):
+        draws.augment(lambda x, gen: x)
 
 
 def _cli_rank(rank, world, port, argv):
