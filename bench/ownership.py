@@ -106,6 +106,18 @@ CAPPED = {"capped20a": (6, range(10)), "capped20b": (7, range(20, 30)), "capped2
 # twins), the paper's 250 matching steps instead of 150; a pilot, not a fresh draw (excluded from the pools).
 STRONGER = {"capped20g250": (12, range(10))}
 TAGGANTS20CAP250 = dict(TAGGANTS20CAP, steps=250)
+# Session 8: a stronger mark on fewer images. Half the images per key (1% = 20; the session-7 keys moved as far
+# with 16 as with 40 images) matched against an ensemble of two clean surrogates (Witches' Brew: ensembles
+# transfer better), at the CPU cost of one surrogate with 40 images. Pilot on key seed 12 (same keys and
+# victims as capped20g); surrogates clean-s(10 + key seed) and clean-s(13 + key seed), never a victim seed.
+ENSEMBLE_PILOT = {"ens20g": (12, range(10))}
+TAGGANTS20ENS = dict(TAGGANTS20CAP, budget=0.01, ensemble=2)
+# It kept the accuracy (+0.31 against the twins, 400 marked) but detected 4 of 10 (capped20g: 6): per key, the
+# shift of the key label in the victims is nearly the same under every crafting of these keys (40 or 20 images,
+# 150 or 250 steps, one or two surrogates; runs/14_s8_perkey.py), so the evidence grows with the number of keys,
+# not with the crafting. Second pilot: twice the keys on the same 400 images (10 per key), one surrogate.
+KEYS40_PILOT = {"k40g": (12, range(10))}
+TAGGANTS40 = dict(TAGGANTS20CAP, n_keys=40, budget=0.005)
 TESTS = ("binomial", "rank", "reference", "combined")  # the taggant tests every verdict is cached for
 TEST_NAMES = {"binomial": "binomial top-1", "rank": "rank-sum", "reference": "reference rank-sum",
               "combined": "combined (Bonferroni) rank-sum"}
@@ -121,11 +133,13 @@ COPIES = {"taggants": ("taggants", TAGGANTS), "taggants30": ("taggants", TAGGANT
           "taggants20": ("taggants", TAGGANTS20), "taggants20b": ("taggants", TAGGANTS20),
           **{c: ("taggants", TAGGANTS20) for c in FRESH}, **{c: ("taggants", TAGGANTS20CAP) for c in CAPPED},
           **{c: ("taggants", TAGGANTS20CAP250) for c in STRONGER},
+          **{c: ("taggants", TAGGANTS20ENS) for c in ENSEMBLE_PILOT},
+          **{c: ("taggants", TAGGANTS40) for c in KEYS40_PILOT},
           "backdoor": ("backdoor", BACKDOOR), "noise": ("noise", NOISE)}
 # key seed of a copy (default MARK_SEED) and its reported victim seeds (default 0..9)
-COPY_SEED = {"taggants20": 1, "taggants20b": 2, **{c: k for c, (k, _) in {**FRESH, **CAPPED, **STRONGER}.items()}}
-COPY_VICTIMS = {"taggants20": range(20, 30), "taggants20b": range(30, 40),
-                **{c: v for c, (_, v) in {**FRESH, **CAPPED, **STRONGER}.items()}}
+DRAWS = {**FRESH, **CAPPED, **STRONGER, **ENSEMBLE_PILOT, **KEYS40_PILOT}  # key draws: name -> (key seed, victim seeds)
+COPY_SEED = {"taggants20": 1, "taggants20b": 2, **{c: k for c, (k, _) in DRAWS.items()}}
+COPY_VICTIMS = {"taggants20": range(20, 30), "taggants20b": range(30, 40), **{c: v for c, (_, v) in DRAWS.items()}}
 
 
 def copy_seed(copy: str) -> int:
@@ -134,6 +148,12 @@ def copy_seed(copy: str) -> int:
 
 def copy_victims(copy: str) -> list:
     return list(COPY_VICTIMS.get(copy, range(N_MARKED)))
+
+
+def surrogate_seeds(copy: str, seed: int) -> list:
+    """Clean models the marking matches against: clean-s(10 + key seed), and for an ensemble of two also
+    clean-s(13 + key seed) (seeds 20..29 are no victim seed of an ensemble copy)."""
+    return [10 + seed, 13 + seed][:COPIES[copy][1].get("ensemble", 1)]
 ROBUST = {  # tag -> (what the exploiter does, how the victim is changed); victim seed 0 of the marked copy
     "fine-tune": ("fine-tune on the clean data (4 epochs, lr 0.01)", dict(finetune=True)),
     "jpeg": ("JPEG quality 10 on the training images", dict(defense="jpeg:10")),
@@ -200,8 +220,8 @@ class Bench:
         if not (kpath.exists() and ipath.exists() and mpath.exists()):
             t0 = time.perf_counter()
             if kind == "taggants":
-                surrogate, _ = self.clean(10 + seed)
-                m = mark(kind, self.train, model=surrogate, key_seed=seed, seed=seed, device="cpu", **settings)
+                surrogates = [self.clean(s)[0] for s in surrogate_seeds(method, seed)]
+                m = mark(kind, self.train, model=surrogates, key_seed=seed, seed=seed, device="cpu", **settings)
             else:
                 m = mark(kind, self.train, verify_data=self.test, key_seed=seed, seed=seed, **settings)
             seconds = time.perf_counter() - t0
@@ -292,7 +312,7 @@ STAGES = {"clean": stage_clean,
           "taggants30": lambda b: stage_marked(b, "taggants30"),
           "taggants20": lambda b: stage_marked(b, "taggants20"),
           "taggants20b": lambda b: stage_marked(b, "taggants20b"),
-          **{c: (lambda b, c=c: stage_marked(b, c)) for c in {**FRESH, **CAPPED, **STRONGER}},
+          **{c: (lambda b, c=c: stage_marked(b, c)) for c in DRAWS},
           "noise": lambda b: stage_marked(b, "noise"),
           "backdoor": lambda b: stage_marked(b, "backdoor"),
           "robust": lambda b: [stage_robust(b, c) for c in b.robust_copies]}
@@ -608,15 +628,17 @@ def report_copy(b: Bench, copy: str, md: list) -> dict | None:
 
 def report_draws(res: dict) -> list:
     """One line per 20-key draw: detections by each test and harmlessness (the issue's two bars)."""
-    copies = [c for c in COPIES if c in res and COPIES[c][0] == "taggants" and COPIES[c][1]["n_keys"] == 20]
+    copies = [c for c in COPIES if c in res and COPIES[c][0] == "taggants" and COPIES[c][1]["n_keys"] in (20, 40)]
     if not copies:
         return []
-    md = ["### 20-key copies, one row per key draw: detection at p < 0.01 and harmlessness", "",
-          "| copy | key seed | images per class at most | marked images | victims | binomial top-1 | rank-sum | "
+    md = ["### 20- and 40-key copies, one row per key draw: detection at p < 0.01 and harmlessness", "",
+          "| copy | key seed | keys x images per key (surrogates) | images per class at most | marked images | victims | binomial top-1 | rank-sum | "
           "reference rank-sum | combined | largest combined p | marked - clean twin (points, mean ± s.e.) | "
           "pairs lower | clean twins at p < 0.01 (rank, reference, combined) |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in copies:
+        st = COPIES[c][1]
+        how = f"{st['n_keys']} x {round(st['budget'] * TRAIN_N)} ({st.get('ensemble', 1)})"
         o, rows = res[c], res[c]["rows"]
         cap = COPIES[c][1].get("class_cap", 1.0)
         refs = [r["p_ref"] for r in rows if r["p_ref"] is not None]
@@ -624,12 +646,12 @@ def report_draws(res: dict) -> list:
         diff = [r["acc_marked"] - r["acc_clean"] for r in rows + o["further_rows"] if r["acc_clean"] is not None]
         twins = [sum(r[k] is not None and r[k] < 0.01 for r in rows)
                  for k in ("p_rank_clean_model", "p_ref_clean_model", "p_comb_clean_model")]
-        md.append(f"| {c} | {copy_seed(c)} | {round(cap * TRAIN_N / 10)} | {o['marking'].get('marked_images')} | "
+        md.append(f"| {c} | {copy_seed(c)} | {how} | {round(cap * TRAIN_N / 10)} | {o['marking'].get('marked_images')} | "
                   f"{len(rows)} | {o['detected_p<0.01']}/{len(rows)} | {o['detected_rank_p<0.01']}/{len(rows)} | "
                   f"{o['detected_reference_p<0.01']}/{len(refs)} | {sum(x < 0.01 for x in comb)}/{len(comb)} | "
                   f"{max(comb) if comb else float('nan'):.2g} | {o['acc_diff_mean']:+.2f} ± {o['acc_diff_se']:.2f} | "
                   f"{sum(d < 0 for d in diff)}/{len(diff)} | {', '.join(map(str, twins))} of {len(diff)} |"
-                  if refs else f"| {c} | {copy_seed(c)} | - | - | {len(rows)} | not run | | | | | | | |")
+                  if refs else f"| {c} | {copy_seed(c)} | {how} | - | - | {len(rows)} | not run | | | | | | | |")
     md += ["", "Victims 0..9, 20..29 or 30..39 (the copy's own; clean twins = the same seeds on clean data). The "
            "reference rank-sum test was chosen on taggants20 and taggants20b (and the 10-key copy), before "
            "taggants20c..capped20c were marked; the class cap on the per-class accuracies of taggants..taggants20c; "

@@ -156,3 +156,34 @@ def test_taggants_cap_the_marked_share_of_a_crowded_class(tree):
     changed = (m.images != ds.images).flatten(1).any(1).nonzero().flatten()
     assert set(changed.tolist()) <= set(m.poisoned.tolist()) and m.meta["marked_images"] == len(m.poisoned)
 
+
+
+def test_taggants_ensemble_of_surrogates_library_and_cli(tree, tmp_path, capsys):
+    """`ensemble`: the matching averages over several clean surrogates (given, or trained); the key's reference
+    is their mean answer; a count that contradicts the models given is refused."""
+    from poisonlab import PoisonlabError
+    ds = load_dataset(tree, "train")
+    torch.manual_seed(1)
+    a, b = create_model("smallcnn", 4, 3, 0.25).eval(), create_model("smallcnn", 4, 3, 0.25).eval()
+    kw = dict(n_keys=2, budget=3 / 48, steps=2, key_seed=5, device="cpu", class_cap=0.5)
+    both = mark("taggants", ds, model=[a, b], **kw)
+    assert both.meta["params"]["ensemble"] == 2 and both.key.params["ensemble"] == 2
+    x = both.key.images.float().div(255)
+    with torch.no_grad():
+        mean = (torch.log_softmax(a(x), 1) + torch.log_softmax(b(x), 1)) / 2
+    assert torch.allclose(both.key.reference, mean, atol=1e-5)
+    one, other = mark("taggants", ds, model=a, **kw), mark("taggants", ds, model=[b], **kw)
+    assert torch.equal(one.poisoned, both.poisoned)  # the same images, marked differently
+    assert not torch.equal(one.images, both.images) and not torch.equal(other.images, both.images)
+    with pytest.raises(PoisonlabError, match="ensemble=2 but 1"):
+        mark("taggants", ds, model=[a], ensemble=2, **kw)
+    trained = mark("taggants", ds, ensemble=2, surrogate_epochs=1, surrogate_width=0.25, **kw)
+    assert trained.meta["params"]["ensemble"] == 2
+    for name, m in (("a.pt", a), ("b.pt", b)):
+        save_model(m, tmp_path / name, arch="smallcnn", num_classes=4, width=0.25)
+    rc, _, err = run(capsys, "mark", "--method", "taggants", "--data", str(tree), "--out", str(tmp_path / "out"),
+                     "--key-file", str(tmp_path / "k.key"), "--surrogate-model", str(tmp_path / "a.pt"),
+                     "--surrogate-model", str(tmp_path / "b.pt"), *FAST_TAGGANTS)
+    assert rc == 0, err
+    assert load_key(tmp_path / "k.key").params["ensemble"] == 2
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["params"]["ensemble"] == 2

@@ -18,8 +18,8 @@ def cmd_mark(args):
     kw.setdefault("seed", args.seed)
     if args.method == "taggants":
         kw.setdefault("device", args.device)
-        if args.surrogate_model:
-            kw["model"] = load_model(args.surrogate_model)
+        if args.surrogate_model:  # one file, or several: an ensemble the matching averages over
+            kw["model"] = [load_model(p) for p in args.surrogate_model]
     elif args.surrogate_model:
         raise PoisonlabError("--surrogate-model applies to taggants only")
     m = mark(args.method, args.data, out_dir=args.out, key_file=args.key_file, overwrite=args.overwrite,
@@ -56,11 +56,12 @@ def add_parsers(sub):
     m.add_argument("--subset", type=int, default=None, help="mark a class-balanced subset of N images")
     m.add_argument("--seed", type=int, default=0, help="which images are marked (keys always come from the OS)")
     m.add_argument("--device", default="auto")
-    m.add_argument("--surrogate-model", default=None, help="taggants: a model file trained on the clean data "
-                                                           "(else a smallcnn surrogate is trained first)")
+    m.add_argument("--surrogate-model", action="append", default=None,
+                   help="taggants: a model file trained on the clean data (else a smallcnn surrogate is trained "
+                        "first); repeat it for an ensemble (or --opt ensemble=N trains N)")
     m.add_argument("--opt", action="append", metavar="KEY=VALUE",
-                   help="method option, repeatable: taggants n_keys, budget, steps, restarts, key_kind, top_k, "
-                        "surrogate, surrogate_epochs; backdoor trigger=patch|blend, rate, target_class, margin, n_verify")
+                   help="method option, repeatable: taggants n_keys, budget, steps, restarts, ensemble, key_kind, "
+                        "top_k, class_cap, surrogate, surrogate_epochs; backdoor trigger=patch|blend, rate, target_class, margin, n_verify")
     m.add_argument("--overwrite", action="store_true", help="replace OUT and KEY if poisonlab wrote them")
     m.set_defaults(fn=cmd_mark)
 

@@ -39,7 +39,9 @@ class Taggants:
     """Mark a data set with data taggants. Callable: `Taggants(...)(data)` -> (AttackResult, OwnershipKey).
 
     n_keys: K secret keys; budget: fraction of the data perturbed per key (>= 1 image); eps, steps,
-    restarts, tau, augment: the gradient matching (paper: 16/255, 250, 1, 0.1, on); key_kind: "pattern"
+    restarts, tau, augment: the gradient matching (paper: 16/255, 250, 1, 0.1, on); ensemble: surrogates the
+    matching averages over (Witches' Brew's ensemble; the paper's 1), trained on the clean data with seeds
+    seed, seed + 1, ... unless `model` is a list of them; key_kind: "pattern"
     (the paper's noise drawn at low resolution and resized) or full-resolution "uniform" noise; top_k: the k of the verification test (default 1 for <= 100
     classes, else 10); model: surrogate(s) trained on the clean data, else one is trained (surrogate at
     surrogate_width for surrogate_epochs); key_seed: None draws the keys from the OS (a real owner's keys
@@ -48,7 +50,7 @@ class Taggants:
 
     def __init__(self, *, n_keys=10, budget=1e-4, eps=16 / 255, steps=250, restarts=1, tau=0.1, augment=True,
                  key_kind="grating", top_k=None, model=None, surrogate="smallcnn", surrogate_width=0.5,
-                 surrogate_epochs=10, key_seed=None, seed=0, device="auto", class_cap=0.4):
+                 surrogate_epochs=10, key_seed=None, seed=0, device="auto", class_cap=0.4, ensemble=1):
         if int(n_keys) < 1:
             raise PoisonlabError(f"n_keys must be >= 1, got {n_keys}")
         if key_kind not in KEY_KINDS:
@@ -57,9 +59,15 @@ class Taggants:
             raise PoisonlabError(f"class_cap must be in (0, 1], got {class_cap}")
         self.n_keys, self.budget, self.key_kind, self.top_k = int(n_keys), float(budget), key_kind, top_k
         self.class_cap = float(class_cap)
+        given = list(model) if isinstance(model, (list, tuple)) else None
+        if given is not None and ensemble not in (1, len(given)):
+            raise PoisonlabError(f"ensemble={ensemble} but {len(given)} surrogate models were given")
+        ensemble = len(given) if given is not None else int(ensemble)
+        if ensemble < 1:
+            raise PoisonlabError(f"ensemble must be >= 1, got {ensemble}")
         self.key_seed = fresh_seed() if key_seed is None else int(key_seed)
         self.attack_kw = dict(eps=eps, steps=int(steps), restarts=int(restarts), tau=float(tau),
-                              augment=bool(augment), model=model, surrogate=surrogate,
+                              augment=bool(augment), model=given or model, ensemble=ensemble, surrogate=surrogate,
                               surrogate_width=float(surrogate_width), surrogate_epochs=int(surrogate_epochs),
                               seed=int(seed), device=device)
 
