@@ -4,6 +4,10 @@ tables of the ITLM study (second seed, trimming by class)."""
 import sys
 from pathlib import Path
 
+import torch
+
+from poisonlab.data import ImageSet
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import defenses as bench  # noqa: E402
 
@@ -67,3 +71,34 @@ def test_finetune_table_sets_the_variant_against_its_controls():
     text = "\n".join(bench.finetune_table(res))
     # standard: (46 - 41) / (50 - 41) = 56%; same training: (46 - 44) / (54 - 44) = 20%
     assert "| itlm-ft0.05 | 1 | 46.0 / 45.00 | 44.0 / 44.00 | 54.0 / 51.00 | 56 | 20 |" in text
+
+
+def test_class_subset_relabels_in_the_given_order_and_names_the_scale():
+    data = ImageSet(torch.zeros(6, 3, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 2, 3, 2, 1]), list("abcd"))
+    sub = bench.class_subset(data, [2, 1])
+    assert sub.labels.tolist() == [1, 0, 0, 1] and sub.classes == ["c", "b"]
+    old = dict(bench.SCALE)
+    try:
+        bench.SCALE.update(train=10000, classes=[1, 6, 7, 8])
+        assert bench.scale_name() == "cpu-10k-c4"
+        bench.SCALE.pop("classes")
+        assert bench.scale_name() == "cpu-10k"
+    finally:
+        bench.SCALE.clear()
+        bench.SCALE.update(old)
+
+
+def test_tables_carry_the_round_zero_judge_check():
+    judge = {"train_error": 25.8, "trimmed": 20.0, "clean_errors_per_slot_floor": 0.29, "clean_error": 9.9,
+             "bad_error": 89.3, "clean_error_ratio": 0.49, "clean_errors_per_slot": 0.4, "chance_precision": 69.3,
+             "ok": False}
+    rounds = [{**_round(0, 40.0, 41.0), "judge": judge}, _round(1, 45.0, 46.0)]
+    itlm = {"settings": {"itlm": {"alpha": 0.8, "rounds": 1}}, "rounds": rounds, "clean_acc": 46.0, "val_acc": 45.0,
+            "trimmed": rounds[1]["trimmed"], "seconds": 2.0}
+    res = {"clean/none": {"clean_acc": 50.0, "seconds": 1.0}, "flip/none": {"clean_acc": 41.0, "seconds": 1.0},
+           "flip/itlm": itlm}
+    text = bench.tables(res)
+    assert "round-0 judge: clean error 9.9% (0.49x the trimmed 20%), bad 89.3%, 0.4 clean errors per trimmed slot, " \
+           "chance precision 69.3% **premise broken** (> 0.25 per slot)" in text
+    assert "| flip (itlm) | 0 |" in text and text.count("**premise broken**") == 2  # main table and rounds table
+    assert "premise broken" not in bench.judge_note({**judge, "ok": True}) and bench.judge_note(None) == "-"
