@@ -7,8 +7,9 @@ by sample index.
 Generation (REM, min-max-min: poisonlab.protect.interleaved) works the same way with SharedDraws below.
 
 Every rank holds the whole uint8 data set (as train_victim always does) and draws the same random stream:
-the epoch's permutation and the augmentation of each global batch are those of one process with the same
-seed. Each rank then trains on its contiguous share of the global batch; the gradients are averaged by
+the epoch's permutation and the augmentation draws of each global batch are those of one process with the
+same seed. Each rank then loads, augments (poisonlab.augment.Augment.apply: a mixed row's partner comes from
+the global batch) and trains on its contiguous share of the global batch alone; the gradients are averaged by
 DDP with the loss scaled so that the average is the global batch's mean loss, and BatchNorm statistics
 are synchronised over the global batch (SyncBatchNorm). Standard training therefore follows the
 one-process run up to floating-point summation order. Rank 0 writes checkpoints; a checkpoint holds
@@ -125,10 +126,6 @@ class DataParallel:
         the ranks' mean losses the global mean even when n does not divide evenly."""
         lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
         return slice(lo, hi), self.world * (hi - lo) / max(n, 1)
-
-    def shard(self, x, y, y_soft, idx):
-        part, scale = self.share(len(idx))
-        return x[part], y[part], None if y_soft is None else y_soft[part], idx[part], scale
 
     def sum(self, *values):
         """Sums over ranks of tensors or numbers (one all-reduce), returned as tensors."""

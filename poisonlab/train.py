@@ -268,12 +268,16 @@ def train_victim(train, test=None, cfg: TrainConfig | None = None, progress=True
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step, total)
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x, y = to_float_batch(images[idx], device), labels[idx]
             if parallel is not None and b:  # hooks may draw rank-dependent amounts (AT on uneven shares)
                 parallel.sync_generator(gen)
-            x, y_soft = aug(x, y, train.num_classes, gen)
-            if parallel is not None:  # augmented as one global batch (one process's stream), then this rank's share
-                x, y, y_soft, idx, scale = parallel.shard(x, y, y_soft, idx)
+            # Drawn for the global batch (one process's stream); a rank loads and augments its share alone.
+            draws = aug.draw(len(idx), train.shape[1:], device, gen)
+            rows, scale = parallel.share(len(idx)) if parallel is not None else (None, None)
+            x, y_soft = aug.apply(lambda r: to_float_batch(images[idx[r]], device), labels[idx], train.num_classes,
+                                  draws, rows)
+            if rows is not None:
+                idx = idx[rows]
+            y = labels[idx]
             for h in all_hooks:
                 if hasattr(h, "transform_batch"):
                     x, y_soft = h.transform_batch(x, y, y_soft, state)

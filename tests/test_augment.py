@@ -1,5 +1,6 @@
 """Batch-wise augmentation: shapes, exactness of crop/flip/cutout, soft labels, gradients."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -148,6 +149,57 @@ def test_geometric_draws_apply_to_any_rows():
     assert torch.equal(g_whole, g_part)
     assert geo.draw(5, x.device, gen()).keys() == {"crop", "flip"}
     assert Augment.parse("none").geometric.draw(5, x.device, gen()) == {}
+
+
+def test_training_draws_take_the_stream_in_order():
+    """The stream a training batch's augmentation takes (one process's, which data-parallel training keeps),
+    spelled out independently of the ops: crop rows, cols, flips, cutout centres (rows, cols), the mixup-or-
+    cutmix coin, the Beta weight's seed, cutmix's box centres, the partner permutation."""
+    aug, n = Augment.parse("crop=3,flip,cutout=5,mixup=1,cutmix=1"), 10
+    kinds = set()
+    for seed in range(6):
+        g, ref = gen(seed), gen(seed)
+        draws = aug.draw(n, (12, 12), "cpu", g)
+        i, j = (torch.randint(0, 7, (n,), generator=ref) for _ in range(2))
+        flip = torch.rand(n, generator=ref) < 0.5
+        cy, cx = (torch.randint(0, 12, (n,), generator=ref) for _ in range(2))
+        use_cutmix = bool(torch.rand((), generator=ref) < 0.5)
+        lam = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=ref))).beta(1.0, 1.0)
+        box = torch.stack([torch.randint(0, 12, (n,), generator=ref) for _ in range(2)], 1) if use_cutmix else None
+        perm = torch.randperm(n, generator=ref)
+        assert torch.equal(draws["crop"], torch.stack([i, j], 1)) and torch.equal(draws["flip"], flip)
+        assert torch.equal(draws["cutout"], torch.stack([cy, cx], 1)) and torch.equal(draws["perm"], perm)
+        assert draws["mix"] == ("cutmix" if use_cutmix else "mixup") and draws["lam"] == lam
+        assert box is None or torch.equal(draws["box"], box)
+        assert torch.equal(g.get_state(), ref.get_state())
+        kinds.add(draws["mix"])
+    assert kinds == {"mixup", "cutmix"}
+
+
+@pytest.mark.parametrize("spec", ["standard", "none", "crop=3,flip,cutout=5", "crop=2,cutout=5,mixup=1",
+                                  "flip,cutmix=1", "cutout=4,mixup=1,cutmix=1"])
+def test_rows_augment_alone_as_in_the_whole_batch(spec):
+    """Augment.apply on some rows of a batch (a rank's share) with draws made for the whole batch gives those
+    rows of the whole batch's augmentation (images and soft labels), the generator where the whole batch
+    leaves it, and loads (so augments) only those rows, plus each mixed row's partner."""
+    aug, n = Augment.parse(spec), 10
+    x, y = batch(n), torch.arange(n) % 4
+    for seed in (1, 2):
+        one = gen(seed)
+        whole, y_whole = aug(x, y, 4, one)
+        for rows in (slice(3, 7), slice(7, 10), torch.tensor([0, 9, 4]), slice(9, 9)):
+            g, asked = gen(seed), []
+            draws = aug.draw(n, (12, 12), x.device, g)
+
+            def load(r):
+                asked.append(torch.arange(n)[r])
+                return x[r]
+            out, y_soft = aug.apply(load, y, 4, draws, rows)
+            assert torch.equal(out, whole[rows]) and torch.equal(g.get_state(), one.get_state())
+            assert y_soft is None if y_whole is None else torch.equal(y_soft, y_whole[rows])
+            mine = torch.arange(n)[rows]
+            assert len(asked) == 1 and torch.equal(asked[0], torch.cat([mine, draws["perm"][mine]]) if "mix" in draws
+                                                   else mine)
 
 
 def test_parse_specs():

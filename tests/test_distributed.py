@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from poisonlab.augment import Geometric
 from poisonlab.distributed import join, leave
 from poisonlab.train import TrainConfig, train_victim
 
@@ -19,6 +20,8 @@ from poisonlab.data import load_dataset
 CFG = dict(model="smallcnn", width=0.25, batch_size=21, lr=0.05, seed=3, device="cpu")
 STEP_TOL = 1e-5  # one SGD step: weights, absolute
 RUN_TOL = 5e-3  # 8 steps: weights absolute, epoch losses relative
+# Label-mixing augmentation on batches of 7 over 21 images (shares 3 + 4), 2 epochs: 6 steps.
+MIXED = dict(CFG, batch_size=7, epochs=2, augment="crop=4,flip,cutout=8,mixup=1,cutmix=1")
 
 
 def data(tmp, make=0):
@@ -28,7 +31,18 @@ def data(tmp, make=0):
     return load_dataset(str(src), "train"), load_dataset(str(src), "test")
 
 
-def _rank(rank, world, tmp, epochs, schedule, ckpt, out):
+class Seen:
+    """A hook that keeps what transform_batch is given (x, y, y_soft) at every step."""
+
+    def __init__(self):
+        self.batches = []
+
+    def transform_batch(self, x, y, y_soft, state):
+        self.batches.append((x.clone(), y.clone(), y_soft.clone()))
+        return x, y_soft
+
+
+def _rank(rank, world, tmp, epochs, schedule, ckpt, out, seen=False):
     torch.set_num_threads(1)
     par = join(rank, world, "cpu", init_method=f"file://{tmp}/rendezvous")
     try:
@@ -38,12 +52,18 @@ def _rank(rank, world, tmp, epochs, schedule, ckpt, out):
         if par.is_main:
             state = {k: v.tolist() for k, v in res["model"].state_dict().items()}
             (tmp / out).write_text(json.dumps({"history": res["history"], "state": state}))
+        if seen:  # a second run on the same group: what each rank augments and its hooks see under label mixing
+            hook, sizes, apply = Seen(), [], Geometric.apply
+            Geometric.apply = lambda self, x, draws: sizes.append(len(x)) or apply(self, x, draws)  # this process only
+            train_victim(train, None, TrainConfig(**MIXED), progress=False, parallel=par, hooks=[hook])
+            torch.save({"batches": hook.batches, "augmented": sizes}, tmp / f"seen-{rank}.pt")
     finally:
         leave()
 
 
-def run_two(tmp, epochs=1, schedule="cosine", ckpt=None, out="ddp.json"):
-    mp.start_processes(_rank, args=(2, tmp, epochs, schedule, ckpt, out), nprocs=2, join=True, start_method="spawn")
+def run_two(tmp, epochs=1, schedule="cosine", ckpt=None, out="ddp.json", seen=False):
+    mp.start_processes(_rank, args=(2, tmp, epochs, schedule, ckpt, out, seen), nprocs=2, join=True,
+                       start_method="spawn")
     return json.loads((tmp / out).read_text())
 
 
@@ -55,24 +75,43 @@ def max_weight_gap(model, state):
 
 def test_two_processes_match_one(tmp_path):
     """One SGD step on a global batch of 21 (shares 10 + 11) by 2 ranks (gloo, CPU) equals one process's
-    step up to floating-point summation order.
+    step up to floating-point summation order; and under label-mixing augmentation each rank's hooks see its
+    rows of one process's augmented batch, bit for bit (a second run in the same processes, see below).
 
-    Why that holds: both ranks draw the one-process permutation and augment the one-process global batch,
-    then each takes its contiguous share; BatchNorm statistics and their gradients are taken over the
-    global batch (GlobalBatchNorm); the loss is scaled so that DDP's gradient average is the global mean.
-    The tolerance, measured: the step's weights differ from one process's by at most 9e-7; one process with
+    Why that holds: both ranks draw the one-process permutation and the augmentation of the one-process
+    global batch, and each applies it to its contiguous share; BatchNorm statistics and their gradients are
+    taken over the global batch (GlobalBatchNorm); the loss is scaled so that DDP's gradient average is the
+    global mean. The tolerance, measured: the step's weights differ from one process's by at most 9e-7; one process with
     2 threads instead of 1 (same math, another summation order) differs from it by 7e-7. STEP_TOL = 1e-5
     leaves 10x room for other CPUs; a per-rank BatchNorm or an unscaled loss moves weights by ~1e-3 and more.
     Accuracy (argmax counts) within one image: a logit tie that noise can flip.
     """
     train, test = data(tmp_path, make=21)
     one = train_victim(train, test, TrainConfig(epochs=1, **CFG), progress=False, return_model=True)
-    two = run_two(tmp_path)
+    two = run_two(tmp_path, seen=True)
     assert len(two["history"]) == 1
     h1, h2 = one["history"][0], two["history"][0]
     assert math.isclose(h1["train_loss"], h2["train_loss"], rel_tol=STEP_TOL)
     assert abs(h1["test_acc"] - h2["test_acc"]) <= 100 / 30 + 1e-9
     assert max_weight_gap(one["model"], two["state"]) <= STEP_TOL
+    _check_ranks_see_their_rows(tmp_path, train)
+
+
+def _check_ranks_see_their_rows(tmp, train):
+    """Each rank augments its share alone (crop, flip, cutout: its rows and, for mixup/cutmix, their partners
+    from the global batch: twice the share, never the global batch), and its hooks get exactly its rows of one
+    process's augmented global batch (images, labels, soft labels) at every step: the augmentation does not
+    depend on the model, and the ranks keep one process's stream."""
+    hook = Seen()
+    train_victim(train, None, TrainConfig(**MIXED), progress=False, hooks=[hook])
+    ranks = [torch.load(tmp / f"seen-{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(len(hook.batches) == len(seen["batches"]) == len(seen["augmented"]) == 6 for seen in ranks)
+    for step, whole in enumerate(hook.batches):
+        n = len(whole[0])
+        for r, seen in enumerate(ranks):
+            share = slice(r * n // 2, (r + 1) * n // 2)
+            assert all(torch.equal(a, b[share]) for a, b in zip(seen["batches"][step], whole)), (step, r)
+            assert seen["augmented"][step] == 2 * (share.stop - share.start), (step, r)
 
 
 def test_checkpoint_of_two_processes_resumes_in_one(tmp_path):
