@@ -118,6 +118,14 @@ TAGGANTS20ENS = dict(TAGGANTS20CAP, budget=0.01, ensemble=2)
 # not with the crafting. Second pilot: twice the keys on the same 400 images (10 per key), one surrogate.
 KEYS40_PILOT = {"k40g": (12, range(10))}
 TAGGANTS40 = dict(TAGGANTS20CAP, n_keys=40, budget=0.005)
+# 8 of 10 (misses p 0.083, 0.016), -0.30 points: a key's shift barely fell with a quarter of the images (mean
+# reference shift 1.44 ranks at 10 images, 1.69 at 20-40), and 40 keys gave the rank-sum twice the keys. Third
+# pilot: 80 keys on the same 400 images (5 per key).
+KEYS80_PILOT = {"k80g": (12, range(10))}
+TAGGANTS80 = dict(TAGGANTS20CAP, n_keys=80, budget=0.0025)
+# 0 of 10: 5 images per key are below what a key needs. Session 8's declared fresh draws (docs/ownership.md,
+# declared before marking): the 40-key setting of k40g on key seeds 13, 14, 15 (surrogates clean-s23..25).
+DECLARED8 = {"k40h": (13, range(10)), "k40i": (14, range(30, 40)), "k40j": (15, range(10))}
 TESTS = ("binomial", "rank", "reference", "combined")  # the taggant tests every verdict is cached for
 TEST_NAMES = {"binomial": "binomial top-1", "rank": "rank-sum", "reference": "reference rank-sum",
               "combined": "combined (Bonferroni) rank-sum"}
@@ -134,10 +142,11 @@ COPIES = {"taggants": ("taggants", TAGGANTS), "taggants30": ("taggants", TAGGANT
           **{c: ("taggants", TAGGANTS20) for c in FRESH}, **{c: ("taggants", TAGGANTS20CAP) for c in CAPPED},
           **{c: ("taggants", TAGGANTS20CAP250) for c in STRONGER},
           **{c: ("taggants", TAGGANTS20ENS) for c in ENSEMBLE_PILOT},
-          **{c: ("taggants", TAGGANTS40) for c in KEYS40_PILOT},
+          **{c: ("taggants", TAGGANTS40) for c in {**KEYS40_PILOT, **DECLARED8}},
+          **{c: ("taggants", TAGGANTS80) for c in KEYS80_PILOT},
           "backdoor": ("backdoor", BACKDOOR), "noise": ("noise", NOISE)}
 # key seed of a copy (default MARK_SEED) and its reported victim seeds (default 0..9)
-DRAWS = {**FRESH, **CAPPED, **STRONGER, **ENSEMBLE_PILOT, **KEYS40_PILOT}  # key draws: name -> (key seed, victim seeds)
+DRAWS = {**FRESH, **CAPPED, **STRONGER, **ENSEMBLE_PILOT, **KEYS40_PILOT, **KEYS80_PILOT, **DECLARED8}  # key draws: name -> (key seed, victim seeds)
 COPY_SEED = {"taggants20": 1, "taggants20b": 2, **{c: k for c, (k, _) in DRAWS.items()}}
 COPY_VICTIMS = {"taggants20": range(20, 30), "taggants20b": range(30, 40), **{c: v for c, (_, v) in DRAWS.items()}}
 
@@ -628,7 +637,7 @@ def report_copy(b: Bench, copy: str, md: list) -> dict | None:
 
 def report_draws(res: dict) -> list:
     """One line per 20-key draw: detections by each test and harmlessness (the issue's two bars)."""
-    copies = [c for c in COPIES if c in res and COPIES[c][0] == "taggants" and COPIES[c][1]["n_keys"] in (20, 40)]
+    copies = [c for c in COPIES if c in res and COPIES[c][0] == "taggants" and COPIES[c][1]["n_keys"] in (20, 40, 80)]
     if not copies:
         return []
     md = ["### 20- and 40-key copies, one row per key draw: detection at p < 0.01 and harmlessness", "",
@@ -658,7 +667,8 @@ def report_draws(res: dict) -> list:
            "the combined test after capped20c, so capped20d is its first fresh draw, and capped20e..capped20g "
            "the three declared (session 7) before they were marked. capped20g250: key seed 12 again with 250 "
            "matching steps instead of 150 (a pilot after the declared draws, not in the pools below).", ""]
-    for label, group in (("capped (class_cap 0.4)", [c for c in copies if c in CAPPED]),
+    for label, group in (("session 8 declared 40-key", [c for c in copies if c in DECLARED8]),
+                         ("capped 20-key (class_cap 0.4)", [c for c in copies if c in CAPPED]),
                          ("uncapped", [c for c in copies if COPIES[c][1].get("class_cap", 1.0) == 1])):
         diff = [r["acc_marked"] - r["acc_clean"] for c in group for r in res[c]["rows"] + res[c]["further_rows"]
                 if r["acc_clean"] is not None]
