@@ -33,6 +33,10 @@ validation under victim seed 1), cleanctl (the chosen variant's control on clean
 undefended victim trained 4, 8, 15 and 30 epochs: how the judge's training length changes its ranking of the
 flipped samples), e.g. with --train 10000 --itlm-rounds 2.
 
+A class subset keeps the ratio ITLM depends on (the judge's clean error well below the trimmed fraction; the
+judge check in every ITLM cell): --classes 1,6,7,8 trains and tests on those CIFAR-10 classes only (scale
+cpu-10k-c4 with --train 10000; stages clean, flip (none, ITLM, oracle), itlm-seed1, random, sep, keptclean).
+
 Every training run checkpoints every epoch under --work/ckpt and every finished cell is one JSON under
 --work/cells, so an interrupted run resumes and a rerun only rebuilds the report (docs/results/defenses.json,
 docs/results/defenses_tables.md, docs/defenses/*.png).
@@ -99,8 +103,8 @@ ROWS = ("none", "oracle", "abl", "abl-nogga", *ITLM_FIT, "itlm-kept-clean",
 MAIN_STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "cv", "extra",
                "seed1", "sep")  # the cpu-5k tables
 ITLM_STAGES = ("itlm", "sep", "random", "precision", "finetune", "perclass", "itlm-seed1", "cleanctl", "judge")  # the ITLM study alone (cpu-10k)
-SUBSET_STAGES = ("clean", "flip", "itlm-seed1", "random", "sep")  # a class subset (cpu-10k-c4): the bar's cells
-STAGES = MAIN_STAGES + tuple(s for s in ITLM_STAGES if s not in MAIN_STAGES)
+SUBSET_STAGES = ("clean", "flip", "itlm-seed1", "random", "sep", "keptclean")  # a class subset (cpu-10k-c4)
+STAGES = MAIN_STAGES + tuple(s for s in ITLM_STAGES + SUBSET_STAGES if s not in MAIN_STAGES)
 
 
 def trimmed_of(kept, n) -> torch.Tensor:
@@ -1034,6 +1038,8 @@ def main(argv=None):
                 b.reseeded(1, {**kw, "alpha": 1.0}, attacks=(), name=f"{name}-control")
         elif s == "sep":
             b.trimming("flip")
+        elif s == "keptclean":  # the paper form's last kept set less its poisons: what the kept poisons cost
+            b.itlm_kept_clean("flip")
         elif s == "random":  # the paper's random noise: undefended, ITLM as on the flip
             b.none("random")
             b.itlm("random", ITLM_KW)
