@@ -35,7 +35,8 @@ flipped samples), e.g. with --train 10000 --itlm-rounds 2.
 
 A class subset keeps the ratio ITLM depends on (the judge's clean error well below the trimmed fraction; the
 judge check in every ITLM cell): --classes 1,6,7,8 trains and tests on those CIFAR-10 classes only (scale
-cpu-10k-c4 with --train 10000; stages clean, flip (none, ITLM, oracle), itlm-seed1, random, sep, keptclean).
+cpu-10k-c4 with --train 10000; stages clean, flip (none, ITLM, oracle), itlm-seed1, random, sep, keptclean,
+precision with --sim 0.9).
 
 Every training run checkpoints every epoch under --work/ckpt and every finished cell is one JSON under
 --work/cells, so an interrupted run resumes and a rerun only rebuilds the report (docs/results/defenses.json,
@@ -103,7 +104,7 @@ ROWS = ("none", "oracle", "abl", "abl-nogga", *ITLM_FIT, "itlm-kept-clean",
 MAIN_STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "cv", "extra",
                "seed1", "sep")  # the cpu-5k tables
 ITLM_STAGES = ("itlm", "sep", "random", "precision", "finetune", "perclass", "itlm-seed1", "cleanctl", "judge")  # the ITLM study alone (cpu-10k)
-SUBSET_STAGES = ("clean", "flip", "itlm-seed1", "random", "sep", "keptclean")  # a class subset (cpu-10k-c4)
+SUBSET_STAGES = ("clean", "flip", "itlm-seed1", "random", "sep", "keptclean", "precision")  # a class subset (cpu-10k-c4)
 STAGES = MAIN_STAGES + tuple(s for s in ITLM_STAGES + SUBSET_STAGES if s not in MAIN_STAGES)
 
 
@@ -963,7 +964,15 @@ def main(argv=None):
     ap.add_argument("--classes", default="", help="comma-separated CIFAR-10 class indices: train and test on these "
                     "classes only (relabelled 0..k-1; the flip is y -> y + 1 mod k), e.g. 1,6,7,8 (scale cpu-10k-c4); "
                     f"its own cache and report files; default stages {','.join(SUBSET_STAGES)}")
+    ap.add_argument("--sim", default=",".join(map(str, SIM_PRECISION)),
+                    help="stage precision: the trimmed precisions of the simulated judges (default %(default)s)")
     args = ap.parse_args(argv)
+    try:
+        sims = [float(p) for p in args.sim.split(",") if p.strip()]
+    except ValueError:
+        ap.error(f"--sim needs comma-separated precisions in (0, 1], got {args.sim!r}")
+    if not all(0 < p <= 1 for p in sims):
+        ap.error(f"--sim needs comma-separated precisions in (0, 1], got {args.sim!r}")
     classes = [int(c) for c in args.classes.split(",") if c.strip()]
     if classes and (len(set(classes)) != len(classes) or len(classes) < 2 or not all(0 <= c < 10 for c in classes)):
         ap.error(f"--classes needs at least two distinct CIFAR-10 class indices in 0..9, got {args.classes!r}")
@@ -1055,7 +1064,7 @@ def main(argv=None):
             for name, kw in ITLM_FT_KW.items():
                 b.itlm("flip", kw, name=name)
         elif s == "precision":
-            for p in SIM_PRECISION:
+            for p in sims:
                 b.simulated(p)
         elif s == "extra":
             b.unlearn("badnets")

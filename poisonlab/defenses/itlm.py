@@ -24,6 +24,9 @@ Two forms:
 
 Losses for the selection: the current model in eval mode, no augmentation, on the whole training set.
 
+per_class=True trims the same fraction inside every (possibly poisoned) label class instead of over the
+whole set, so no class loses more than its share.
+
 The judge check (`judge_check`, recorded on every selecting round of `fit` as "judge" and warned about):
 ITLM presumes the judge fits the clean samples and not the bad ones. A sample the judge misclassifies (on its
 given label) has a higher loss than nearly every sample it fits, so the trimmed T = (1 - alpha) n samples are
@@ -38,9 +41,8 @@ the given labels bounds the clean error from below: at most (1 - alpha) n sample
 at least E - (1 - alpha) of n are clean errors; `fit` warns when that floor alone exceeds 0.25 per slot
 (E > 1.25 (1 - alpha)). A warning means the trimming's precision rests on the losses separating bad samples
 from the judge's clean errors, which a weak judge's do poorly (cpu-10k: clean error 35%, p0 39%, measured
-precision 55%).
-per_class=True trims the same fraction inside every (possibly poisoned) label class instead of over the
-whole set, so no class loses more than its share.
+precision 55%; cpu-10k-c4, 4 classes: 0.40 per slot, precision 78-85%, a third of the damage
+recovered).
 
 folds=F > 1 (fit form only; our extension, not in the paper, in the spirit of the cross-validated sample
 selection of Chen et al., ICML 2019 "Understanding and Utilizing Deep Neural Networks Trained with Noisy
