@@ -24,6 +24,9 @@ Stages (every model, marked copy and verification cached under --cache, so a kil
   capped20a .. capped20g  20 keys, 2% per key, at most 40% of a class marked (class_cap 0.4), on fresh key
             draws (key seeds 6..12; victims 0..9, 20..29, 30..39, 0..9, 0..9, 30..39, 0..9); capped20e-g are the
             combined test's declared fresh draws (session 7). capped20g250: key seed 12 with 250 steps (pilot).
+  ens20g, k40g, k80g  session 8 pilots on key seed 12: 20 keys x 20 images with two surrogates, 40 keys x 10
+            images, 80 keys x 5 (400 images marked each); k40h, k40i, k40j: the 40 x 10 setting on the declared
+            fresh key seeds 13, 14, 15 (victims 0..9, 30..39, 0..9).
   noise     harmlessness control: random +-16/255 sign noise on the images the 10-key copy marked.
   easier    those images, their originals and the noisy ones scored by the clean models clean-s0..9.
   pairs     own keys against fresh random (key image, label) pairs, per key, marked victims and clean twins.
@@ -640,8 +643,8 @@ def report_draws(res: dict) -> list:
     copies = [c for c in COPIES if c in res and COPIES[c][0] == "taggants" and COPIES[c][1]["n_keys"] in (20, 40, 80)]
     if not copies:
         return []
-    md = ["### 20- and 40-key copies, one row per key draw: detection at p < 0.01 and harmlessness", "",
-          "| copy | key seed | keys x images per key (surrogates) | images per class at most | marked images | victims | binomial top-1 | rank-sum | "
+    md = ["### 20-, 40- and 80-key copies, one row per key draw: detection at p < 0.01 and harmlessness", "",
+          "| copy | key seed | keys x images per key asked (surrogates) | images per class at most | marked images | victims | binomial top-1 | rank-sum | "
           "reference rank-sum | combined | largest combined p | marked - clean twin (points, mean ± s.e.) | "
           "pairs lower | clean twins at p < 0.01 (rank, reference, combined) |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -666,7 +669,10 @@ def report_draws(res: dict) -> list:
            "taggants20c..capped20c were marked; the class cap on the per-class accuracies of taggants..taggants20c; "
            "the combined test after capped20c, so capped20d is its first fresh draw, and capped20e..capped20g "
            "the three declared (session 7) before they were marked. capped20g250: key seed 12 again with 250 "
-           "matching steps instead of 150 (a pilot after the declared draws, not in the pools below).", ""]
+           "matching steps instead of 150 (a pilot after the declared draws, not in the pools below). Session 8: "
+           "pilots on key seed 12 (ens20g: two surrogates, 20 images per key; k40g: 40 keys x 10 images; k80g: 80 "
+           "keys x 5), then k40h..k40j, the k40g setting on three fresh key draws declared before they were "
+           "marked.", ""]
     for label, group in (("session 8 declared 40-key", [c for c in copies if c in DECLARED8]),
                          ("capped 20-key (class_cap 0.4)", [c for c in copies if c in CAPPED]),
                          ("uncapped", [c for c in copies if COPIES[c][1].get("class_cap", 1.0) == 1])):
