@@ -38,6 +38,11 @@ judge check in every ITLM cell): --classes 1,6,7,8 trains and tests on those CIF
 cpu-10k-c4 with --train 10000; stages clean, flip (none, ITLM, oracle), itlm-seed1, random, sep, keptclean,
 precision with --sim 0.9).
 
+Check first (scale cpu-10k-c4-e40: --classes 1,6,7,8 --train 10000 --epochs 40): stages round0 and round0-seed1
+train the undefended flip run under victim seed 0 / 1 (ITLM's round 0, no extra training) and record its judge
+check; only a seed that passes goes on: itlm (seed 0: clean, undefended, the paper form) and paper-seed1 (seed
+1's clean run and the paper form, independent of seed 0's, so the two can run side by side), then itlm-seed1.
+
 Every training run checkpoints every epoch under --work/ckpt and every finished cell is one JSON under
 --work/cells, so an interrupted run resumes and a rerun only rebuilds the report (docs/results/defenses.json,
 docs/results/defenses_tables.md, docs/defenses/*.png).
@@ -61,7 +66,7 @@ from poisonlab.data import ImageSet, load_dataset  # noqa: E402
 from poisonlab.defenses.abl import ABL  # noqa: E402
 from poisonlab.defenses.detect import ActivationClustering, SpectralSignatures  # noqa: E402
 from poisonlab.defenses.dpa import DPA, aggregate  # noqa: E402
-from poisonlab.defenses.itlm import ITLM, SLOT_LIMIT, lowest_loss  # noqa: E402
+from poisonlab.defenses.itlm import ITLM, SLOT_LIMIT, judge_check, lowest_loss  # noqa: E402
 from poisonlab.attacks.evaluate import attack_success_rate  # noqa: E402
 from poisonlab.augment import random_crop  # noqa: E402
 from poisonlab.defenses.probe import accuracy, per_sample_loss, precision_recall, predict, train_cached  # noqa: E402
@@ -105,7 +110,8 @@ MAIN_STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", 
                "seed1", "sep")  # the cpu-5k tables
 ITLM_STAGES = ("itlm", "sep", "random", "precision", "finetune", "perclass", "itlm-seed1", "cleanctl", "judge")  # the ITLM study alone (cpu-10k)
 SUBSET_STAGES = ("clean", "flip", "itlm-seed1", "random", "sep", "keptclean", "precision")  # a class subset (cpu-10k-c4)
-STAGES = MAIN_STAGES + tuple(s for s in ITLM_STAGES + SUBSET_STAGES if s not in MAIN_STAGES)
+CHECK_STAGES = ("round0", "round0-seed1", "paper-seed1")  # check first (cpu-10k-c4-e40): round 0's judge per seed
+STAGES = MAIN_STAGES + tuple(s for s in ITLM_STAGES + SUBSET_STAGES + CHECK_STAGES if s not in MAIN_STAGES)
 
 
 def trimmed_of(kept, n) -> torch.Tensor:
@@ -218,9 +224,19 @@ def class_subset(data: ImageSet, classes) -> ImageSet:
 
 
 def scale_name() -> str:
-    """The scale's name in the docs: cpu-5k, cpu-10k, cpu-10k-c4 (4 of CIFAR-10's classes), ..."""
-    k = len(SCALE.get("classes") or ())
-    return f"cpu-{SCALE['train'] // 1000}k" + (f"-c{k}" if k else "")
+    """The scale's name in the docs: cpu-5k, cpu-10k, cpu-10k-c4 (4 of CIFAR-10's classes), cpu-10k-c4-e40
+    (victims trained 40 epochs instead of the default 15), ..."""
+    k, e = len(SCALE.get("classes") or ()), SCALE.get("epochs")
+    return f"cpu-{SCALE['train'] // 1000}k" + (f"-c{k}" if k else "") + (f"-e{e}" if e else "")
+
+
+def files_suffix(train: int, classes=(), epochs: int = VICTIM["epochs"]) -> str:
+    """The cache folder's and report files' suffix: none at cpu-5k's defaults, else -N (training images), -cXYZ
+    (a class subset), -eE (victims trained E epochs instead of the default; the default adds nothing, so the
+    caches made before --epochs keep their names)."""
+    plain = train == SCALE["train"] and not classes and epochs == VICTIM["epochs"]
+    return ("" if plain else f"-{train}") + (f"-c{''.join(map(str, classes))}" if classes else "") + \
+        (f"-e{epochs}" if epochs != VICTIM["epochs"] else "")
 
 
 def log(msg):
@@ -294,6 +310,20 @@ class Bench:
             rec["val_acc"] = round(accuracy(self.victim(attack)["model"], self.val), 2)
             write_json(self.cell_path(f"{attack}/none", rec["settings"]), rec)
         return rec
+
+    def round0(self, seed=0):
+        """ITLM's round 0 alone, read before any retraining: the undefended flip run under this victim seed (the
+        checkpoint that none / reseeded / ITLM.fit share) and its judge check against the known flips."""
+        data, poisons = self.sets["flip"]
+        cfg = TrainConfig(**{**VICTIM, "seed": seed})
+
+        def run():
+            r = train_cached(data, self.test, cfg, self.ckpt)
+            return {**self.metrics(r["model"], "flip"), "val_acc": round(accuracy(r["model"], self.val), 2),
+                    "seconds": round(r["train_seconds"], 1),
+                    "judge": judge_check(ITLM.score(r["model"], data)[1], ITLM_KW["alpha"], poisons)}
+        return self.cell("flip/round0" + (f"-seed{seed}" if seed else ""),
+                         {"victim": {**VICTIM, "seed": seed}, "attack": ATTACKS["flip"], "alpha": ITLM_KW["alpha"]}, run)
 
     def abl(self, attack, seed=0):
         data, poisons = self.sets[attack]
@@ -628,6 +658,24 @@ def judge_note(j: dict | None) -> str:
             f"{j['chance_precision']}%" + ("" if j["ok"] else f" **premise broken** (> {SLOT_LIMIT:g} per slot)"))
 
 
+def round0_table(res: dict) -> list[str]:
+    """Stage round0: the undefended flip run under each victim seed (ITLM's round 0) and its judge check."""
+    seeds = sorted(int(k.rsplit("-seed", 1)[1]) if "-seed" in k else 0 for k in res if k.startswith("flip/round0"))
+    if not seeds:
+        return []
+    lines = ["The judge check first (stage `round0`): the undefended flip run under each victim seed is ITLM's round "
+             f"0; a seed whose check fails (> {SLOT_LIMIT:g} clean errors per trimmed slot) gets no ITLM run:", "",
+             "| seed | test acc | val acc | train error (given labels) % | clean error % | bad error % | "
+             "clean errors per trimmed slot | chance precision % | check | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for q in seeds:
+        r = res["flip/round0" + (f"-seed{q}" if q else "")]
+        j = r["judge"]
+        lines.append(f"| {q} | {r['clean_acc']} | {_fmt(r['val_acc'], 2)} | {j['train_error']} | {j['clean_error']} | "
+                     f"{j['bad_error']} | {j['clean_errors_per_slot']} | {j['chance_precision']} | "
+                     f"{'passes' if j['ok'] else '**fails**'} | {r['seconds']} |")
+    return lines + [""]
+
+
 def itlm_candidates(res: dict) -> list[dict]:
     """Every ITLM setting tried on the flip (each round of the paper form counts as a setting of `rounds`),
     plus no defense, with validation and test accuracy; the choice is the best validation accuracy."""
@@ -727,7 +775,7 @@ def tables(res: dict) -> str:
     subset = f" classes {SCALE['classes']} only (relabelled 0..{len(SCALE['classes']) - 1})" if SCALE.get("classes") else ""
     lines = [f"Scale `{scale_name()}`: CIFAR-10{subset}, {SCALE['train']} train / {SCALE['test']} test (stratified), smallcnn width 0.5, "
              f"{VICTIM['epochs']} epochs, seed 0; one run per cell. Seconds: training (summed over resumes) plus "
-             "the defense's own work on this machine's shared CPU core.", "",
+             "the defense's own work on this machine's shared CPU core.", "", *round0_table(res),
              "| attack | defense | clean acc | ASR | no-defense acc | no-defense ASR | clean-data acc | seconds | notes |",
              "|---|---|---|---|---|---|---|---|---|"]
     clean = res.get("clean/none", {}).get("clean_acc")
@@ -964,6 +1012,9 @@ def main(argv=None):
     ap.add_argument("--classes", default="", help="comma-separated CIFAR-10 class indices: train and test on these "
                     "classes only (relabelled 0..k-1; the flip is y -> y + 1 mod k), e.g. 1,6,7,8 (scale cpu-10k-c4); "
                     f"its own cache and report files; default stages {','.join(SUBSET_STAGES)}")
+    ap.add_argument("--epochs", type=int, default=VICTIM["epochs"],
+                    help="every victim's training epochs (the cosine schedule spans them); another length than "
+                    "%(default)s gets its own cache and report files (-eN) and scale name, e.g. cpu-10k-c4-e40")
     ap.add_argument("--sim", default=",".join(map(str, SIM_PRECISION)),
                     help="stage precision: the trimmed precisions of the simulated judges (default %(default)s)")
     args = ap.parse_args(argv)
@@ -976,8 +1027,13 @@ def main(argv=None):
     classes = [int(c) for c in args.classes.split(",") if c.strip()]
     if classes and (len(set(classes)) != len(classes) or len(classes) < 2 or not all(0 <= c < 10 for c in classes)):
         ap.error(f"--classes needs at least two distinct CIFAR-10 class indices in 0..9, got {args.classes!r}")
-    suffix = ("" if args.train == SCALE["train"] and not classes else f"-{args.train}") + \
-        (f"-c{''.join(map(str, classes))}" if classes else "")
+    if args.epochs < 1:
+        ap.error(f"--epochs needs a whole number >= 1, got {args.epochs}")
+    longer = args.epochs != VICTIM["epochs"]  # the default length keeps the caches' keys and names it had
+    suffix = files_suffix(args.train, classes, args.epochs)
+    if longer:
+        SCALE.update(epochs=args.epochs)
+        VICTIM.update(epochs=args.epochs)
     SCALE.update(train=args.train)
     if classes:
         SCALE.update(classes=classes)
@@ -1047,6 +1103,10 @@ def main(argv=None):
                 b.reseeded(1, {**kw, "alpha": 1.0}, attacks=(), name=f"{name}-control")
         elif s == "sep":
             b.trimming("flip")
+        elif s in ("round0", "round0-seed1"):  # the judge check first, one seed per process
+            b.round0(1 if s.endswith("seed1") else 0)
+        elif s == "paper-seed1":  # seed 1's clean run and the paper form (--itlm-rounds), beside seed 0's
+            b.reseeded(1, ITLM_KW, attacks=("clean", "flip"))
         elif s == "keptclean":  # the paper form's last kept set less its poisons: what the kept poisons cost
             b.itlm_kept_clean("flip")
         elif s == "random":  # the paper's random noise: undefended, ITLM as on the flip

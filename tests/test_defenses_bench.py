@@ -102,3 +102,29 @@ def test_tables_carry_the_round_zero_judge_check():
            "chance precision 69.3% **premise broken** (> 0.25 per slot)" in text
     assert "| flip (itlm) | 0 |" in text and text.count("**premise broken**") == 2  # main table and rounds table
     assert "premise broken" not in bench.judge_note({**judge, "ok": True}) and bench.judge_note(None) == "-"
+
+
+def test_epochs_name_the_scale_and_files_and_leave_the_default_keys_alone():
+    assert bench.files_suffix(5000) == "" and bench.files_suffix(10000, [1, 6, 7, 8]) == "-10000-c1678"
+    assert bench.files_suffix(10000, [1, 6, 7, 8], 40) == "-10000-c1678-e40"
+    assert bench.files_suffix(5000, (), 40) == "-5000-e40"
+    old = dict(bench.SCALE)
+    try:
+        bench.SCALE.update(train=10000, classes=[1, 6, 7, 8], epochs=40)
+        assert bench.scale_name() == "cpu-10k-c4-e40"
+    finally:
+        bench.SCALE.clear()
+        bench.SCALE.update(old)
+    # a cell's key hashes the victim's settings: the default length adds no key, so cached cells stay found
+    assert bench.VICTIM == {"model": "smallcnn", "width": 0.5, "epochs": 15}
+
+
+def test_round0_table_reads_each_seeds_check():
+    def cell(per_slot, ok):
+        return {"clean_acc": 88.9, "val_acc": 88.0, "seconds": 300.0,
+                "judge": {"train_error": 24.0, "trimmed": 20.0, "clean_error": 6.0, "bad_error": 88.0,
+                          "clean_errors_per_slot": per_slot, "chance_precision": 77.0, "ok": ok}}
+    text = "\n".join(bench.round0_table({"flip/round0": cell(0.24, True), "flip/round0-seed1": cell(0.27, False)}))
+    assert "| 0 | 88.9 | 88.00 | 24.0 | 6.0 | 88.0 | 0.24 | 77.0 | passes | 300.0 |" in text
+    assert "| 1 | 88.9 | 88.00 | 24.0 | 6.0 | 88.0 | 0.27 | 77.0 | **fails** | 300.0 |" in text
+    assert bench.round0_table({"flip/none": {}}) == []
