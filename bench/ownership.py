@@ -30,6 +30,9 @@ Stages (every model, marked copy and verification cached under --cache, so a kil
   noise     harmlessness control: random +-16/255 sign noise on the images the 10-key copy marked.
   easier    those images, their originals and the noisy ones scored by the clean models clean-s0..9.
   pairs     own keys against fresh random (key image, label) pairs, per key, marked victims and clean twins.
+  screen    owner-side key screening on k40h..k40j: 3 owner models (seeds 50..52) on the marked copy and clean
+            twins, the 20 (10, 30) keys whose labels moved up most kept; those keys on the cached test victims,
+            twins and the null's clean models -> docs/results/ownership_screen.json (not part of "all").
   report    tables -> docs/results/ownership.json and docs/results/ownership_tables.md
 
     POISONLAB_THREADS=1 nice -n 5 .venv/bin/python bench/ownership.py --stage all > runs/ownership.log 2>&1
@@ -48,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import binom
+from scipy.stats import binom, spearmanr
 from scipy.stats import t as student_t
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +63,7 @@ from poisonlab.fileio import read_json, write_json  # noqa: E402
 from poisonlab.ownership import stats  # noqa: E402
 from poisonlab.ownership import mark  # noqa: E402
 from poisonlab.ownership.keys import OwnershipKey, load_key, make_keys  # noqa: E402
+from poisonlab.ownership.screen import key_shifts, select_keys, subset_key  # noqa: E402
 from poisonlab.ownership.verify import load_model, save_model, verify  # noqa: E402
 from poisonlab.runtime import set_threads  # noqa: E402
 from poisonlab.train import TrainConfig, train_victim  # noqa: E402
@@ -410,6 +414,63 @@ def stage_null(b: Bench) -> dict:
         for test, ps in by_test.items():
             out[f"{copy}_real_key_on_clean_models" + ("" if test == "binomial" else f"_{test}")] = \
                 {"pvalues": ps, **stats.uniformity(ps)}
+    return out
+
+
+# Session 8, second experiment (declared in docs/ownership.md before any screening model): the owner screens the
+# 40 keys of each declared draw with 3 models of their own (seeds 50..52: no victim, surrogate or null seed) on the
+# marked copy and their clean twins, and keeps the 20 keys whose labels moved up most (10 and 30: secondary).
+# Cached as screen-*, so the null stage (every clean-s* model) never sees an owner model.
+SCREEN = dict(seeds=(50, 51, 52), keep=20, also=(10, 30))
+
+
+def screened_key(b: Bench, copy: str, keep: int):
+    """(kept key, owner scores (reference shift, plain shift) of all keys): cached as a key file."""
+    data, key, _ = b.marked(copy)
+    marked = [b.model(f"screen-{copy}-s{s}", data, seed=s)[0] for s in SCREEN["seeds"]]
+    clean = [b.model(f"screen-clean-s{s}", b.train, seed=s)[0] for s in SCREEN["seeds"]]
+    ref, plain = key_shifts(key, marked, clean)
+    path = b.cache / "marks" / f"{copy}-s{copy_seed(copy)}-screen{keep}.key"
+    if not path.exists():
+        subset_key(key, select_keys(ref, plain, keep), seeds=list(SCREEN["seeds"]), of=len(key.labels)).save(path)
+    return load_key(path), key, ref
+
+
+def stage_screen(b: Bench) -> dict:
+    """Every declared 40-key draw: the kept keys on its cached test victims and clean twins (every test) and on
+    every clean model of the null (combined p < 0.01 counted), and how well the owner's per-key scores predict
+    the test victims' per-key shifts (Spearman)."""
+    models = null_models(b)
+    out = {"seeds": list(SCREEN["seeds"]), "null_models": len(models), "draws": {}}
+    for copy in DECLARED8:
+        victims = copy_victims(copy)
+        for keep in (SCREEN["keep"], *SCREEN["also"]):
+            kept, full, score = screened_key(b, copy, keep)
+            tag = f"{copy}-screen{keep}"
+            vm = [b.model(f"{copy}-s{s}", None)[0] for s in victims]  # cached test victims, never trained here
+            tw = [b.clean(s)[0] for s in victims]
+            ver = [b.checks(f"{tag}-s{s}", kept, m, copy) for s, m in zip(victims, vm)]
+            twin = [b.checks(f"{tag}-on-clean-s{s}", kept, m, copy) for s, m in zip(victims, tw)]
+            null = [b.checks(f"{tag}-on-{name}", kept, m, copy)["combined"]["p_value"] for name, m in models]
+            test_shift, _ = key_shifts(full, vm, tw)
+            idx = kept.params["screened"]["kept"]
+            row = {"keep": keep, "kept": idx,
+                   "detected": {t: sum(v[t]["p_value"] < 0.01 for v in ver) for t in TESTS},
+                   "combined_p": [v["combined"]["p_value"] for v in ver],
+                   "twins_below_001": {t: sum(v[t]["p_value"] < 0.01 for v in twin) for t in TESTS},
+                   "null_combined_below_001": sum(p < 0.01 for p in null),
+                   "null_combined_below_005": sum(p < 0.05 for p in null),
+                   "owner_score_vs_test_shift_spearman": float(spearmanr(score, test_shift)[0]),
+                   "test_shift_kept": float(np.mean(test_shift[idx])),
+                   "test_shift_all": float(np.mean(test_shift))}
+            out["draws"][tag] = row
+            log(f"  {tag}: combined {row['detected']['combined']}/{len(ver)} (max p {max(row['combined_p']):.2g}); "
+                f"tests {row['detected']}; twins {row['twins_below_001']}; null combined < 0.01 "
+                f"{row['null_combined_below_001']}/{len(null)} (< 0.05 {row['null_combined_below_005']}); victims' "
+                f"reference shift kept {row['test_shift_kept']:.2f} vs all {row['test_shift_all']:.2f}; Spearman(owner score, "
+                f"victims' shift) {row['owner_score_vs_test_shift_spearman']:.2f}")
+    write_json(b.cache / "screen.json", out)
+    write_json(ROOT / "docs" / "results" / "ownership_screen.json", out)
     return out
 
 
@@ -871,6 +932,8 @@ def main(argv=None):
             stage_pairs(b)
         elif n == "easier":
             stage_easier(b)
+        elif n == "screen":
+            stage_screen(b)
         elif n != "report":
             raise SystemExit(f"unknown stage {n!r}")
     if args.stage == "all" and not (b.cache / "null.json").exists():

@@ -352,6 +352,12 @@ def reference_of(key: OwnershipKey, reference, device="cpu") -> torch.Tensor:
     return reference_logprobs(reference, key.images)
 
 
+def reference_ranks(labels: torch.Tensor, probs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Rank of each key label (1 = first) by log p_suspect - log p_reference; ties count against the owner."""
+    d = probs.double().clamp_min(1e-300).log() - reference.double()
+    return (d >= d.gather(1, labels.view(-1, 1))).sum(1)
+
+
 def reference_test(key: OwnershipKey, answers: Answers, reference: torch.Tensor):
     """Rank-sum of the key labels ranked by log p_suspect - log p_reference (ties count against the owner)."""
     if answers.probs is None:
@@ -360,9 +366,7 @@ def reference_test(key: OwnershipKey, answers: Answers, reference: torch.Tensor)
     if tuple(answers.probs.shape) != tuple(reference.shape):
         raise PoisonlabError(f"the suspect answered {tuple(answers.probs.shape)} probabilities; the reference "
                              f"has {tuple(reference.shape)}")
-    d = answers.probs.double().clamp_min(1e-300).log() - reference.double()
-    ranks = (d >= d.gather(1, key.labels.view(-1, 1))).sum(1)
-    res = rank_sum_test(ranks.numpy(), key.num_classes)
+    res = rank_sum_test(reference_ranks(key.labels, answers.probs, reference).numpy(), key.num_classes)
     res.name = "reference rank-sum"
     return res
 
