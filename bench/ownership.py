@@ -424,16 +424,20 @@ def stage_null(b: Bench) -> dict:
 SCREEN = dict(seeds=(50, 51, 52), keep=20, also=(10, 30))
 
 
-def screened_key(b: Bench, copy: str, keep: int):
-    """(kept key, owner scores (reference shift, plain shift) of all keys): cached as a key file."""
+def owner_scores(b: Bench, copy: str):
+    """(the copy's key, owner scores (reference shift, plain shift) of all its keys) from the owner's models."""
     data, key, _ = b.marked(copy)
     marked = [b.model(f"screen-{copy}-s{s}", data, seed=s)[0] for s in SCREEN["seeds"]]
     clean = [b.model(f"screen-clean-s{s}", b.train, seed=s)[0] for s in SCREEN["seeds"]]
-    ref, plain = key_shifts(key, marked, clean)
+    return key, key_shifts(key, marked, clean)
+
+
+def screened_key(b: Bench, copy: str, key: OwnershipKey, ref, plain, keep: int) -> OwnershipKey:
+    """The `keep` keys of largest owner score: cached as a key file."""
     path = b.cache / "marks" / f"{copy}-s{copy_seed(copy)}-screen{keep}.key"
     if not path.exists():
         subset_key(key, select_keys(ref, plain, keep), seeds=list(SCREEN["seeds"]), of=len(key.labels)).save(path)
-    return load_key(path), key, ref
+    return load_key(path)
 
 
 def stage_screen(b: Bench) -> dict:
@@ -444,15 +448,16 @@ def stage_screen(b: Bench) -> dict:
     out = {"seeds": list(SCREEN["seeds"]), "null_models": len(models), "draws": {}}
     for copy in DECLARED8:
         victims = copy_victims(copy)
+        full, (score, plain) = owner_scores(b, copy)
+        vm = [b.model(f"{copy}-s{s}", None)[0] for s in victims]  # cached test victims, never trained here
+        tw = [b.clean(s)[0] for s in victims]
+        test_shift, _ = key_shifts(full, vm, tw)
         for keep in (SCREEN["keep"], *SCREEN["also"]):
-            kept, full, score = screened_key(b, copy, keep)
+            kept = screened_key(b, copy, full, score, plain, keep)
             tag = f"{copy}-screen{keep}"
-            vm = [b.model(f"{copy}-s{s}", None)[0] for s in victims]  # cached test victims, never trained here
-            tw = [b.clean(s)[0] for s in victims]
             ver = [b.checks(f"{tag}-s{s}", kept, m, copy) for s, m in zip(victims, vm)]
             twin = [b.checks(f"{tag}-on-clean-s{s}", kept, m, copy) for s, m in zip(victims, tw)]
             null = [b.checks(f"{tag}-on-{name}", kept, m, copy)["combined"]["p_value"] for name, m in models]
-            test_shift, _ = key_shifts(full, vm, tw)
             idx = kept.params["screened"]["kept"]
             row = {"keep": keep, "kept": idx,
                    "detected": {t: sum(v[t]["p_value"] < 0.01 for v in ver) for t in TESTS},
