@@ -192,16 +192,17 @@ def _generation(work, name, gen_seed, row):
     """The passes and the surrogate's diagnostics of a variant's set into `row`."""
     key = set_key(name, gen_seed)
     rec, manifest = work / "passes" / f"{key}.json", work / "protected" / key / "manifest.json"
+    manifest = read_json(manifest) if manifest.exists() else None
     if rec.exists():
         rec = read_json(rec)
         counted_here = not rec["maybe_resumed"]
         d = rec.get("diagnostics") or {}
-    elif manifest.exists():  # a set made elsewhere (e.g. the grid's own cache, linked): its schedule counts
-        counted_here, d = False, read_json(manifest).get("diagnostics") or {}
+    elif manifest is not None:  # a set made elsewhere (e.g. the grid's own cache, linked): its schedule counts
+        counted_here, d = False, manifest.get("diagnostics") or {}
     else:
         return
-    if manifest.exists():  # wall seconds summed over resumed runs (the manifest's checkpoint clock)
-        row["generation_seconds"] = round(read_json(manifest).get("generation_seconds") or 0)
+    if manifest is not None:  # wall seconds summed over resumed runs (the manifest's checkpoint clock)
+        row["generation_seconds"] = round(manifest.get("generation_seconds") or 0)
     row["passes"] = rec["passes_grad"] if counted_here else row["scheduled_passes"]
     row["passes_counted"] = counted_here
     for k in DIAGNOSTICS:
