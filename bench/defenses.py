@@ -431,7 +431,7 @@ class Bench:
                 kept = itlm.keep(loss, data)
             cv, kept = ITLM(**ITLM_CV_KW[-1]), torch.arange(len(data))
             for r in range(cv.rounds):
-                loss, _ = cv.held_out_loss(data, kept, self.test, self.cfg, self.ckpt)
+                loss, _, _ = cv.held_out_loss(data, kept, self.test, self.cfg, self.ckpt)
                 rows.append(row(f"itlm-cv2 held-out judges, selection {r + 1} (from {len(kept)} kept)", loss,
                                 torch.zeros(len(data), dtype=torch.bool)))
                 kept = cv.keep(loss, data)

@@ -154,7 +154,7 @@ def test_itlm_held_out_judges_score_every_sample_with_a_model_that_never_saw_it(
     assert out["result"]["train_size"] == 96
     # The judges of the second selection trained on the kept samples outside their own fold only.
     kept, fold = out["selections"][0], partition_of(bad.images, 2)
-    loss, runs = itlm.held_out_loss(bad, kept, None, cfg, tmp_path)
+    loss, _, runs = itlm.held_out_loss(bad, kept, None, cfg, tmp_path)
     assert [r["train_size"] for r in runs] == [int((fold[kept] != f).sum()) for f in range(2)]
     assert torch.equal(itlm.keep(loss, bad), out["selections"][1])
     trimmed = set(range(len(bad))) - set(out["kept"].tolist())

@@ -40,10 +40,10 @@ p = 0.8 (docs/defenses.md: simulated judges at cpu-10k recovered 39% of a 20% fl
 the given labels bounds the clean error from below: at most (1 - alpha) n samples are bad (ITLM's premise), so
 at least E - (1 - alpha) of n are clean errors; `fit` warns when that floor alone exceeds 0.25 per slot
 (E > 1.25 (1 - alpha)); a floor only: a judge that fits some bad samples can pass it and fail the check with
-the truth (cpu-10k-c4, 30 epochs: floor 0.15, true 0.28). A warning means the trimming's precision rests on the losses separating bad samples
-from the judge's clean errors, which a weak judge's do poorly (cpu-10k: clean error 35%, p0 39%, measured
-precision 55%; cpu-10k-c4, 4 classes: 0.40 per slot, precision 78-85%, a third of the damage
-recovered).
+the truth (cpu-10k-c4, 30 epochs: floor 0.15, true 0.28). A warning means the trimming's precision rests on
+the losses separating bad samples from the judge's clean errors, which a weak judge's do poorly (cpu-10k: clean
+error 35%, p0 39%, measured precision 55%; cpu-10k-c4, 4 classes: 0.40 per slot, precision 78-85%, a third of
+the damage recovered).
 
 folds=F > 1 (fit form only; our extension, not in the paper, in the spirit of the cross-validated sample
 selection of Chen et al., ICML 2019 "Understanding and Utilizing Deep Neural Networks Trained with Noisy
@@ -198,11 +198,7 @@ class ITLM(Defense):
 
     def held_out_loss(self, train: ImageSet, kept: torch.Tensor, test, cfg, checkpoints=None):
         """Every sample's loss under the judge of its fold, trained on the kept samples of the other folds.
-        Returns (losses (N,), the judges' train_cached results)."""
-        loss, _, runs = self._held_out(train, kept, test, cfg, checkpoints)
-        return loss, runs
-
-    def _held_out(self, train, kept, test, cfg, checkpoints):
+        Returns (losses (N,), whether that judge misclassifies the sample (N,), the judges' train_cached results)."""
         fold = partition_of(train.images, self.folds)
         loss, wrong, runs = torch.empty(len(train)), torch.zeros(len(train), dtype=torch.bool), []
         for f in range(self.folds):
@@ -238,7 +234,7 @@ class ITLM(Defense):
                 if val is not None:
                     row["val_acc"] = round(accuracy(result["model"], val), 2)
             else:
-                loss, wrong, runs = self._held_out(train, kept, test, cfg, checkpoints)
+                loss, wrong, runs = self.held_out_loss(train, kept, test, cfg, checkpoints)
                 row = {"judge_acc": [q["last_acc"] for q in runs]}
             if r < self.rounds:
                 if self.folds == 1:
