@@ -177,6 +177,8 @@ def test_taggants_ensemble_of_surrogates_library_and_cli(tree, tmp_path, capsys)
     assert not torch.equal(one.images, both.images) and not torch.equal(other.images, both.images)
     with pytest.raises(PoisonlabError, match="ensemble=2 but 1"):
         mark("taggants", ds, model=[a], ensemble=2, **kw)
+    with pytest.raises(PoisonlabError, match="ensemble=2 but 1"):  # one module is one surrogate, not an ensemble
+        mark("taggants", ds, model=a, ensemble=2, **kw)
     trained = mark("taggants", ds, ensemble=2, surrogate_epochs=1, surrogate_width=0.25, **kw)
     assert trained.meta["params"]["ensemble"] == 2
     for name, m in (("a.pt", a), ("b.pt", b)):

@@ -59,7 +59,7 @@ class Taggants:
             raise PoisonlabError(f"class_cap must be in (0, 1], got {class_cap}")
         self.n_keys, self.budget, self.key_kind, self.top_k = int(n_keys), float(budget), key_kind, top_k
         self.class_cap = float(class_cap)
-        given = list(model) if isinstance(model, (list, tuple)) else None
+        given = None if model is None else list(model) if isinstance(model, (list, tuple)) else [model]
         if given is not None and ensemble not in (1, len(given)):
             raise PoisonlabError(f"ensemble={ensemble} but {len(given)} surrogate models were given")
         ensemble = len(given) if given is not None else int(ensemble)
@@ -67,7 +67,7 @@ class Taggants:
             raise PoisonlabError(f"ensemble must be >= 1, got {ensemble}")
         self.key_seed = fresh_seed() if key_seed is None else int(key_seed)
         self.attack_kw = dict(eps=eps, steps=int(steps), restarts=int(restarts), tau=float(tau),
-                              augment=bool(augment), model=given or model, ensemble=ensemble, surrogate=surrogate,
+                              augment=bool(augment), model=given, ensemble=ensemble, surrogate=surrogate,
                               surrogate_width=float(surrogate_width), surrogate_epochs=int(surrogate_epochs),
                               seed=int(seed), device=device)
 
