@@ -704,6 +704,11 @@ def report_copy(b: Bench, copy: str, md: list) -> dict | None:
     return out
 
 
+def _twin_diffs(o: dict) -> list:
+    """Marked - clean twin accuracy (points) of every victim of a copy's report that has a clean twin."""
+    return [r["acc_marked"] - r["acc_clean"] for r in o["rows"] + o["further_rows"] if r["acc_clean"] is not None]
+
+
 def report_draws(res: dict) -> list:
     """One line per 20-key draw: detections by each test and harmlessness (the issue's two bars)."""
     copies = [c for c in COPIES if c in res and COPIES[c][0] == "taggants" and COPIES[c][1]["n_keys"] in (20, 40, 80)]
@@ -718,10 +723,10 @@ def report_draws(res: dict) -> list:
         st = COPIES[c][1]
         how = f"{st['n_keys']} x {round(st['budget'] * TRAIN_N)} ({st.get('ensemble', 1)})"
         o, rows = res[c], res[c]["rows"]
-        cap = COPIES[c][1].get("class_cap", 1.0)
+        cap = st.get("class_cap", 1.0)
         refs = [r["p_ref"] for r in rows if r["p_ref"] is not None]
         comb = [r["p_comb"] for r in rows if r["p_comb"] is not None]
-        diff = [r["acc_marked"] - r["acc_clean"] for r in rows + o["further_rows"] if r["acc_clean"] is not None]
+        diff = _twin_diffs(o)
         twins = [sum(r[k] is not None and r[k] < 0.01 for r in rows)
                  for k in ("p_rank_clean_model", "p_ref_clean_model", "p_comb_clean_model")]
         md.append(f"| {c} | {copy_seed(c)} | {how} | {round(cap * TRAIN_N / 10)} | {o['marking'].get('marked_images')} | "
@@ -742,8 +747,7 @@ def report_draws(res: dict) -> list:
     for label, group in (("session 8 declared 40-key", [c for c in copies if c in DECLARED8]),
                          ("capped 20-key (class_cap 0.4)", [c for c in copies if c in CAPPED]),
                          ("uncapped", [c for c in copies if COPIES[c][1].get("class_cap", 1.0) == 1])):
-        diff = [r["acc_marked"] - r["acc_clean"] for c in group for r in res[c]["rows"] + res[c]["further_rows"]
-                if r["acc_clean"] is not None]
+        diff = [d for c in group for d in _twin_diffs(res[c])]
         if len(diff) > 1:  # the harmlessness bar pooled over draws: a 90% interval inside +-1 point = TOST at 5%
             mean, se = _mean_se(diff)
             half = student_t.ppf(0.95, len(diff) - 1) * se
