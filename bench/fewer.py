@@ -214,19 +214,21 @@ def collect(work) -> dict:
     (the baseline's victims of the same victim seed where they exist, else its seed-0 victims). A row per
     generation seed and victim seed; the seed-0 row of a variant carries its plain name."""
     rows = []
+    victims = [VictimAT(REGIMES[r]["adv_eps"], VICTIM["adv_steps"]) for r in ("at2", "at4")]  # the rule's check
     for name in ["clean", *VARIANTS]:
-        for g, v in _seeds(work, name):
+        pairs = _seeds(work, name)
+        if name != "clean" and pairs:  # a variant's settings: the same for each of its seed rows
+            opts = {**BASE, **VARIANTS[name]}
+            setting = {"options": VARIANTS[name], "scheduled_passes": scheduled_passes(opts),
+                       "rule": check("minmaxmin", opts, N, victims) or "keeps it"}
+        for g, v in pairs:
             acc = {r: read_json(p)["last_acc"] for r in REGIMES
                    if (p := work / "victims" / f"{victim_key(name, r, g, v)}.json").exists()}
             seeds = ", ".join([f"generation seed {g}"] * bool(g) + [f"victim seed {v}"] * bool(v))
             row = {"variant": f"{name} ({seeds})" if seeds else name,
                    "name": name, "gen_seed": g, "victim_seed": v, "last_acc": acc}
             if name != "clean":
-                opts = {**BASE, **VARIANTS[name]}
-                row["options"] = VARIANTS[name]
-                row["scheduled_passes"] = scheduled_passes(opts)
-                victims = [VictimAT(REGIMES[r]["adv_eps"], VICTIM["adv_steps"]) for r in ("at2", "at4")]
-                row["rule"] = check("minmaxmin", opts, N, victims) or "keeps it"
+                row.update(setting)
                 _generation(work, name, g, row)
             rows.append(row)
     rows += _means(rows) + _pooled(rows)
