@@ -114,8 +114,15 @@ CHECK_STAGES = ("round0", "round0-seed1", "paper-seed1")  # check first (cpu-10k
 STAGES = MAIN_STAGES + tuple(s for s in ITLM_STAGES + SUBSET_STAGES + CHECK_STAGES if s not in MAIN_STAGES)
 
 
+def mask_of(index, n) -> torch.Tensor:
+    """(n,) bool, True at index (the poisons, a kept set, ...)."""
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.as_tensor(index, dtype=torch.long)] = True
+    return mask
+
+
 def trimmed_of(kept, n) -> torch.Tensor:
-    return torch.nonzero(~torch.isin(torch.arange(n), kept)).flatten()
+    return torch.nonzero(~mask_of(kept, n)).flatten()
 
 
 class LossTrace:
@@ -389,8 +396,7 @@ class Bench:
         clean samples it gives the highest loss (so the trimmed clean samples are the hard ones, as with a real
         judge), then retrains from scratch once."""
         data, poisons = self.sets[attack]
-        bad = torch.zeros(len(data), dtype=torch.bool)
-        bad[poisons] = True
+        bad = mask_of(poisons, len(data))
 
         def run():
             loss = per_sample_loss(self.victim(attack)["model"], data)
@@ -411,8 +417,7 @@ class Bench:
         on ("seen") and the others: the paper form's round models, the held-out judges' losses of each
         selection of `itlm-cv2`, and the oracle (trained without any poison). Reads cached models only."""
         data, poisons = self.sets[attack]
-        bad = torch.zeros(len(data), dtype=torch.bool)
-        bad[poisons] = True
+        bad = mask_of(poisons, len(data))
 
         def row(name, loss, seen):
             out = {"judge": name, "all": separation_stats(loss, bad)}
@@ -426,7 +431,7 @@ class Bench:
             itlm = ITLM(**ITLM_KW)
             for r in range(ITLM_KW["rounds"] + 1):
                 model = train_cached(data.subset(kept) if r else data, self.test, self.cfg, self.ckpt)["model"]
-                loss, seen = per_sample_loss(model, data), torch.isin(torch.arange(len(data)), kept)
+                loss, seen = per_sample_loss(model, data), mask_of(kept, len(data))
                 rows.append(row(f"itlm round {r} model ({len(kept)} samples)", loss, seen))
                 kept = itlm.keep(loss, data)
             cv, kept = ITLM(**ITLM_CV_KW[-1]), torch.arange(len(data))
@@ -481,8 +486,7 @@ class Bench:
         poisons globally and inside every label class (what per_class=True trims), and which clean samples its
         global selection trims, counted by true class (does trimming empty the hard classes?)."""
         data, poisons = self.sets[attack]
-        bad = torch.zeros(len(data), dtype=torch.bool)
-        bad[poisons] = True
+        bad = mask_of(poisons, len(data))
         true = self.train.labels
 
         def run():
@@ -511,8 +515,7 @@ class Bench:
         the whole run, by the training loss of the last 5 epochs and by a 6-view augmented loss; plus the share of
         flipped samples it predicts as their flipped label (fitted) or as their true class."""
         data, poisons = self.sets[attack]
-        bad = torch.zeros(len(data), dtype=torch.bool)
-        bad[poisons] = True
+        bad = mask_of(poisons, len(data))
         out = {}
         for epochs in JUDGE_EPOCHS:
             def run(epochs=epochs):
@@ -520,8 +523,8 @@ class Bench:
                 r = train_cached(data, self.test, cfg, self.ckpt, hooks=[rec])
                 pred = predict(r["model"], data)
                 trace = [separation_stats(rec.eval[e], bad) for e in range(epochs)]
-                top = torch.zeros(len(data), dtype=torch.bool)
-                top[torch.topk(rec.eval[-1], len(poisons)).indices] = True  # what alpha = the clean share trims
+                # the highest final losses, as many as the poisons: what alpha = the clean share trims
+                top = mask_of(torch.topk(rec.eval[-1], len(poisons)).indices, len(data))
                 wrong = pred != data.labels
                 return {"clean_acc": round(r["last_acc"], 2), "val_acc": round(accuracy(r["model"], self.val), 2),
                         "train_acc": round(r["history"][-1]["train_acc"], 2), "seconds": round(r["train_seconds"], 1),
@@ -1020,9 +1023,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         sims = [float(p) for p in args.sim.split(",") if p.strip()]
+        if not all(0 < p <= 1 for p in sims):
+            raise ValueError
     except ValueError:
-        ap.error(f"--sim needs comma-separated precisions in (0, 1], got {args.sim!r}")
-    if not all(0 < p <= 1 for p in sims):
         ap.error(f"--sim needs comma-separated precisions in (0, 1], got {args.sim!r}")
     classes = [int(c) for c in args.classes.split(",") if c.strip()]
     if classes and (len(set(classes)) != len(classes) or len(classes) < 2 or not all(0 <= c < 10 for c in classes)):
