@@ -195,13 +195,15 @@ def test_rank_verdict_from_probabilities_and_from_labels_only():
 
 class KeyBias(torch.nn.Module):
     """A model whose answer on key i is a fixed per-key preference (the "natural" answer any model trained on
-    the same data gives that image) plus, when `learned`, a shift towards the key label too small to win."""
+    the same data gives that image) plus, when `learned`, a shift towards the key label too small to win
+    (one for every key, or one per key)."""
 
     def __init__(self, key, shift=0.0, seed=0):
         super().__init__()
         self.images, self.bias = key.images.float().div(255), torch.randn(len(key.images), key.num_classes,
                                                                           generator=torch.Generator().manual_seed(seed)) * 3
-        self.bias += shift * torch.nn.functional.one_hot(key.labels, key.num_classes)
+        self.bias += torch.as_tensor(shift, dtype=torch.float32).reshape(-1, 1) * \
+            torch.nn.functional.one_hot(key.labels, key.num_classes)
 
     def forward(self, x):
         i = (self.images[None] - x[:, None]).abs().flatten(2).amax(2).argmin(1)

@@ -8,34 +8,21 @@ import torch
 from poisonlab import PoisonlabError
 from poisonlab.ownership import OwnershipKey, load_key, make_keys, verify
 from poisonlab.ownership.screen import key_shifts, select_keys, subset_key
-
-
-class PerKeyShift(torch.nn.Module):
-    """Answers key i with fixed per-key "natural" logits plus shifts[i] on the key label (a key it learned)."""
-
-    def __init__(self, key, shifts, seed=0):
-        super().__init__()
-        self.images = key.images.float().div(255)
-        self.bias = torch.randn(len(key.images), key.num_classes, generator=torch.Generator().manual_seed(seed)) * 3
-        self.bias += torch.as_tensor(shifts, dtype=torch.float32)[:, None] * \
-            torch.nn.functional.one_hot(key.labels, key.num_classes)
-
-    def forward(self, x):
-        return self.bias[(self.images[None] - x[:, None]).abs().flatten(2).amax(2).argmin(1)]
+from test_ownership import KeyBias
 
 
 def ref_key(n=12, shape=(3, 8, 8), seed=3):
     images, labels = make_keys(n, shape, 10, seed=seed)
     key = OwnershipKey("taggants", 10, shape, images=images, labels=labels)
-    key.reference = torch.log_softmax(PerKeyShift(key, np.zeros(n))(key.images.float().div(255)), 1)
+    key.reference = torch.log_softmax(KeyBias(key, np.zeros(n))(key.images.float().div(255)), 1)
     return key
 
 
 def test_key_shifts_find_the_learned_keys_and_the_kept_set_detects_better(tmp_path):
     key = ref_key()
     learned = np.array([8.0] * 4 + [0.0] * 8)  # the owner's marked models learned keys 0..3 only
-    marked = [PerKeyShift(key, learned), PerKeyShift(key, learned)]
-    clean = [PerKeyShift(key, np.zeros(12)), PerKeyShift(key, np.zeros(12))]
+    marked = [KeyBias(key, learned), KeyBias(key, learned)]
+    clean = [KeyBias(key, np.zeros(12)), KeyBias(key, np.zeros(12))]
     ref, plain = key_shifts(key, marked, clean)
     assert np.all(ref[:4] >= 1) and np.all(ref[4:] == 0)  # learned: rank 1 in the marked models; else unchanged
     assert np.all(plain[:4] > 0) and np.all(plain[4:] == 0)
@@ -44,7 +31,7 @@ def test_key_shifts_find_the_learned_keys_and_the_kept_set_detects_better(tmp_pa
     small = subset_key(key, kept, seeds=[1, 2], of=12)
     assert torch.equal(small.images, key.images[:4]) and torch.equal(small.reference, key.reference[:4])
     assert small.params["screened"] == {"kept": [0, 1, 2, 3], "seeds": [1, 2], "of": 12}
-    suspect = PerKeyShift(key, learned)  # a suspect that learned what the owner's models learned
+    suspect = KeyBias(key, learned)  # a suspect that learned what the owner's models learned
     assert verify(small, suspect, test="reference").p_value < verify(key, suspect, test="reference").p_value
     back = load_key(small.save(tmp_path / "small.key"))
     assert torch.equal(back.labels, key.labels[:4]) and back.params["screened"]["kept"] == [0, 1, 2, 3]
