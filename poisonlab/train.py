@@ -273,11 +273,10 @@ def train_victim(train, test=None, cfg: TrainConfig | None = None, progress=True
             # Drawn for the global batch (one process's stream); a rank loads and augments its share alone.
             draws = aug.draw(len(idx), train.shape[1:], device, gen)
             rows, scale = parallel.share(len(idx)) if parallel is not None else (None, None)
-            x, y_soft = aug.apply(lambda r: to_float_batch(images[idx[r]], device), labels[idx], train.num_classes,
-                                  draws, rows)
-            if rows is not None:
-                idx = idx[rows]
             y = labels[idx]
+            x, y_soft = aug.apply(lambda r: to_float_batch(images[idx[r]], device), y, train.num_classes, draws, rows)
+            if rows is not None:
+                idx, y = idx[rows], y[rows]
             for h in all_hooks:
                 if hasattr(h, "transform_batch"):
                     x, y_soft = h.transform_batch(x, y, y_soft, state)
