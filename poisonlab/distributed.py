@@ -121,10 +121,11 @@ class DataParallel:
     def barrier(self):
         dist.barrier()
 
-    def share(self, n: int):
-        """(slice of this rank's share of a global batch of n, loss scale): the scale makes DDP's average of
-        the ranks' mean losses the global mean even when n does not divide evenly."""
-        lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
+    def share(self, n: int, rank: int | None = None):
+        """(slice of this rank's (or `rank`'s) share of a global batch of n, loss scale): the scale makes DDP's
+        average of the ranks' mean losses the global mean even when n does not divide evenly."""
+        rank = self.rank if rank is None else rank
+        lo, hi = rank * n // self.world, (rank + 1) * n // self.world
         return slice(lo, hi), self.world * (hi - lo) / max(n, 1)
 
     def sum(self, *values):
@@ -221,8 +222,8 @@ class SharedDraws:
         buf = buf.to(par._comm_device)
         outs = [torch.empty_like(buf) for _ in range(world)]
         dist.all_gather(outs, buf)
-        sizes = [(r + 1) * self.n // world - r * self.n // world for r in range(world)]
-        return torch.cat([o[:s] for o, s in zip(outs, sizes)]).to(part.device)
+        shares = [par.share(self.n, r)[0] for r in range(world)]
+        return torch.cat([o[:s.stop - s.start] for o, s in zip(outs, shares)]).to(part.device)
 
     def resync(self):
         if self.n < self.parallel.world:  # some rank drew nothing: the last rank always has a share
