@@ -160,18 +160,19 @@ class InterleavedMethod(SurrogateMethod):
             old = noise[idx]
             new = self.noise_update(net, x, y, gen, old if self.warm_start else None)
             change = (quantize(new.clone()) - old).abs() * 255
-            moved.append(change.mean() if draws is None else torch.stack([change.sum(), change.new_tensor(change.numel())]))
+            moved.append(torch.stack([change.sum(), change.new_tensor(change.numel())]))
             return new
 
         noise = self.noise_pass(images, labels, noise, final, ckpt, state, "final", f"{self.name} final noise",
                                 draws=draws)
-        if draws is not None:  # over the ranks: the mean change over the images this pass ran
-            change, count = par.sum(*(torch.stack(moved).sum(0) if moved else torch.zeros(2)))
-            moved = [change / count] if count else []
+        # the mean change over every image this pass ran (summed over the ranks): one value for any world size
+        change, count = torch.stack(moved).sum(0) if moved else torch.zeros(2)
+        if draws is not None:
+            change, count = par.sum(change, count)
         if measure:
             self.record_diagnostics(net, images, labels, noise, self.history)
-            if moved:  # mean change of the final pass over the noise the surrogate loop left (batches run here)
-                self.diagnostics_["final_pass_change_levels"] = round(torch.stack(moved).mean().item(), 3)
+            if count:  # mean change of the final pass over the noise the surrogate loop left (images run here)
+                self.diagnostics_["final_pass_change_levels"] = round((change / count).item(), 3)
         return noise.cpu()
 
     def _share_work(self, gen, n):
