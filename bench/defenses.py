@@ -304,6 +304,11 @@ class Bench:
             out["asr"] = round(100.0 * asr["rate"], 2)
         return out
 
+    def trained(self, r: dict, attack: str) -> dict:
+        """A finished training run (train_cached's result) in a cell: test metrics, validation accuracy, seconds."""
+        return {**self.metrics(r["model"], attack), "val_acc": round(accuracy(r["model"], self.val), 2),
+                "seconds": round(r["train_seconds"], 1)}
+
     def victim(self, attack: str) -> dict:
         return train_cached(self.sets[attack][0], self.test, self.cfg, self.ckpt)
 
@@ -326,8 +331,7 @@ class Bench:
 
         def run():
             r = train_cached(data, self.test, cfg, self.ckpt)
-            return {**self.metrics(r["model"], "flip"), "val_acc": round(accuracy(r["model"], self.val), 2),
-                    "seconds": round(r["train_seconds"], 1),
+            return {**self.trained(r, "flip"),
                     "judge": judge_check(ITLM.score(r["model"], data)[1], ITLM_KW["alpha"], poisons)}
         return self.cell("flip/round0" + (f"-seed{seed}" if seed else ""),
                          {"victim": {**VICTIM, "seed": seed}, "attack": ATTACKS["flip"], "alpha": ITLM_KW["alpha"]}, run)
@@ -384,9 +388,7 @@ class Bench:
             out = ITLM(**ITLM_KW).fit(data, self.test, self.cfg, checkpoints=self.ckpt)  # cached rounds
             kept = out["kept"][~torch.isin(out["kept"], poisons)]
             r = train_cached(data.subset(kept), self.test, self.cfg, self.ckpt)
-            return {**self.metrics(r["model"], attack), "val_acc": round(accuracy(r["model"], self.val), 2),
-                    "train_size": len(kept), "removed": len(out["kept"]) - len(kept),
-                    "seconds": round(r["train_seconds"], 1)}
+            return {**self.trained(r, attack), "train_size": len(kept), "removed": len(out["kept"]) - len(kept)}
         return self.cell(f"{attack}/itlm-kept-clean", {"victim": VICTIM, "attack": ATTACKS.get(attack),
                                                        "itlm": ITLM_KW}, run)
 
@@ -405,9 +407,8 @@ class Bench:
                    for idx, m in ((poisons, k), (torch.nonzero(~bad).flatten(), len(poisons) - k))]
             kept = trimmed_of(torch.cat(top), len(data))
             r = train_cached(data.subset(kept), self.test, self.cfg, self.ckpt)
-            return {**self.metrics(r["model"], attack), "val_acc": round(accuracy(r["model"], self.val), 2),
-                    "train_size": len(kept), "trimmed": precision_recall(torch.cat(top), poisons),
-                    "seconds": round(r["train_seconds"], 1)}
+            return {**self.trained(r, attack), "train_size": len(kept),
+                    "trimmed": precision_recall(torch.cat(top), poisons)}
         return self.cell(f"{attack}/itlm-sim{precision:g}", {"victim": VICTIM, "attack": ATTACKS.get(attack),
                                                              "precision": precision}, run)
 
@@ -456,8 +457,7 @@ class Bench:
         for attack in attacks:
             def run(attack=attack):
                 r = train_cached(self.sets[attack][0], self.test, cfg, self.ckpt)
-                return {**self.metrics(r["model"], attack), "val_acc": round(accuracy(r["model"], self.val), 2),
-                        "seconds": round(r["train_seconds"], 1)}
+                return self.trained(r, attack)
             out[attack] = self.cell(f"{attack}/none-seed{seed}", {"victim": {**VICTIM, "seed": seed},
                                                                    "attack": ATTACKS.get(attack)}, run)
         data, poisons = self.sets["flip"]
