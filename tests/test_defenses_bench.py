@@ -73,19 +73,15 @@ def test_finetune_table_sets_the_variant_against_its_controls():
     assert "| itlm-ft0.05 | 1 | 46.0 / 45.00 | 44.0 / 44.00 | 54.0 / 51.00 | 56 | 20 |" in text
 
 
-def test_class_subset_relabels_in_the_given_order_and_names_the_scale():
+def test_class_subset_relabels_in_the_given_order_and_names_the_scale(monkeypatch):
     data = ImageSet(torch.zeros(6, 3, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 2, 3, 2, 1]), list("abcd"))
     sub = bench.class_subset(data, [2, 1])
     assert sub.labels.tolist() == [1, 0, 0, 1] and sub.classes == ["c", "b"]
-    old = dict(bench.SCALE)
-    try:
-        bench.SCALE.update(train=10000, classes=[1, 6, 7, 8])
-        assert bench.scale_name() == "cpu-10k-c4"
-        bench.SCALE.pop("classes")
-        assert bench.scale_name() == "cpu-10k"
-    finally:
-        bench.SCALE.clear()
-        bench.SCALE.update(old)
+    monkeypatch.setitem(bench.SCALE, "train", 10000)
+    monkeypatch.setitem(bench.SCALE, "classes", [1, 6, 7, 8])
+    assert bench.scale_name() == "cpu-10k-c4"
+    monkeypatch.delitem(bench.SCALE, "classes")
+    assert bench.scale_name() == "cpu-10k"
 
 
 def test_tables_carry_the_round_zero_judge_check():
@@ -104,17 +100,13 @@ def test_tables_carry_the_round_zero_judge_check():
     assert "premise broken" not in bench.judge_note({**judge, "ok": True}) and bench.judge_note(None) == "-"
 
 
-def test_epochs_name_the_scale_and_files_and_leave_the_default_keys_alone():
+def test_epochs_name_the_scale_and_files_and_leave_the_default_keys_alone(monkeypatch):
     assert bench.files_suffix(5000) == "" and bench.files_suffix(10000, [1, 6, 7, 8]) == "-10000-c1678"
     assert bench.files_suffix(10000, [1, 6, 7, 8], 40) == "-10000-c1678-e40"
     assert bench.files_suffix(5000, (), 40) == "-5000-e40"
-    old = dict(bench.SCALE)
-    try:
-        bench.SCALE.update(train=10000, classes=[1, 6, 7, 8], epochs=40)
-        assert bench.scale_name() == "cpu-10k-c4-e40"
-    finally:
-        bench.SCALE.clear()
-        bench.SCALE.update(old)
+    for key, value in dict(train=10000, classes=[1, 6, 7, 8], epochs=40).items():
+        monkeypatch.setitem(bench.SCALE, key, value)
+    assert bench.scale_name() == "cpu-10k-c4-e40"
     # a cell's key hashes the victim's settings: the default length adds no key, so cached cells stay found
     assert bench.VICTIM == {"model": "smallcnn", "width": 0.5, "epochs": 15}
 
