@@ -332,7 +332,7 @@ class Bench:
         def run():
             r = train_cached(data, self.test, cfg, self.ckpt)
             return {**self.trained(r, "flip"),
-                    "judge": judge_check(ITLM.score(r["model"], data)[1], ITLM_KW["alpha"], poisons)}
+                    "judge": judge_check(predict(r["model"], data) != data.labels, ITLM_KW["alpha"], poisons)}
         return self.cell("flip/round0" + (f"-seed{seed}" if seed else ""),
                          {"victim": {**VICTIM, "seed": seed}, "attack": ATTACKS["flip"], "alpha": ITLM_KW["alpha"]}, run)
 

@@ -60,14 +60,13 @@ import math
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 from .. import PoisonlabError
 from ..data import ImageSet
 from ..registry import DEFENSES
 from .base import Defense
 from .dpa import partition_of
-from .probe import accuracy, logits_of, train_cached
+from .probe import accuracy, loss_and_errors, per_sample_loss, train_cached
 
 PRECISION_NEEDED = 0.8  # trimmed precision that most of a 20% flip's damage needed at cpu-10k (simulated judges)
 SLOT_LIMIT = (1 - PRECISION_NEEDED) / PRECISION_NEEDED  # clean errors per trimmed slot that still allow it
@@ -184,14 +183,7 @@ class ITLM(Defense):
         return [self.hook(self._train)]
 
     def select(self, model, data: ImageSet) -> torch.Tensor:
-        return self.keep(self.score(model, data)[0], data)
-
-    @staticmethod
-    def score(model, data: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every sample's loss on its given label and whether the model misclassifies it (eval mode, no
-        augmentation), from one pass."""
-        logits = logits_of(model, data)
-        return F.cross_entropy(logits, data.labels, reduction="none"), logits.argmax(1) != data.labels
+        return self.keep(per_sample_loss(model, data), data)
 
     def keep(self, loss: torch.Tensor, data: ImageSet) -> torch.Tensor:
         return lowest_loss(loss, self.alpha, data.labels if self.per_class else None)
@@ -204,7 +196,7 @@ class ITLM(Defense):
         for f in range(self.folds):
             mine = torch.nonzero(fold == f).flatten()
             runs.append(train_cached(train.subset(kept[fold[kept] != f]), test, cfg, checkpoints))
-            loss[mine], wrong[mine] = self.score(runs[-1]["model"], train.subset(mine))
+            loss[mine], wrong[mine] = loss_and_errors(runs[-1]["model"], train.subset(mine))
         return loss, wrong, runs
 
     def hook(self, train: ImageSet) -> "TrimmedLossHook":
@@ -238,7 +230,7 @@ class ITLM(Defense):
                 row = {"judge_acc": [q["last_acc"] for q in runs]}
             if r < self.rounds:
                 if self.folds == 1:
-                    loss, wrong = self.score(result["model"], train)
+                    loss, wrong = loss_and_errors(result["model"], train)
                 row["judge"] = judge_check(wrong, self.alpha, known_bad)
             rounds.append({"round": r, "train_size": len(kept), **row,
                            "train_seconds": sum(q["train_seconds"] for q in runs)})

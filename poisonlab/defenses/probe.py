@@ -75,6 +75,12 @@ def per_sample_loss(model, data: ImageSet, batch_size=512, amp=True) -> torch.Te
     return F.cross_entropy(logits_of(model, data, batch_size, amp), data.labels, reduction="none")
 
 
+def loss_and_errors(model, data: ImageSet, batch_size=512, amp=True) -> tuple[torch.Tensor, torch.Tensor]:
+    """per_sample_loss and whether the model misclassifies each sample on its given label, from one pass."""
+    logits = logits_of(model, data, batch_size, amp)
+    return F.cross_entropy(logits, data.labels, reduction="none"), logits.argmax(1) != data.labels
+
+
 def last_linear(model: nn.Module) -> nn.Linear:
     """The classifier head: the last nn.Linear in module order (smallcnn, ResNet, VGG, ... all end in one)."""
     head = None
