@@ -9,6 +9,7 @@ import pytest
 from poisonlab import PoisonlabError
 from poisonlab.bench import parse_config, run_grid
 from poisonlab.bench.grid import Grid
+from poisonlab.bench.labels import budget_note
 from poisonlab.bench.rows import row
 from poisonlab.registry import METHODS
 
@@ -79,3 +80,18 @@ def test_protection_and_attack_rows_answer_one_interface():
     assert len(p.code_hash()) == len(a.code_hash()) == 16 and p.code_hash() != a.code_hash()
     assert row("attack:nope").code_hash() == "unavailable" and row("attack:nope").norm == "attack"
     assert p.score(None, {}, None, None, None) is None
+
+
+def test_rows_say_whose_budget_applies():
+    """The grid's budgets apply to L-inf protections only; other protections and attacks keep their own
+    (budget_note lists them); the clean baseline has none and is labelled 'Clean'."""
+    c = row("clean")
+    assert (c.label(), c.norm, c.grid_budget, c.own_budget) == ("Clean", None, False, False)
+    assert (row("random").grid_budget, row("random").own_budget) == (True, False)
+    assert (row("ar").norm, row("ar").grid_budget, row("ar").own_budget) == ("l2", False, True)
+    assert (row("attack:badnets").grid_budget, row("attack:badnets").own_budget) == (False, True)
+    assert budget_note(["clean", "random", "ar", "attack:badnets"]) == (
+        f" ({METHODS.label('ar')}, badnets (attack): own budget, see the protection manifests)")
+    assert budget_note(["clean", "random"]) == ""
+    with pytest.raises(PoisonlabError):  # an unknown name fails where it is asked, with the registry's message
+        row("nope").grid_budget

@@ -33,16 +33,9 @@ from ..protect.scaledown import check_grid
 from ..registry import METHODS
 from ..train import TrainConfig
 from .poisoning import attack_rows
-from .rows import row
+from .rows import CLEAN, row
 
 LAYOUTS = ("at-radius", "victims", "fractions", "defenses")
-CLEAN = "clean"
-
-
-def method_norm(method) -> str:
-    """The norm a method's budget is in (poisonlab.bench.rows): the grid's budgets (L-inf) apply to L-inf
-    methods only; attack rows ("attack:NAME") always keep their own."""
-    return row(method).norm
 
 
 def available_methods():
@@ -106,7 +99,7 @@ class GridConfig:
     raw: dict = field(default_factory=dict)
 
     def method_options(self, method: str, budget: float | None) -> dict:
-        """A row's options at a grid budget (None: its own kind of budget, see method_norm)."""
+        """A row's options at a grid budget (None: its own kind of budget, see Row.grid_budget)."""
         return row(method).options(self.protect, budget)
 
     def cells(self) -> list:
@@ -261,7 +254,7 @@ def expand(e: Experiment) -> list:
         for model, width in e.models:
             for d in e.defenses:
                 for m in e.methods:
-                    for b in (e.budgets if m != CLEAN and method_norm(m) == "linf" else [None]):
+                    for b in (e.budgets if row(m).grid_budget else [None]):
                         for f in e.fractions:
                             add(Cell(m, b, d, model, width, f, "mixed", seed))
                 if e.clean_only:

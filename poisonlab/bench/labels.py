@@ -3,7 +3,6 @@ own display(), budgets as k/255."""
 
 from ..budget import budget_text
 from ..defenses import parse_defense
-from .config import CLEAN, method_norm
 from .rows import row
 
 __all__ = ["method_label", "budget_note", "defense_label", "at_radius_label", "metric_for", "budget_text"]
@@ -12,14 +11,12 @@ __all__ = ["method_label", "budget_note", "defense_label", "at_radius_label", "m
 def method_label(m):
     """The registry's display label (a plugin method's own; an attack's marked as one); the unprotected
     baseline is 'Clean'."""
-    if m == CLEAN:
-        return "Clean"
     return row(m).label()
 
 
 def budget_note(methods):
     """Methods whose budget is not the grid's L-inf budget (their own default or configured eps)."""
-    other = [m for m in methods if m != CLEAN and method_norm(m) != "linf"]
+    other = [m for m in methods if row(m).own_budget]
     return f" ({', '.join(method_label(m) for m in other)}: own budget, see the protection manifests)" if other else ""
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from ..attacks.evaluate import rate
 from ..fileio import atomic_write, read_json, write_json
-from .config import CLEAN, Cell, canonical, method_norm
+from .config import CLEAN, Cell, canonical
 from .labels import at_radius_label, budget_note, budget_text, defense_label, method_label, metric_for  # noqa: F401
 from .plots import write_plots
+from .rows import row
 
 # ---------------------------------------------------------------- rows
 def collect_rows(grid):
@@ -31,7 +32,7 @@ def collect_rows(grid):
                 records[key] = rec
             rec = records[key]
             metric = metric_for(e, c.defense)
-            row = {
+            entry = {
                 "experiment": e.name, "layout": e.layout, "method": c.method, "budget": budget_text(c.budget),
                 "defense": c.defense, "defense_label": defense_label(c.defense), "model": c.model, "width": c.width,
                 "fraction": c.fraction, "mode": c.mode, "seed": c.seed,
@@ -46,8 +47,8 @@ def collect_rows(grid):
                 "device": rec["device"] if rec else None, "key": key,
             }
             attack = (rec or {}).get("attack") or {}
-            row.update({f"attack_{k}": attack.get(k) for k in ("metric", "rate", "se", "successes", "n")})
-            rows.append((e, c, row, rec))
+            entry.update({f"attack_{k}": attack.get(k) for k in ("metric", "rate", "se", "successes", "n")})
+            rows.append((e, c, entry, rec))
     return rows
 
 
@@ -224,18 +225,18 @@ def _experiment_tables(e, lookup):
             header = ["protected"] + [f"{f * 100:g}%" for f in fr]
             body = []
             if e.clean_only:
-                row = ["clean only"]
+                line = ["clean only"]
                 for f in fr:
-                    row.append("-" if f >= 1 else _fmt(_value(lookup, Cell(CLEAN, None, spec, model, width, f,
-                                                                           "clean-only", 0), metric)))
-                body.append(row)
+                    line.append("-" if f >= 1 else _fmt(_value(lookup, Cell(CLEAN, None, spec, model, width, f,
+                                                                            "clean-only", 0), metric)))
+                body.append(line)
             for m in e.methods:
                 if m == CLEAN:
                     continue
-                row = [f"{method_label(m)} (mixed)"]
+                line = [f"{method_label(m)} (mixed)"]
                 for f in fr:
-                    row.append(_entry(lookup, Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0), metric))
-                body.append(row)
+                    line.append(_entry(lookup, Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0), metric))
+                body.append(line)
             parts.append(_caption(cap, f"countermeasure {defense_label(spec)}, victim {model} (width {width:g}), "
                                        f"noise budget {budget_text(b)}{budget_note(e.methods)}") + _table(header, body))
     else:  # defenses: methods x countermeasures (ISS-style)
@@ -244,18 +245,19 @@ def _experiment_tables(e, lookup):
             header = ["method"] + [defense_label(s) for s in e.defenses]
             body = []
             for m in _methods_cols(e):
-                row = [method_label(m)]
+                line = [method_label(m)]
                 for spec in e.defenses:
                     c = Cell(m, _budget(m, b), spec, model, width, f, "mixed", 0)
-                    row.append(_entry(lookup, c, metric_for(e, spec)))
-                body.append(row)
+                    line.append(_entry(lookup, c, metric_for(e, spec)))
+                body.append(line)
             parts.append(_caption(cap, f"victim {model} (width {width:g}), noise budget {budget_text(b)}{budget_note(e.methods)}")
                          + _table(header, body))
     return "\n".join(parts)
 
 
 def _budget(method, b):
-    return None if method == CLEAN or method_norm(method) != "linf" else b
+    """A cell's budget in a table at grid budget b: b for a row the grid's budgets apply to, else None."""
+    return b if row(method).grid_budget else None
 
 
 def _reference_table(ref):

@@ -1,7 +1,8 @@
 """A grid row's method behind one interface: a protection (METHODS) or a poisoning attack ("attack:NAME",
 ATTACKS). `row(name)` resolves the kind once from the name; the grid, its config and its labels ask the row
 (budget norm, options, code hash, label, how its training set is made, how a victim is scored) instead of
-branching on the kind. The unprotected baseline ("clean") is no row: cells without protection never ask.
+branching on the kind. The unprotected baseline ("clean") is a row too, with a label and no budget; it is
+never made or scored (cells without protection never ask).
 
 Rows look their registry up on each question, not when made, so an unknown name fails where it is used
 (with the registry's message) and a plugin registered later is seen.
@@ -16,12 +17,15 @@ from ..protect.pipeline import protect
 from ..registry import ATTACKS, METHODS
 from .poisoning import attack_name, is_attack, poison_training_set, score
 
+CLEAN = "clean"  # the unprotected baseline's name in configs and cells
+
 
 class Row:
-    """What every row answers: label(), code_hash(), score(); each kind adds norm, options() and make() (how
-    its training set is made) and overrides what differs."""
+    """What every row answers: label(), code_hash(), score(), norm and whether the grid's budgets apply; each
+    kind adds options() and make() (how its training set is made) and overrides what differs."""
 
     registry = None  # where the row's class is registered
+    norm = None  # the norm of the row's budget (None: no budget, the clean baseline)
     verb = ""  # what the grid's log says it does to the training set
     scored = False  # the victim model is needed afterwards to score the row (score())
 
@@ -39,6 +43,16 @@ class Row:
     def label(self) -> str:
         """The name in tables and plots: the registry's display label (a plugin's own)."""
         return self.registry.label(self.name)
+
+    @property
+    def grid_budget(self) -> bool:
+        """The grid's budgets (L-inf) apply to the row: its cells are one per budget. Only L-inf protections."""
+        return self.norm == "linf"
+
+    @property
+    def own_budget(self) -> bool:
+        """The row keeps a budget of its own (its default or the eps in protect.methods), not the grid's."""
+        return self.norm is not None and not self.grid_budget
 
     def code_hash(self) -> str:
         """Hash of the source files the row's class is built from (its class hierarchy). Recorded beside each
@@ -62,6 +76,13 @@ class Row:
         return None
 
 
+class CleanRow(Row):
+    """The unprotected baseline: a label and no budget (cells without protection ask nothing else)."""
+
+    def label(self) -> str:
+        return "Clean"
+
+
 class ProtectionRow(Row):
     """A registered protection method: the grid's L-inf budgets apply to it when its norm is L-inf; its options
     are protect.defaults overlaid with protect.methods[name]; `poisonlab protect` makes its training set and
@@ -72,8 +93,8 @@ class ProtectionRow(Row):
 
     @property
     def norm(self) -> str:
-        """The norm of the method's budget; the grid's budgets (L-inf) apply to L-inf methods only. Others
-        (AR's L2, CUDA's filters) keep their own default or the eps given in protect.methods."""
+        """The norm of the method's budget: the grid's budgets (L-inf) apply to L-inf methods only (grid_budget).
+        Others (AR's L2, CUDA's filters) keep their own default or the eps given in protect.methods."""
         return self.cls().norm
 
     def options(self, protect_cfg: dict, budget: float | None) -> dict:
@@ -125,5 +146,7 @@ class AttackRow(Row):
 
 
 def row(method) -> Row:
-    """The row of a grid method name (not "clean")."""
+    """The row of a grid method name ("clean" included)."""
+    if method == CLEAN:
+        return CleanRow(method)
     return AttackRow(method) if is_attack(method) else ProtectionRow(method)
