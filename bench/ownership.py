@@ -33,6 +33,9 @@ Stages (every model, marked copy and verification cached under --cache, so a kil
   screen    owner-side key screening on k40h..k40j: 3 owner models (seeds 50..52) on the marked copy and clean
             twins, the 20 (10, 30) keys whose labels moved up most kept; those keys on the cached test victims,
             twins and the null's clean models -> docs/results/ownership_screen.json (not part of "all").
+  screen80  session 9: 80 keys x 10 images marked (k80k..k80m, key seeds 16..18), screened by the owner's models
+            (seeds 50..52), the 40 kept published (the unkept keys' images reverted: pub40k..pub40m, victims 0..9,
+            30..39, 0..9); the kept keys on the victims, twins and null models -> docs/results/ownership_screen80.json.
   report    tables -> docs/results/ownership.json and docs/results/ownership_tables.md
 
     POISONLAB_THREADS=1 nice -n 5 .venv/bin/python bench/ownership.py --stage all > runs/ownership.log 2>&1
@@ -63,7 +66,7 @@ from poisonlab.fileio import read_json, write_json  # noqa: E402
 from poisonlab.ownership import stats  # noqa: E402
 from poisonlab.ownership import mark  # noqa: E402
 from poisonlab.ownership.keys import OwnershipKey, load_key, make_keys  # noqa: E402
-from poisonlab.ownership.screen import key_shifts, select_keys, subset_key  # noqa: E402
+from poisonlab.ownership.screen import key_shifts, publish_kept, select_keys, subset_key  # noqa: E402
 from poisonlab.ownership.verify import load_model, save_model, verify  # noqa: E402
 from poisonlab.runtime import set_threads  # noqa: E402
 from poisonlab.train import TrainConfig, train_victim  # noqa: E402
@@ -133,6 +136,15 @@ TAGGANTS80 = dict(TAGGANTS20CAP, n_keys=80, budget=0.0025)
 # 0 of 10: 5 images per key are below what a key needs. Session 8's declared fresh draws (docs/ownership.md,
 # declared before marking): the 40-key setting of k40g on key seeds 13, 14, 15 (surrogates clean-s23..25).
 DECLARED8 = {"k40h": (13, range(10)), "k40i": (14, range(30, 40)), "k40j": (15, range(10))}
+# Session 9 (declared in docs/ownership.md before marking): mark 80 keys x 10 images (the k40 recipe, n_keys 80) on
+# fresh key seeds 16, 17, 18 (surrogates clean-s26..28), screen them with the owner's models (SCREEN's seeds, the
+# declared clean-subtracted score), keep 40, and publish the copy with the unkept keys' images reverted (at most
+# 400 marked, as k40h..k40j) and the kept-40 key file; the test victims train on the published copy.
+TAGGANTS80X10 = dict(TAGGANTS40, n_keys=80)
+OWNER9 = {"k80k": 16, "k80l": 17, "k80m": 18}  # the owner's private 80-key copies: key seed
+PUBLISHED9 = {"pub40k": ("k80k", range(10)), "pub40l": ("k80l", range(30, 40)), "pub40m": ("k80m", range(10))}
+TAGGANTS40OF80 = dict(TAGGANTS40, screened_from=80)  # what a published copy carries: 40 keys x 10 images
+TAGGANT_KINDS = ("taggants", "published")  # copies verified with a taggants key
 TESTS = ("binomial", "rank", "reference", "combined")  # the taggant tests every verdict is cached for
 TEST_NAMES = {"binomial": "binomial top-1", "rank": "rank-sum", "reference": "reference rank-sum",
               "combined": "combined (Bonferroni) rank-sum"}
@@ -151,10 +163,12 @@ COPIES = {"taggants": ("taggants", TAGGANTS), "taggants30": ("taggants", TAGGANT
           **{c: ("taggants", TAGGANTS20ENS) for c in ENSEMBLE_PILOT},
           **{c: ("taggants", TAGGANTS40) for c in {**KEYS40_PILOT, **DECLARED8}},
           **{c: ("taggants", TAGGANTS80) for c in KEYS80_PILOT},
+          **{c: ("taggants", TAGGANTS80X10) for c in OWNER9}, **{c: ("published", TAGGANTS40OF80) for c in PUBLISHED9},
           "backdoor": ("backdoor", BACKDOOR), "noise": ("noise", NOISE)}
 # key seed of a copy (default MARK_SEED) and its reported victim seeds (default 0..9)
-DRAWS = {**FRESH, **CAPPED, **STRONGER, **ENSEMBLE_PILOT, **KEYS40_PILOT, **KEYS80_PILOT, **DECLARED8}  # key draws: name -> (key seed, victim seeds)
-COPY_SEED = {"taggants20": 1, "taggants20b": 2, **{c: k for c, (k, _) in DRAWS.items()}}
+DRAWS = {**FRESH, **CAPPED, **STRONGER, **ENSEMBLE_PILOT, **KEYS40_PILOT, **KEYS80_PILOT, **DECLARED8,
+         **{c: (OWNER9[src], v) for c, (src, v) in PUBLISHED9.items()}}  # key draws: name -> (key seed, victim seeds)
+COPY_SEED = {"taggants20": 1, "taggants20b": 2, **OWNER9, **{c: k for c, (k, _) in DRAWS.items()}}
 COPY_VICTIMS = {"taggants20": range(20, 30), "taggants20b": range(30, 40), **{c: v for c, (_, v) in DRAWS.items()}}
 
 
@@ -233,6 +247,8 @@ class Bench:
             with np.load(ipath) as z:
                 data = ImageSet(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), list(self.train.classes))
             return data, None, read_json(mpath)
+        if kind == "published" and not (kpath.exists() and ipath.exists() and mpath.exists()):
+            self.publish_screened(method, kpath, ipath, mpath)
         if not (kpath.exists() and ipath.exists() and mpath.exists()):
             t0 = time.perf_counter()
             if kind == "taggants":
@@ -241,7 +257,9 @@ class Bench:
             else:
                 m = mark(kind, self.train, verify_data=self.test, key_seed=seed, seed=seed, **settings)
             seconds = time.perf_counter() - t0
-            np.savez(ipath, images=m.images.numpy(), labels=m.labels.numpy())
+            # key_of (which image carries which key; cached copies before session 9 lack it) stays in the cache
+            extra = {} if m.key_of is None else {"key_of": m.key_of.numpy()}
+            np.savez(ipath, images=m.images.numpy(), labels=m.labels.numpy(), **extra)
             m.key.save(kpath, overwrite=True)
             write_json(mpath, {**m.meta, "seconds": seconds})
             log(f"  marked {method} s{seed}: {m.meta.get('marked_images')} images in {seconds:.0f}s")
@@ -254,6 +272,38 @@ class Bench:
         with np.load(ipath) as z:
             data = ImageSet(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), list(self.train.classes))
         return data, load_key(kpath), meta
+
+    def key_of(self, method: str) -> torch.Tensor:
+        """The key each image of a cached taggants copy carries (-1: none); copies marked before session 9
+        did not keep it."""
+        with np.load(self.cache / "marks" / f"{method}-s{copy_seed(method)}.npz") as z:
+            if "key_of" not in z.files:
+                raise SystemExit(f"{method}: its cached copy predates key_of; it cannot be screened and published")
+            return torch.from_numpy(z["key_of"])
+
+    def publish_screened(self, method: str, kpath: Path, ipath: Path, mpath: Path):
+        """A published copy (session 9): the owner's 80-key copy screened by the owner's models (SCREEN's seeds,
+        the clean-subtracted score), the unkept keys' images reverted, the kept keys' key file."""
+        source, settings = PUBLISHED9[method][0], COPIES[method][1]
+        t0 = time.perf_counter()
+        full, (score, plain) = owner_scores(self, source)
+        src, _, src_meta = self.marked(source)
+        keep = select_keys(score, plain, settings["n_keys"])
+        key_of = self.key_of(source)
+        data = publish_kept(src, self.train, key_of, full, keep)
+        kept_key = subset_key(full, keep, seeds=list(SCREEN["seeds"]), of=len(full.labels), source=source)
+        per_key = torch.bincount(key_of[key_of >= 0], minlength=len(full.labels))[torch.as_tensor(keep)]
+        changed = (data.images != self.train.images).flatten(1).any(1)
+        np.savez(ipath, images=data.images.numpy(), labels=data.labels.numpy(),
+                 key_of=torch.where(torch.isin(key_of, torch.as_tensor(keep)), key_of, -1).numpy())
+        kept_key.save(kpath, overwrite=True)
+        write_json(mpath, {"method": "published", "params": settings, "source": source, "kept": keep.tolist(),
+                           "owner_reference_shift": score.tolist(), "owner_plain_shift": plain.tolist(),
+                           "marked_images": int(changed.sum()), "source_marked_images": src_meta.get("marked_images"),
+                           "marked_per_key": int(per_key.max()), "marked_per_key_min": int(per_key.min()),
+                           "seconds": time.perf_counter() - t0})
+        log(f"  published {method} from {source}: kept {len(keep)} of {len(full.labels)} keys, "
+            f"{int(changed.sum())} images marked (source {src_meta.get('marked_images')})")
 
     def check(self, name: str, key_path_or_key, model, test="binomial", reference=None) -> dict:
         """Verify (cached): the verdict as a dict. tests "rank" / "reference" are cached as NAME-rank /
@@ -303,7 +353,7 @@ def stage_marked(b: Bench, method: str):
 
 def stage_robust(b: Bench, method: str):
     """The victims of b.robust_seeds on a marked copy under each countermeasure (ROBUST)."""
-    if not (b.cache / "marks" / f"{method}-s{copy_seed(method)}.key").exists() and COPIES[method][0] != "taggants":
+    if not (b.cache / "marks" / f"{method}-s{copy_seed(method)}.key").exists() and COPIES[method][0] not in TAGGANT_KINDS:
         return  # the backdoor copy is made by its own stage
     data, key, _ = b.marked(method)
     for seed in b.robust_seeds:
@@ -479,6 +529,61 @@ def stage_screen(b: Bench) -> dict:
     return out
 
 
+def stage_screen80(b: Bench) -> dict:
+    """Session 9, every published copy in turn: mark the owner's 80-key copy, screen it with the owner's models,
+    publish (all in Bench.marked), train the test victims and their twins (stage_marked), then the kept keys on
+    the null's clean models (every test; combined p < 0.01 / 0.05 counted), and, descriptive: the victims'
+    per-key reference shift against their twins on the kept keys, the owner score against it (Spearman), and
+    the 40 unkept (reverted) keys on the victims."""
+    models = null_models(b)
+    out = {"seeds": list(SCREEN["seeds"]), "null_models": len(models), "draws": {}}
+    for copy, (source, victims) in PUBLISHED9.items():
+        stage_marked(b, copy)
+        _, kept, meta = b.marked(copy)
+        _, full, _ = b.marked(source)
+        victims = list(victims)
+        vm = [b.model(f"{copy}-s{s}", None)[0] for s in victims]  # trained by stage_marked above
+        tw = [b.clean(s)[0] for s in victims]
+        ver = [b.checks(f"{copy}-s{s}", kept, m, copy) for s, m in zip(victims, vm)]
+        twin = [b.checks(f"{copy}-on-clean-s{s}", kept, m, copy) for s, m in zip(victims, tw)]
+        null = [b.checks(f"{copy}-on-{name}", kept, m, copy) for name, m in models]
+        unkept = subset_key(full, sorted(set(range(len(full.labels))) - set(meta["kept"])))
+        off = [b.checks(f"{copy}-unkept-s{s}", unkept, m, copy) for s, m in zip(victims, vm)]
+        shift, _ = key_shifts(kept, vm, tw)
+        score = np.asarray(meta["owner_reference_shift"])[meta["kept"]]
+        acc = [b.model(f"{copy}-s{s}", None)[1]["last_acc"] - b.clean(s)[1]["last_acc"] for s in victims]
+        row = {"source": source, "kept": meta["kept"], "marked_images": meta["marked_images"],
+               "source_marked_images": meta["source_marked_images"],
+               "marked_per_key": [meta["marked_per_key_min"], meta["marked_per_key"]],
+               "detected": {t: sum(v[t]["p_value"] < 0.01 for v in ver) for t in TESTS},
+               "combined_p": [v["combined"]["p_value"] for v in ver],
+               "twins_below_001": {t: sum(v[t]["p_value"] < 0.01 for v in twin) for t in TESTS},
+               "null_below_001": {t: sum(v[t]["p_value"] < 0.01 for v in null) for t in TESTS},
+               "null_combined_below_005": sum(v["combined"]["p_value"] < 0.05 for v in null),
+               "unkept_on_victims_below_001": {t: sum(v[t]["p_value"] < 0.01 for v in off) for t in TESTS},
+               "unkept_on_victims_below_005": {t: sum(v[t]["p_value"] < 0.05 for v in off) for t in TESTS},
+               "victims_reference_shift_kept": float(np.mean(shift)),
+               "owner_score_vs_victims_shift_spearman": float(spearmanr(score, shift)[0]),
+               "acc_diff": acc}
+        out["draws"][copy] = row
+        log(f"  {copy}: combined {row['detected']['combined']}/{len(ver)} (max p {max(row['combined_p']):.2g}); "
+            f"tests {row['detected']}; twins {row['twins_below_001']}; null < 0.01 {row['null_below_001']} of "
+            f"{len(null)} (combined < 0.05 {row['null_combined_below_005']}); marked {row['marked_images']} "
+            f"(source {row['source_marked_images']}); acc diff {np.mean(acc):+.2f}; victims' shift per kept key "
+            f"{row['victims_reference_shift_kept']:.2f}, Spearman {row['owner_score_vs_victims_shift_spearman']:.2f}; "
+            f"unkept keys on the victims < 0.01 {row['unkept_on_victims_below_001']}")
+    diff = [d for r in out["draws"].values() for d in r["acc_diff"]]
+    if len(diff) > 1:  # the declared harmlessness test: 90% interval inside +-1 point (TOST at 5%)
+        mean, se = _mean_se(diff)
+        half = float(student_t.ppf(0.95, len(diff) - 1) * se)
+        out["harmlessness"] = {"pairs": len(diff), "mean": mean, "se": se, "interval90": [mean - half, mean + half],
+                               "lower": sum(d < 0 for d in diff)}
+        log(f"  harmlessness over {len(diff)} pairs: {mean:+.2f} ± {se:.2f}, 90% {mean - half:+.2f} to {mean + half:+.2f}")
+    write_json(b.cache / "screen80.json", out)
+    write_json(ROOT / "docs" / "results" / "ownership_screen80.json", out)
+    return out
+
+
 PAIR_SETS = 20  # fresh random key sets per victim in the pairs stage
 
 
@@ -491,7 +596,7 @@ def stage_pairs(b: Bench) -> dict:
     out, prev = {}, _read(b.cache / "pairs.json") or {}
     for copy, (kind, settings) in COPIES.items():
         kpath = b.cache / "marks" / f"{copy}-s{copy_seed(copy)}.key"
-        if kind != "taggants" or not kpath.exists():
+        if kind not in TAGGANT_KINDS or not kpath.exists():
             continue
         have = {who: sum((b.cache / "models" / f"{prefix}{s}.pt").exists() and
                          (b.cache / "models" / f"{copy}-s{s}.pt").exists() for s in range(40))
@@ -612,7 +717,7 @@ def report_copy(b: Bench, copy: str, md: list) -> dict | None:
     if not rows:
         return None
     kind, settings = COPIES[copy]
-    taggants = kind == "taggants"
+    taggants = kind in TAGGANT_KINDS
     meta = read_json(b.cache / "marks" / f"{copy}-s{copy_seed(copy)}.json")
     main = copy_victims(copy)
     rows, extra = [r for r in rows if r["seed"] in main], [r for r in rows if r["seed"] not in main]
@@ -711,7 +816,7 @@ def _twin_diffs(o: dict) -> list:
 
 def report_draws(res: dict) -> list:
     """One line per 20-key draw: detections by each test and harmlessness (the issue's two bars)."""
-    copies = [c for c in COPIES if c in res and COPIES[c][0] == "taggants" and COPIES[c][1]["n_keys"] in (20, 40, 80)]
+    copies = [c for c in COPIES if c in res and COPIES[c][0] in TAGGANT_KINDS and COPIES[c][1]["n_keys"] in (20, 40, 80)]
     if not copies:
         return []
     md = ["### 20-, 40- and 80-key copies, one row per key draw: detection at p < 0.01 and harmlessness", "",
@@ -721,7 +826,8 @@ def report_draws(res: dict) -> list:
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in copies:
         st = COPIES[c][1]
-        how = f"{st['n_keys']} x {round(st['budget'] * TRAIN_N)} ({st.get('ensemble', 1)})"
+        of = f" of {st['screened_from']}" if "screened_from" in st else ""  # published: kept of the keys marked
+        how = f"{st['n_keys']}{of} x {round(st['budget'] * TRAIN_N)} ({st.get('ensemble', 1)})"
         o, rows = res[c], res[c]["rows"]
         cap = st.get("class_cap", 1.0)
         refs = [r["p_ref"] for r in rows if r["p_ref"] is not None]
@@ -743,8 +849,10 @@ def report_draws(res: dict) -> list:
            "matching steps instead of 150 (a pilot after the declared draws, not in the pools below). Session 8: "
            "pilots on key seed 12 (ens20g: two surrogates, 20 images per key; k40g: 40 keys x 10 images; k80g: 80 "
            "keys x 5), then k40h..k40j, the k40g setting on three fresh key draws declared before they were "
-           "marked.", ""]
-    for label, group in (("session 8 declared 40-key", [c for c in copies if c in DECLARED8]),
+           "marked. Session 9: pub40k..pub40m, the published copies of 80-key copies (key seeds 16-18) screened by "
+           "the owner's models to the 40 keys kept (declared before marking).", ""]
+    for label, group in (("session 9 published 40-of-80-key", [c for c in copies if c in PUBLISHED9]),
+                         ("session 8 declared 40-key", [c for c in copies if c in DECLARED8]),
                          ("capped 20-key (class_cap 0.4)", [c for c in copies if c in CAPPED]),
                          ("uncapped", [c for c in copies if COPIES[c][1].get("class_cap", 1.0) == 1])):
         diff = [d for c in group for d in _twin_diffs(res[c])]
@@ -817,7 +925,7 @@ def report_null(nl: dict, md: list):
                       f"{'plain p (conservative)' if test == 'combined' else 'randomized p'}",
                       u["pooled_randomized"])]
     for copy in COPIES:
-        for suffix, name in (("", "binomial" if COPIES[copy][0] == "taggants" else "t-test"), ("_rank", "rank-sum"),
+        for suffix, name in (("", "binomial" if COPIES[copy][0] in TAGGANT_KINDS else "t-test"), ("_rank", "rank-sum"),
                              ("_reference", TEST_NAMES["reference"]), ("_combined", TEST_NAMES["combined"])):
             u = nl.get(f"{copy}_real_key_on_clean_models{suffix}")
             if u:
@@ -943,6 +1051,8 @@ def main(argv=None):
             stage_easier(b)
         elif n == "screen":
             stage_screen(b)
+        elif n == "screen80":
+            stage_screen80(b)
         elif n != "report":
             raise SystemExit(f"unknown stage {n!r}")
     if args.stage == "all" and not (b.cache / "null.json").exists():

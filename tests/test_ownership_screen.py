@@ -1,13 +1,18 @@
 """Owner-side key screening (poisonlab.ownership.screen): per-key shifts, the selection rule and the reduced
 key file."""
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import make_set
 from poisonlab import PoisonlabError
-from poisonlab.ownership import OwnershipKey, load_key, make_keys, verify
-from poisonlab.ownership.screen import key_shifts, select_keys, subset_key
+from poisonlab.models import create_model
+from poisonlab.ownership import OwnershipKey, load_key, make_keys, mark, verify
+from poisonlab.ownership.screen import key_shifts, publish_kept, select_keys, subset_key
 from test_ownership import KeyBias
 
 
@@ -47,3 +52,36 @@ def test_select_keys_breaks_ties_by_plain_shift_then_index():
     for bad in (0, 4):
         with pytest.raises(PoisonlabError, match="keep must be"):
             select_keys([0, 0, 0], [0, 0, 0], bad)
+
+
+def test_publish_kept_reverts_the_unkept_keys_images_byte_for_byte():
+    """Mark 6 keys (tiny), keep 3: the unkept keys' images are the originals again, the kept ones untouched,
+    images outside any key unchanged; key_of says which key each marked image carries (secret)."""
+    ds = make_set(48, classes=4, size=16, learnable=True, seed=1)
+    torch.manual_seed(0)
+    m = mark("taggants", ds, n_keys=6, budget=3 / 48, steps=2, key_seed=5, device="cpu", class_cap=0.5,
+             model=create_model("smallcnn", 4, 3, 0.25).eval())
+    key_of = m.key_of
+    assert key_of.shape == (48,) and set(key_of[key_of >= 0].tolist()) == set(range(6))
+    assert torch.equal((key_of >= 0).nonzero().flatten(), m.poisoned)
+    assert torch.equal(ds.labels[key_of >= 0], m.key.labels[key_of[key_of >= 0]])  # a key marks its own class
+    marked = m.as_imageset(ds)
+    keep = [0, 2, 5]
+    pub = publish_kept(marked, ds, key_of, m.key, keep)
+    kept, unkept = torch.isin(key_of, torch.tensor(keep)), (key_of >= 0) & ~torch.isin(key_of, torch.tensor(keep))
+    assert bool(unkept.any()) and bool(kept.any())
+    assert torch.equal(pub.images[unkept], ds.images[unkept])  # byte-identical to the originals
+    assert torch.equal(pub.images[kept], marked.images[kept])  # kept keys untouched
+    assert torch.equal(pub.images[key_of < 0], ds.images[key_of < 0]) and torch.equal(pub.labels, ds.labels)
+    assert bool((marked.images[unkept] != ds.images[unkept]).flatten(1).any(1).all())  # they were marked before
+    assert "key_of" not in json.dumps(m.meta, default=str)  # never in what is published
+    bad = dataclasses.replace(ds, images=ds.images.clone())
+    bad.images[int((key_of < 0).nonzero()[0])] ^= 1  # an unmarked image that differs: not the originals
+    for args, msg in (((marked, bad, key_of, m.key, keep), "outside the marked images"),
+                      ((marked, ds, key_of[:-1], m.key, keep), "key_of must"),
+                      ((marked, ds, torch.where(key_of >= 0, (key_of + 1) % 6, key_of), m.key, keep), "another label"),
+                      ((marked, ds, key_of, m.key, [0, 0]), "distinct"),
+                      ((marked, ds, key_of, m.key, [6]), "distinct"),
+                      ((marked, ds.stratified(40, 0), key_of, m.key, keep), "not the same images")):
+        with pytest.raises(PoisonlabError, match=msg):
+            publish_kept(*args)

@@ -32,6 +32,7 @@ class Marked:
     key: OwnershipKey
     meta: dict
     manifest: dict | None = None
+    key_of: torch.Tensor | None = None  # taggants: the key each image carries (-1: none); secret, never published
 
     def as_imageset(self, like: ImageSet) -> ImageSet:
         return ImageSet(self.images, self.labels, list(like.classes), like.names)
@@ -60,7 +61,8 @@ def mark(method: str, data, *, out_dir=None, key_file=None, overwrite=False, sub
     if subset:
         data = data.stratified(int(subset), seed=getattr(marker, "seed", 0))
     result, key = marker(data, verify_data) if method == "backdoor" else marker(data)
-    marked = Marked(result.images, result.labels, result.poisoned, key, result.meta)
+    marked = Marked(result.images, result.labels, result.poisoned, key, result.meta,
+                    key_of=result.secrets.get("key_of"))
     if key_file is not None:
         key.save(key_file, published_dir=out_dir, overwrite=overwrite)
     if out_dir is not None:

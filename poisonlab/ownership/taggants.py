@@ -82,6 +82,7 @@ class Taggants:
         per_key = max(1, round(self.budget * len(data)))
         counts = self.per_key_counts(labels, data.labels, per_key)
         models, result, align, marked = None, None, [None] * len(labels), []
+        key_of = torch.full((len(data),), -1, dtype=torch.int64)  # which key each image carries (-1: none)
         # one matching run per count (keys of one class share a count, so their images stay disjoint)
         for n in sorted(set(counts.tolist()), reverse=True):
             idx = (counts == n).nonzero().flatten()
@@ -95,9 +96,13 @@ class Taggants:
             marked.append(result.poisoned)
             for i, t in zip(idx.tolist(), result.meta.get("targets", [])):
                 align[i] = t.get("alignment_loss")
+                key_of[t["poisons"]] = i
         poisoned = torch.cat(marked).sort().values
+        # key_of is secret (it says which images carry which key): the owner needs it to unmark keys later
+        # (poisonlab.ownership.screen.publish_kept), the manifest must never see it
         result = dataclasses.replace(result, poisoned=poisoned, original=data.images,
-                                     noise=result.images.to(torch.int16) - data.images.to(torch.int16))
+                                     noise=result.images.to(torch.int16) - data.images.to(torch.int16),
+                                     secrets={**result.secrets, "key_of": key_of})
         key = OwnershipKey("taggants", c, data.shape, classes=list(data.classes), images=images, labels=labels,
                            top_k=top_k, reference=reference_logprobs(models, images), params=self.params())
         # The manifest must not list which images carry which key: keep only counts public.
