@@ -42,6 +42,8 @@ Check first (scale cpu-10k-c4-e40: --classes 1,6,7,8 --train 10000 --epochs 40):
 train the undefended flip run under victim seed 0 / 1 (ITLM's round 0, no extra training) and record its judge
 check; only a seed that passes goes on: itlm (seed 0: clean, undefended, the paper form) and paper-seed1 (seed
 1's clean run and the paper form, independent of seed 0's, so the two can run side by side), then itlm-seed1.
+Session 9 at that scale: the paper form to 4 retrainings (--itlm-rounds 4, stage itlm: rounds 0-2 come from the
+cache) and stage heldout (the held-out judges, itlm-cv1 / itlm-cv2, alone), then itlm-seed1 (same --itlm-rounds).
 
 Every training run checkpoints every epoch under --work/ckpt and every finished cell is one JSON under
 --work/cells, so an interrupted run resumes and a rerun only rebuilds the report (docs/results/defenses.json,
@@ -110,7 +112,8 @@ MAIN_STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", 
                "seed1", "sep")  # the cpu-5k tables
 ITLM_STAGES = ("itlm", "sep", "random", "precision", "finetune", "perclass", "itlm-seed1", "cleanctl", "judge")  # the ITLM study alone (cpu-10k)
 SUBSET_STAGES = ("clean", "flip", "itlm-seed1", "random", "sep", "keptclean", "precision")  # a class subset (cpu-10k-c4)
-CHECK_STAGES = ("round0", "round0-seed1", "paper-seed1")  # check first (cpu-10k-c4-e40): round 0's judge per seed
+CHECK_STAGES = ("round0", "round0-seed1", "paper-seed1",  # check first (cpu-10k-c4-e40): round 0's judge per seed
+                "heldout")  # the held-out judges alone (itlm-cv1, itlm-cv2), without stage cv's cpu-5k diagnostics
 STAGES = MAIN_STAGES + tuple(s for s in ITLM_STAGES + SUBSET_STAGES + CHECK_STAGES if s not in MAIN_STAGES)
 
 
@@ -474,11 +477,11 @@ class Bench:
 
     def chosen_itlm(self) -> tuple[str, dict]:
         """The ITLM setting (cell, and the round count) whose model has the best validation accuracy among the
-        settings run on the flip so far (no defense excluded; ties to the earlier setting and fewer rounds):
+        settings run on the flip so far (no defense excluded; ties as `pick`):
         what a second victim seed reruns. The test set plays no part."""
         self.itlm("flip")
         res = load_results(self.work)
-        best = max((c for c in itlm_candidates(res) if c["name"] != "none"), key=lambda c: c["val"])
+        best = pick([c for c in itlm_candidates(res) if c["name"] != "none"])
         return best["cell"], {**res[f"flip/{best['cell']}"]["settings"]["itlm"], "rounds": best["round"]}
 
     def trimming(self, attack="flip"):
@@ -681,15 +684,19 @@ def round0_table(res: dict) -> list[str]:
 
 def itlm_candidates(res: dict) -> list[dict]:
     """Every ITLM setting tried on the flip (each round of the paper form counts as a setting of `rounds`),
-    plus no defense, with validation and test accuracy; the choice is the best validation accuracy."""
+    plus no defense, with validation and test accuracy and cost (images x epochs trained over all the models the
+    setting needs: the paper form's rounds up to its count, every round of held-out judges; no defense: 0, its
+    run is the user's own); the choice (`pick`) is the best validation accuracy."""
     out = []
     if "val_acc" in res.get("flip/none", {}):
-        out.append({"name": "none", "val": res["flip/none"]["val_acc"], "test": res["flip/none"]["clean_acc"]})
+        out.append({"name": "none", "val": res["flip/none"]["val_acc"], "test": res["flip/none"]["clean_acc"], "cost": 0})
     for d in ITLM_FIT:
         r = res.get(f"flip/{d}")
         if not r or "val_acc" not in r or d.endswith("-control"):  # controls trim nothing: not a setting
             continue
         kw = r["settings"]["itlm"]
+        passes = [q["train_size"] * (kw["finetune"] if q["round"] and kw.get("finetune") else VICTIM["epochs"])
+                  for q in r["rounds"]]
         rounds = r["rounds"] if kw.get("folds", 1) == 1 else r["rounds"][-1:]
         for q in rounds[1:] if kw.get("folds", 1) == 1 else rounds:
             folds = f", {kw['folds']}-fold held-out judges" if kw.get("folds", 1) > 1 else ""
@@ -698,16 +705,22 @@ def itlm_candidates(res: dict) -> list[dict]:
             if kw.get("finetune"):
                 folds = f", each round fine-tunes the last for {kw['finetune']} epochs at lr {kw['finetune_lr']}"
             out.append({"name": f"{d}: alpha {kw['alpha']}, rounds {q['round']}{folds}", "val": q["val_acc"],
-                        "cell": d, "round": q["round"],
+                        "cell": d, "round": q["round"], "cost": sum(passes[:q["round"] + 1]),
                         "test": q["last_acc"], "trimmed": q.get("trimmed")})
     return out
+
+
+def pick(cands: list[dict]) -> dict:
+    """The candidate with the best validation accuracy; ties to the cheaper one, then to the earlier (no defense,
+    the paper form, then the extensions: itlm_candidates' order)."""
+    return max(cands, key=lambda c: (c["val"], -c["cost"]))
 
 
 def choice(res: dict) -> list[str]:
     cands, clean, base = itlm_candidates(res), res.get("clean/none", {}).get("clean_acc"), res.get("flip/none")
     if len(cands) < 2 or clean is None or base is None:
         return []
-    best = max(cands, key=lambda c: c["val"])
+    best = pick(cands)
     lines = ["", "ITLM settings on the flip, chosen by accuracy on the validation split (2,000 held-out CIFAR-10 "
                  "training images; the test set plays no part in the choice). Damage recovered = (test acc - "
                  f"undefended {base['clean_acc']}) / (clean-data {clean} - undefended):", "",
@@ -809,7 +822,8 @@ def tables(res: dict) -> str:
             if d.startswith("itlm") and r.get("rounds") and r["rounds"][0].get("judge") and attack != "clean":
                 notes.append("round-0 judge: " + judge_note(r["rounds"][0]["judge"]))
             if d == "itlm-kept-clean":
-                notes.append(f"diagnostic, not a defense: the last kept set of `itlm` ({r['train_size'] + r['removed']}) "
+                notes.append(f"diagnostic, not a defense: the last kept set of `itlm` with {r['settings']['itlm']['rounds']} "
+                             f"retraining(s) ({r['train_size'] + r['removed']}) "
                              f"less the {r['removed']} poisons it still held, retrained")
             if d == "oracle":
                 notes.append(f"all {r['removed']} poisons removed, retrained from scratch; its own {r['judge']['flagged']} "
@@ -1087,11 +1101,12 @@ def main(argv=None):
         elif s == "cost":  # the defenses on clean data
             b.itlm("clean")
             b.abl("clean")
-        elif s == "cv":  # ITLM with held-out judges, then the choice on the validation split
+        elif s in ("cv", "heldout"):  # ITLM with held-out judges (cv: and cpu-5k's diagnostics)
             for kw in ITLM_CV_KW:
                 b.itlm("flip", kw, name=f"itlm-cv{kw['rounds']}")
-            b.itlm_kept_clean("flip")
-            b.separation("flip")
+            if s == "cv":
+                b.itlm_kept_clean("flip")
+                b.separation("flip")
         elif s == "seed1":  # a second victim seed for the flip's ITLM recovery and ABL on BadNets
             b.reseeded(1)
             b.abl("badnets", seed=1)

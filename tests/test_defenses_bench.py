@@ -35,6 +35,31 @@ def test_candidates_name_their_cell_and_round():
     assert [(c["cell"], c["round"]) for c in cands if c["name"] != "none"] == [("itlm", 1), ("itlm", 2)]  # no control
 
 
+def test_choice_ties_go_to_the_cheaper_setting_then_the_paper_form():
+    def cv(rounds, val):  # held-out judges: rounds before the last train the judges, the last one the model
+        return {"settings": {"itlm": {"alpha": 0.8, "rounds": rounds, "folds": 2}},
+                "rounds": [{"round": r, "train_size": 10 if r == 0 else 8, "judge_acc": [50.0, 50.0],
+                            "train_seconds": 1.0} for r in range(rounds)] + [_round(rounds, val, 60.0)], "val_acc": val}
+    paper = {"settings": {"itlm": {"alpha": 0.8, "rounds": 4}},
+             "rounds": [_round(0, 40.0, 41.0)] + [_round(r, v, 50.0) for r, v in ((1, 45.0), (2, 47.0), (3, 47.0), (4, 46.0))],
+             "val_acc": 46.0}
+    res = {"flip/none": {"clean_acc": 41.0, "val_acc": 40.0}, "flip/itlm": paper,
+           "flip/itlm-cv1": cv(1, 47.0), "flip/itlm-cv2": cv(2, 45.0)}
+    cands = bench.itlm_candidates(res)
+    e = bench.VICTIM["epochs"]
+    assert [(c.get("cell"), c.get("round"), c["cost"]) for c in cands] == [
+        (None, None, 0), *(("itlm", r, (10 + 8 * r) * e) for r in (1, 2, 3, 4)), ("itlm-cv1", 1, 18 * e),
+        ("itlm-cv2", 2, 26 * e)]  # cv1 trains as much as one retraining, cv2 as two
+    best = bench.pick(cands)  # rounds 2, 3 and cv1 share the best validation accuracy: cv1 is the cheapest
+    assert (best["cell"], best["round"]) == ("itlm-cv1", 1)
+    res["flip/itlm-cv1"] = cv(1, 45.0)  # cv1 ties round 1 at the same cost: the paper form, listed first, wins
+    for q in res["flip/itlm"]["rounds"][2:]:
+        q["val_acc"] = 44.0
+    best = bench.pick(bench.itlm_candidates(res))
+    assert (best["cell"], best["round"]) == ("itlm", 1)
+    assert bench.pick([{"name": "none", "val": 45.0, "cost": 0}, *bench.itlm_candidates(res)[1:]])["name"] == "none"
+
+
 def test_tables_show_the_second_seed_and_the_trimming_by_class():
     itlm = {"settings": {"itlm": {"alpha": 0.8, "rounds": 2}}, "rounds": [_round(0, 40.0, 41.0), _round(1, 45.0, 46.0),
                                                                           _round(2, 47.0, 48.0, 60.0)],
