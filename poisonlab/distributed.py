@@ -184,11 +184,11 @@ class SharedDraws:
         return copies, rows.flatten()
 
     def apply(self, fn, x, *args):
-        """fn (a per-sample op drawing from a generator, e.g. PGD's random start) on the global batch; this
-        rank's rows of its output."""
+        """fn (a per-sample draw from a generator that reads only its input's shape and device, e.g. PGD's
+        random start) made for the global batch; this rank's rows of its output."""
         copies, rows = self._rows(x)
-        full = x.new_zeros((copies * self.n, *x.shape[1:])).index_copy(0, rows, x)  # differentiable in x
-        return fn(full, *args)[rows]
+        # the global batch's shape on a one-element tensor (expand allocates nothing): the draw reads no value
+        return fn(x.new_empty(()).expand(copies * self.n, *x.shape[1:]), *args)[rows]
 
     def augment(self, aug):
         """aug (draw/apply, e.g. Augment().geometric) drawn for the global batch, applied to this rank's rows."""

@@ -33,6 +33,7 @@ from poisonlab import create_method
 from poisonlab.augment import Augment, Geometric
 from poisonlab.cli import main
 from poisonlab.distributed import DataParallel, SharedDraws, join, leave
+from poisonlab.pgd import L2PGD, LinfPGD
 from poisonlab.protect.checkpoint import Checkpoint
 from poisonlab.protect.surrogate import Batches
 from poisonlab.publishing import noise_path
@@ -144,6 +145,29 @@ def test_each_rank_augments_its_own_rows_only():
     assert draws.augment(None) is None
     with pytest.raises(ValueError, match="draws apart"):
         draws.augment(lambda x, gen: x)
+
+
+def test_each_rank_keeps_its_rows_of_one_random_start():
+    """SharedDraws.pgd's random start on 3 ranks (a global batch of 10: shares 3, 3, 4), L-inf and L2: each
+    rank's start is its rows of one process's start for the whole batch, the generator left where one process
+    leaves it; the draw is handed the global batch's shape without a tensor of that size behind it."""
+    x = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    for pgd in (LinfPGD(8 / 255), L2PGD(0.5)):
+        one_gen = torch.Generator().manual_seed(2)
+        whole = pgd.init_delta(x, one_gen)
+        for rank in range(3):
+            gen, seen = torch.Generator().manual_seed(2), []
+            draws = SharedDraws(Ranks(rank, 3), gen)
+            part = draws.set(10)
+            shared = draws.pgd(pgd)
+            real = pgd.init_delta
+            pgd.init_delta = lambda t, g: seen.append(t) or real(t, g)
+            try:
+                out = shared.init_delta(x[part], gen)
+            finally:
+                del pgd.init_delta
+            assert torch.equal(out, whole[part]) and torch.equal(gen.get_state(), one_gen.get_state())
+            assert seen[0].shape == x.shape and seen[0].untyped_storage().nbytes() <= x.element_size()
 
 
 def _cli_rank(rank, world, port, argv):
