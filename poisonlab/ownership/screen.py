@@ -15,7 +15,9 @@ these are the bench's tools, not a recommended step of `mark`; no training wrapp
 Marking more keys than are kept (session 9): the owner marks a private copy with many keys, screens them, and
 publishes a copy in which the unkept keys' images are reverted to their originals (`publish_kept`), with a key
 file of the kept keys only (`subset_key`): the published copy then carries exactly the kept keys' marks, each
-crafted on its own images (gradient matching crafts every key independently).
+crafted on its own images (gradient matching crafts every key independently). Measured (session 9, declared,
+fresh draws: 80 keys x 10 images, 3 owner models, 40 kept and published): 3, 8 and 8 of 10 victims detected,
+one kept set lucky on the null (4 of 64 clean models); so `mark` offers no screening step.
 """
 
 import dataclasses
