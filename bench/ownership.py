@@ -36,6 +36,9 @@ Stages (every model, marked copy and verification cached under --cache, so a kil
   screen80  session 9: 80 keys x 10 images marked (k80k..k80m, key seeds 16..18), screened by the owner's models
             (seeds 50..52), the 40 kept published (the unkept keys' images reverted: pub40k..pub40m, victims 0..9,
             30..39, 0..9); the kept keys on the victims, twins and null models -> docs/results/ownership_screen80.json.
+  long      session 9: the k40 setting on fresh key seeds 19..21 (k40n..k40p; victims 0..9, 40..49, 0..9) with
+            victims, clean twins (clean-e<E>-s*) and surrogates trained --long-epochs epochs (default 30); the null on
+            the long clean models and the older ones, fit of the marked images -> docs/results/ownership_long.json.
   report    tables -> docs/results/ownership.json and docs/results/ownership_tables.md
 
     POISONLAB_THREADS=1 nice -n 5 .venv/bin/python bench/ownership.py --stage all > runs/ownership.log 2>&1
@@ -69,7 +72,7 @@ from poisonlab.ownership.keys import OwnershipKey, load_key, make_keys  # noqa: 
 from poisonlab.ownership.screen import key_shifts, publish_kept, select_keys, subset_key  # noqa: E402
 from poisonlab.ownership.verify import load_model, save_model, verify  # noqa: E402
 from poisonlab.runtime import set_threads  # noqa: E402
-from poisonlab.train import TrainConfig, train_victim  # noqa: E402
+from poisonlab.train import TrainConfig, evaluate, train_victim  # noqa: E402
 
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
 TRAIN_N, TEST_N = 2000, 1000
@@ -144,10 +147,18 @@ TAGGANTS80X10 = dict(TAGGANTS40, n_keys=80)
 OWNER9 = {"k80k": 16, "k80l": 17, "k80m": 18}  # the owner's private 80-key copies: key seed
 PUBLISHED9 = {"pub40k": ("k80k", range(10)), "pub40l": ("k80l", range(30, 40)), "pub40m": ("k80m", range(10))}
 TAGGANTS40OF80 = dict(TAGGANTS40, screened_from=80)  # what a published copy carries: 40 keys x 10 images
+# Session 9, long victims (declared in docs/ownership.md before marking): the k40 recipe on fresh key seeds 19, 20,
+# 21 with the victims, their clean twins and the marking surrogate trained LONG_EPOCHS epochs instead of 8 (cosine
+# over the whole length): the paper's victims fit their training data, the 8-epoch ones do not. Victims 40..49 for
+# key seed 20: its surrogate is clean-e<E>-s30. Clean models of another length are cached as clean-e<E>-s<seed>;
+# with --long-epochs another E, a cached copy or model made at another length is refused, never reused.
+LONG_EPOCHS = 30
+LONG9 = {"k40n": (19, range(10)), "k40o": (20, range(40, 50)), "k40p": (21, range(10))}
 TAGGANT_KINDS = ("taggants", "published")  # copies verified with a taggants key
 TESTS = ("binomial", "rank", "reference", "combined")  # the taggant tests every verdict is cached for
 TEST_NAMES = {"binomial": "binomial top-1", "rank": "rank-sum", "reference": "reference rank-sum",
               "combined": "combined (Bonferroni) rank-sum"}
+MAX_SEED = 50  # victim seeds 0..49
 MARK_SEED = 0  # one marked copy (keys, marked images, surrogate clean-s10); victims seeds 0..9 train on it
 BACKDOOR = dict(trigger=os.environ.get("OWNERSHIP_TRIGGER", "blend"), rate=0.1, margin=0.2, n_verify=100)
 # Harmlessness control: the images the 10-key copy marked get random sign noise of the same budget instead
@@ -161,12 +172,12 @@ COPIES = {"taggants": ("taggants", TAGGANTS), "taggants30": ("taggants", TAGGANT
           **{c: ("taggants", TAGGANTS20) for c in FRESH}, **{c: ("taggants", TAGGANTS20CAP) for c in CAPPED},
           **{c: ("taggants", TAGGANTS20CAP250) for c in STRONGER},
           **{c: ("taggants", TAGGANTS20ENS) for c in ENSEMBLE_PILOT},
-          **{c: ("taggants", TAGGANTS40) for c in {**KEYS40_PILOT, **DECLARED8}},
+          **{c: ("taggants", TAGGANTS40) for c in {**KEYS40_PILOT, **DECLARED8, **LONG9}},
           **{c: ("taggants", TAGGANTS80) for c in KEYS80_PILOT},
           **{c: ("taggants", TAGGANTS80X10) for c in OWNER9}, **{c: ("published", TAGGANTS40OF80) for c in PUBLISHED9},
           "backdoor": ("backdoor", BACKDOOR), "noise": ("noise", NOISE)}
 # key seed of a copy (default MARK_SEED) and its reported victim seeds (default 0..9)
-DRAWS = {**FRESH, **CAPPED, **STRONGER, **ENSEMBLE_PILOT, **KEYS40_PILOT, **KEYS80_PILOT, **DECLARED8,
+DRAWS = {**FRESH, **CAPPED, **STRONGER, **ENSEMBLE_PILOT, **KEYS40_PILOT, **KEYS80_PILOT, **DECLARED8, **LONG9,
          **{c: (OWNER9[src], v) for c, (src, v) in PUBLISHED9.items()}}  # key draws: name -> (key seed, victim seeds)
 COPY_SEED = {"taggants20": 1, "taggants20b": 2, **OWNER9, **{c: k for c, (k, _) in DRAWS.items()}}
 COPY_VICTIMS = {"taggants20": range(20, 30), "taggants20b": range(30, 40), **{c: v for c, (_, v) in DRAWS.items()}}
@@ -204,6 +215,15 @@ class Bench:
             (cache / sub).mkdir(parents=True, exist_ok=True)
         train, test = load_splits(str(CIFAR), None)
         self.train, self.test = train.stratified(TRAIN_N, 0), test.stratified(TEST_N, 0)
+        self.long_epochs, self.long_control = LONG_EPOCHS, False
+
+    def epochs(self, copy: str) -> int:
+        """Training length of a copy's victims, clean twins and surrogate."""
+        return self.long_epochs if copy in LONG9 else VICTIM["epochs"]
+
+    @staticmethod
+    def clean_name(seed: int, epochs: int = VICTIM["epochs"]) -> str:
+        return f"clean-s{seed}" if epochs == VICTIM["epochs"] else f"clean-e{epochs}-s{seed}"
 
     # ----- cached victim training --------------------------------------------------------------------
     def model(self, name: str, train: ImageSet, init=None, **cfg):
@@ -211,7 +231,11 @@ class Bench:
         mpath, rpath = self.cache / "models" / f"{name}.pt", self.cache / "models" / f"{name}.json"
         kw = dict(VICTIM, **cfg)
         if mpath.exists() and rpath.exists():
-            return load_model(mpath), read_json(rpath)
+            res = read_json(rpath)
+            if res["config"]["epochs"] != kw["epochs"]:
+                raise SystemExit(f"{mpath} was trained {res['config']['epochs']} epochs, not {kw['epochs']}: remove it "
+                                 "to retrain")
+            return load_model(mpath), res
         log(f"train {name} {kw}")
         r = train_victim(train, self.test, TrainConfig(**kw), progress=False, return_model=True, model=init)
         model = r.pop("model").cpu().eval()
@@ -222,8 +246,8 @@ class Bench:
         log(f"  {name}: acc {r['last_acc']:.2f}% in {r['train_seconds']:.0f}s")
         return model, res
 
-    def clean(self, seed: int):
-        return self.model(f"clean-s{seed}", self.train, seed=seed)
+    def clean(self, seed: int, epochs: int = VICTIM["epochs"]):
+        return self.model(self.clean_name(seed, epochs), self.train, seed=seed, epochs=epochs)
 
     # ----- cached marking ------------------------------------------------------------------------------
     def marked(self, method: str, seed: int | None = None):
@@ -252,7 +276,7 @@ class Bench:
         if not (kpath.exists() and ipath.exists() and mpath.exists()):
             t0 = time.perf_counter()
             if kind == "taggants":
-                surrogates = [self.clean(s)[0] for s in surrogate_seeds(method, seed)]
+                surrogates = [self.clean(s, self.epochs(method))[0] for s in surrogate_seeds(method, seed)]
                 m = mark(kind, self.train, model=surrogates, key_seed=seed, seed=seed, device="cpu", **settings)
             else:
                 m = mark(kind, self.train, verify_data=self.test, key_seed=seed, seed=seed, **settings)
@@ -261,12 +285,14 @@ class Bench:
             extra = {} if m.key_of is None else {"key_of": m.key_of.numpy()}
             np.savez(ipath, images=m.images.numpy(), labels=m.labels.numpy(), **extra)
             m.key.save(kpath, overwrite=True)
-            write_json(mpath, {**m.meta, "seconds": seconds})
+            write_json(mpath, {**m.meta, "seconds": seconds, "surrogate_epochs": self.epochs(method)})
             log(f"  marked {method} s{seed}: {m.meta.get('marked_images')} images in {seconds:.0f}s")
         meta = read_json(mpath)
         want = COPIES[method][1]
         stale = {k: (meta["params"].get(k), v) for k, v in want.items()
                  if meta["params"].get(k, LEGACY_PARAMS.get(k)) != v}
+        if meta.get("surrogate_epochs", VICTIM["epochs"]) != self.epochs(method):  # cached before the key existed: 8
+            stale["surrogate_epochs"] = (meta.get("surrogate_epochs", VICTIM["epochs"]), self.epochs(method))
         if stale:
             raise SystemExit(f"{base}.* was made with other settings {stale}: remove those files to re-mark")
         with np.load(ipath) as z:
@@ -332,9 +358,9 @@ def stage_clean(b: Bench):
 def stage_marked(b: Bench, method: str):
     """Victims on the marked copy first (detection), then their clean twins (harmlessness, same seeds)."""
     data, key, _ = b.marked(method)
-    seeds = b.seeds or copy_victims(method)
+    seeds, ep = b.seeds or copy_victims(method), b.epochs(method)
     for s in seeds:
-        model, res = b.model(f"{method}-s{s}", data, seed=s)
+        model, res = b.model(f"{method}-s{s}", data, seed=s, epochs=ep)
         if key is None:  # the noise control: accuracy only
             log(f"  {method} s{s}: acc {res['last_acc']:.2f}")
             continue
@@ -343,10 +369,10 @@ def stage_marked(b: Bench, method: str):
             " ".join(f"p({t})={r['p_value']:.3g}" for t, r in v.items()))
     if b.twins:
         for s in seeds:
-            clean, cres = b.clean(s)
+            clean, cres = b.clean(s, ep)
             if key is None:
                 continue
-            v0 = b.checks(f"{method}-on-clean-s{s}", key, clean, method)
+            v0 = b.checks(f"{method}-on-{b.clean_name(s, ep)}", key, clean, method)
             log(f"  clean twin s{s}: acc {cres['last_acc']:.2f}; with the {method} key " +
                 " ".join(f"p({t})={r['p_value']:.3g}" for t, r in v0.items()))
 
@@ -356,19 +382,20 @@ def stage_robust(b: Bench, method: str):
     if not (b.cache / "marks" / f"{method}-s{copy_seed(method)}.key").exists() and COPIES[method][0] not in TAGGANT_KINDS:
         return  # the backdoor copy is made by its own stage
     data, key, _ = b.marked(method)
+    ep = b.epochs(method)
     for seed in b.robust_seeds:
         for tag, (label, how) in ROBUST.items():
             if b.robust and tag not in b.robust:
                 continue
             name = f"{method}-s{seed}-{tag}"
             if how.get("finetune"):
-                victim, _ = b.model(f"{method}-s{seed}", data, seed=seed)
+                victim, _ = b.model(f"{method}-s{seed}", data, seed=seed, epochs=ep)
                 model, res = b.model(name, b.train, init=victim, seed=seed, epochs=4, lr=0.01)
             else:
                 train = parse_defense(how["defense"]).apply(data) if "defense" in how else data
-                model, res = b.model(name, train, seed=seed, **how.get("train", {}))
+                model, res = b.model(name, train, seed=seed, epochs=ep, **how.get("train", {}))
                 if tag == "arch":  # its clean-data reference: the same architecture and seed on clean data
-                    b.model(f"clean-s{seed}-arch", b.train, seed=seed, **how["train"])
+                    b.model(f"{b.clean_name(seed, ep)}-arch", b.train, seed=seed, epochs=ep, **how["train"])
             v = b.checks(name, key, model, method)
             log(f"  {name}: acc {res['last_acc']:.2f} " + " ".join(f"p({t})={r['p_value']:.3g}" for t, r in v.items()))
 
@@ -572,15 +599,105 @@ def stage_screen80(b: Bench) -> dict:
             f"(source {row['source_marked_images']}); acc diff {np.mean(acc):+.2f}; victims' shift per kept key "
             f"{row['victims_reference_shift_kept']:.2f}, Spearman {row['owner_score_vs_victims_shift_spearman']:.2f}; "
             f"unkept keys on the victims < 0.01 {row['unkept_on_victims_below_001']}")
+    harmlessness(out)
+    write_json(b.cache / "screen80.json", out)
+    write_json(ROOT / "docs" / "results" / "ownership_screen80.json", out)
+    return out
+
+
+def harmlessness(out: dict):
+    """The declared harmlessness test over every draw's pairs: 90% interval inside +-1 point (TOST at 5%)."""
     diff = [d for r in out["draws"].values() for d in r["acc_diff"]]
-    if len(diff) > 1:  # the declared harmlessness test: 90% interval inside +-1 point (TOST at 5%)
+    if len(diff) > 1:
         mean, se = _mean_se(diff)
         half = float(student_t.ppf(0.95, len(diff) - 1) * se)
         out["harmlessness"] = {"pairs": len(diff), "mean": mean, "se": se, "interval90": [mean - half, mean + half],
                                "lower": sum(d < 0 for d in diff)}
         log(f"  harmlessness over {len(diff)} pairs: {mean:+.2f} ± {se:.2f}, 90% {mean - half:+.2f} to {mean + half:+.2f}")
-    write_json(b.cache / "screen80.json", out)
-    write_json(ROOT / "docs" / "results" / "ownership_screen80.json", out)
+
+
+LONG_NULL_SETS = 10  # fresh 40-key sets per clean model of the long null
+# a key set is lucky on the null when combined p < 0.01 on this many clean models or more (binomial tail < 0.01 at
+# the nominal rate 0.01): 3 of the 20 long clean models, 4 of the 64 older ones
+LUCKY = {20: 3, 64: 4}
+
+
+def train_fit(model, data: ImageSet, idx: torch.Tensor) -> tuple:
+    """Training accuracy (eval mode, no augmentation) on all of `data` and on its images `idx`."""
+    cpu = torch.device("cpu")
+    part = ImageSet(data.images[idx], data.labels[idx], list(data.classes))
+    return evaluate(model, data, cpu), evaluate(model, part, cpu)
+
+
+def stage_long(b: Bench) -> dict:
+    """Session 9, long victims: every LONG9 draw in turn (mark with a surrogate of b.long_epochs epochs, victims and
+    clean twins of that length: stage_marked); then the null: each draw's key on the clean models of that length
+    (the twins of every draw; no surrogate) and on the older null's 64 clean models, fresh 40-key sets on the long
+    ones; descriptive: training accuracy on all and on the marked images (victims; their twins on the originals),
+    the victims' per-key reference shift; with --long-control also 8-epoch victims (seeds 0..9, cached twins) on
+    the same copies."""
+    ep = b.long_epochs
+    out = {"epochs": ep, "draws": {}}
+    for copy, (_, victims) in LONG9.items():
+        stage_marked(b, copy)
+        data, key, meta = b.marked(copy)
+        victims = list(victims)
+        vm = [b.model(f"{copy}-s{s}", data, seed=s, epochs=ep) for s in victims]
+        tw = [b.clean(s, ep) for s in victims]
+        ver = [b.checks(f"{copy}-s{s}", key, m, copy) for s, (m, _) in zip(victims, vm)]
+        twin = [b.checks(f"{copy}-on-{b.clean_name(s, ep)}", key, m, copy) for s, (m, _) in zip(victims, tw)]
+        idx = (data.images != b.train.images).flatten(1).any(1)
+        fit_v = np.array([train_fit(m, data, idx) for m, _ in vm])
+        fit_t = np.array([train_fit(m, b.train, idx) for m, _ in tw])
+        shift, _ = key_shifts(key, [m for m, _ in vm], [m for m, _ in tw])
+        row = {"key_seed": copy_seed(copy), "victims": victims, "marked_images": meta["marked_images"],
+               "marked_per_key": meta.get("marked_per_key"), "marking_seconds": meta["seconds"],
+               "detected": {t: sum(v[t]["p_value"] < 0.01 for v in ver) for t in TESTS},
+               "combined_p": [v["combined"]["p_value"] for v in ver],
+               "twins_below_001": {t: sum(v[t]["p_value"] < 0.01 for v in twin) for t in TESTS},
+               "acc_diff": [r["last_acc"] - c["last_acc"] for (_, r), (_, c) in zip(vm, tw)],
+               "victims_train_acc": float(fit_v[:, 0].mean()), "victims_train_acc_marked": float(fit_v[:, 1].mean()),
+               "twins_train_acc": float(fit_t[:, 0].mean()), "twins_train_acc_marked_originals": float(fit_t[:, 1].mean()),
+               "victims_reference_shift": float(np.mean(shift)), "victims_reference_shift_per_key": shift.tolist()}
+        if b.long_control and victims == list(range(N_MARKED)):
+            c8 = [b.model(f"{copy}-e8-s{s}", data, seed=s) for s in victims]
+            t8 = [b.clean(s) for s in victims]
+            v8 = [b.checks(f"{copy}-e8-s{s}", key, m, copy) for s, (m, _) in zip(victims, c8)]
+            s8, _ = key_shifts(key, [m for m, _ in c8], [m for m, _ in t8])
+            row["control_8_epochs"] = {
+                "detected": {t: sum(v[t]["p_value"] < 0.01 for v in v8) for t in TESTS},
+                "combined_p": [v["combined"]["p_value"] for v in v8],
+                "victims_train_acc_marked": float(np.mean([train_fit(m, data, idx)[1] for m, _ in c8])),
+                "victims_reference_shift": float(np.mean(s8)),
+                "spearman_shift_vs_long": float(spearmanr(s8, shift)[0])}
+        out["draws"][copy] = row
+        log(f"  {copy}: combined {row['detected']['combined']}/{len(ver)} (max p {max(row['combined_p']):.2g}); tests "
+            f"{row['detected']}; twins {row['twins_below_001']}; acc diff {np.mean(row['acc_diff']):+.2f}; train acc "
+            f"victims {row['victims_train_acc']:.1f} (marked images {row['victims_train_acc_marked']:.1f}), twins "
+            f"{row['twins_train_acc']:.1f} ({row['twins_train_acc_marked_originals']:.1f}); reference shift per key "
+            f"{row['victims_reference_shift']:.2f}" + (f"; 8-epoch control {row['control_8_epochs']}"
+                                                       if "control_8_epochs" in row else ""))
+    harmlessness(out)
+    long_clean = [(b.clean_name(s, ep), b.clean(s, ep)[0]) for s in sorted({s for _, v in LONG9.values() for s in v})]
+    older = null_models(b)
+    out["null"] = {"long_models": len(long_clean), "older_models": len(older),
+                   "fresh_40_keys": null_fresh_keys(long_clean, 40, b.train.num_classes, b.train.shape, LONG_NULL_SETS)}
+    for copy in LONG9:
+        _, key, _ = b.marked(copy)
+        row = out["draws"][copy]
+        for who, models in (("long", long_clean), ("older", older)):
+            p = {t: [b.checks(f"{copy}-on-{n}", key, m, copy)[t]["p_value"] for n, m in models] for t in TESTS}
+            row[f"null_{who}_below_001"] = {t: sum(x < 0.01 for x in ps) for t, ps in p.items()}
+            row[f"null_{who}_combined_below_005"] = sum(x < 0.05 for x in p["combined"])
+            row[f"null_{who}_lucky"] = row[f"null_{who}_below_001"]["combined"] >= LUCKY[64 if who == "older" else 20]
+        log(f"  {copy} null: long clean models < 0.01 {row['null_long_below_001']} of {len(long_clean)}, older "
+            f"{row['null_older_below_001']} of {len(older)}; lucky: {row['null_long_lucky']}, {row['null_older_lucky']}")
+    fk = out["null"]["fresh_40_keys"]
+    log("  fresh 40-key sets on the long clean models: " + "; ".join(
+        f"{t} FPR 0.01 {fk[t]['pooled_randomized']['fpr_0.01']:.3f}, 0.05 {fk[t]['pooled_randomized']['fpr_0.05']:.3f}, "
+        f"KS p {fk[t]['pooled_randomized']['ks_pvalue']:.2g}" for t in TESTS))
+    write_json(b.cache / "long.json", out)
+    write_json(ROOT / "docs" / "results" / "ownership_long.json", out)
     return out
 
 
@@ -596,7 +713,7 @@ def stage_pairs(b: Bench) -> dict:
     out, prev = {}, _read(b.cache / "pairs.json") or {}
     for copy, (kind, settings) in COPIES.items():
         kpath = b.cache / "marks" / f"{copy}-s{copy_seed(copy)}.key"
-        if kind not in TAGGANT_KINDS or not kpath.exists():
+        if kind not in TAGGANT_KINDS or not kpath.exists() or copy in LONG9:  # twins of 8 epochs only
             continue
         have = {who: sum((b.cache / "models" / f"{prefix}{s}.pt").exists() and
                          (b.cache / "models" / f"{copy}-s{s}.pt").exists() for s in range(40))
@@ -695,14 +812,15 @@ def copy_rows(b: Bench, copy: str) -> list:
     M = lambda n: _read(b.cache / "models" / f"{n}.json")  # noqa: E731
     V = lambda n: _read(b.cache / "verify" / f"{n}.json")  # noqa: E731
     rows = []
-    for s in range(40):  # seeds outside copy_victims(copy): further victims (see report_copy)
+    for s in range(MAX_SEED):  # seeds outside copy_victims(copy): further victims (see report_copy)
         m, v = M(f"{copy}-s{s}"), V(f"{copy}-s{s}")
         if m is None or v is None:
             continue
-        c, vc = M(f"clean-s{s}"), V(f"{copy}-on-clean-s{s}")
-        vr, vcr = V(f"{copy}-s{s}-rank"), V(f"{copy}-on-clean-s{s}-rank")
-        vf, vcf = V(f"{copy}-s{s}-reference"), V(f"{copy}-on-clean-s{s}-reference")
-        vb, vcb = V(f"{copy}-s{s}-combined"), V(f"{copy}-on-clean-s{s}-combined")
+        tw = b.clean_name(s, b.epochs(copy))  # the clean twin: same seed and length on clean data
+        c, vc = M(tw), V(f"{copy}-on-{tw}")
+        vr, vcr = V(f"{copy}-s{s}-rank"), V(f"{copy}-on-{tw}-rank")
+        vf, vcf = V(f"{copy}-s{s}-reference"), V(f"{copy}-on-{tw}-reference")
+        vb, vcb = V(f"{copy}-s{s}-combined"), V(f"{copy}-on-{tw}-combined")
         rows.append({"seed": s, "acc_marked": m["last_acc"], "p_value": v["p_value"], "statistic": v["statistic"],
                      "p_rank": vr and vr["p_value"], "mean_rank": vr and vr["mean_rank"], "ranks": vr and vr.get("ranks"),
                      "p_ref": vf and vf["p_value"], "ref_ranks": vf and vf.get("ranks"), "p_comb": vb and vb["p_value"],
@@ -733,6 +851,7 @@ def report_copy(b: Bench, copy: str, md: list) -> dict | None:
     diff = [r["acc_marked"] - r["acc_clean"] for r in paired]
     mean, se = _mean_se(diff) if diff else (None, None)
     out = {"settings": settings, "rows": rows, "victims": len(rows), "detected_p<0.01": det, "further_rows": extra,
+           "victim_epochs": b.epochs(copy),
            "acc_marked_mean": float(np.mean([r["acc_marked"] for r in rows])), "paired_twins": len(paired),
            "acc_clean_mean": float(np.mean([r["acc_clean"] for r in paired])) if paired else None,
            "acc_diff_mean": mean, "acc_diff_se": se,
@@ -743,8 +862,9 @@ def report_copy(b: Bench, copy: str, md: list) -> dict | None:
         out["detected_rank_p<0.01"] = det_rank if ranked else None
         out["detected_reference_p<0.01"] = det_ref if refd else None
         md += [f"### {copy}: {k} keys (key seed {copy_seed(copy)}), {meta.get('marked_per_key')} images per key "
-               f"({meta.get('marked_images')} of {TRAIN_N} marked), {settings['steps']} steps: detection and "
-               "harmlessness", "",
+               f"({meta.get('marked_images')} of {TRAIN_N} marked), {settings['steps']} steps" +
+               (f", victims, twins and surrogate {b.epochs(copy)} epochs" if copy in LONG9 else "") +
+               ": detection and harmlessness", "",
                f"| victim seed | clean acc (%) | marked-data acc (%) | hits (of {k}) | binomial p | mean key rank "
                f"| rank-sum p | reference rank-sum p | clean twin: binomial p, rank-sum p, reference p |",
                "|---|---|---|---|---|---|---|---|---|"]
@@ -828,6 +948,8 @@ def report_draws(res: dict) -> list:
         st = COPIES[c][1]
         of = f" of {st['screened_from']}" if "screened_from" in st else ""  # published: kept of the keys marked
         how = f"{st['n_keys']}{of} x {round(st['budget'] * TRAIN_N)} ({st.get('ensemble', 1)})"
+        if res[c].get("victim_epochs", VICTIM["epochs"]) != VICTIM["epochs"]:
+            how += f", {res[c]['victim_epochs']} epochs"
         o, rows = res[c], res[c]["rows"]
         cap = st.get("class_cap", 1.0)
         refs = [r["p_ref"] for r in rows if r["p_ref"] is not None]
@@ -850,8 +972,10 @@ def report_draws(res: dict) -> list:
            "pilots on key seed 12 (ens20g: two surrogates, 20 images per key; k40g: 40 keys x 10 images; k80g: 80 "
            "keys x 5), then k40h..k40j, the k40g setting on three fresh key draws declared before they were "
            "marked. Session 9: pub40k..pub40m, the published copies of 80-key copies (key seeds 16-18) screened by "
-           "the owner's models to the 40 keys kept (declared before marking).", ""]
-    for label, group in (("session 9 published 40-of-80-key", [c for c in copies if c in PUBLISHED9]),
+           "the owner's models to the 40 keys kept (declared before marking); k40n..k40p, the k40 setting on fresh key "
+           "seeds 19-21 with victims, twins and surrogates trained longer (declared before marking).", ""]
+    for label, group in (("session 9 long-victim 40-key", [c for c in copies if c in LONG9]),
+                         ("session 9 published 40-of-80-key", [c for c in copies if c in PUBLISHED9]),
                          ("session 8 declared 40-key", [c for c in copies if c in DECLARED8]),
                          ("capped 20-key (class_cap 0.4)", [c for c in copies if c in CAPPED]),
                          ("uncapped", [c for c in copies if COPIES[c][1].get("class_cap", 1.0) == 1])):
@@ -945,7 +1069,7 @@ def report_null(nl: dict, md: list):
 def report_robust(b: Bench, md: list) -> list:
     rows = []
     for copy in COPIES:
-        for seed in range(40):
+        for seed in range(MAX_SEED):
             for tag, label in [("", "none (the victim itself)")] + [(t, lab) for t, (lab, _) in ROBUST.items()]:
                 name = f"{copy}-s{seed}" + (f"-{tag}" if tag else "")
                 m, v = _read(b.cache / "models" / f"{name}.json"), _read(b.cache / "verify" / f"{name}.json")
@@ -953,7 +1077,7 @@ def report_robust(b: Bench, md: list) -> list:
                                                      for t in ROBUST):
                     continue
                 vr, vf, vb = (_read(b.cache / "verify" / f"{name}-{t}.json") for t in ("rank", "reference", "combined"))
-                ref = _read(b.cache / "models" / f"clean-s{seed}{'-arch' if tag == 'arch' else ''}.json") \
+                ref = _read(b.cache / "models" / f"{b.clean_name(seed, b.epochs(copy))}{'-arch' if tag == 'arch' else ''}.json") \
                     if tag in ("", "arch") else None  # the same model trained on clean data
                 rows.append({"copy": copy, "seed": seed, "countermeasure": label, "acc": m["last_acc"],
                              "clean_acc": ref and ref["last_acc"],
@@ -1026,6 +1150,9 @@ def main(argv=None):
     ap.add_argument("--null-keys", default="10", help="key-set sizes of the null stage's fresh keys (e.g. 10,30); "
                                                       "sizes not given keep their earlier rows")
     ap.add_argument("--null-sets", type=int, default=NULL_KEYSETS, help="fresh key sets per clean model and size")
+    ap.add_argument("--long-epochs", type=int, default=LONG_EPOCHS, help="training length of the long copies' victims, "
+                                                                          "clean twins and surrogates (stage long)")
+    ap.add_argument("--long-control", action="store_true", help="stage long: also 8-epoch victims on the same copies")
     args = ap.parse_args(argv)
     set_threads()
     b = Bench(Path(args.cache))
@@ -1036,6 +1163,7 @@ def main(argv=None):
     b.robust_seeds = [int(x) for x in args.robust_seeds.split(",")]
     b.null_keys = [int(x) for x in args.null_keys.split(",")]
     b.null_sets = args.null_sets
+    b.long_epochs, b.long_control = args.long_epochs, args.long_control
     names = list(STAGES) if args.stage == "all" else args.stage.split(",")
     for n in names:
         log(f"stage {n}")
@@ -1053,6 +1181,8 @@ def main(argv=None):
             stage_screen(b)
         elif n == "screen80":
             stage_screen80(b)
+        elif n == "long":
+            stage_long(b)
         elif n != "report":
             raise SystemExit(f"unknown stage {n!r}")
     if args.stage == "all" and not (b.cache / "null.json").exists():
