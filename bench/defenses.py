@@ -23,6 +23,16 @@ seed=0)), clean accuracy on a 2,000-image stratified test subset; victims smallc
             retrain without them (reference), gradient ascent with retain descent (NegGrad+: 5 epochs, lr 0.01,
             batch 16, loss capped at 5), SSD (alpha 10, lambda 1)
 
+Stage lecture (cpu-5k, on demand only): the lecture's other attacks that the CPU allows, made when the stage
+first needs them (not in ATTACKS, so no other run pays for them), cheapest first: blended (10%, target 0),
+p-tampering (p 0.1, the clean victim as the surrogate for the most plausible wrong label), random labels (the
+ITLM paper's random noise above), the clean-label backdoor (5%: half of target class 0, PGD on the clean
+victim), poison frogs (10 test targets, one poison each, features of the clean victim) and pgan (5% of class 0);
+each x {none, spectral signatures, activation clustering}, then x {ABL, ITLM (1 retraining)}, then x DPA. Attack
+success is the attack's own probe (success_probe: a backdoor's triggered test images, a targeted attack's
+targets); the others are read by their accuracy drop against clean data. Not run: Witches' Brew, MetaPoison,
+convex polytope, the autoencoder poison (CPU cost to make, docs/defenses.md "Grid coverage").
+
 ITLM's settings on the flip are chosen by accuracy on a validation split: 2,000 class-balanced CIFAR-10
 training images outside the 5,000 (clean labels), never the test set.
 
@@ -69,7 +79,8 @@ from poisonlab.defenses.abl import ABL  # noqa: E402
 from poisonlab.defenses.detect import ActivationClustering, SpectralSignatures  # noqa: E402
 from poisonlab.defenses.dpa import DPA, aggregate  # noqa: E402
 from poisonlab.defenses.itlm import ITLM, SLOT_LIMIT, judge_check, lowest_loss  # noqa: E402
-from poisonlab.attacks.evaluate import attack_success_rate  # noqa: E402
+from poisonlab.attacks.evaluate import targeted_hits  # noqa: E402
+from poisonlab.attacks.run import pick_targets  # noqa: E402
 from poisonlab.augment import random_crop  # noqa: E402
 from poisonlab.defenses.probe import accuracy, per_sample_loss, precision_recall, predict, train_cached  # noqa: E402
 from poisonlab.defenses.unlearn import SSD, GradientAscent, RetrainWithout, timed  # noqa: E402
@@ -86,6 +97,20 @@ ATTACKS = {"badnets": ("badnets", dict(target_class=0, poison_rate=0.1, trigger_
            # the ITLM paper's "random" noise: 2/9 of the labels redrawn uniformly, so about 20% change, each to a
            # uniformly drawn other class (the flip above is its "systematic" noise)
            "random": ("random-labels", dict(fraction=round(0.2 / 0.9, 6), seed=0))}
+# Stage "lecture": the lecture's other attacks that the CPU allows, cheapest to make first (made only when a stage
+# uses them, so other runs never pay for them). "model": SURROGATE = the cached clean victim is the attacker's
+# surrogate (p-tampering's most plausible wrong label, the clean-label backdoor's PGD, poison frogs' features);
+# "targets": N = N test images drawn with the attack's seed, as the grid's attack rows draw them.
+SURROGATE = "clean-victim"
+LECTURE = {"blended": ("blended", dict(target_class=0, poison_rate=0.1, trigger_seed=20261126, seed=0)),
+           "p-tampering": ("p-tampering", dict(p=0.1, model=SURROGATE, seed=0)),
+           # half of the target class (500 images at cpu-5k) poisoned: poisoning all of it leaves no clean
+           # image of the class to learn it from
+           "clean-label": ("clean-label-backdoor", dict(target_class=0, poison_rate=0.05, trigger_seed=20261126,
+                                                        model=SURROGATE, seed=0)),
+           "poison-frogs": ("poison-frogs", dict(targets=10, model=SURROGATE, seed=0)),
+           "pgan": ("pgan", dict(seed=0))}
+LECTURE_ORDER = ("blended", "p-tampering", "random", "clean-label", "poison-frogs", "pgan")  # "random" is in ATTACKS
 ABL_KW = dict(gamma=0.5, ratio=0.01, turning_epoch=5, gga=True, cap=5.0, unlearn_epochs=5, unlearn_lr=5e-4)
 ITLM_KW = dict(alpha=0.8, rounds=3)  # the fit form on the label flip: 3 retrainings from scratch
 ITLM_GRID_KW = dict(alpha=0.8, rounds=1)  # the other attacks: one retraining (CPU budget)
@@ -99,7 +124,8 @@ ITLM_FT_KW = {f"itlm-ft{lr:g}{'-control' if a == 1 else ''}": dict(alpha=a, roun
               for lr in (0.02, 0.05) for a in (0.8, 1.0)}
 ITLM_PC_KW = dict(alpha=0.8, rounds=2, per_class=True)  # class-balanced trimming (stage "perclass")
 ITLM_FIT = ("itlm", "itlm-pc", "itlm-a0.7", "itlm-a0.9", "itlm-cv1", "itlm-cv2", *ITLM_FT_KW)  # cells of ITLM.fit
-DAMAGE_OF = {"flip": "the flip's", "random": "the random labels'"}  # the label attacks whose damage ITLM should undo
+DAMAGE_OF = {"flip": "the flip's", "random": "the random labels'", "p-tampering": "p-tampering's",
+             "pgan": "pgan's"}  # the label attacks whose damage ITLM should undo
 JUDGE_EPOCHS = (4, 8, 15, 30)  # stage "judge": judges trained this many epochs (own cosine schedule) on the flip
 SIM_PRECISION = (0.6, 0.75, 0.9)  # simulated judges (stage "precision"): the share of poisons among the trimmed
 VAL = 2000  # held-out clean CIFAR-10 training images: ITLM's settings are chosen on them, never on test
@@ -110,11 +136,45 @@ ROWS = ("none", "oracle", "abl", "abl-nogga", *ITLM_FIT, "itlm-kept-clean",
         *(f"itlm-sim{p:g}" for p in SIM_PRECISION), "itlm-hook", "dpa")  # the main table's defense rows, in order
 MAIN_STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "cv", "extra",
                "seed1", "sep")  # the cpu-5k tables
+EXTRA_STAGES = ("lecture",)  # the lecture's other attacks x the defenses (cpu-5k), on demand only
 ITLM_STAGES = ("itlm", "sep", "random", "precision", "finetune", "perclass", "itlm-seed1", "cleanctl", "judge")  # the ITLM study alone (cpu-10k)
 SUBSET_STAGES = ("clean", "flip", "itlm-seed1", "random", "sep", "keptclean", "precision")  # a class subset (cpu-10k-c4)
 CHECK_STAGES = ("round0", "round0-seed1", "paper-seed1",  # check first (cpu-10k-c4-e40): round 0's judge per seed
                 "heldout")  # the held-out judges alone (itlm-cv1, itlm-cv2), without stage cv's cpu-5k diagnostics
-STAGES = MAIN_STAGES + tuple(s for s in ITLM_STAGES + SUBSET_STAGES + CHECK_STAGES if s not in MAIN_STAGES)
+STAGES = MAIN_STAGES + tuple(s for s in ITLM_STAGES + SUBSET_STAGES + CHECK_STAGES + EXTRA_STAGES
+                              if s not in MAIN_STAGES)
+TABLE_ATTACKS = ("clean", *ATTACKS, *(a for a in LECTURE_ORDER if a not in ATTACKS))  # the tables' row order
+
+
+def attack_spec(key):
+    """(registered name, options) of an attack key (None for clean data): what its cells' keys hash."""
+    return ATTACKS.get(key) or LECTURE.get(key)
+
+
+class LazySets(dict):
+    """attack key -> (poisoned ImageSet, poisoned indices); a missing key is made on first use by `make`."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        self[key] = self.make(key)
+        return self[key]
+
+
+def success_probe(attack, result, test: ImageSet) -> ImageSet | None:
+    """The images an attack wants misclassified, labelled with the class it wants: a backdoor's triggered test
+    images of the other classes (its target class), a targeted attack's targets (their adversarial classes);
+    None for attacks judged by the accuracy drop alone. Attack success = the share predicted as labelled."""
+    if hasattr(attack, "triggered_test"):
+        x, _ = attack.triggered_test(test.images, test.labels)
+        return ImageSet(x, torch.full((len(x),), attack.target_class, dtype=torch.long), list(test.classes))
+    if result.meta.get("targets"):
+        ids = [int(t["id"]) for t in result.meta["targets"]]
+        adv = torch.tensor([int(t["adversarial_class"]) for t in result.meta["targets"]])
+        return ImageSet(test.images[ids], adv, list(test.classes))
+    return None
 
 
 def mask_of(index, n) -> torch.Tensor:
@@ -271,17 +331,33 @@ class Bench:
         log(f"data: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test in "
             f"{time.perf_counter() - t0:.1f}s")
         self.cfg = TrainConfig(**VICTIM)
-        self.sets = {"clean": (self.train, torch.empty(0, dtype=torch.long))}
-        self.attacks = {}
-        for key, (name, kw) in ATTACKS.items():
-            atk = create_attack(name, **kw)
-            r = atk(self.train)
-            self.attacks[key] = atk
-            self.sets[key] = (ImageSet(r.images, r.labels, list(self.train.classes)), r.poisoned)
-            log(f"{key}: {len(r.poisoned)} poisoned training samples")
-        bad = self.attacks["badnets"]
-        x, y = bad.triggered_test(self.test.images, self.test.labels)
-        self.triggered = ImageSet(x, y, list(self.train.classes))
+        self.attacks, self.probes, self.made_seconds = {}, {}, {}
+        self.sets = LazySets(self.poison)
+        self.sets["clean"] = (self.train, torch.empty(0, dtype=torch.long))
+        for key in ATTACKS:  # the lecture's other attacks are made when a stage first needs them
+            self.sets[key]
+
+    def poison(self, key):
+        """Poison the training set with attack `key` (ATTACKS or LECTURE): (data, poisoned indices); keeps
+        the attack and its success probe."""
+        name, kw = attack_spec(key)
+        kw = dict(kw)
+        if kw.get("model") == SURROGATE:
+            kw["model"] = self.victim("clean")["model"]
+        count = kw.pop("targets", None)
+        if count:  # test images and adversarial classes drawn as the grid's attack rows draw them
+            ids = pick_targets(self.test, count, kw["seed"])
+            g = torch.Generator().manual_seed(kw["seed"])
+            k = self.train.num_classes
+            adv = (self.test.labels[ids] + torch.randint(1, k, (len(ids),), generator=g)) % k
+            kw.update(target_images=self.test.images[ids], adversarial_labels=adv, target_ids=ids)
+        t0 = time.perf_counter()
+        atk = create_attack(name, **kw)
+        r = atk(self.train)
+        self.made_seconds[key] = round(time.perf_counter() - t0, 1)
+        self.attacks[key], self.probes[key] = atk, success_probe(atk, r, self.test)
+        log(f"{key}: {len(r.poisoned)} poisoned training samples, made in {self.made_seconds[key]}s")
+        return ImageSet(r.images, r.labels, list(self.train.classes)), r.poisoned
 
     # ----- cells ---------------------------------------------------------------------------------------
     def cell_path(self, name: str, settings: dict) -> Path:
@@ -301,10 +377,11 @@ class Bench:
         return rec
 
     def metrics(self, model, attack: str) -> dict:
+        """Clean test accuracy, and the attack's success (%) where it has a probe (success_probe)."""
         out = {"clean_acc": round(accuracy(model, self.test), 2)}
-        if attack == "badnets":
-            asr = attack_success_rate(model, self.triggered.images, self.attacks["badnets"].target_class)
-            out["asr"] = round(100.0 * asr["rate"], 2)
+        probe = self.probes.get(attack)
+        if probe is not None:
+            out["asr"] = round(100.0 * targeted_hits(model, probe.images, probe.labels).float().mean().item(), 2)
         return out
 
     def trained(self, r: dict, attack: str) -> dict:
@@ -318,9 +395,10 @@ class Bench:
     def none(self, attack):
         def run():
             r = self.victim(attack)
+            made = {"attack_seconds": self.made_seconds[attack]} if attack in LECTURE else {}
             return {**self.metrics(r["model"], attack), "seconds": round(r["train_seconds"], 1),
-                    "history": [h["test_acc"] for h in r["history"]]}
-        rec = self.cell(f"{attack}/none", {"victim": VICTIM, "attack": ATTACKS.get(attack)}, run)
+                    "history": [h["test_acc"] for h in r["history"]], **made}
+        rec = self.cell(f"{attack}/none", {"victim": VICTIM, "attack": attack_spec(attack)}, run)
         if "val_acc" not in rec:  # cells from before the validation split: add it from the checkpoint
             rec["val_acc"] = round(accuracy(self.victim(attack)["model"], self.val), 2)
             write_json(self.cell_path(f"{attack}/none", rec["settings"]), rec)
@@ -355,7 +433,7 @@ class Bench:
                     "seconds": round(res["trained"]["train_seconds"] + unlearn_s, 1)}
         victim = {**VICTIM, "seed": seed} if seed else VICTIM  # seed 0 keeps the key it had
         return self.cell(f"{attack}/abl" + (f"-seed{seed}" if seed else ""),
-                         {"victim": victim, "attack": ATTACKS.get(attack), "abl": ABL_KW}, run)
+                         {"victim": victim, "attack": attack_spec(attack), "abl": ABL_KW}, run)
 
     def itlm(self, attack, kw=None, name="itlm"):
         """ITLM as the paper runs it: round 0 is the undefended run (cached), then kw["rounds"] retrainings
@@ -372,7 +450,7 @@ class Bench:
             return {**self.metrics(out["model"], attack), "val_acc": rounds[-1]["val_acc"], "rounds": rounds,
                     "trimmed": rounds[-1]["trimmed"], "seconds": round(sum(r["train_seconds"] for r in rounds), 1),
                     "warnings": out["warnings"]}
-        settings = {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": kw, "form": "fit", "val": VAL}
+        settings = {"victim": VICTIM, "attack": attack_spec(attack), "itlm": kw, "form": "fit", "val": VAL}
         rec = self.cell(f"{attack}/{name}", settings, run)
         if any("judge" not in q for q in rec["rounds"][:-1]):  # cells from before the judge check: add it from
             out = ITLM(**kw).fit(data, self.test, self.cfg, checkpoints=self.ckpt, known_bad=poisons)  # the cache
@@ -392,7 +470,7 @@ class Bench:
             kept = out["kept"][~torch.isin(out["kept"], poisons)]
             r = train_cached(data.subset(kept), self.test, self.cfg, self.ckpt)
             return {**self.trained(r, attack), "train_size": len(kept), "removed": len(out["kept"]) - len(kept)}
-        return self.cell(f"{attack}/itlm-kept-clean", {"victim": VICTIM, "attack": ATTACKS.get(attack),
+        return self.cell(f"{attack}/itlm-kept-clean", {"victim": VICTIM, "attack": attack_spec(attack),
                                                        "itlm": ITLM_KW}, run)
 
     def simulated(self, precision: float, attack="flip"):
@@ -412,7 +490,7 @@ class Bench:
             r = train_cached(data.subset(kept), self.test, self.cfg, self.ckpt)
             return {**self.trained(r, attack), "train_size": len(kept),
                     "trimmed": precision_recall(torch.cat(top), poisons)}
-        return self.cell(f"{attack}/itlm-sim{precision:g}", {"victim": VICTIM, "attack": ATTACKS.get(attack),
+        return self.cell(f"{attack}/itlm-sim{precision:g}", {"victim": VICTIM, "attack": attack_spec(attack),
                                                              "precision": precision}, run)
 
     def separation(self, attack="flip"):
@@ -448,7 +526,7 @@ class Bench:
             model = train_cached(data.subset(clean), self.test, self.cfg, self.ckpt)["model"]
             rows.append(row("oracle (trained on the clean samples only)", per_sample_loss(model, data), ~bad))
             return {"rows": rows}
-        return self.cell(f"{attack}/loss-separation", {"victim": VICTIM, "attack": ATTACKS.get(attack),
+        return self.cell(f"{attack}/loss-separation", {"victim": VICTIM, "attack": attack_spec(attack),
                                                        "itlm": ITLM_KW, "cv": ITLM_CV_KW[-1], "v": 2}, run)
 
     def reseeded(self, seed: int, kw=None, attacks=("clean", "flip", "badnets"), name="itlm"):
@@ -462,7 +540,7 @@ class Bench:
                 r = train_cached(self.sets[attack][0], self.test, cfg, self.ckpt)
                 return self.trained(r, attack)
             out[attack] = self.cell(f"{attack}/none-seed{seed}", {"victim": {**VICTIM, "seed": seed},
-                                                                   "attack": ATTACKS.get(attack)}, run)
+                                                                   "attack": attack_spec(attack)}, run)
         data, poisons = self.sets["flip"]
 
         def run():
@@ -472,7 +550,7 @@ class Bench:
                     "seconds": round(sum(r["train_seconds"] for r in res["rounds"]), 1),
                     "judges": [q["judge"] for q in res["rounds"][:-1]], "warnings": res["warnings"]}
         out["itlm"] = self.cell(f"flip/{name}-seed{seed}", {"victim": {**VICTIM, "seed": seed},
-                                                          "attack": ATTACKS.get("flip"), "itlm": kw}, run)
+                                                          "attack": attack_spec("flip"), "itlm": kw}, run)
         return out
 
     def chosen_itlm(self) -> tuple[str, dict]:
@@ -509,7 +587,7 @@ class Bench:
                 rows.append(row)
                 kept = itlm.keep(loss, data)
             return {"rows": rows, "clean_by_class": torch.bincount(true[~bad], minlength=data.num_classes).tolist()}
-        return self.cell(f"{attack}/trimming", {"victim": VICTIM, "attack": ATTACKS.get(attack), "itlm": ITLM_KW}, run)
+        return self.cell(f"{attack}/trimming", {"victim": VICTIM, "attack": attack_spec(attack), "itlm": ITLM_KW}, run)
 
     def judges(self, attack="flip"):
         """How a judge's training length changes how well its loss ranks the poisons (is there an early window
@@ -541,7 +619,7 @@ class Bench:
                         "train_loss_last5": separation_stats(rec.train[-5:].mean(0), bad),
                         "tta": separation_stats(tta_loss(r["model"], data), bad)}
             out[epochs] = self.cell(f"{attack}/judge-{epochs}", {"victim": {**VICTIM, "epochs": epochs},
-                                                                  "attack": ATTACKS.get(attack), "v": 2}, run)
+                                                                  "attack": attack_spec(attack), "v": 2}, run)
         return out
 
     def itlm_hook(self, attack):
@@ -554,7 +632,7 @@ class Bench:
             return {**self.metrics(r["model"], attack), "seconds": round(r["train_seconds"], 1),
                     "trimmed": precision_recall(trimmed_of(hook.kept, len(data)), poisons),
                     "selections": hook.selections}
-        return self.cell(f"{attack}/itlm-hook", {"victim": VICTIM, "attack": ATTACKS.get(attack),
+        return self.cell(f"{attack}/itlm-hook", {"victim": VICTIM, "attack": attack_spec(attack),
                                                  "itlm": ITLM_HOOK_KW}, run)
 
     def oracle(self, attack):
@@ -569,7 +647,7 @@ class Bench:
             judge = trimmed_of(lowest_loss(per_sample_loss(model, data), 1 - len(poisons) / len(data)), len(data))
             return {**self.metrics(model, attack), "removed": len(poisons),
                     "seconds": round(fn.result["train_seconds"], 1), "judge": precision_recall(judge, poisons)}
-        return self.cell(f"{attack}/oracle", {"victim": VICTIM, "attack": ATTACKS.get(attack)}, run)
+        return self.cell(f"{attack}/oracle", {"victim": VICTIM, "attack": attack_spec(attack)}, run)
 
     def trace(self, attack="flip"):
         """How well low loss separates the poisons along one undefended run: after every epoch, the share of
@@ -583,7 +661,7 @@ class Bench:
             return {"clean_acc": round(r["last_acc"], 2), "seconds": round(r["train_seconds"], 1),
                     "epochs": [{**row, "test_acc": h["test_acc"], "train_acc": round(h["train_acc"], 2)}
                                for row, h in zip(hook.rows, r["history"])]}
-        return self.cell(f"{attack}/loss-trace", {"victim": VICTIM, "attack": ATTACKS.get(attack)}, run)
+        return self.cell(f"{attack}/loss-trace", {"victim": VICTIM, "attack": attack_spec(attack)}, run)
 
     def detect(self, attack):
         data, poisons = self.sets[attack]
@@ -598,7 +676,7 @@ class Bench:
                     if row["class"] in found.candidates:
                         row["small_cluster"] = precision_recall(found.candidates[row["class"]], poisons)
                 return {**precision_recall(found.flagged, poisons), "seconds": secs, "per_class": found.per_class}
-            out[name] = self.cell(f"{attack}/detect-{name}", {"victim": VICTIM, "attack": ATTACKS.get(attack),
+            out[name] = self.cell(f"{attack}/detect-{name}", {"victim": VICTIM, "attack": attack_spec(attack),
                                                              "detector": repr(vars(det)), "v": 2}, run)
         return out
 
@@ -625,7 +703,7 @@ class Bench:
                         new, secs = timed(SSD(**kw), model, data, found)
                     return {**self.metrics(new, attack), "seconds": round(secs, 1), "found": len(found), "curve": curve}
                 out[(frac, method)] = self.cell(f"{attack}/unlearn-{method}-found{frac:g}",
-                                                {"victim": VICTIM, "attack": ATTACKS.get(attack), "found": frac,
+                                                {"victim": VICTIM, "attack": attack_spec(attack), "found": frac,
                                                  "method": method, "kw": kw}, run)
         return out
 
@@ -640,12 +718,13 @@ class Bench:
             rec = {"clean_acc": round(res["accuracy"], 2), "k": DPA_K, "curve": res["curve"],
                    "part_sizes": [len(p) for p in dpa.partitions(data)],
                    "base_acc": [round(accuracy(m, self.test), 2) for m in models]}
-            if attack == "badnets":
-                pred, _ = aggregate(dpa.votes(models, self.triggered))
-                rec["asr"] = round(100.0 * (pred == self.attacks["badnets"].target_class).float().mean().item(), 2)
+            probe = self.probes.get(attack)
+            if probe is not None:
+                pred, _ = aggregate(dpa.votes(models, probe))
+                rec["asr"] = round(100.0 * (pred == probe.labels).float().mean().item(), 2)
             rec["seconds"] = round(sum(dpa.train_seconds) + time.perf_counter() - t0, 1)
             return rec
-        return self.cell(f"{attack}/dpa", {"victim": DPA_VICTIM, "attack": ATTACKS.get(attack), "k": DPA_K}, run)
+        return self.cell(f"{attack}/dpa", {"victim": DPA_VICTIM, "attack": attack_spec(attack), "k": DPA_K}, run)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -786,6 +865,22 @@ def judge_table(res: dict) -> list[str]:
     return lines
 
 
+def lecture_note(attack: str, r: dict) -> str:
+    """The none row of a lecture attack: what it is, how long making it took, what its ASR column means."""
+    name, kw = LECTURE[attack]
+    opts = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in kw.items()
+                     if k not in ("seed", "trigger_seed", "model", "targets"))
+    parts = [f"`{name}`" + (f" {opts}" if opts else " (defaults)")]
+    if kw.get("model") == SURROGATE:
+        parts.append("surrogate: the clean victim")
+    parts.append(f"made in {r['attack_seconds']} s")
+    if "targets" in kw:
+        parts.append(f"ASR = share of its {kw['targets']} test targets classified as their adversarial class")
+    elif "target_class" in kw:
+        parts.append("ASR on triggered test images of the other classes")
+    return "; ".join(parts)
+
+
 def tables(res: dict) -> str:
     """Markdown tables: defenses x attacks with the undefended baseline in the same row."""
     subset = f" classes {SCALE['classes']} only (relabelled 0..{len(SCALE['classes']) - 1})" if SCALE.get("classes") else ""
@@ -795,7 +890,7 @@ def tables(res: dict) -> str:
              "| attack | defense | clean acc | ASR | no-defense acc | no-defense ASR | clean-data acc | seconds | notes |",
              "|---|---|---|---|---|---|---|---|---|"]
     clean = res.get("clean/none", {}).get("clean_acc")
-    for attack in ("clean", "badnets", "flip", "random"):
+    for attack in TABLE_ATTACKS:
         base = res.get(f"{attack}/none")
         if base is None:
             continue
@@ -804,6 +899,10 @@ def tables(res: dict) -> str:
             if r is None:
                 continue
             notes = [r["note"]] if "note" in r else []
+            if d == "none" and "attack_seconds" in r:
+                notes.append(lecture_note(attack, r))
+            if d == "none" and attack in DAMAGE_OF and clean is not None:
+                notes.append(f"drop {clean - r['clean_acc']:.1f} points against clean data")
             if d.startswith("abl"):
                 iso = r["isolation"]
                 notes.append(f"isolated {iso['flagged']}, precision {_fmt(iso['precision'])}%; before unlearning: "
@@ -932,7 +1031,7 @@ def tables(res: dict) -> str:
                   "|---|---|---|---|---|"]
         for e in trace["epochs"]:
             lines.append(f"| {e['epoch']} | {e['test_acc']} | {e['train_acc']} | {e['global']} | {e['per_class']} |")
-    dpa = {a: res[f"{a}/dpa"] for a in ("clean", "flip", "badnets") if f"{a}/dpa" in res}
+    dpa = {a: res[f"{a}/dpa"] for a in TABLE_ATTACKS if f"{a}/dpa" in res}
     if dpa:
         radii = [c["radius"] for c in max(dpa.values(), key=lambda r: len(r["curve"]))["curve"]]
         lines += ["", f"DPA certified accuracy (%) against radius (k = {DPA_K} partitions; radius = poisoned "
@@ -950,7 +1049,7 @@ def tables(res: dict) -> str:
                   "precision of flagging at random (the poisoned fraction):", "",
                   "| attack | detector | flagged | poisons | found | precision % | chance % | recall % | seconds |",
                   "|---|---|---|---|---|---|---|---|---|"]
-    for attack in ("badnets", "flip"):
+    for attack in TABLE_ATTACKS:
         for det in ("spectral", "ac"):
             r = res.get(f"{attack}/detect-{det}")
             if r:
@@ -1144,6 +1243,15 @@ def main(argv=None):
         elif s == "precision":
             for p in sims:
                 b.simulated(p)
+        elif s == "lecture":  # cheapest attacks first; ABL and ITLM next, DPA (k trainings) last
+            for a in LECTURE_ORDER:
+                b.none(a)
+                b.detect(a)
+            for a in LECTURE_ORDER:
+                b.abl(a)
+                b.itlm(a)
+            for a in LECTURE_ORDER:
+                b.dpa(a)
         elif s == "extra":
             b.unlearn("badnets")
             b.dpa("badnets")
