@@ -53,6 +53,9 @@ def test_tables_carry_the_lecture_rows():
            "poison-frogs/detect-spectral": det,
            "p-tampering/none": {"clean_acc": 55.0, "seconds": 2.0, "attack_seconds": 0.1},
            "p-tampering/abl": {"clean_acc": 50.0, "seconds": 3.0, "before_unlearning": {"clean_acc": 51.0},
+                               "isolation": {"flagged": 50, "precision": 20.0}, "unlearn_seconds": 0.5},
+           "clean-label/none": {"clean_acc": 58.0, "asr": 5.0, "seconds": 2.0, "attack_seconds": 1.5},
+           "clean-label/abl": {"clean_acc": 50.0, "asr": 1.0, "seconds": 9.0, "before_unlearning": {"clean_acc": 51.0},
                                "isolation": {"flagged": 50, "precision": 20.0}}}
     text = bench.tables(res)
     assert "| poison-frogs | none | 58.5 | 10.0 | 58.5 | 10.0 | 59.0 | 2.0 | `poison-frogs` (defaults); surrogate: " \
@@ -62,4 +65,5 @@ def test_tables_carry_the_lecture_rows():
     assert "| p-tampering | none | 55.0 | - | 55.0 | - | 59.0 | 2.0 | `p-tampering` p 0.1; surrogate: the clean " \
            "victim; made in 0.1 s; drop 4.0 points against clean data |" in text
     assert "| p-tampering | abl | 50.0 | - | 55.0 | - | 59.0 | 3.0 | isolated 50, precision 20.0%; before " \
-           "unlearning: acc 51.0, ASR -; recovers -125% of p-tampering's damage |" in text
+           "unlearning: acc 51.0, ASR -; unlearning 0.5 s; recovers -125% of p-tampering's damage |" in text
+    assert "ASR -; unlearning 0.5 s" in text and "seconds count the training twice" in text  # cells before the fix
