@@ -409,6 +409,15 @@ class Bench:
             write_json(self.cell_path(f"{attack}/none", rec["settings"]), rec)
         return rec
 
+    def clean_model(self, attack):
+        """The clean-data victim scored on the attack's probe: the success a model that never saw a poison
+        already has (the chance level of a targeted attack's hits)."""
+        self.sets[attack]  # makes the attack (and its probe) if this process has not yet
+
+        def run():
+            return self.metrics(self.victim("clean")["model"], attack)
+        return self.cell(f"{attack}/clean-model", {"victim": VICTIM, "attack": attack_spec(attack)}, run)
+
     def round0(self, seed=0):
         """ITLM's round 0 alone, read before any retraining: the undefended flip run under this victim seed (the
         checkpoint that none / reseeded / ITLM.fit share) and its judge check against the known flips."""
@@ -907,6 +916,8 @@ def tables(res: dict) -> str:
             notes = [r["note"]] if "note" in r else []
             if d == "none" and "attack_seconds" in r:
                 notes.append(lecture_note(attack, r))
+            if d == "none" and f"{attack}/clean-model" in res:
+                notes.append(f"the clean-data model on the same probe: ASR {_fmt(res[f'{attack}/clean-model']['asr'])}")
             if d == "none" and attack in DAMAGE_OF and clean is not None:
                 notes.append(f"drop {clean - r['clean_acc']:.1f} points against clean data")
             if d.startswith("abl"):
@@ -1262,6 +1273,8 @@ def main(argv=None):
             for a in lecture:
                 b.none(a)
                 b.detect(a)
+                if b.probes[a] is not None:
+                    b.clean_model(a)
             for a in lecture:
                 b.abl(a)
                 b.itlm(a)

@@ -50,7 +50,7 @@ def test_tables_carry_the_lecture_rows():
     det = {"flagged": 60, "poisons": 10, "found": 4, "precision": 6.7, "recall": 40.0, "seconds": 1.5}
     res = {"clean/none": {"clean_acc": 59.0, "seconds": 1.0},
            "poison-frogs/none": {"clean_acc": 58.5, "asr": 10.0, "seconds": 2.0, "attack_seconds": 17.2},
-           "poison-frogs/detect-spectral": det,
+           "poison-frogs/detect-spectral": det, "poison-frogs/clean-model": {"clean_acc": 59.0, "asr": 0.0},
            "p-tampering/none": {"clean_acc": 55.0, "seconds": 2.0, "attack_seconds": 0.1},
            "p-tampering/abl": {"clean_acc": 50.0, "seconds": 3.0, "before_unlearning": {"clean_acc": 51.0},
                                "isolation": {"flagged": 50, "precision": 20.0}, "unlearn_seconds": 0.5},
@@ -60,7 +60,7 @@ def test_tables_carry_the_lecture_rows():
     text = bench.tables(res)
     assert "| poison-frogs | none | 58.5 | 10.0 | 58.5 | 10.0 | 59.0 | 2.0 | `poison-frogs` (defaults); surrogate: " \
            "the clean victim; made in 17.2 s; ASR = share of its 10 test targets classified as their adversarial " \
-           "class |" in text
+           "class; the clean-data model on the same probe: ASR 0.0 |" in text
     assert "| poison-frogs | spectral | 60 | 10 | 4 | 6.7 | 0.2 | 40.0 | 1.5 |" in text
     assert "| p-tampering | none | 55.0 | - | 55.0 | - | 59.0 | 2.0 | `p-tampering` p 0.1; surrogate: the clean " \
            "victim; made in 0.1 s; drop 4.0 points against clean data |" in text
