@@ -130,7 +130,7 @@ ITLM_FT_KW = {f"itlm-ft{lr:g}{'-control' if a == 1 else ''}": dict(alpha=a, roun
 ITLM_PC_KW = dict(alpha=0.8, rounds=2, per_class=True)  # class-balanced trimming (stage "perclass")
 ITLM_FIT = ("itlm", "itlm-pc", "itlm-a0.7", "itlm-a0.9", "itlm-cv1", "itlm-cv2", *ITLM_FT_KW)  # cells of ITLM.fit
 DAMAGE_OF = {"flip": "the flip's", "random": "the random labels'", "p-tampering": "p-tampering's",
-             "pgan": "pgan's"}  # the label attacks whose damage ITLM should undo
+             "pgan": "pgan's", "autoencoder": "the autoencoder poison's"}  # judged by their accuracy drop
 JUDGE_EPOCHS = (4, 8, 15, 30)  # stage "judge": judges trained this many epochs (own cosine schedule) on the flip
 SIM_PRECISION = (0.6, 0.75, 0.9)  # simulated judges (stage "precision"): the share of poisons among the trimmed
 VAL = 2000  # held-out clean CIFAR-10 training images: ITLM's settings are chosen on them, never on test
