@@ -215,7 +215,7 @@ class Bench:
             (cache / sub).mkdir(parents=True, exist_ok=True)
         train, test = load_splits(str(CIFAR), None)
         self.train, self.test = train.stratified(TRAIN_N, 0), test.stratified(TEST_N, 0)
-        self.long_epochs, self.long_control = LONG_EPOCHS, False
+        self.long_epochs, self.long_control, self.long_draws = LONG_EPOCHS, False, list(LONG9)
 
     def epochs(self, copy: str) -> int:
         """Training length of a copy's victims, clean twins and surrogate."""
@@ -637,8 +637,9 @@ def stage_long(b: Bench) -> dict:
     the victims' per-key reference shift; with --long-control also 8-epoch victims (seeds 0..9, cached twins) on
     the same copies."""
     ep = b.long_epochs
+    draws = {c: v for c, v in LONG9.items() if c in b.long_draws}
     out = {"epochs": ep, "draws": {}}
-    for copy, (_, victims) in LONG9.items():
+    for copy, (_, victims) in draws.items():
         stage_marked(b, copy)
         data, key, meta = b.marked(copy)
         victims = list(victims)
@@ -678,11 +679,11 @@ def stage_long(b: Bench) -> dict:
             f"{row['victims_reference_shift']:.2f}" + (f"; 8-epoch control {row['control_8_epochs']}"
                                                        if "control_8_epochs" in row else ""))
     harmlessness(out)
-    long_clean = [(b.clean_name(s, ep), b.clean(s, ep)[0]) for s in sorted({s for _, v in LONG9.values() for s in v})]
+    long_clean = [(b.clean_name(s, ep), b.clean(s, ep)[0]) for s in sorted({s for _, v in draws.values() for s in v})]
     older = null_models(b)
     out["null"] = {"long_models": len(long_clean), "older_models": len(older),
                    "fresh_40_keys": null_fresh_keys(long_clean, 40, b.train.num_classes, b.train.shape, LONG_NULL_SETS)}
-    for copy in LONG9:
+    for copy in draws:
         _, key, _ = b.marked(copy)
         row = out["draws"][copy]
         for who, models in (("long", long_clean), ("older", older)):
@@ -1153,6 +1154,7 @@ def main(argv=None):
     ap.add_argument("--long-epochs", type=int, default=LONG_EPOCHS, help="training length of the long copies' victims, "
                                                                           "clean twins and surrogates (stage long)")
     ap.add_argument("--long-control", action="store_true", help="stage long: also 8-epoch victims on the same copies")
+    ap.add_argument("--long-draws", default=",".join(LONG9), help="stage long: the draws to run (default all, in order)")
     args = ap.parse_args(argv)
     set_threads()
     b = Bench(Path(args.cache))
@@ -1163,7 +1165,7 @@ def main(argv=None):
     b.robust_seeds = [int(x) for x in args.robust_seeds.split(",")]
     b.null_keys = [int(x) for x in args.null_keys.split(",")]
     b.null_sets = args.null_sets
-    b.long_epochs, b.long_control = args.long_epochs, args.long_control
+    b.long_epochs, b.long_control, b.long_draws = args.long_epochs, args.long_control, args.long_draws.split(",")
     names = list(STAGES) if args.stage == "all" else args.stage.split(",")
     for n in names:
         log(f"stage {n}")
