@@ -952,7 +952,7 @@ def tables(res: dict) -> str:
                 notes.append(f"diagnostic, not a defense: a simulated judge whose trimmed {r['trimmed']['flagged']} "
                              "hold this share of poisons (the undefended model's highest-loss poisons and clean "
                              "samples), retrained once")
-            if attack in DAMAGE_OF and d != "none" and clean is not None and clean > base["clean_acc"]:
+            if attack in DAMAGE_OF and d != "none" and clean is not None and clean - base["clean_acc"] >= 1:
                 notes.append(f"recovers {_fmt(100 * (r['clean_acc'] - base['clean_acc']) / (clean - base['clean_acc']), 0)}% "
                              f"of {DAMAGE_OF[attack]} damage")
             if d == "dpa":
