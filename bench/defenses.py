@@ -27,12 +27,13 @@ Stage lecture (cpu-5k, on demand only): the lecture's other attacks that the CPU
 first needs them (not in ATTACKS, so no other run pays for them), cheapest first: blended (10%, target 0),
 p-tampering (p 0.1, the clean victim as the surrogate for the most plausible wrong label), random labels (the
 ITLM paper's random noise above), the clean-label backdoor (5%: half of target class 0, PGD on the clean
-victim), poison frogs (10 test targets, one poison each, features of the clean victim) and pgan (5% of class 0);
-each x {none, spectral signatures, activation clustering}, then x {ABL, ITLM (1 retraining)}, then x DPA. Attack
-success is the attack's own probe (success_probe: a backdoor's triggered test images, a targeted attack's
-targets); the others are read by their accuracy drop against clean data. Not run: Witches' Brew, MetaPoison,
-(CPU cost to make, docs/defenses.md "Grid coverage"). Convex polytope (10 targets, 5 poisons each, one
-surrogate network) and the autoencoder poison (10%, eps 8/255) came after: `--lecture convex-polytope,autoencoder`.
+victim), poison frogs (10 test targets, one poison each, features of the clean victim), pgan (5% of class 0),
+convex polytope (the same 10 targets, 5 poisons each, one surrogate: the clean victim) and the autoencoder poison
+(10%, eps 8/255); each x {none, spectral signatures, activation clustering}, then x {ABL, ITLM (1 retraining)},
+then x DPA; --lecture picks some of them. Attack success is the attack's own probe (success_probe: a backdoor's
+triggered test images, a targeted attack's targets), beside the clean-data victim's score on it; the others are
+read by their accuracy drop against clean data. Not run: Witches' Brew and MetaPoison (CPU cost to make,
+docs/defenses.md "Grid coverage").
 
 ITLM's settings on the flip are chosen by accuracy on a validation split: 2,000 class-balanced CIFAR-10
 training images outside the 5,000 (clean labels), never the test set.
