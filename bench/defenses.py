@@ -437,15 +437,12 @@ class Bench:
         cfg = TrainConfig(**{**VICTIM, "seed": seed}) if seed else self.cfg
 
         def run():
-            abl, curve = ABL(**ABL_KW), []
-            hook = abl.hook(data)  # ABL.run's steps, so that the unlearning is timed alone: the training's
-            trained = train_cached(data, self.test, cfg, self.ckpt, hooks=[hook])  # seconds are its own
-            t0 = time.perf_counter()
-            model = abl.unlearn(trained["model"], data, hook.isolated,
-                                on_epoch=lambda e, m: curve.append({"epoch": e, **self.metrics(m, attack)}))
-            unlearn_s = time.perf_counter() - t0
-            return {**self.metrics(model, attack), "before_unlearning": self.metrics(trained["model"], attack),
-                    "unlearning_curve": curve, "isolation": precision_recall(hook.isolated, poisons),
+            curve = []
+            res = ABL(**ABL_KW).run(data, self.test, cfg, self.ckpt,
+                                    on_epoch=lambda e, m: curve.append({"epoch": e, **self.metrics(m, attack)}))
+            trained, unlearn_s = res["trained"], res["unlearn_seconds"]
+            return {**self.metrics(res["model"], attack), "before_unlearning": self.metrics(trained["model"], attack),
+                    "unlearning_curve": curve, "isolation": precision_recall(res["isolated"], poisons),
                     "seconds": round(trained["train_seconds"] + unlearn_s, 1), "unlearn_seconds": round(unlearn_s, 1)}
         victim = {**VICTIM, "seed": seed} if seed else VICTIM  # seed 0 keeps the key it had
         return self.cell(f"{attack}/abl" + (f"-seed{seed}" if seed else ""),

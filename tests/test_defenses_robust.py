@@ -112,6 +112,7 @@ def test_abl_isolates_at_the_turning_epoch_and_unlearns(tmp_path):
     before = per_sample_loss(out["trained"]["model"], train.subset(isolated)).mean()
     after = per_sample_loss(out["model"], train.subset(isolated)).mean()
     assert after > before  # gradient ascent on the isolated samples
+    assert out["unlearn_seconds"] > 0  # the unlearning timed alone (the training's seconds are the run's own)
     # A rerun loads the finished checkpoint, hook state (the isolated set) included.
     again = abl.run(train, None, TrainConfig(epochs=5, **CFG), folder=tmp_path)
     assert torch.equal(again["isolated"], isolated)

@@ -25,6 +25,7 @@ official code the LGA sign is taken on the batch's mean loss.
 """
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -77,13 +78,16 @@ class ABL:
         return self.unlearner(model, data, isolated, **kw)
 
     def run(self, train: ImageSet, test: ImageSet | None, cfg, folder=None, **kw) -> dict:
-        """Returns the trained (isolation + fine-tuning) run, the isolated indices and the unlearned model."""
+        """Returns the trained (isolation + fine-tuning) run, the isolated indices, the unlearned model and the
+        unlearning's own seconds (the training's are trained["train_seconds"])."""
         if cfg.epochs < self.turning_epoch:
             raise PoisonlabError(f"abl: {cfg.epochs} epochs end before the turning epoch {self.turning_epoch}")
         hook = self.hook(train)
         trained = train_cached(train, test, cfg, folder, hooks=[hook])
-        return {"trained": trained, "isolated": hook.isolated,
-                "model": self.unlearn(trained["model"], train, hook.isolated, **kw)}
+        t0 = time.perf_counter()
+        model = self.unlearn(trained["model"], train, hook.isolated, **kw)
+        return {"trained": trained, "isolated": hook.isolated, "model": model,
+                "unlearn_seconds": time.perf_counter() - t0}
 
 
 class ABLHook:
