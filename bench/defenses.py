@@ -146,7 +146,8 @@ EXTRA_STAGES = ("lecture",)  # the lecture's other attacks x the defenses (cpu-5
 ITLM_STAGES = ("itlm", "sep", "random", "precision", "finetune", "perclass", "itlm-seed1", "cleanctl", "judge")  # the ITLM study alone (cpu-10k)
 SUBSET_STAGES = ("clean", "flip", "itlm-seed1", "random", "sep", "keptclean", "precision")  # a class subset (cpu-10k-c4)
 CHECK_STAGES = ("round0", "round0-seed1", "paper-seed1",  # check first (cpu-10k-c4-e40): round 0's judge per seed
-                "heldout")  # the held-out judges alone (itlm-cv1, itlm-cv2), without stage cv's cpu-5k diagnostics
+                "heldout",  # the held-out judges alone (itlm-cv1, itlm-cv2), without stage cv's cpu-5k diagnostics
+                "itlm-seed2", "itlm-seed3")  # more victim seeds for the chosen setting (as itlm-seed1)
 STAGES = MAIN_STAGES + tuple(s for s in ITLM_STAGES + SUBSET_STAGES + CHECK_STAGES + EXTRA_STAGES
                               if s not in MAIN_STAGES)
 TABLE_ATTACKS = ("clean", *ATTACKS, *(a for a in LECTURE_ORDER if a not in ATTACKS))  # the tables' row order
@@ -1237,11 +1238,12 @@ def main(argv=None):
             b.none("clean")
             b.none("flip")
             b.itlm("flip")
-        elif s == "itlm-seed1":  # the setting chosen on validation (and its control, if any), under victim seed 1
+        elif s.startswith("itlm-seed"):  # the setting chosen on validation (and its control, if any), under
+            seed = int(s.removeprefix("itlm-seed"))  # victim seed 1 (2, 3: more seeds for the same choice)
             name, kw = b.chosen_itlm()
-            b.reseeded(1, kw, attacks=("clean", "flip"), name=name)
+            b.reseeded(seed, kw, attacks=("clean", "flip"), name=name)
             if f"{name}-control" in ITLM_FT_KW:
-                b.reseeded(1, {**kw, "alpha": 1.0}, attacks=(), name=f"{name}-control")
+                b.reseeded(seed, {**kw, "alpha": 1.0}, attacks=(), name=f"{name}-control")
         elif s == "sep":
             b.trimming("flip")
         elif s in ("round0", "round0-seed1"):  # the judge check first, one seed per process
