@@ -1166,6 +1166,9 @@ def main(argv=None):
     b.null_keys = [int(x) for x in args.null_keys.split(",")]
     b.null_sets = args.null_sets
     b.long_epochs, b.long_control, b.long_draws = args.long_epochs, args.long_control, args.long_draws.split(",")
+    # stages run only when named (not part of "all")
+    ON_DEMAND = {"keys": stage_keys, "pairs": stage_pairs, "easier": stage_easier, "screen": stage_screen,
+                 "screen80": stage_screen80, "long": stage_long}
     names = list(STAGES) if args.stage == "all" else args.stage.split(",")
     for n in names:
         log(f"stage {n}")
@@ -1173,18 +1176,8 @@ def main(argv=None):
             STAGES[n](b)
         elif n == "null":
             write_json(b.cache / "null.json", stage_null(b))
-        elif n == "keys":
-            stage_keys(b)
-        elif n == "pairs":
-            stage_pairs(b)
-        elif n == "easier":
-            stage_easier(b)
-        elif n == "screen":
-            stage_screen(b)
-        elif n == "screen80":
-            stage_screen80(b)
-        elif n == "long":
-            stage_long(b)
+        elif n in ON_DEMAND:
+            ON_DEMAND[n](b)
         elif n != "report":
             raise SystemExit(f"unknown stage {n!r}")
     if args.stage == "all" and not (b.cache / "null.json").exists():
