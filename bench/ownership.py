@@ -501,6 +501,11 @@ def stage_null(b: Bench) -> dict:
 SCREEN = dict(seeds=(50, 51, 52), keep=20, also=(10, 30))
 
 
+def below(verdicts, level=0.01) -> dict:
+    """Per test, how many of the verdicts (checks() results) have a p-value below level."""
+    return {t: sum(v[t]["p_value"] < level for v in verdicts) for t in TESTS}
+
+
 def owner_scores(b: Bench, copy: str):
     """(the copy's key, owner scores (reference shift, plain shift) of all its keys) from the owner's models."""
     data, key, _ = b.marked(copy)
@@ -537,9 +542,9 @@ def stage_screen(b: Bench) -> dict:
             null = [b.checks(f"{tag}-on-{name}", kept, m, copy)["combined"]["p_value"] for name, m in models]
             idx = kept.params["screened"]["kept"]
             row = {"keep": keep, "kept": idx,
-                   "detected": {t: sum(v[t]["p_value"] < 0.01 for v in ver) for t in TESTS},
+                   "detected": below(ver),
                    "combined_p": [v["combined"]["p_value"] for v in ver],
-                   "twins_below_001": {t: sum(v[t]["p_value"] < 0.01 for v in twin) for t in TESTS},
+                   "twins_below_001": below(twin),
                    "null_combined_below_001": sum(p < 0.01 for p in null),
                    "null_combined_below_005": sum(p < 0.05 for p in null),
                    "owner_score_vs_test_shift_spearman": float(spearmanr(score, test_shift)[0]),
@@ -582,13 +587,13 @@ def stage_screen80(b: Bench) -> dict:
         row = {"source": source, "kept": meta["kept"], "marked_images": meta["marked_images"],
                "source_marked_images": meta["source_marked_images"],
                "marked_per_key": [meta["marked_per_key_min"], meta["marked_per_key"]],
-               "detected": {t: sum(v[t]["p_value"] < 0.01 for v in ver) for t in TESTS},
+               "detected": below(ver),
                "combined_p": [v["combined"]["p_value"] for v in ver],
-               "twins_below_001": {t: sum(v[t]["p_value"] < 0.01 for v in twin) for t in TESTS},
-               "null_below_001": {t: sum(v[t]["p_value"] < 0.01 for v in null) for t in TESTS},
+               "twins_below_001": below(twin),
+               "null_below_001": below(null),
                "null_combined_below_005": sum(v["combined"]["p_value"] < 0.05 for v in null),
-               "unkept_on_victims_below_001": {t: sum(v[t]["p_value"] < 0.01 for v in off) for t in TESTS},
-               "unkept_on_victims_below_005": {t: sum(v[t]["p_value"] < 0.05 for v in off) for t in TESTS},
+               "unkept_on_victims_below_001": below(off),
+               "unkept_on_victims_below_005": below(off, 0.05),
                "victims_reference_shift_kept": float(np.mean(shift)),
                "owner_score_vs_victims_shift_spearman": float(spearmanr(score, shift)[0]),
                "acc_diff": acc}
@@ -653,9 +658,9 @@ def stage_long(b: Bench) -> dict:
         shift, _ = key_shifts(key, [m for m, _ in vm], [m for m, _ in tw])
         row = {"key_seed": copy_seed(copy), "victims": victims, "marked_images": meta["marked_images"],
                "marked_per_key": meta.get("marked_per_key"), "marking_seconds": meta["seconds"],
-               "detected": {t: sum(v[t]["p_value"] < 0.01 for v in ver) for t in TESTS},
+               "detected": below(ver),
                "combined_p": [v["combined"]["p_value"] for v in ver],
-               "twins_below_001": {t: sum(v[t]["p_value"] < 0.01 for v in twin) for t in TESTS},
+               "twins_below_001": below(twin),
                "acc_diff": [r["last_acc"] - c["last_acc"] for (_, r), (_, c) in zip(vm, tw)],
                "victims_train_acc": float(fit_v[:, 0].mean()), "victims_train_acc_marked": float(fit_v[:, 1].mean()),
                "twins_train_acc": float(fit_t[:, 0].mean()), "twins_train_acc_marked_originals": float(fit_t[:, 1].mean()),
@@ -666,7 +671,7 @@ def stage_long(b: Bench) -> dict:
             v8 = [b.checks(f"{copy}-e8-s{s}", key, m, copy) for s, (m, _) in zip(victims, c8)]
             s8, _ = key_shifts(key, [m for m, _ in c8], [m for m, _ in t8])
             row["control_8_epochs"] = {
-                "detected": {t: sum(v[t]["p_value"] < 0.01 for v in v8) for t in TESTS},
+                "detected": below(v8),
                 "combined_p": [v["combined"]["p_value"] for v in v8],
                 "victims_train_acc_marked": float(np.mean([train_fit(m, data, idx)[1] for m, _ in c8])),
                 "victims_reference_shift": float(np.mean(s8)),
