@@ -28,11 +28,12 @@ first needs them (not in ATTACKS, so no other run pays for them), cheapest first
 p-tampering (p 0.1, the clean victim as the surrogate for the most plausible wrong label), random labels (the
 ITLM paper's random noise above), the clean-label backdoor (5%: half of target class 0, PGD on the clean
 victim), poison frogs (10 test targets, one poison each, features of the clean victim), pgan (5% of class 0),
-convex polytope (the same 10 targets, 5 poisons each, one surrogate: the clean victim) and the autoencoder poison
-(10%, eps 8/255); each x {none, spectral signatures, activation clustering}, then x {ABL, ITLM (1 retraining)},
+convex polytope (the same 10 targets, 5 poisons each, one surrogate: the clean victim), the autoencoder poison
+(10%, eps 8/255) and Witches' Brew (the same 10 targets, 1% per target, the paper's 8 x 250 steps: about an hour
+of one CPU core; a made set is kept under the work folder's made/); each x {none, spectral signatures, activation clustering}, then x {ABL, ITLM (1 retraining)},
 then x DPA; --lecture picks some of them. Attack success is the attack's own probe (success_probe: a backdoor's
 triggered test images, a targeted attack's targets), beside the clean-data victim's score on it; the others are
-read by their accuracy drop against clean data. Not run: Witches' Brew and MetaPoison (CPU cost to make,
+read by their accuracy drop against clean data. Not in the stage: MetaPoison (over an hour of CPU to make,
 docs/defenses.md "Grid coverage").
 
 ITLM's settings on the flip are chosen by accuracy on a validation split: 2,000 class-balanced CIFAR-10
@@ -86,7 +87,7 @@ from poisonlab.attacks.run import pick_targets  # noqa: E402
 from poisonlab.augment import random_crop  # noqa: E402
 from poisonlab.defenses.probe import accuracy, per_sample_loss, precision_recall, predict, train_cached  # noqa: E402
 from poisonlab.defenses.unlearn import SSD, GradientAscent, RetrainWithout, timed  # noqa: E402
-from poisonlab.fileio import atomic_write, read_json, write_json  # noqa: E402
+from poisonlab.fileio import atomic_write, load_state, read_json, save_state, write_json  # noqa: E402
 from poisonlab.hashing import bytes_hash, digest  # noqa: E402
 from poisonlab.runtime import set_threads  # noqa: E402
 from poisonlab.train import TrainConfig  # noqa: E402
@@ -114,9 +115,12 @@ LECTURE = {"blended": ("blended", dict(target_class=0, poison_rate=0.1, trigger_
            "pgan": ("pgan", dict(seed=0)),
            # one surrogate network (the paper's is an ensemble), 5 poisons per target
            "convex-polytope": ("convex-polytope", dict(targets=10, model=SURROGATE, seed=0)),
-           "autoencoder": ("autoencoder-poison", dict(seed=0))}
+           "autoencoder": ("autoencoder-poison", dict(seed=0)),
+           # the paper's defaults (1% of the training set per target, 8 restarts x 250 steps, eps 16/255) on the
+           # clean victim, for the same 10 targets as poison frogs and convex polytope
+           "witches-brew": ("witches-brew", dict(targets=10, model=SURROGATE, seed=0))}
 LECTURE_ORDER = ("blended", "p-tampering", "random", "clean-label", "poison-frogs", "pgan", "convex-polytope",
-                 "autoencoder")  # "random" is in ATTACKS
+                 "autoencoder", "witches-brew")  # "random" is in ATTACKS
 ABL_KW = dict(gamma=0.5, ratio=0.01, turning_epoch=5, gga=True, cap=5.0, unlearn_epochs=5, unlearn_lr=5e-4)
 ITLM_KW = dict(alpha=0.8, rounds=3)  # the fit form on the label flip: 3 retrainings from scratch
 ITLM_GRID_KW = dict(alpha=0.8, rounds=1)  # the other attacks: one retraining (CPU budget)
@@ -338,7 +342,7 @@ class Bench:
         log(f"data: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test in "
             f"{time.perf_counter() - t0:.1f}s")
         self.cfg = TrainConfig(**VICTIM)
-        self.attacks, self.probes, self.made_seconds = {}, {}, {}
+        self.probes, self.made_seconds = {}, {}
         self.sets = LazySets(self.poison)
         self.sets["clean"] = (self.train, torch.empty(0, dtype=torch.long))
         for key in ATTACKS:  # the lecture's other attacks are made when a stage first needs them
@@ -346,7 +350,16 @@ class Bench:
 
     def poison(self, key):
         """Poison the training set with attack `key` (ATTACKS or LECTURE): (data, poisoned indices); keeps
-        the attack and its success probe."""
+        its success probe and its making time. A lecture attack's set is kept on disk (`made/`): some take
+        CPU-hours to make, and every later stage that touches the attack needs the same set again."""
+        path = self.work / "made" / f"{key}-{settings_hash({'attack': attack_spec(key), 'victim': VICTIM})}.pt"
+        if key in LECTURE and path.exists():
+            m = load_state(path, "made attack set")
+            self.made_seconds[key] = m["seconds"]
+            self.probes[key] = (ImageSet(m["probe_images"], m["probe_labels"], list(self.test.classes))
+                                if "probe_images" in m else None)
+            log(f"{key}: {len(m['poisoned'])} poisoned training samples, read from {path}")
+            return ImageSet(m["images"], m["labels"], list(self.train.classes)), m["poisoned"]
         name, kw = attack_spec(key)
         kw = dict(kw)
         if kw.get("model") == SURROGATE:
@@ -362,8 +375,13 @@ class Bench:
         atk = create_attack(name, **kw)
         r = atk(self.train)
         self.made_seconds[key] = round(time.perf_counter() - t0, 1)
-        self.attacks[key], self.probes[key] = atk, success_probe(atk, r, self.test)
+        probe = self.probes[key] = success_probe(atk, r, self.test)
         log(f"{key}: {len(r.poisoned)} poisoned training samples, made in {self.made_seconds[key]}s")
+        if key in LECTURE:
+            made = {"images": r.images, "labels": r.labels, "poisoned": r.poisoned, "seconds": self.made_seconds[key]}
+            if probe is not None:
+                made.update(probe_images=probe.images, probe_labels=probe.labels)
+            save_state(path, made)
         return ImageSet(r.images, r.labels, list(self.train.classes)), r.poisoned
 
     # ----- cells ---------------------------------------------------------------------------------------
