@@ -281,11 +281,6 @@ def load_results(work: Path) -> dict:
     return res
 
 
-def best_round(rounds: list[dict]) -> int:
-    """The retraining round (>= 1) with the best validation accuracy, ties to fewer rounds."""
-    return max(rounds[1:], key=lambda q: (q["val_acc"], -q["round"]))["round"]
-
-
 def held_out(full: ImageSet, train: ImageSet, n: int) -> ImageSet:
     """n class-balanced images of full that are not in train (stratified() deals round-robin, so
     stratified(len(train) + n) holds train; the rest is matched out by content)."""
@@ -793,6 +788,46 @@ def round0_table(res: dict) -> list[str]:
     return lines + [""]
 
 
+def seeds_table(res: dict) -> list[str]:
+    """The flip's ITLM recovery per victim seed for every setting rerun under other seeds: seed 0 (the
+    setting's own cell, at the rerun's round count) once, then each other seed, then the mean over the seeds
+    with its standard error across them."""
+    seeds = {}
+    for k in res:
+        name, _, q = k.rpartition("-seed")
+        d = name.removeprefix("flip/")
+        if name.startswith("flip/") and d in ITLM_FIT and q.isdigit() and f"flip/{d}" in res:
+            seeds.setdefault(d, []).append(int(q))
+    if not seeds or "clean/none" not in res or "flip/none" not in res:
+        return []
+    lines = ["", "The flip's ITLM recovery under other victim seeds (same poisons; seed 0 is the rounds table's "
+                 "round of the same count):", "",
+             "| setting | seed | clean-data acc | no-defense acc | ITLM acc | damage recovered % | trimmed precision % |"
+             " val: clean / no defense / ITLM |", "|---|---|---|---|---|---|---|---|"]
+    for d, qs in seeds.items():
+        kw = res[f"flip/{d}-seed{qs[0]}"]["settings"]["itlm"]
+        base = res[f"flip/{d}"]
+        r0 = base["rounds"][kw["rounds"]] if kw.get("folds", 1) == 1 else base["rounds"][-1]
+        rows = [(0, res["clean/none"], res["flip/none"], {"clean_acc": r0["last_acc"], "val_acc": r0.get("val_acc"),
+                                                          "trimmed": r0["trimmed"]})]
+        rows += [(q, res.get(f"clean/none-seed{q}"), res.get(f"flip/none-seed{q}"), res[f"flip/{d}-seed{q}"])
+                 for q in sorted(qs)]
+        recs = []
+        for seed, c, n, i in rows:
+            if c is None or n is None:
+                continue
+            rec = 100 * (i["clean_acc"] - n["clean_acc"]) / (c["clean_acc"] - n["clean_acc"])
+            recs.append(rec)
+            lines.append(f"| {d}, {kw['rounds']} round(s) | {seed} | {c['clean_acc']} | {n['clean_acc']} | "
+                         f"{i['clean_acc']} | {_fmt(rec, 0)} | {_fmt(i['trimmed']['precision'])} | "
+                         f"{_fmt(c.get('val_acc'), 2)} / {_fmt(n.get('val_acc'), 2)} / {_fmt(i.get('val_acc'), 2)} |")
+        if len(recs) > 1:
+            mean = sum(recs) / len(recs)
+            se = (sum((r - mean) ** 2 for r in recs) / (len(recs) - 1) / len(recs)) ** 0.5
+            lines.append(f"| {d}, {kw['rounds']} round(s) | mean of {len(recs)} | | | | {mean:.1f} +- {se:.1f} (SE) | | |")
+    return lines
+
+
 def itlm_candidates(res: dict) -> list[dict]:
     """Every ITLM setting tried on the flip (each round of the paper form counts as a setting of `rounds`),
     plus no defense, with validation and test accuracy and cost (images x epochs trained over all the models the
@@ -1001,26 +1036,7 @@ def tables(res: dict) -> str:
                              f"{round(q['train_seconds'], 1)} | {judge_note(q.get('judge')) if r['trimmed'].get('poisons') else '-'} |")
     lines += choice(res)
     lines += finetune_table(res)
-    reseeded = [(d, int(k.rsplit("-seed", 1)[1])) for d in ITLM_FIT for k in res
-                 if k.startswith(f"flip/{d}-seed") and k.rsplit("-seed", 1)[0] == f"flip/{d}" and f"flip/{d}" in res]
-    if reseeded and "clean/none" in res and "flip/none" in res:
-        lines += ["", "The flip's ITLM recovery under other victim seeds (same poisons; seed 0 is the rounds table's "
-                      "round of the same count):", "",
-                  "| setting | seed | clean-data acc | no-defense acc | ITLM acc | damage recovered % | trimmed precision % |"
-                  " val: clean / no defense / ITLM |", "|---|---|---|---|---|---|---|---|"]
-        for d, q in reseeded:
-            kw = res[f"flip/{d}-seed{q}"]["settings"]["itlm"]
-            r0 = res[f"flip/{d}"]["rounds"][kw["rounds"]]
-            rows = [(0, res["clean/none"], res["flip/none"], {"clean_acc": r0["last_acc"], "val_acc": r0.get("val_acc"),
-                                                              "trimmed": r0["trimmed"]}),
-                    (q, res.get(f"clean/none-seed{q}"), res.get(f"flip/none-seed{q}"), res[f"flip/{d}-seed{q}"])]
-            for seed, c, n, i in rows:
-                if c is None or n is None:
-                    continue
-                rec = 100 * (i["clean_acc"] - n["clean_acc"]) / (c["clean_acc"] - n["clean_acc"])
-                lines.append(f"| {d}, {kw['rounds']} round(s) | {seed} | {c['clean_acc']} | {n['clean_acc']} | "
-                             f"{i['clean_acc']} | {_fmt(rec, 0)} | {_fmt(i['trimmed']['precision'])} | "
-                             f"{_fmt(c.get('val_acc'), 2)} / {_fmt(n.get('val_acc'), 2)} / {_fmt(i.get('val_acc'), 2)} |")
+    lines += seeds_table(res)
     abl_seeds = sorted({int(k.rsplit("seed", 1)[1]) for k in res if k.startswith("badnets/abl-seed")})
     if abl_seeds and "badnets/abl" in res:
         lines += ["", "ABL on BadNets under other victim seeds (same poisons and trigger), beside that seed's clean "

@@ -18,10 +18,20 @@ def _round(r, val, test, precision=50.0):
                if r else {})}
 
 
-def test_best_round_is_chosen_on_validation_never_round_zero():
-    rounds = [_round(0, 90.0, 10.0), _round(1, 50.0, 80.0), _round(2, 55.0, 20.0), _round(3, 55.0, 30.0)]
-    assert bench.best_round(rounds) == 2  # best val (ties to fewer rounds); round 0 (no defense) excluded
-    assert bench.best_round(rounds[:2]) == 1
+def test_seeds_table_lists_seed_zero_once_then_each_seed_and_their_mean():
+    itlm = {"settings": {"itlm": {"alpha": 0.8, "rounds": 2}}, "val_acc": 45.0, "trimmed": {"precision": 80.0}}
+    res = {"clean/none": {"clean_acc": 50.0}, "flip/none": {"clean_acc": 40.0},
+           "flip/itlm": {"settings": {"itlm": {"alpha": 0.8, "rounds": 3}},
+                         "rounds": [_round(0, 40.0, 40.0), _round(1, 44.0, 44.0), _round(2, 45.0, 46.0)]},
+           **{f"clean/none-seed{q}": {"clean_acc": 50.0} for q in (1, 2)},
+           **{f"flip/none-seed{q}": {"clean_acc": 40.0} for q in (1, 2)},
+           "flip/itlm-seed2": {**itlm, "clean_acc": 44.0}, "flip/itlm-seed1": {**itlm, "clean_acc": 42.0}}
+    rows = [line for line in bench.seeds_table(res) if line.startswith("| itlm")]
+    assert [r.split(" | ")[1] for r in rows] == ["0", "1", "2", "mean of 3"]  # seed 0 once, seeds in order
+    assert rows[0].split(" | ")[4] == "46.0"  # seed 0 at the reruns' round count (2), not its own last round
+    assert [r.split(" | ")[5] for r in rows[:3]] == ["60", "20", "40"]
+    assert "40.0 +- 11.5 (SE)" in rows[3]  # sd 20 over 3 seeds
+    assert bench.seeds_table({"clean/none": {}, "flip/none": {}}) == []
 
 
 def test_candidates_name_their_cell_and_round():
