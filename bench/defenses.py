@@ -36,6 +36,14 @@ triggered test images, a targeted attack's targets), beside the clean-data victi
 read by their accuracy drop against clean data. Not in the stage: MetaPoison (over an hour of CPU to make,
 docs/defenses.md "Grid coverage").
 
+Stage availability (cpu-5k, on demand only): the availability (unlearnable-example) protections, made with the
+options `poisonlab bench` gives them at its CPU scale (configs/cpu.json, resolved as its grid resolves a row) and
+kept under made/, cheapest first: random noise (the control, 8/255), CUDA, LSP, OPS, AR, EM, EM on 20% of the
+images, min-max-min, CUDA on 20% (partial protection: mix_partial, seed 0, the rest clean); each x {none,
+spectral signatures, activation clustering, ABL, ITLM (1 retraining), DPA}, one protection at a time;
+--availability picks some of them. Judged by the accuracy drop against the clean-data victim and the share of it a
+defense recovers; detection against the protected (changed) images.
+
 ITLM's settings on the flip are chosen by accuracy on a validation split: 2,000 class-balanced CIFAR-10
 training images outside the 5,000 (clean labels), never the test set.
 
@@ -66,6 +74,7 @@ docs/results/defenses_tables.md, docs/defenses/*.png).
 """
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -77,6 +86,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from poisonlab.attacks import create_attack  # noqa: E402
+from poisonlab.bench.config import read_config  # noqa: E402
+from poisonlab.bench.rows import row as grid_row  # noqa: E402
 from poisonlab.data import ImageSet, load_dataset  # noqa: E402
 from poisonlab.defenses.abl import ABL  # noqa: E402
 from poisonlab.defenses.detect import ActivationClustering, SpectralSignatures  # noqa: E402
@@ -89,8 +100,9 @@ from poisonlab.defenses.probe import accuracy, per_sample_loss, precision_recall
 from poisonlab.defenses.unlearn import SSD, GradientAscent, RetrainWithout, timed  # noqa: E402
 from poisonlab.fileio import atomic_write, load_state, read_json, save_state, write_json  # noqa: E402
 from poisonlab.hashing import bytes_hash, digest  # noqa: E402
+from poisonlab.registry import METHODS  # noqa: E402
 from poisonlab.runtime import set_threads  # noqa: E402
-from poisonlab.train import TrainConfig  # noqa: E402
+from poisonlab.train import TrainConfig, mix_partial  # noqa: E402
 
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
 SCALE = dict(train=5000, test=2000)
@@ -121,6 +133,19 @@ LECTURE = {"blended": ("blended", dict(target_class=0, poison_rate=0.1, trigger_
            "witches-brew": ("witches-brew", dict(targets=10, model=SURROGATE, seed=0))}
 LECTURE_ORDER = ("blended", "p-tampering", "random", "clean-label", "poison-frogs", "pgan", "convex-polytope",
                  "autoencoder", "witches-brew")  # "random" is in ATTACKS
+# Stage "availability": the availability (unlearnable-example) protections, made on demand with the options
+# `poisonlab bench` gives them at its CPU scale: BENCH_CONFIG's protect mapping resolved as its grid resolves a
+# row (ProtectionRow.options: L-inf methods at the grid's 8/255, the others at their own default budget). Key ->
+# registered method; "noise" is random noise at the same budget (the control: "random" is the random labels).
+BENCH_CONFIG = ROOT / "configs" / "cpu.json"
+AVAILABILITY = {"noise": "random", "cuda": "cuda", "lsp": "lsp", "ops": "ops", "ar": "ar", "em": "em",
+                "minmaxmin": "minmaxmin"}
+# Partial protection (someone scrapes a set of which only some images were protected): a random `fraction` of the
+# training images are the full set's protected ones, drawn as `poisonlab bench` draws its partial cells
+# (mix_partial, seed 0), the rest clean; key -> (the full set's key, fraction).
+PARTIAL = {"em-20pct": ("em", 0.2), "cuda-20pct": ("cuda", 0.2)}
+AVAILABILITY_ORDER = ("noise", "cuda", "lsp", "ops", "ar", "em", "em-20pct", "minmaxmin", "cuda-20pct")  # cheapest first
+PROTECTED = {**AVAILABILITY, **PARTIAL}  # every key of the stage
 ABL_KW = dict(gamma=0.5, ratio=0.01, turning_epoch=5, gga=True, cap=5.0, unlearn_epochs=5, unlearn_lr=5e-4)
 ITLM_KW = dict(alpha=0.8, rounds=3)  # the fit form on the label flip: 3 retrainings from scratch
 ITLM_GRID_KW = dict(alpha=0.8, rounds=1)  # the other attacks: one retraining (CPU budget)
@@ -135,7 +160,9 @@ ITLM_FT_KW = {f"itlm-ft{lr:g}{'-control' if a == 1 else ''}": dict(alpha=a, roun
 ITLM_PC_KW = dict(alpha=0.8, rounds=2, per_class=True)  # class-balanced trimming (stage "perclass")
 ITLM_FIT = ("itlm", "itlm-pc", "itlm-a0.7", "itlm-a0.9", "itlm-cv1", "itlm-cv2", *ITLM_FT_KW)  # cells of ITLM.fit
 DAMAGE_OF = {"flip": "the flip's", "random": "the random labels'", "p-tampering": "p-tampering's",
-             "pgan": "pgan's", "autoencoder": "the autoencoder poison's"}  # judged by their accuracy drop
+             "pgan": "pgan's", "autoencoder": "the autoencoder poison's",  # judged by their accuracy drop
+             "noise": "random noise's", "cuda": "CUDA's", "lsp": "LSP's", "ops": "OPS's", "ar": "AR's", "em": "EM's",
+             "minmaxmin": "min-max-min's", "em-20pct": "EM on 20%'s", "cuda-20pct": "CUDA on 20%'s"}
 JUDGE_EPOCHS = (4, 8, 15, 30)  # stage "judge": judges trained this many epochs (own cosine schedule) on the flip
 SIM_PRECISION = (0.6, 0.75, 0.9)  # simulated judges (stage "precision"): the share of poisons among the trimmed
 VAL = 2000  # held-out clean CIFAR-10 training images: ITLM's settings are chosen on them, never on test
@@ -146,7 +173,8 @@ ROWS = ("none", "oracle", "abl", "abl-nogga", *ITLM_FIT, "itlm-kept-clean",
         *(f"itlm-sim{p:g}" for p in SIM_PRECISION), "itlm-hook", "dpa")  # the main table's defense rows, in order
 MAIN_STAGES = ("clean", "badnets", "flip", "dpa", "detect", "unlearn", "alpha", "grid", "trace", "cost", "cv", "extra",
                "seed1", "sep")  # the cpu-5k tables
-EXTRA_STAGES = ("lecture",)  # the lecture's other attacks x the defenses (cpu-5k), on demand only
+EXTRA_STAGES = ("lecture", "availability")  # the lecture's other attacks / the availability protections x the
+# defenses (cpu-5k), on demand only
 ITLM_STAGES = ("itlm", "sep", "random", "precision", "finetune", "perclass", "itlm-seed1", "cleanctl", "judge")  # the ITLM study alone (cpu-10k)
 SUBSET_STAGES = ("clean", "flip", "itlm-seed1", "random", "sep", "keptclean", "precision")  # a class subset (cpu-10k-c4)
 CHECK_STAGES = ("round0", "round0-seed1", "paper-seed1",  # check first (cpu-10k-c4-e40): round 0's judge per seed
@@ -154,11 +182,31 @@ CHECK_STAGES = ("round0", "round0-seed1", "paper-seed1",  # check first (cpu-10k
                 "itlm-seed2", "itlm-seed3")  # more victim seeds for the chosen setting (as itlm-seed1)
 STAGES = MAIN_STAGES + tuple(s for s in ITLM_STAGES + SUBSET_STAGES + CHECK_STAGES + EXTRA_STAGES
                               if s not in MAIN_STAGES)
-TABLE_ATTACKS = ("clean", *ATTACKS, *(a for a in LECTURE_ORDER if a not in ATTACKS))  # the tables' row order
+TABLE_ATTACKS = ("clean", *ATTACKS, *(a for a in LECTURE_ORDER if a not in ATTACKS),
+                 *AVAILABILITY_ORDER)  # the tables' row order
+
+
+@functools.cache
+def _bench_protect() -> dict:
+    return read_config(BENCH_CONFIG)["protect"]
+
+
+def protection_options(method: str) -> dict:
+    """The options `poisonlab bench` gives a protection at its CPU scale (BENCH_CONFIG, as its grid resolves a
+    row: protect.defaults overlaid with protect.methods[method], at the grid's budget when the method's norm is
+    L-inf, else at the method's own default budget)."""
+    protect, r = _bench_protect(), grid_row(method)
+    return r.options(protect, protect["defaults"]["eps"] if r.grid_budget else None)
 
 
 def attack_spec(key):
-    """(registered name, options) of an attack key (None for clean data): what its cells' keys hash."""
+    """What an attack key's cells hash (None for clean data): (registered name, options) of an attack; ("protect",
+    method, options) of an availability protection, plus {"protected": fraction, "seed": 0} for partial protection."""
+    if key in AVAILABILITY:
+        return ("protect", AVAILABILITY[key], protection_options(AVAILABILITY[key]))
+    if key in PARTIAL:
+        base, fraction = PARTIAL[key]
+        return (*attack_spec(base), {"protected": fraction, "seed": 0})
     return ATTACKS.get(key) or LECTURE.get(key)
 
 
@@ -337,24 +385,52 @@ class Bench:
         log(f"data: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test in "
             f"{time.perf_counter() - t0:.1f}s")
         self.cfg = TrainConfig(**VICTIM)
-        self.probes, self.made_seconds = {}, {}
+        self.probes, self.made_seconds, self.made_meta = {}, {}, {}
         self.sets = LazySets(self.poison)
         self.sets["clean"] = (self.train, torch.empty(0, dtype=torch.long))
         for key in ATTACKS:  # the lecture's other attacks are made when a stage first needs them
             self.sets[key]
 
     def poison(self, key):
-        """Poison the training set with attack `key` (ATTACKS or LECTURE): (data, poisoned indices); keeps
-        its success probe and its making time. A lecture attack's set is kept on disk (`made/`): some take
-        CPU-hours to make, and every later stage that touches the attack needs the same set again."""
+        """Poison the training set with attack `key` (ATTACKS, LECTURE or an availability protection of
+        AVAILABILITY / PARTIAL): (data, poisoned indices); keeps its success probe and its making time. A set
+        made on demand (lecture, availability) is kept on disk (`made/`): some take CPU-hours to make, and every
+        later stage that touches the attack needs the same set again."""
+        if key in PARTIAL:
+            return self.partial(key)
         path = self.work / "made" / f"{key}-{settings_hash({'attack': attack_spec(key), 'victim': VICTIM})}.pt"
-        if key in LECTURE and path.exists():
+        if (key in LECTURE or key in AVAILABILITY) and path.exists():
             m = load_state(path, "made attack set")
             self.made_seconds[key] = m["seconds"]
+            self.made_meta[key] = json.loads(m.get("meta", "{}"))
             self.probes[key] = (ImageSet(m["probe_images"], m["probe_labels"], list(self.test.classes))
                                 if "probe_images" in m else None)
             log(f"{key}: {len(m['poisoned'])} poisoned training samples, read from {path}")
             return ImageSet(m["images"], m["labels"], list(self.train.classes)), m["poisoned"]
+        if key in AVAILABILITY:
+            _, method, opts = attack_spec(key)
+            atk = METHODS.create(method, **opts)
+        else:
+            atk = self.attack(key)
+        t0 = time.perf_counter()
+        r = atk(self.train)
+        self.made_seconds[key] = round(time.perf_counter() - t0, 1)
+        probe = self.probes[key] = None if key in AVAILABILITY else success_probe(atk, r, self.test)
+        log(f"{key}: {len(r.poisoned)} poisoned training samples, made in {self.made_seconds[key]}s")
+        if key in LECTURE or key in AVAILABILITY:
+            made = {"images": r.images, "labels": r.labels, "poisoned": r.poisoned, "seconds": self.made_seconds[key]}
+            if probe is not None:
+                made.update(probe_images=probe.images, probe_labels=probe.labels)
+            if key in AVAILABILITY:  # its promise and its surrogate's measurements, for the tables' notes
+                self.made_meta[key] = {"bound": r.meta["bound"], "diagnostics": r.meta["diagnostics"],
+                                       "changed": len(r.poisoned)}
+                made["meta"] = json.dumps(self.made_meta[key])
+            save_state(path, made)
+        return ImageSet(r.images, r.labels, list(self.train.classes)), r.poisoned
+
+    def attack(self, key):
+        """The attack of key (ATTACKS or LECTURE), ready to call on the training set: a surrogate resolved to the
+        cached clean victim, targets drawn as the grid's attack rows draw them."""
         name, kw = attack_spec(key)
         kw = dict(kw)
         if kw.get("model") == SURROGATE:
@@ -366,18 +442,20 @@ class Bench:
             k = self.train.num_classes
             adv = (self.test.labels[ids] + torch.randint(1, k, (len(ids),), generator=g)) % k
             kw.update(target_images=self.test.images[ids], adversarial_labels=adv, target_ids=ids)
-        t0 = time.perf_counter()
-        atk = create_attack(name, **kw)
-        r = atk(self.train)
-        self.made_seconds[key] = round(time.perf_counter() - t0, 1)
-        probe = self.probes[key] = success_probe(atk, r, self.test)
-        log(f"{key}: {len(r.poisoned)} poisoned training samples, made in {self.made_seconds[key]}s")
-        if key in LECTURE:
-            made = {"images": r.images, "labels": r.labels, "poisoned": r.poisoned, "seconds": self.made_seconds[key]}
-            if probe is not None:
-                made.update(probe_images=probe.images, probe_labels=probe.labels)
-            save_state(path, made)
-        return ImageSet(r.images, r.labels, list(self.train.classes)), r.poisoned
+        return create_attack(name, **kw)
+
+    def partial(self, key):
+        """Partial protection (PARTIAL): a random share of the training images replaced by the full protected
+        set's (mix_partial, seed 0, as `poisonlab bench` draws its partial cells); the poisons are the images that
+        changed. Derived from the full set (made once, on disk), so it is not kept."""
+        base, fraction = PARTIAL[key]
+        full, _ = self.sets[base]
+        data = mix_partial(full, self.train, fraction, seed=0)
+        poisoned = torch.nonzero((data.images != self.train.images).flatten(1).any(1)).flatten()
+        self.made_seconds[key], self.probes[key] = self.made_seconds[base], None
+        self.made_meta[key] = {**self.made_meta.get(base, {}), "changed": len(poisoned), "protected": fraction}
+        log(f"{key}: {len(poisoned)} protected training samples ({fraction:.0%} of the images from {base}'s set)")
+        return data, poisoned
 
     # ----- cells ---------------------------------------------------------------------------------------
     def cell_path(self, name: str, settings: dict) -> Path:
@@ -415,7 +493,8 @@ class Bench:
     def none(self, attack):
         def run():
             r = self.victim(attack)
-            made = {"attack_seconds": self.made_seconds[attack]} if attack in LECTURE else {}
+            made = ({"attack_seconds": self.made_seconds[attack], **self.made_meta.get(attack, {})}
+                    if attack in LECTURE or attack in PROTECTED else {})
             return {**self.metrics(r["model"], attack), "seconds": round(r["train_seconds"], 1),
                     "history": [h["test_acc"] for h in r["history"]], **made}
         rec = self.cell(f"{attack}/none", {"victim": VICTIM, "attack": attack_spec(attack)}, run)
@@ -932,11 +1011,15 @@ def judge_table(res: dict) -> list[str]:
     return lines
 
 
+def options_text(kw: dict, skip=("seed",)) -> str:
+    """An attack's or protection's options as "key value, ..." (floats by %g), those in skip left out."""
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in kw.items() if k not in skip)
+
+
 def lecture_note(attack: str, r: dict) -> str:
     """The none row of a lecture attack: what it is, how long making it took, what its ASR column means."""
     name, kw = LECTURE[attack]
-    opts = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in kw.items()
-                     if k not in ("seed", "trigger_seed", "model", "targets"))
+    opts = options_text(kw, ("seed", "trigger_seed", "model", "targets"))
     parts = [f"`{name}`" + (f" {opts}" if opts else " (defaults)")]
     if kw.get("model") == SURROGATE:
         parts.append("surrogate: the clean victim")
@@ -946,6 +1029,75 @@ def lecture_note(attack: str, r: dict) -> str:
     elif "target_class" in kw:
         parts.append("ASR on triggered test images of the other classes")
     return "; ".join(parts)
+
+
+def availability_note(attack: str, r: dict) -> str:
+    """The none row of an availability protection: the method, its options (BENCH_CONFIG's), its promise, its
+    making time, how much of the set it protects and what that makes trivial."""
+    spec = attack_spec(attack)
+    opts = options_text(spec[2])
+    parts = [f"`{spec[1]}` " + (opts or "at its defaults") + " (configs/cpu.json's CPU-scale options)"]
+    bound = r.get("bound") or {}
+    if bound:  # eps_text: "8/255" for L-inf, a description of the promise for the others
+        parts.append("budget " + ("L-inf " if bound["norm"] == "linf" else "") + bound.get("eps_text", bound["norm"]))
+    diag = r.get("diagnostics") or {}
+    if "noise_train_acc" in diag:
+        parts.append(f"surrogate accuracy on its protected set {diag['noise_train_acc']}% (on the clean images "
+                     f"{diag.get('clean_train_acc', '-')}%)")
+    parts.append(f"made in {r['attack_seconds']} s")
+    if attack in PARTIAL:
+        parts.append(f"{PARTIAL[attack][1]:.0%} of the training images protected ({r.get('changed', '-')} changed), "
+                     "the rest clean")
+    else:
+        parts.append(f"every training image protected ({r.get('changed', '-')} changed): detection precision and "
+                     "ITLM's trimmed precision are trivially 100%, and ITLM and DPA have no clean part to keep")
+    return "; ".join(parts)
+
+
+def recovered(acc, base: float, clean: float):
+    """The share (%) of an attack's accuracy drop (clean-data acc - no-defense acc) a defense wins back; None
+    below a drop of 1 point (one test standard error is about 1.1) or without a figure."""
+    if acc is None or clean is None or clean - base < 1:
+        return None
+    return 100 * (acc - base) / (clean - base)
+
+
+def availability_table(res: dict) -> list[str]:
+    """Stage availability at a glance: per protection, the no-defense accuracy drop against the clean-data victim,
+    each detector's precision / recall against the protected images, and each training defense's accuracy with
+    the share of the drop it recovers (and what it isolated / trimmed); seconds per cell."""
+    clean = res.get("clean/none", {}).get("clean_acc")
+    rows = [a for a in AVAILABILITY_ORDER if f"{a}/none" in res]
+    if not rows or clean is None:
+        return []
+    lines = ["", f"Availability protections (stage `availability`) against the defenses, beside the clean-data victim "
+                 f"({clean}%): drop = clean-data acc - no-defense acc; recovered = (defense acc - no-defense acc) / drop "
+                 "(only where the drop is at least 1 point); detection precision / recall (%) against the protected "
+                 "(changed) images; ABL: precision of its isolated 1%; ITLM (alpha 0.8, 1 retraining): precision of "
+                 "the trimmed 20%; with every image protected, precision is trivially 100% and ITLM and DPA have no "
+                 "clean part to keep:", "",
+             "| protection | protected | no defense: acc (drop) | spectral P / R | AC P / R | ABL: acc (recovered %), "
+             "isolated P | ITLM: acc (recovered %), trimmed P | DPA k=10: acc (recovered %) | seconds: none / ABL / "
+             "ITLM / DPA |", "|---|---|---|---|---|---|---|---|---|"]
+    for a in rows:
+        base = res[f"{a}/none"]
+        b = base["clean_acc"]
+
+        def acc(d):
+            r = res.get(f"{a}/{d}")
+            return "-" if r is None else f"{r['clean_acc']} ({_fmt(recovered(r['clean_acc'], b, clean), 0)})"
+
+        def det(d):
+            r = res.get(f"{a}/detect-{d}")
+            return "-" if r is None else f"{_fmt(r['precision'])} / {_fmt(r['recall'])}"
+        abl, itlm = res.get(f"{a}/abl"), res.get(f"{a}/itlm")
+        share = f"{PARTIAL[a][1]:.0%}" if a in PARTIAL else "100%"
+        secs = " / ".join(_fmt(res.get(f"{a}/{d}", {}).get("seconds")) for d in ("none", "abl", "itlm", "dpa"))
+        lines.append(f"| {a} | {share} ({base.get('changed', '-')}) | {b} ({clean - b:.1f}) | {det('spectral')} | "
+                     f"{det('ac')} | {acc('abl')}" + (f", {_fmt(abl['isolation']['precision'])}" if abl else "") +
+                     f" | {acc('itlm')}" + (f", {_fmt(itlm['trimmed']['precision'])}" if itlm else "") +
+                     f" | {acc('dpa')} | {secs} |")
+    return lines
 
 
 def tables(res: dict) -> str:
@@ -967,7 +1119,7 @@ def tables(res: dict) -> str:
                 continue
             notes = [r["note"]] if "note" in r else []
             if d == "none" and "attack_seconds" in r:
-                notes.append(lecture_note(attack, r))
+                notes.append(availability_note(attack, r) if attack in PROTECTED else lecture_note(attack, r))
             if d == "none" and f"{attack}/clean-model" in res:
                 notes.append(f"the clean-data model on the same probe: ASR {_fmt(res[f'{attack}/clean-model']['asr'])}")
             if d == "none" and attack in DAMAGE_OF and clean is not None:
@@ -991,7 +1143,8 @@ def tables(res: dict) -> str:
             if d.startswith("itlm") and r.get("trimmed", {}).get("poisons"):
                 t = r["trimmed"]
                 notes.append(f"trimmed {t['flagged']}: precision {_fmt(t['precision'])}%, recall {_fmt(t['recall'])}%")
-            if d.startswith("itlm") and r.get("rounds") and r["rounds"][0].get("judge") and attack != "clean":
+            if d.startswith("itlm") and r.get("rounds") and r["rounds"][0].get("judge") and attack != "clean" \
+                    and attack not in AVAILABILITY:  # every sample protected: no clean error to check
                 notes.append("round-0 judge: " + judge_note(r["rounds"][0]["judge"]))
             if d == "itlm-kept-clean":
                 notes.append(f"diagnostic, not a defense: the last kept set of `itlm` with {r['settings']['itlm']['rounds']} "
@@ -1098,6 +1251,7 @@ def tables(res: dict) -> str:
             base = res.get(f"{a}/none", {})
             lines.append(f"| {a} | {_fmt(base.get('clean_acc'))} | {_fmt(base.get('asr'))} | {_fmt(r.get('asr'))} | "
                          + " | ".join(_fmt(by.get(q, 0.0)) for q in radii) + " |")
+    lines += availability_table(res)
     if any("/detect-" in k for k in res):
         lines += ["", "Detection on the undefended model (penultimate features), against the true poisons; chance = the "
                   "precision of flagging at random (the poisoned fraction):", "",
@@ -1189,10 +1343,16 @@ def main(argv=None):
                     help="stage precision: the trimmed precisions of the simulated judges (default %(default)s)")
     ap.add_argument("--lecture", default=",".join(LECTURE_ORDER),
                     help="stage lecture: which of its attacks, in order (default %(default)s)")
+    ap.add_argument("--availability", default=",".join(AVAILABILITY_ORDER),
+                    help="stage availability: which protections, in order (default %(default)s; -20pct: 20%% of "
+                    "the images protected)")
     args = ap.parse_args(argv)
     lecture = [a for a in args.lecture.split(",") if a]
     if set(lecture) - set(LECTURE_ORDER):
         ap.error(f"--lecture takes attacks of {', '.join(LECTURE_ORDER)}, got {args.lecture!r}")
+    availability = [a for a in args.availability.split(",") if a]
+    if set(availability) - set(AVAILABILITY_ORDER):
+        ap.error(f"--availability takes protections of {', '.join(AVAILABILITY_ORDER)}, got {args.availability!r}")
     try:
         sims = [float(p) for p in args.sim.split(",") if p.strip()]
         if not all(0 < p <= 1 for p in sims):
@@ -1314,6 +1474,13 @@ def main(argv=None):
                 b.itlm(a)
             for a in lecture:
                 b.dpa(a)
+        elif s == "availability":  # one protection at a time, all its cells, so a cut-short run leaves whole rows
+            for a in availability:
+                b.none(a)
+                b.detect(a)
+                b.abl(a)
+                b.itlm(a)
+                b.dpa(a)
         elif s == "extra":
             b.unlearn("badnets")
             b.dpa("badnets")
@@ -1324,6 +1491,7 @@ def main(argv=None):
                                                        "itlm_hook": ITLM_HOOK_KW, "itlm_low": ITLM_LOW_KW,
                                                        "itlm_high": ITLM_HIGH_KW, "itlm_cv": ITLM_CV_KW, "val": VAL,
                                                        "dpa": {"k": DPA_K, **DPA_VICTIM},
+                                                       "availability": {a: attack_spec(a) for a in AVAILABILITY_ORDER},
                                                        "torch": torch.__version__, "cells": res})
     with atomic_write(args.out / "results" / f"defenses_tables{suffix}.md", "w") as f:
         f.write(tables(res))
