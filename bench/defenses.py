@@ -1044,7 +1044,7 @@ def availability_note(attack: str, r: dict) -> str:
     if "noise_train_acc" in diag:
         parts.append(f"surrogate accuracy on its protected set {diag['noise_train_acc']}% (on the clean images "
                      f"{diag.get('clean_train_acc', '-')}%)")
-    parts.append(f"made in {r['attack_seconds']} s")
+    parts.append(f"made in {r['attack_seconds']} s" + (f" by {r['source']}" if r.get("source") else ""))
     if attack in PARTIAL:
         parts.append(f"{PARTIAL[attack][1]:.0%} of the training images protected ({r.get('changed', '-')} changed), "
                      "the rest clean")
