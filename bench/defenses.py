@@ -1054,10 +1054,13 @@ def availability_note(attack: str, r: dict) -> str:
     return "; ".join(parts)
 
 
+MIN_DROP = 2.2  # points: two standard errors of a cpu-5k test accuracy; a smaller drop has no share to win back
+
+
 def recovered(acc, base: float, clean: float):
     """The share (%) of an attack's accuracy drop (clean-data acc - no-defense acc) a defense wins back; None
-    below a drop of 1 point (one test standard error is about 1.1) or without a figure."""
-    if acc is None or clean is None or clean - base < 1:
+    below a drop of MIN_DROP points or without a figure."""
+    if acc is None or clean is None or clean - base < MIN_DROP:
         return None
     return 100 * (acc - base) / (clean - base)
 
@@ -1072,7 +1075,7 @@ def availability_table(res: dict) -> list[str]:
         return []
     lines = ["", f"Availability protections (stage `availability`) against the defenses, beside the clean-data victim "
                  f"({clean}%): drop = clean-data acc - no-defense acc; recovered = (defense acc - no-defense acc) / drop "
-                 "(only where the drop is at least 1 point); detection precision / recall (%) against the protected "
+                 f"(only where the drop is at least {MIN_DROP} points, two test standard errors); detection precision / recall (%) against the protected "
                  "(changed) images; ABL: precision of its isolated 1%; ITLM (alpha 0.8, 1 retraining): precision of "
                  "the trimmed 20%; with every image protected, precision is trivially 100% and ITLM and DPA have no "
                  "clean part to keep:", "",
@@ -1157,9 +1160,9 @@ def tables(res: dict) -> str:
                 notes.append(f"diagnostic, not a defense: a simulated judge whose trimmed {r['trimmed']['flagged']} "
                              "hold this share of poisons (the undefended model's highest-loss poisons and clean "
                              "samples), retrained once")
-            if attack in DAMAGE_OF and d != "none" and clean is not None and clean - base["clean_acc"] >= 1:
-                notes.append(f"recovers {_fmt(100 * (r['clean_acc'] - base['clean_acc']) / (clean - base['clean_acc']), 0)}% "
-                             f"of {DAMAGE_OF[attack]} damage")
+            share = recovered(r["clean_acc"], base["clean_acc"], clean) if attack in DAMAGE_OF and d != "none" else None
+            if share is not None:
+                notes.append(f"recovers {_fmt(share, 0)}% of {DAMAGE_OF[attack]} damage")
             if d == "dpa":
                 notes.append(f"k={r['k']}, base classifiers {min(r['base_acc'])}-{max(r['base_acc'])}%; "
                              f"certified acc at radius 1/2/5: " + "/".join(
