@@ -33,7 +33,7 @@ convex polytope (the same 10 targets, 5 poisons each, one surrogate: the clean v
 of one CPU core; a made set is kept under the work folder's made/); each x {none, spectral signatures, activation clustering}, then x {ABL, ITLM (1 retraining)},
 then x DPA; --lecture picks some of them. Attack success is the attack's own probe (success_probe: a backdoor's
 triggered test images, a targeted attack's targets), beside the clean-data victim's score on it; the others are
-read by their accuracy drop against clean data. Not in the stage: MetaPoison (over an hour of CPU to make,
+read by their accuracy drop against clean data. Not in the stage: MetaPoison (CPU-hours per target to make,
 docs/defenses.md "Grid coverage").
 
 Stage availability (cpu-5k, on demand only): the availability (unlearnable-example) protections, made with the
