@@ -11,9 +11,15 @@ import torch
 
 from poisonlab.data import ImageSet
 from poisonlab.registry import METHODS
+from poisonlab.train import mix_partial
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import defenses as bench  # noqa: E402
+import defenses as entry  # noqa: E402
+import defenses_bench as bench  # noqa: E402
+import defenses_cells as cells  # noqa: E402
+import defenses_report as report  # noqa: E402
+import defenses_report_attacks as report_attacks  # noqa: E402
+import defenses_settings as settings  # noqa: E402
 
 EM = {"eps": "8/255", "seed": 0, "surrogate": "smallcnn", "width": 0.5, "pgd_steps": 5, "step_size": "2/255",
       "max_rounds": 6, "stop_acc": 0.95}
@@ -32,35 +38,36 @@ def _bench(tmp_path, train=None):
     """What Bench.poison / partial read, without loading CIFAR-10."""
     b = SimpleNamespace(work=tmp_path, train=train or _set(), test=_set(12, seed=1), made_seconds={}, made_meta={},
                         probes={})
-    b.sets = bench.LazySets(lambda key: bench.Bench.poison(b, key))
+    b.sets = cells.LazySets(lambda key: bench.Bench.poison(b, key))
     b.partial = lambda key: bench.Bench.partial(b, key)
     return b
 
 
 def test_stage_keys_leave_the_old_cells_alone():
-    old = set(bench.ATTACKS) | set(bench.LECTURE) | {"clean"}
-    assert not set(bench.PROTECTED) & old  # "noise" is random noise: "random" stays the random labels
-    assert set(bench.AVAILABILITY_ORDER) == set(bench.PROTECTED) and len(bench.AVAILABILITY_ORDER) == len(bench.PROTECTED)
-    for key in bench.ATTACKS:
-        assert bench.attack_spec(key) is bench.ATTACKS[key]
-    for key in bench.LECTURE:
-        assert bench.attack_spec(key) is bench.LECTURE[key]
-    assert bench.attack_spec("clean") is None
-    assert "availability" in bench.STAGES and "availability" not in bench.MAIN_STAGES
-    assert bench.TABLE_ATTACKS[-len(bench.AVAILABILITY_ORDER):] == bench.AVAILABILITY_ORDER
-    assert all(a in bench.DAMAGE_OF for a in bench.PROTECTED)  # read by their accuracy drop
+    old = set(settings.ATTACKS) | set(settings.LECTURE) | {"clean"}
+    assert not set(settings.PROTECTED) & old  # "noise" is random noise: "random" stays the random labels
+    assert set(settings.AVAILABILITY_ORDER) == set(settings.PROTECTED)
+    assert len(settings.AVAILABILITY_ORDER) == len(settings.PROTECTED)
+    for key in settings.ATTACKS:
+        assert settings.attack_spec(key) is settings.ATTACKS[key]
+    for key in settings.LECTURE:
+        assert settings.attack_spec(key) is settings.LECTURE[key]
+    assert settings.attack_spec("clean") is None
+    assert "availability" in settings.STAGES and "availability" not in settings.MAIN_STAGES
+    assert settings.TABLE_ATTACKS[-len(settings.AVAILABILITY_ORDER):] == settings.AVAILABILITY_ORDER
+    assert all(a in settings.DAMAGE_OF for a in settings.PROTECTED)  # read by their accuracy drop
 
 
 def test_settings_are_the_benchs_cpu_scale_ones():
-    spec = {a: bench.attack_spec(a) for a in bench.AVAILABILITY}
+    spec = {a: settings.attack_spec(a) for a in settings.AVAILABILITY}
     assert spec["em"] == ("protect", "em", EM)
     assert spec["minmaxmin"] == ("protect", "minmaxmin", MINMAXMIN)
     assert spec["noise"] == ("protect", "random", {"eps": "8/255", "seed": 0})
     assert spec["lsp"] == ("protect", "lsp", {"eps": "8/255", "seed": 0})
     for m in ("cuda", "ops", "ar"):  # not L-inf: their own default budget, as in the bench's grid
         assert spec[m] == ("protect", m, {"seed": 0})
-    assert bench.attack_spec("em-20pct") == ("protect", "em", EM, {"protected": 0.2, "seed": 0})
-    assert bench.attack_spec("cuda-20pct") == ("protect", "cuda", {"seed": 0}, {"protected": 0.2, "seed": 0})
+    assert settings.attack_spec("em-20pct") == ("protect", "em", EM, {"protected": 0.2, "seed": 0})
+    assert settings.attack_spec("cuda-20pct") == ("protect", "cuda", {"seed": 0}, {"protected": 0.2, "seed": 0})
     for _, method, opts in spec.values():  # every option is one the method takes (construction only)
         METHODS.create(method, **opts)
 
@@ -88,7 +95,7 @@ def test_partial_protection_mixes_the_full_set_in(tmp_path):
     assert torch.equal(poisoned, torch.nonzero(changed).flatten()) and len(poisoned) == 10  # 20% of 50, all changed
     assert torch.equal(data.images[poisoned], full.images[poisoned])  # the protected images are the full set's
     assert torch.equal(data.images[~changed], b.train.images[~changed])
-    same = bench.mix_partial(full, b.train, 0.2, seed=0)  # as `poisonlab bench` draws its partial cells
+    same = mix_partial(full, b.train, 0.2, seed=0)  # as `poisonlab bench` draws its partial cells
     assert torch.equal(data.images, same.images) and torch.equal(data.labels, b.train.labels)
     assert b.made_meta["cuda-20pct"]["protected"] == 0.2 and b.made_seconds["cuda-20pct"] == b.made_seconds["cuda"]
 
@@ -109,7 +116,7 @@ def test_tables_carry_the_availability_rows():
                              "protected": 0.2, **meta},
            "em-20pct/dpa": {"clean_acc": 40.0, "seconds": 7.0, "k": 10, "base_acc": [30.0, 31.0],
                             "curve": [{"radius": 0, "certified_accuracy": 40.0}]}}
-    text = bench.tables(res)
+    text = report.tables(res)
     assert "| em | none | 29.0 | - | 29.0 | - | 59.0 | 5.0 | `em` eps 8/255, surrogate smallcnn, width 0.5, pgd_steps 5, " \
            "step_size 2/255, max_rounds 6, stop_acc 0.95 (configs/cpu.json's CPU-scale options); budget L-inf 8/255; " \
            "surrogate accuracy on its protected set 74.0% (on the clean images 30.0%); made in 210.0 s; every " \
@@ -125,11 +132,11 @@ def test_tables_carry_the_availability_rows():
     assert "| em | 100% (5000) | 29.0 (30.0) | 100.0 / 15.0 | - | 35.0 (20), 100.0 | 30.0 (3), 100.0 | - | " \
            "5.0 / 6.0 / 9.0 / - |" in text
     assert "| em-20pct | 20% (1000) | 58.5 (0.5) | - | - | - | - | 40.0 (-) | 5.0 / - / - / 7.0 |" in text
-    assert bench.recovered(50.0, 40.0, 60.0) == 50 and bench.recovered(50.0, 59.5, 60.0) is None
+    assert report_attacks.recovered(50.0, 40.0, 60.0) == 50 and report_attacks.recovered(50.0, 59.5, 60.0) is None
     res["em/none"]["source"] = "`poisonlab bench`"  # a set made elsewhere (imported into made/) says by what
-    assert "made in 210.0 s by `poisonlab bench`; every training image" in bench.tables(res)
+    assert "made in 210.0 s by `poisonlab bench`; every training image" in report.tables(res)
 
 
 def test_unknown_protection_is_refused():
     with pytest.raises(SystemExit):
-        bench.main(["--stages", "availability", "--availability", "em,nope"])
+        entry.main(["--stages", "availability", "--availability", "em,nope"])

@@ -13,7 +13,8 @@ from poisonlab.train import TrainConfig, train_victim
 from conftest import make_set
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import defenses as bench  # noqa: E402
+import defenses_measures as measures  # noqa: E402
+import defenses_report_itlm as report_itlm  # noqa: E402
 
 CFG = dict(model="smallcnn", width=0.125, batch_size=16, device="cpu", lr=0.05)
 
@@ -21,14 +22,14 @@ CFG = dict(model="smallcnn", width=0.125, batch_size=16, device="cpu", lr=0.05)
 def test_loss_record_reads_every_sample_each_epoch_without_changing_training(tmp_path):
     data = make_set(48, classes=4, learnable=True, seed=3)
     cfg = TrainConfig(epochs=3, **CFG)
-    rec = bench.LossRecord(data, 3)
+    rec = measures.LossRecord(data, 3)
     r = train_victim(data, None, cfg, progress=False, return_model=True, hooks=[rec], checkpoint=tmp_path / "a.pt")
     plain = train_victim(data, None, cfg, progress=False, return_model=True)
     for a, b in zip(r["model"].state_dict().values(), plain["model"].state_dict().values()):
         assert torch.equal(a, b)  # the hook only reads: the same model as without it
     assert not rec.eval.isnan().any() and not rec.train.isnan().any()  # every sample, every epoch
     assert torch.allclose(rec.eval[-1], per_sample_loss(r["model"], data))  # after the last epoch = the final model
-    again = bench.LossRecord(data, 3)  # a rerun loads the finished checkpoint, losses included
+    again = measures.LossRecord(data, 3)  # a rerun loads the finished checkpoint, losses included
     train_victim(data, None, cfg, progress=False, hooks=[again], checkpoint=tmp_path / "a.pt")
     assert torch.equal(again.eval, rec.eval) and torch.equal(again.train, rec.train)
 
@@ -38,9 +39,9 @@ def test_tta_loss_averages_the_image_its_mirror_and_crops():
     model = train_victim(data, None, TrainConfig(epochs=1, **CFG), progress=False, return_model=True)["model"]
     mirror = ImageSet(data.images.flip(3), data.labels, list(data.classes))
     two = (per_sample_loss(model, data) + per_sample_loss(model, mirror)) / 2
-    assert torch.allclose(bench.tta_loss(model, data, crops=0), two)
-    six = bench.tta_loss(model, data)
-    assert six.shape == (12,) and torch.equal(six, bench.tta_loss(model, data))  # seeded: reproducible
+    assert torch.allclose(measures.tta_loss(model, data, crops=0), two)
+    six = measures.tta_loss(model, data)
+    assert six.shape == (12,) and torch.equal(six, measures.tta_loss(model, data))  # seeded: reproducible
 
 
 def test_judge_table_names_the_best_epoch_and_every_ranking():
@@ -49,8 +50,8 @@ def test_judge_table_names_the_best_epoch_and_every_ranking():
             "flipped_true": 50.0, "clean_error": 39.0, "trimmed_clean_wrong": 97.0, "final": stat(0.85, 55.0),
             "per_epoch": [stat(0.7, 40.0), stat(0.86, 56.0), stat(0.85, 55.0)], "mean_all_epochs": stat(0.86, 57.3),
             "train_loss_last5": stat(0.85, 55.3), "tta": stat(0.86, 55.6)}
-    lines = bench.judge_table({"flip/judge-15": cell})
+    lines = report_itlm.judge_table({"flip/judge-15": cell})
     row = [line for line in lines if line.startswith("| 15 |")]
     assert row == ["| 15 | 60.8 | 61.3 | 53.0 | 20.0 / 50.0 | 39.0 / 97.0 | 0.85 / 55.0 | 2: 0.86 / 56.0 | "
                    "0.86 / 57.3 | 0.85 / 55.3 | 0.86 / 55.6 | 100.0 |"]
-    assert bench.judge_table({}) == []
+    assert report_itlm.judge_table({}) == []

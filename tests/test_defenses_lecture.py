@@ -10,7 +10,10 @@ from poisonlab.attacks import create_attack
 from poisonlab.data import ImageSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import defenses as bench  # noqa: E402
+import defenses_cells as cells  # noqa: E402
+import defenses_measures as measures  # noqa: E402
+import defenses_report as report  # noqa: E402
+import defenses_settings as settings  # noqa: E402
 
 
 def _set(n=40, k=4, seed=0):
@@ -20,30 +23,30 @@ def _set(n=40, k=4, seed=0):
 
 
 def test_lecture_attacks_are_lazy_and_the_old_keys_stay():
-    assert not set(bench.LECTURE) & set(bench.ATTACKS)  # Bench() makes ATTACKS only: other runs never pay
-    assert bench.attack_spec("badnets") is bench.ATTACKS["badnets"] and bench.attack_spec("clean") is None
-    assert bench.attack_spec("pgan") == bench.LECTURE["pgan"]
-    assert set(bench.LECTURE_ORDER) <= set(bench.LECTURE) | set(bench.ATTACKS)
-    assert "lecture" in bench.STAGES and "lecture" not in bench.MAIN_STAGES
+    assert not set(settings.LECTURE) & set(settings.ATTACKS)  # Bench() makes ATTACKS only: other runs never pay
+    assert settings.attack_spec("badnets") is settings.ATTACKS["badnets"] and settings.attack_spec("clean") is None
+    assert settings.attack_spec("pgan") == settings.LECTURE["pgan"]
+    assert set(settings.LECTURE_ORDER) <= set(settings.LECTURE) | set(settings.ATTACKS)
+    assert "lecture" in settings.STAGES and "lecture" not in settings.MAIN_STAGES
     made = []
-    sets = bench.LazySets(lambda key: made.append(key) or key.upper())
+    sets = cells.LazySets(lambda key: made.append(key) or key.upper())
     assert sets["pgan"] == "PGAN" and sets["pgan"] == "PGAN" and made == ["pgan"]
 
 
 def test_success_probe_is_the_attacks_own_test():
     train, test = _set(), _set(12, seed=1)
     atk = create_attack("blended", target_class=2, poison_rate=0.25, trigger_seed=3, seed=0)
-    probe = bench.success_probe(atk, atk(train), test)
+    probe = measures.success_probe(atk, atk(train), test)
     keep = test.labels != 2
     assert len(probe) == int(keep.sum()) and (probe.labels == 2).all()
     assert torch.equal(probe.images, atk.triggered_test(test.images, test.labels)[0])
     ids, adv = [5, 1], torch.tensor([3, 0])
     tgt = create_attack("random-poison", target_images=test.images[ids], adversarial_labels=adv, target_ids=ids,
                         num_poisons=2, seed=0)
-    probe = bench.success_probe(tgt, tgt(train), test)
+    probe = measures.success_probe(tgt, tgt(train), test)
     assert torch.equal(probe.images, test.images[ids]) and probe.labels.tolist() == [3, 0]
     flip = create_attack("label-flip", fraction=0.2, seed=0)
-    assert bench.success_probe(flip, flip(train), test) is None  # judged by the accuracy drop
+    assert measures.success_probe(flip, flip(train), test) is None  # judged by the accuracy drop
 
 
 def test_tables_carry_the_lecture_rows():
@@ -57,7 +60,7 @@ def test_tables_carry_the_lecture_rows():
            "clean-label/none": {"clean_acc": 58.0, "asr": 5.0, "seconds": 2.0, "attack_seconds": 1.5},
            "clean-label/abl": {"clean_acc": 50.0, "asr": 1.0, "seconds": 9.0, "before_unlearning": {"clean_acc": 51.0},
                                "isolation": {"flagged": 50, "precision": 20.0}}}
-    text = bench.tables(res)
+    text = report.tables(res)
     assert "| poison-frogs | none | 58.5 | 10.0 | 58.5 | 10.0 | 59.0 | 2.0 | `poison-frogs` (defaults); surrogate: " \
            "the clean victim; made in 17.2 s; ASR = share of its 10 test targets classified as their adversarial " \
            "class; the clean-data model on the same probe: ASR 0.0 |" in text
