@@ -99,15 +99,10 @@ class Cells:
         later stage that touches the attack needs the same set again."""
         if key in PARTIAL:
             return self.partial(key)
+        kept = key in LECTURE or key in AVAILABILITY  # made on demand: kept on disk
         path = self.work / "made" / f"{key}-{settings_hash({'attack': attack_spec(key), 'victim': VICTIM})}.pt"
-        if (key in LECTURE or key in AVAILABILITY) and path.exists():
-            m = load_state(path, "made attack set")
-            self.made_seconds[key] = m["seconds"]
-            self.made_meta[key] = json.loads(m.get("meta", "{}"))
-            self.probes[key] = (ImageSet(m["probe_images"], m["probe_labels"], list(self.test.classes))
-                                if "probe_images" in m else None)
-            log(f"{key}: {len(m['poisoned'])} poisoned training samples, read from {path}")
-            return ImageSet(m["images"], m["labels"], list(self.train.classes)), m["poisoned"]
+        if kept and path.exists():
+            return self.read_made(key, path)
         if key in AVAILABILITY:
             _, method, opts = attack_spec(key)
             atk = METHODS.create(method, **opts)
@@ -116,18 +111,33 @@ class Cells:
         t0 = time.perf_counter()
         r = atk(self.train)
         self.made_seconds[key] = round(time.perf_counter() - t0, 1)
-        probe = self.probes[key] = None if key in AVAILABILITY else success_probe(atk, r, self.test)
+        self.probes[key] = None if key in AVAILABILITY else success_probe(atk, r, self.test)
+        if key in AVAILABILITY:  # its promise and its surrogate's measurements, for the tables' notes
+            self.made_meta[key] = {"bound": r.meta["bound"], "diagnostics": r.meta["diagnostics"],
+                                   "changed": len(r.poisoned)}
         log(f"{key}: {len(r.poisoned)} poisoned training samples, made in {self.made_seconds[key]}s")
-        if key in LECTURE or key in AVAILABILITY:
-            made = {"images": r.images, "labels": r.labels, "poisoned": r.poisoned, "seconds": self.made_seconds[key]}
-            if probe is not None:
-                made.update(probe_images=probe.images, probe_labels=probe.labels)
-            if key in AVAILABILITY:  # its promise and its surrogate's measurements, for the tables' notes
-                self.made_meta[key] = {"bound": r.meta["bound"], "diagnostics": r.meta["diagnostics"],
-                                       "changed": len(r.poisoned)}
-                made["meta"] = json.dumps(self.made_meta[key])
-            save_state(path, made)
+        if kept:
+            self.save_made(key, path, r)
         return ImageSet(r.images, r.labels, list(self.train.classes)), r.poisoned
+
+    def save_made(self, key, path: Path, r):
+        """A made set on disk: the poisoned images and labels, which changed, its making time, probe and notes."""
+        made = {"images": r.images, "labels": r.labels, "poisoned": r.poisoned, "seconds": self.made_seconds[key]}
+        probe = self.probes[key]
+        if probe is not None:
+            made.update(probe_images=probe.images, probe_labels=probe.labels)
+        if key in self.made_meta:
+            made["meta"] = json.dumps(self.made_meta[key])
+        save_state(path, made)
+
+    def read_made(self, key, path: Path):
+        m = load_state(path, "made attack set")
+        self.made_seconds[key] = m["seconds"]
+        self.made_meta[key] = json.loads(m.get("meta", "{}"))
+        self.probes[key] = (ImageSet(m["probe_images"], m["probe_labels"], list(self.test.classes))
+                            if "probe_images" in m else None)
+        log(f"{key}: {len(m['poisoned'])} poisoned training samples, read from {path}")
+        return ImageSet(m["images"], m["labels"], list(self.train.classes)), m["poisoned"]
 
     def attack(self, key):
         """The attack of key (ATTACKS or LECTURE), ready to call on the training set: a surrogate resolved to the

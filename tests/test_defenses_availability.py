@@ -40,6 +40,8 @@ def _bench(tmp_path, train=None):
                         probes={})
     b.sets = cells.LazySets(lambda key: bench.Bench.poison(b, key))
     b.partial = lambda key: bench.Bench.partial(b, key)
+    b.save_made = lambda key, path, r: bench.Bench.save_made(b, key, path, r)
+    b.read_made = lambda key, path: bench.Bench.read_made(b, key, path)
     return b
 
 
