@@ -25,9 +25,9 @@ LUCKY = {20: 3, 64: 4}
 
 def train_fit(model, data: ImageSet, idx: torch.Tensor) -> tuple:
     """Training accuracy (eval mode, no augmentation) on all of `data` and on its images `idx`."""
-    cpu = torch.device("cpu")
+    dev = next(model.parameters(), torch.empty(0)).device  # wherever the cache put the model (a stub: CPU)
     part = ImageSet(data.images[idx], data.labels[idx], list(data.classes))
-    return evaluate(model, data, cpu), evaluate(model, part, cpu)
+    return evaluate(model, data, dev), evaluate(model, part, dev)
 
 
 def stage_long(b: Bench) -> dict:
