@@ -65,6 +65,9 @@ check; only a seed that passes goes on: itlm (seed 0: clean, undefended, the pap
 1's clean run and the paper form, independent of seed 0's, so the two can run side by side), then itlm-seed1.
 Session 9 at that scale: the paper form to 4 retrainings (--itlm-rounds 4, stage itlm: rounds 0-2 come from the
 cache) and stage heldout (the held-out judges, itlm-cv1 / itlm-cv2, alone), then itlm-seed1 (same --itlm-rounds).
+Stages itlm-seed2 / itlm-seed3: the chosen setting under more victim seeds; stage checkpoint: the official code's
+checkpoint selection (best epoch on a noisily labelled validation split) measured on the first retraining under
+the cosine and a step schedule.
 
 Every training run checkpoints every epoch under --work/ckpt and every finished cell is one JSON under
 --work/cells, so an interrupted run resumes and a rerun only rebuilds the report (docs/results/defenses.json,

@@ -4,6 +4,8 @@ class, the judge's training length, the one-run hook, the loss trace)."""
 
 import torch
 
+from poisonlab.attacks import create_attack
+from poisonlab.data import ImageSet
 from poisonlab.defenses.itlm import ITLM, judge_check, lowest_loss
 from poisonlab.defenses.probe import accuracy, per_sample_loss, precision_recall, predict, train_cached
 from poisonlab.fileio import write_json
@@ -11,7 +13,7 @@ from poisonlab.train import TrainConfig
 
 from defenses_cells import Cells, load_results, log
 from defenses_choice import itlm_candidates, pick
-from defenses_measures import LossRecord, LossTrace, mask_of, separation_stats, trimmed_of, tta_loss
+from defenses_measures import EpochLoss, LossRecord, LossTrace, mask_of, separation_stats, trimmed_of, tta_loss
 from defenses_settings import (ATTACKS, ITLM_CV_KW, ITLM_GRID_KW, ITLM_HOOK_KW, ITLM_KW, JUDGE_EPOCHS, VAL, VICTIM,
                                attack_spec)
 
@@ -245,3 +247,36 @@ class ITLMCells(Cells):
                     "epochs": [{**row, "test_acc": h["test_acc"], "train_acc": round(h["train_acc"], 2)}
                                for row, h in zip(hook.rows, r["history"])]}
         return self.cell(f"{attack}/loss-trace", {"victim": VICTIM, "attack": attack_spec(attack)}, run)
+
+    def checkpoint_selection(self, attack="flip", schedules=("cosine", "multistep"), noise_seed=1):
+        """The official ITLM code's judge: each round's epoch with the best accuracy on a validation split that
+        carries the same label noise. The paper form's first retraining (the alpha fraction round 0 keeps) is
+        trained under each schedule with EpochLoss: after every epoch the noisy and clean validation accuracy and
+        the precision of the |poisons| highest losses over the whole set (what the next selection trims) and the mean
+        loss of the flips it trains on and of the clean images."""
+        data, poisons = self.sets[attack]
+        bad = mask_of(poisons, len(data))
+        name, kw = ATTACKS[attack]
+        noisy = create_attack(name, **{**kw, "seed": noise_seed})(self.val)  # the same noise, another draw
+        noisy_val = ImageSet(noisy.images, noisy.labels, list(self.val.classes))
+
+        def run():
+            r0 = train_cached(data, self.test, self.cfg, self.ckpt)["model"]
+            kept = ITLM(alpha=ITLM_KW["alpha"]).keep(per_sample_loss(r0, data), data)
+            kept_bad = bad & mask_of(kept, len(data))  # the flips the retraining trains on
+            out = {"retrained_on": len(kept), "flips_kept": int(kept_bad.sum())}
+            for schedule in schedules:
+                cfg = TrainConfig(**{**VICTIM, "schedule": schedule})
+                rec = EpochLoss(data, cfg.epochs, [noisy_val, self.val])
+                r = train_cached(data.subset(kept), self.test, cfg, self.ckpt, hooks=[rec])
+                top = [torch.topk(loss, len(poisons)).indices for loss in rec.losses]
+                rows = [{"epoch": e + 1, "noisy_val": round(float(rec.val[e, 0]), 2),
+                         "clean_val": round(float(rec.val[e, 1]), 2),
+                         "precision": round(100 * bad[t].float().mean().item(), 1),
+                         "kept_flips_loss": round(rec.losses[e][kept_bad].mean().item(), 3),
+                         "clean_loss": round(rec.losses[e][~bad].mean().item(), 3)} for e, t in enumerate(top)]
+                out[schedule] = {"test_acc": round(r["last_acc"], 2), "rows": rows}
+            return out
+        return self.cell(f"{attack}/checkpoint-selection", {"victim": VICTIM, "attack": attack_spec(attack),
+                                                            "alpha": ITLM_KW["alpha"], "schedules": list(schedules),
+                                                            "noise_seed": noise_seed}, run)

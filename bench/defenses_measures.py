@@ -6,7 +6,7 @@ import torch
 from poisonlab.augment import random_crop
 from poisonlab.data import ImageSet
 from poisonlab.defenses.itlm import lowest_loss
-from poisonlab.defenses.probe import per_sample_loss, precision_recall
+from poisonlab.defenses.probe import accuracy, per_sample_loss, precision_recall
 
 
 def success_probe(attack, result, test: ImageSet) -> ImageSet | None:
@@ -83,6 +83,29 @@ class LossRecord:
 
     def load_state_dict(self, d):
         self.eval, self.train = d["eval"], d["train"]
+
+
+class EpochLoss:
+    """train_victim hook that only reads: after every epoch, every sample of `data`'s loss (eval mode, no
+    augmentation) and the accuracy on each of `checks` (validation sets)."""
+
+    def __init__(self, data: ImageSet, epochs: int, checks: list[ImageSet]):
+        self.data, self.checks = data, checks
+        self.losses = torch.full((epochs, len(data)), float("nan"))
+        self.val = torch.full((epochs, len(checks)), float("nan"))
+
+    def spec(self):
+        return "s10-trace"  # the name its first checkpoints (session 10) were cached under
+
+    def after_epoch(self, epoch, record, state):
+        self.losses[epoch] = per_sample_loss(state.model, self.data)
+        self.val[epoch] = torch.tensor([accuracy(state.model, c) for c in self.checks])
+
+    def state_dict(self):
+        return {"loss": self.losses, "val": self.val}
+
+    def load_state_dict(self, d):
+        self.losses, self.val = d["loss"], d["val"]
 
 
 def tta_loss(model, data: ImageSet, crops=4, seed=0) -> torch.Tensor:

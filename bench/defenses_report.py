@@ -10,7 +10,8 @@ from poisonlab.fileio import atomic_write, write_json
 import defenses_settings as settings
 from defenses_cells import load_results, log
 from defenses_report_attacks import availability_note, availability_table, lecture_note, recovered
-from defenses_report_itlm import choice, finetune_table, fmt, judge_note, judge_table, round0_table, seeds_table
+from defenses_report_itlm import (checkpoint_table, choice, finetune_table, fmt, judge_note, judge_table, round0_table,
+                                  seeds_table)
 from defenses_settings import (ABL_KW, ATTACKS, AVAILABILITY, AVAILABILITY_ORDER, DAMAGE_OF, DPA_VICTIM, FOUND,
                                ITLM_CV_KW, ITLM_FIT, ITLM_GRID_KW, ITLM_HIGH_KW, ITLM_HOOK_KW, ITLM_KW, ITLM_LOW_KW,
                                PROTECTED, ROWS, SCALE, TABLE_ATTACKS, UNLEARN, VAL, VICTIM, attack_spec, scale_name)
@@ -145,6 +146,7 @@ def tables(res: dict) -> str:
                          f"{q['global_precision']} / {q['per_class_precision']} | {q['global_clean_trimmed_by_class']} | "
                          f"{q['per_class_clean_trimmed_by_class']} |")
     lines += judge_table(res)
+    lines += checkpoint_table(res)
     trace = res.get("flip/loss-trace")
     if trace:
         lines += ["", "Undefended run on the flip, after every epoch: share of flipped labels among the "

@@ -148,3 +148,25 @@ def judge_table(res: dict) -> list[str]:
                      f"{r['flipped_true']} | {r['clean_error']} / {r['trimmed_clean_wrong']} | {ap(r['final'])} | {best + 1}: {ap(r['per_epoch'][best])} | "
                      f"{ap(r['mean_all_epochs'])} | {ap(r['train_loss_last5'])} | {ap(r['tta'])} | {r['seconds']} |")
     return lines
+
+
+def checkpoint_table(res: dict) -> list[str]:
+    """Stage checkpoint: per schedule, the next selection's precision at the final epoch, at the epoch the noisy
+    validation split picks (ties to the earlier epoch) and at the best epoch."""
+    r = res.get("flip/checkpoint-selection")
+    if not r:
+        return []
+    lines = ["", f"Checkpoint selection as the official ITLM code does it (stage `checkpoint`): the paper form's first "
+                 f"retraining ({r['retrained_on']} images, {r['flips_kept']} of them flips) under each schedule; "
+                 "precision = share of flips among the highest losses over the whole set after that epoch (the next "
+                 "selection's trimmed set):", "",
+             "| schedule | final epoch: precision % / noisy val % | checkpoint by noisy val: epoch, precision % | "
+             "best precision of any epoch (epoch) | test acc of the final model |", "|---|---|---|---|---|"]
+    for schedule in r["settings"]["schedules"]:
+        rows = r[schedule]["rows"]
+        last = rows[-1]
+        picked = max(rows, key=lambda q: (q["noisy_val"], -q["epoch"]))
+        best = max(rows, key=lambda q: (q["precision"], -q["epoch"]))
+        lines.append(f"| {schedule} | {last['precision']} / {last['noisy_val']} | {picked['epoch']}, "
+                     f"{picked['precision']} | {best['precision']} ({best['epoch']}) | {r[schedule]['test_acc']} |")
+    return lines

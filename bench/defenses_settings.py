@@ -87,7 +87,8 @@ ITLM_STAGES = ("itlm", "sep", "random", "precision", "finetune", "perclass", "it
 SUBSET_STAGES = ("clean", "flip", "itlm-seed1", "random", "sep", "keptclean", "precision")  # a class subset (cpu-10k-c4)
 CHECK_STAGES = ("round0", "round0-seed1", "paper-seed1",  # check first (cpu-10k-c4-e40): round 0's judge per seed
                 "heldout",  # the held-out judges alone (itlm-cv1, itlm-cv2), without stage cv's cpu-5k diagnostics
-                "itlm-seed2", "itlm-seed3")  # more victim seeds for the chosen setting (as itlm-seed1)
+                "itlm-seed2", "itlm-seed3",  # more victim seeds for the chosen setting (as itlm-seed1)
+                "checkpoint")  # the official code's checkpoint selection, on the first retraining
 STAGES = MAIN_STAGES + tuple(s for s in ITLM_STAGES + SUBSET_STAGES + CHECK_STAGES + EXTRA_STAGES
                               if s not in MAIN_STAGES)
 TABLE_ATTACKS = ("clean", *ATTACKS, *(a for a in LECTURE_ORDER if a not in ATTACKS),

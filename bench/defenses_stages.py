@@ -75,6 +75,8 @@ def run_stage(b, s, sims, lecture, availability):
     elif s == "finetune":
         for name, kw in ITLM_FT_KW.items():
             b.itlm("flip", kw, name=name)
+    elif s == "checkpoint":
+        b.checkpoint_selection("flip")
     elif s == "precision":
         for p in sims:
             b.simulated(p)

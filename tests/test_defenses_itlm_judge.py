@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from poisonlab.data import ImageSet
-from poisonlab.defenses.probe import per_sample_loss
+from poisonlab.defenses.probe import accuracy, per_sample_loss
 from poisonlab.train import TrainConfig, train_victim
 
 from conftest import make_set
@@ -55,3 +55,30 @@ def test_judge_table_names_the_best_epoch_and_every_ranking():
     assert row == ["| 15 | 60.8 | 61.3 | 53.0 | 20.0 / 50.0 | 39.0 / 97.0 | 0.85 / 55.0 | 2: 0.86 / 56.0 | "
                    "0.86 / 57.3 | 0.85 / 55.3 | 0.86 / 55.6 | 100.0 |"]
     assert report_itlm.judge_table({}) == []
+
+
+def test_epoch_loss_records_losses_and_validation_accuracy_each_epoch(tmp_path):
+    data = make_set(48, classes=4, learnable=True, seed=3)
+    val = make_set(16, classes=4, learnable=True, seed=5)
+    cfg = TrainConfig(epochs=3, **CFG)
+    rec = measures.EpochLoss(data, 3, [val, data])
+    r = train_victim(data, None, cfg, progress=False, return_model=True, hooks=[rec], checkpoint=tmp_path / "e.pt")
+    assert rec.losses.shape == (3, 48) and not rec.losses.isnan().any()
+    assert torch.allclose(rec.losses[-1], per_sample_loss(r["model"], data))
+    assert rec.val.shape == (3, 2) and rec.val[-1, 1].item() == accuracy(r["model"], data)
+    again = measures.EpochLoss(data, 3, [val, data])  # a rerun reads the finished checkpoint's record
+    train_victim(data, None, cfg, progress=False, hooks=[again], checkpoint=tmp_path / "e.pt")
+    assert torch.equal(again.losses, rec.losses) and torch.equal(again.val, rec.val)
+
+
+def test_checkpoint_table_picks_the_noisy_val_epoch_and_the_best_precision():
+    rows = [{"epoch": 1, "noisy_val": 70.0, "clean_val": 80.0, "precision": 80.0},
+            {"epoch": 2, "noisy_val": 75.0, "clean_val": 90.0, "precision": 84.0},
+            {"epoch": 3, "noisy_val": 75.0, "clean_val": 91.0, "precision": 86.0},
+            {"epoch": 4, "noisy_val": 74.0, "clean_val": 91.5, "precision": 85.0}]
+    res = {"flip/checkpoint-selection": {"settings": {"schedules": ["cosine"]}, "retrained_on": 80, "flips_kept": 4,
+                                         "cosine": {"test_acc": 90.0, "rows": rows}}}
+    line = [q for q in report_itlm.checkpoint_table(res) if q.startswith("| cosine")][0]
+    # final 85 / 74; the noisy val ties at epochs 2 and 3 and picks the earlier; best precision 86 at epoch 3
+    assert line == "| cosine | 85.0 / 74.0 | 2, 84.0 | 86.0 (3) | 90.0 |"
+    assert report_itlm.checkpoint_table({}) == []
